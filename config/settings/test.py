@@ -1,0 +1,25 @@
+"""Settings for the test suite: the real MySQL and Redis, with keys kept apart.
+
+Every test run writes its Redis keys under its own prefix, so a run never reads
+another's entries and the session teardown removes exactly what it wrote.
+"""
+
+import uuid
+
+from .base import *  # noqa: F403
+from .base import CACHES, MIDDLEWARE, USERS_CACHE
+
+SECRET_KEY = "test-only-not-a-secret"
+DEBUG = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+TEST_RUN_PREFIX = f"usersvc-test-{uuid.uuid4().hex[:12]}"
+CACHES["default"]["KEY_PREFIX"] = TEST_RUN_PREFIX
+USERS_CACHE["KEY_PREFIX"] = TEST_RUN_PREFIX
+
+# Static files come from the apps' folders: no collectstatic run, no manifest.
+MIDDLEWARE = [name for name in MIDDLEWARE if not name.startswith("whitenoise.")]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

@@ -1,0 +1,19 @@
+from django.contrib import admin
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from users.api import UserViewSet
+
+router = SimpleRouter()
+# Serve /api/user and /api/user/ alike, without a redirect.
+router.trailing_slash = "/?"
+router.register("user", UserViewSet, basename="user")
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", include(router.urls)),
+    path("api-auth/", include("rest_framework.urls")),
+]
+
+handler404 = "config.exceptions.json_not_found"
+handler500 = "config.exceptions.json_server_error"

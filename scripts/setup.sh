@@ -1,0 +1,116 @@
+# Shared set-up for scripts/run and scripts/test; sourced, not run.
+#
+# Brings a fresh Debian/Ubuntu machine (or one with Docker) to a working state:
+# system packages, the virtualenv with the locked dependencies, MySQL and Redis
+# answering, and the database created. Each step does nothing when already done.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+export DATABASE_URL="${DATABASE_URL:-mysql://root@127.0.0.1:3306/usersvc}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo "$@"
+  else return 1
+  fi
+}
+
+ensure_system_packages() {
+  command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11 or newer."
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$PYTHON is $("$PYTHON" --version 2>&1); Python 3.11 or newer is required."
+  local missing=()
+  "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+  command -v gcc >/dev/null || missing+=(gcc python3-dev)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  if ! pkg-config --exists mysqlclient 2>/dev/null && ! pkg-config --exists libmariadb 2>/dev/null; then
+    missing+=(default-libmysqlclient-dev)
+  fi
+  [ ${#missing[@]} -eq 0 ] && return
+  command -v apt-get >/dev/null \
+    || die "missing system packages (${missing[*]}): install their equivalents, see requirements/apt.txt."
+  say "installing system packages: ${missing[*]}"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    $(grep -v '^#' requirements/apt.txt) >/dev/null \
+    || die "could not install ${missing[*]}: run 'sudo apt-get install $(grep -v '^#' requirements/apt.txt | tr '\n' ' ')'"
+}
+
+ensure_venv() {
+  local lock="$1" stamp="$VENV/.installed-lock"
+  [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+  local want; want="$(sha256sum "$lock" | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing locked dependencies from $lock"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$lock"
+    echo "$want" > "$stamp"
+  fi
+}
+
+# host port of a URL, e.g. "127.0.0.1 3306"
+_endpoint() {
+  "$PYTHON" -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or int(sys.argv[2]))' "$1" "$2"
+}
+
+_answers() { timeout 1 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+
+_wait_for() {
+  local name="$1" host="$2" port="$3"
+  for _ in $(seq 1 60); do _answers "$host" "$port" && return 0; sleep 0.5; done
+  die "$name did not start answering on $host:$port"
+}
+
+_docker_up() {
+  command -v docker >/dev/null && docker info >/dev/null 2>&1 || return 1
+  say "starting $1 with docker compose"
+  docker compose up -d --wait "$1"
+}
+
+_start_mariadb() {
+  if command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; then
+    say "starting the local mariadbd"
+    as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd && return 0
+  fi
+  _docker_up mysql
+}
+
+_start_redis() {
+  if command -v redis-server >/dev/null; then
+    say "starting the local redis-server on port $1"
+    if [ "$(id -u)" = 0 ] && [ -d /var/lib/redis ] && [ -d /var/log/redis ]; then
+      redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$1" --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null && return 0
+    fi
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$1" --save "" --appendonly no \
+      --dir "${TMPDIR:-/tmp}" --logfile "${TMPDIR:-/tmp}/usersvc-redis.log" >/dev/null && return 0
+  fi
+  _docker_up redis
+}
+
+ensure_stores() {
+  local host port
+  read -r host port < <(_endpoint "$DATABASE_URL" 3306)
+  if ! _answers "$host" "$port"; then
+    _start_mariadb || die "nothing answers on $host:$port and no MySQL could be started: \
+install one ('sudo apt-get install mariadb-server') or Docker, or set DATABASE_URL."
+    _wait_for MySQL "$host" "$port"
+  fi
+  read -r host port < <(_endpoint "$REDIS_URL" 6379)
+  if ! _answers "$host" "$port"; then
+    _start_redis "$port" || die "nothing answers on $host:$port and no Redis could be started: \
+install one ('sudo apt-get install redis-server') or Docker, or set REDIS_URL."
+    _wait_for Redis "$host" "$port"
+  fi
+}
+
+ensure_database() {
+  "$VENV/bin/python" scripts/create_database.py
+}

@@ -1,0 +1,71 @@
+"""Fixtures shared by every test: the real MySQL (pytest-django's test database)
+and the real Redis, with this run's keys under their own prefix."""
+
+import pytest
+from django.conf import settings
+from django_redis import get_redis_connection
+from model_bakery import baker
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from users.models import User
+
+
+def _delete_run_keys() -> None:
+    client = get_redis_connection("default")
+    keys = list(client.scan_iter(match=f"{settings.TEST_RUN_PREFIX}*", count=1000))
+    if keys:
+        client.unlink(*keys)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache():
+    """Each test starts and ends with none of this run's keys; other data is untouched."""
+    _delete_run_keys()
+    yield
+    _delete_run_keys()
+
+
+@pytest.fixture
+def redis_client():
+    return get_redis_connection("default")
+
+
+@pytest.fixture
+def make_user(db):
+    def make(**fields) -> User:
+        return baker.make(User, **fields)
+
+    return make
+
+
+def _token_client(user: User) -> APIClient:
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def reader(make_user) -> User:
+    return make_user(username="reader", email="reader@example.com")
+
+
+@pytest.fixture
+def staff(make_user) -> User:
+    return make_user(username="staff", email="staff@example.com", is_staff=True)
+
+
+@pytest.fixture
+def reader_client(reader) -> APIClient:
+    return _token_client(reader)
+
+
+@pytest.fixture
+def staff_client(staff) -> APIClient:
+    return _token_client(staff)
+
+
+@pytest.fixture
+def anonymous_client() -> APIClient:
+    return APIClient()

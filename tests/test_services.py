@@ -1,0 +1,155 @@
+"""The cache-aside algorithm against the real MySQL and Redis."""
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from users import cache, services
+from users.conf import user_cache_settings
+from users.models import User
+
+
+def _create(**overrides) -> dict:
+    fields = {"username": "alice", "email": "alice@example.com", "password": "a-Long-passphrase-7"}
+    fields.update(overrides)
+    return services.user_create(**fields)
+
+
+class TestUserGet:
+    def test_miss_loads_with_one_query_and_fills_the_hash_with_a_ttl(
+        self, make_user, redis_client, django_assert_num_queries
+    ):
+        user = make_user(username="bob", email="bob@example.com")
+        key = cache.user_cache_key(user.id)
+
+        with django_assert_num_queries(1):
+            result = services.user_get(user_id=user.id)
+
+        assert result.source is services.Source.MISS
+        assert result.value["username"] == "bob"
+        stored = redis_client.hgetall(key)
+        assert stored[b"username"] == b"bob"
+        assert stored[b"_v"] == b"1"
+        ttl_ms = redis_client.pttl(key)
+        assert 0.8 * user_cache_settings.TTL * 1000 < ttl_ms <= user_cache_settings.TTL * 1000
+
+    def test_hit_is_served_from_redis_without_sql(self, make_user, django_assert_num_queries):
+        user = make_user(username="bob", email="bob@example.com")
+        miss = services.user_get(user_id=user.id)
+
+        with django_assert_num_queries(0):
+            hit = services.user_get(user_id=user.id)
+
+        assert hit.source is services.Source.HIT
+        assert hit.value == miss.value
+
+    def test_hit_does_not_see_the_database(self, make_user):
+        """Proves the hit came from Redis: a change that bypasses the service is not seen."""
+        user = make_user(username="bob", email="bob@example.com")
+        services.user_get(user_id=user.id)
+        User.objects.filter(pk=user.id).update(first_name="changed-behind-the-cache")
+
+        assert services.user_get(user_id=user.id).value["first_name"] == ""
+
+    def test_projection_has_exactly_the_public_fields(self, make_user):
+        user = make_user(username="bob", email="bob@example.com", password="secret-hash")
+        miss = services.user_get(user_id=user.id).value
+        hit = services.user_get(user_id=user.id).value
+
+        assert set(miss) == set(services.PUBLIC_FIELDS)
+        assert hit == miss
+        assert miss["id"] == user.id
+        assert miss["is_active"] is True
+        assert miss["date_joined"].endswith("Z")
+
+    def test_unknown_id_is_not_found_and_cached_as_absent(
+        self, db, redis_client, django_assert_num_queries
+    ):
+        with django_assert_num_queries(1):
+            first = services.user_get(user_id=987654321)
+        with django_assert_num_queries(0):
+            second = services.user_get(user_id=987654321)
+
+        assert first.value is None and first.source is services.Source.MISS
+        assert second.value is None and second.source is services.Source.HIT
+        key = cache.user_cache_key(987654321)
+        assert redis_client.hget(key, "_absent") == b"1"
+        assert 0 < redis_client.pttl(key) <= user_cache_settings.NEGATIVE_TTL * 1000
+
+    def test_keys_carry_prefix_schema_version_and_hash_tag(self, settings):
+        key = cache.user_cache_key(42)
+        schema = user_cache_settings.SCHEMA_VERSION
+        assert key == f"{settings.TEST_RUN_PREFIX}:v{schema}:user:{{42}}"
+        assert cache.lease_key(key).startswith(key)
+
+
+class TestUserCreate:
+    def test_writes_mysql_then_redis_after_commit(
+        self, db, redis_client, django_capture_on_commit_callbacks
+    ):
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            created = _create()
+
+        assert len(callbacks) == 1
+        row = User.objects.get(pk=created["id"])
+        assert row.check_password("a-Long-passphrase-7")
+        stored = redis_client.hgetall(cache.user_cache_key(created["id"]))
+        assert stored[b"email"] == b"alice@example.com"
+        assert redis_client.pttl(cache.user_cache_key(created["id"])) > 0
+
+    def test_created_user_is_a_hit_with_no_sql(
+        self, db, django_capture_on_commit_callbacks, django_assert_num_queries
+    ):
+        with django_capture_on_commit_callbacks(execute=True):
+            created = _create()
+
+        with django_assert_num_queries(0):
+            result = services.user_get(user_id=created["id"])
+        assert result.source is services.Source.HIT
+        assert result.value == created
+
+    def test_rolled_back_create_writes_neither_store(self, transactional_db, redis_client):
+        class Abort(Exception):
+            pass
+
+        with pytest.raises(Abort), transaction.atomic():
+            created = _create()
+            raise Abort
+
+        assert not User.objects.filter(pk=created["id"]).exists()
+        assert redis_client.exists(cache.user_cache_key(created["id"])) == 0
+
+    def test_create_replaces_a_cached_absence(self, db, django_capture_on_commit_callbacks):
+        """No 404 after a 201: the negative entry for the new id is overwritten."""
+        next_id = (User.objects.order_by("-id").values_list("id", flat=True).first() or 0) + 1
+        key = cache.user_cache_key(next_id)
+        cache.write(key, {"_absent": "1", "_v": "0"}, 60_000)
+
+        with django_capture_on_commit_callbacks(execute=True):
+            created = _create()
+
+        assert services.user_get(user_id=created["id"]).value == created
+
+    def test_password_is_optional_and_then_unusable(self, db):
+        created = _create(password=None)
+        assert not User.objects.get(pk=created["id"]).has_usable_password()
+
+    def test_weak_password_is_rejected(self, db):
+        with pytest.raises(ValidationError) as excinfo:
+            _create(password="123")
+        assert "password" in excinfo.value.message_dict
+        assert not User.objects.exists()
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [("username", "alice"), ("username", "ALICE"), ("email", "Alice@example.com")],
+    )
+    def test_duplicates_are_a_validation_error(self, db, field, value):
+        _create()
+        other = {"username": "carol", "email": "carol@example.com", field: value}
+        with pytest.raises(ValidationError) as excinfo:
+            _create(**other)
+        assert list(excinfo.value.message_dict) == [field]
+
+    def test_email_domain_is_normalized(self, db):
+        assert _create(email="alice@EXAMPLE.com")["email"] == "alice@example.com"

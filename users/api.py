@@ -1,0 +1,77 @@
+"""The HTTP API: ``/api/user`` and ``/api/user/<id>``, each action a call into services."""
+
+import re
+
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.urls import reverse
+from rest_framework import pagination, permissions, serializers, status, viewsets
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from . import services
+
+# A BIGINT UNSIGNED-safe positive id: at most 19 digits and at most 2**63 - 1.
+_ID_PATTERN = re.compile(r"[0-9]{1,19}")
+_MAX_ID = 2**63 - 1
+
+
+class UserCreateSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150, validators=[UnicodeUsernameValidator()])
+    email = serializers.EmailField(max_length=254)
+    password = serializers.CharField(
+        required=False, write_only=True, max_length=128, style={"input_type": "password"}
+    )
+    first_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
+    last_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
+
+
+class IsStaffOrReadOnly(permissions.BasePermission):
+    """Any authenticated active user may read; only staff may write."""
+
+    def has_permission(self, request: Request, view) -> bool:
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        return bool(request.user.is_staff)
+
+
+class UserPagination(pagination.CursorPagination):
+    ordering = "id"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+def parse_user_id(raw: str) -> int:
+    """The id from the URL, or a 404 for anything that cannot be a user id."""
+    if not _ID_PATTERN.fullmatch(raw):
+        raise NotFound("No user with this id.")
+    user_id = int(raw)
+    if not 1 <= user_id <= _MAX_ID:
+        raise NotFound("No user with this id.")
+    return user_id
+
+
+class UserViewSet(viewsets.ViewSet):
+    permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
+    lookup_value_regex = "[^/]+"
+    pagination_class = UserPagination
+
+    def list(self, request: Request) -> Response:
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(services.user_list(), request, view=self)
+        return paginator.get_paginated_response([services.user_row_projection(row) for row in page])
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        result = services.user_get(user_id=parse_user_id(pk))
+        headers = {"X-Cache": result.source.value}
+        if result.value is None:
+            return Response({"detail": "No user with this id."}, status=404, headers=headers)
+        return Response(result.value, headers=headers)
+
+    def create(self, request: Request) -> Response:
+        serializer = UserCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = services.user_create(**serializer.validated_data)
+        location = reverse("user-detail", kwargs={"pk": user["id"]})
+        return Response(user, status=status.HTTP_201_CREATED, headers={"Location": location})

@@ -1,0 +1,69 @@
+"""The user cache's settings, read from ``settings.USERS_CACHE`` with defaults.
+
+Shaped like DRF's ``api_settings``: one lazy object, attribute access, documented
+defaults, and a reload when a test overrides ``USERS_CACHE``.
+"""
+
+from typing import Any
+
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Every Redis key this project writes starts with this prefix.
+    "KEY_PREFIX": "usersvc",
+    # Bumped whenever the cached projection changes shape, so old entries are never read.
+    "SCHEMA_VERSION": 1,
+    # Seconds a cached user lives.
+    "TTL": 3600,
+    # Each entry's TTL is shortened by a random fraction up to this, so users warmed
+    # together do not all expire together.
+    "TTL_JITTER": 0.1,
+    # Seconds an id found in neither store is remembered as absent.
+    "NEGATIVE_TTL": 30,
+    # Seconds a cached token lookup lives (deleting the token clears it at once).
+    "TOKEN_TTL": 300,
+    # Milliseconds a reader holds the right to fill a missing entry (its lease).
+    "LEASE_TTL_MS": 2000,
+    # Milliseconds a reader waits for another reader's fill before it reads MySQL itself.
+    "LEASE_WAIT_MS": 200,
+    # Milliseconds between two looks at an entry another reader is filling.
+    "LEASE_POLL_MS": 5,
+}
+
+
+class UserCacheSettings:
+    def __init__(self, user_settings: dict[str, Any] | None = None) -> None:
+        self._user_settings = user_settings
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if self._user_settings is None:
+            from django.conf import settings
+
+            self._user_settings = getattr(settings, "USERS_CACHE", {})
+            unknown = set(self._user_settings) - set(DEFAULTS)
+            assert not unknown, f"Unknown USERS_CACHE settings: {sorted(unknown)}"
+        return self._user_settings
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Invalid USERS_CACHE setting: {name!r}")
+        value = self.user_settings.get(name, DEFAULTS[name])
+        setattr(self, name, value)
+        return value
+
+    def reload(self) -> None:
+        for name in DEFAULTS:
+            self.__dict__.pop(name, None)
+        self._user_settings = None
+
+
+user_cache_settings = UserCacheSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "USERS_CACHE":
+        user_cache_settings.reload()
+
+
+setting_changed.connect(_reload)
