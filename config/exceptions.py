@@ -2,8 +2,9 @@
 
 DRF handles its own exceptions; this handler adds the ones raised below it:
 Django's ``ValidationError`` from services (400 with per-field messages), a body
-over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (413), and a database that cannot be reached
-(503, so clients retry instead of giving up).
+over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (413), a write that kept conflicting with
+concurrent ones (409), and a database that cannot be reached (503, so clients
+retry instead of giving up).
 """
 
 import logging
@@ -17,12 +18,20 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from users.services import WriteConflict
+
 logger = logging.getLogger(__name__)
 
 
 class RequestBodyTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "request_too_large"
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The user was being changed concurrently; retry the request."
+    default_code = "conflict"
 
 
 class ServiceUnavailable(exceptions.APIException):
@@ -41,6 +50,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, RequestDataTooBig):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         exc = RequestBodyTooLarge(f"Request body is larger than {limit} bytes.")
+    elif isinstance(exc, WriteConflict):
+        exc = Conflict()
     elif isinstance(exc, OperationalError | InterfaceError):
         logger.warning("database unavailable: %s", exc)
         exc = ServiceUnavailable()

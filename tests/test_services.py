@@ -121,13 +121,16 @@ class TestUserCreate:
 
     def test_create_replaces_a_cached_absence(self, db, django_capture_on_commit_callbacks):
         """No 404 after a 201: the negative entry for the new id is overwritten."""
-        next_id = (User.objects.order_by("-id").values_list("id", flat=True).first() or 0) + 1
+        probe = User.objects.create(username="probe", email="probe@example.com")
+        next_id = probe.id + 1
+        probe.delete()
         key = cache.user_cache_key(next_id)
         cache.write(key, {"_absent": "1", "_v": "0"}, 60_000)
 
         with django_capture_on_commit_callbacks(execute=True):
             created = _create()
 
+        assert created["id"] == next_id
         assert services.user_get(user_id=created["id"]).value == created
 
     def test_password_is_optional_and_then_unusable(self, db):

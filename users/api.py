@@ -26,6 +26,12 @@ class UserCreateSerializer(serializers.Serializer):
     last_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
 
 
+class UserUpdateSerializer(UserCreateSerializer):
+    """PUT needs username and email; PATCH any subset. Omitted fields keep their value."""
+
+    is_active = serializers.BooleanField(required=False)
+
+
 class IsStaffOrReadOnly(permissions.BasePermission):
     """Any authenticated active user may read; only staff may write."""
 
@@ -75,3 +81,19 @@ class UserViewSet(viewsets.ViewSet):
         user = services.user_create(**serializer.validated_data)
         location = reverse("user-detail", kwargs={"pk": user["id"]})
         return Response(user, status=status.HTTP_201_CREATED, headers={"Location": location})
+
+    def update(self, request: Request, pk: str) -> Response:
+        return self._update(request, pk, partial=False)
+
+    def partial_update(self, request: Request, pk: str) -> Response:
+        return self._update(request, pk, partial=True)
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        services.user_delete(user_id=parse_user_id(pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _update(self, request: Request, pk: str, *, partial: bool) -> Response:
+        user_id = parse_user_id(pk)
+        serializer = UserUpdateSerializer(data=request.data, partial=partial)
+        serializer.is_valid(raise_exception=True)
+        return Response(services.user_update(user_id=user_id, data=serializer.validated_data))

@@ -1,4 +1,4 @@
-"""The Redis store: key builders, hash <-> dict, and the atomic writes.
+"""The Redis store: key builders, hash <-> dict, the atomic writes, the breaker.
 
 This module knows how entries are laid out in Redis and nothing about when to
 read or write them; that algorithm lives in ``users.services``. Every entry is a
@@ -11,6 +11,10 @@ Redis hash of strings. Two metadata fields ride along with the public data:
 
 Keys carry a Redis Cluster hash tag (``{...}``) so that an entry and its lease
 always live in the same slot, as the Lua scripts require.
+
+Every call goes through ``_call``: a Redis error becomes ``CacheUnavailable``
+and feeds the circuit breaker, which, once open, fails calls at once instead of
+letting each request wait for a timeout.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from __future__ import annotations
 import enum
 import functools
 import secrets
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from django_redis import get_redis_connection
 from redis import Redis
@@ -29,6 +36,8 @@ from .conf import user_cache_settings
 
 VERSION_FIELD = "_v"
 ABSENT_FIELD = "_absent"
+
+T = TypeVar("T")
 
 
 class CacheUnavailable(Exception):
@@ -83,6 +92,21 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+# The same write without the lease check: what a naive cache-aside does. Used
+# only when STALE_SET_PROTECTION is off, to show that the race is real.
+_FILL_UNGUARDED = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: entry, lease. ARGV: lease token. Gives a lease back after a failed load.
+_RELEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
 # KEYS: entry, lease. ARGV: version, ttl (ms), field, value, ...
 # Write-through: replaces the entry unless it already holds this version or a
 # newer one, and revokes any reader's lease so its older load is refused.
@@ -103,15 +127,78 @@ class ReadState(enum.Enum):
     BUSY = 0
 
 
+class CircuitBreaker:
+    """Opens after ``BREAKER_FAILURES`` consecutive failures; while open, calls fail
+    at once. After ``BREAKER_COOLDOWN_MS`` one call probes Redis: success closes
+    the breaker, failure opens it again. Per process, like the connection pool."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._open_until = 0.0
+        self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until > 0
+
+    def allow(self) -> bool:
+        if not self._open_until:
+            return True
+        with self._lock:
+            if time.monotonic() < self._open_until or self._probing:
+                return False
+            self._probing = True
+            return True
+
+    def record_success(self) -> None:
+        if self._failures or self._open_until:
+            with self._lock:
+                self._failures, self._open_until, self._probing = 0, 0.0, False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            self._probing = False
+            if self._failures >= user_cache_settings.BREAKER_FAILURES:
+                cooldown = user_cache_settings.BREAKER_COOLDOWN_MS / 1000
+                self._open_until = time.monotonic() + cooldown
+
+    def reset(self) -> None:
+        with self._lock:
+            self._failures, self._open_until, self._probing = 0, 0.0, False
+
+
+breaker = CircuitBreaker()
+
+
 def _client() -> Redis:
     return get_redis_connection("default")
+
+
+def _call(operation: Callable[[Redis], T]) -> T:
+    if not breaker.allow():
+        raise CacheUnavailable("circuit breaker open: Redis failed recently")
+    try:
+        result = operation(_client())
+    except RedisError as exc:
+        breaker.record_failure()
+        raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    breaker.record_success()
+    return result
 
 
 @functools.cache
 def _script(source: str) -> Script:
     """The script object (its SHA); each call names its client, and redis-py loads
     the script into a server that does not know it yet."""
-    return _client().register_script(source)
+    return Script(None, source.encode())
+
+
+def _run_script(source: str, key: str, args: list) -> object:
+    return _call(
+        lambda client: _script(source)(keys=[key, lease_key(key)], args=args, client=client)
+    )
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
@@ -128,22 +215,13 @@ def new_lease_token() -> str:
 
 def read(key: str) -> dict[str, str] | None:
     """One HGETALL: the entry's fields, or None on a miss."""
-    try:
-        raw = _client().hgetall(key)
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
+    raw = _call(lambda client: client.hgetall(key))
     return _decode(raw) if raw else None
 
 
 def read_or_lease(key: str, token: str, lease_ms: int) -> tuple[ReadState, dict[str, str] | None]:
     """Reads the entry, or, when it is missing, tries to take the lease to fill it."""
-    client = _client()
-    try:
-        reply = _script(_READ_OR_LEASE)(
-            keys=[key, lease_key(key)], args=[token, lease_ms], client=client
-        )
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
+    reply = _run_script(_READ_OR_LEASE, key, [token, lease_ms])
     state = ReadState(reply[0])
     if state is ReadState.HIT:
         flat = reply[1]
@@ -153,28 +231,17 @@ def read_or_lease(key: str, token: str, lease_ms: int) -> tuple[ReadState, dict[
 
 def fill(key: str, token: str, fields: Mapping[str, str], ttl_ms: int) -> bool:
     """Stores a reader's load if its lease still stands; True when it was stored."""
-    client = _client()
-    try:
-        stored = _script(_FILL)(
-            keys=[key, lease_key(key)], args=[token, ttl_ms, *_flatten(fields)], client=client
-        )
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
-    return bool(stored)
+    source = _FILL if user_cache_settings.STALE_SET_PROTECTION else _FILL_UNGUARDED
+    return bool(_run_script(source, key, [token, ttl_ms, *_flatten(fields)]))
+
+
+def release_lease(key: str, token: str) -> None:
+    _run_script(_RELEASE, key, [token])
 
 
 def write(key: str, fields: Mapping[str, str], ttl_ms: int) -> bool:
     """Write-through of a committed state; refused when Redis holds the same or a newer one."""
-    client = _client()
-    try:
-        stored = _script(_WRITE)(
-            keys=[key, lease_key(key)],
-            args=[fields[VERSION_FIELD], ttl_ms, *_flatten(fields)],
-            client=client,
-        )
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
-    return bool(stored)
+    return bool(_run_script(_WRITE, key, [fields[VERSION_FIELD], ttl_ms, *_flatten(fields)]))
 
 
 def invalidate(keys: Iterable[str]) -> None:
@@ -183,11 +250,11 @@ def invalidate(keys: Iterable[str]) -> None:
     Each DEL names one entry and its lease, which share a hash slot, so this
     also works on a Redis Cluster.
     """
-    client = _client()
-    try:
+
+    def delete_all(client: Redis) -> None:
         with client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.delete(key, lease_key(key))
             pipe.execute()
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
+
+    _call(delete_all)

@@ -28,7 +28,24 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_WAIT_MS": 200,
     # Milliseconds between two looks at an entry another reader is filling.
     "LEASE_POLL_MS": 5,
+    # Refuse a reader's fill once a write has revoked its lease. Only the test that
+    # proves the protection can fail turns this off.
+    "STALE_SET_PROTECTION": True,
+    # After a write commits: "invalidate" deletes the entry (the next read refills
+    # it), "write-through" stores the new state at once (see the README).
+    "UPDATE_STRATEGY": "invalidate",
+    # Consecutive Redis failures that open the circuit breaker, and how long it then
+    # stays open (every cache call fails fast and reads bypass the cache).
+    "BREAKER_FAILURES": 3,
+    "BREAKER_COOLDOWN_MS": 500,
+    # Milliseconds between two attempts to replay invalidations Redis missed.
+    "OUTBOX_RETRY_MS": 100,
+    # Seconds between two sweeps of the outbox by every process (0: only after a
+    # failure of its own), which replays what a crashed process left behind.
+    "OUTBOX_SWEEP_SECONDS": 5,
 }
+
+UPDATE_STRATEGIES = ("invalidate", "write-through")
 
 
 class UserCacheSettings:
@@ -43,6 +60,10 @@ class UserCacheSettings:
             self._user_settings = getattr(settings, "USERS_CACHE", {})
             unknown = set(self._user_settings) - set(DEFAULTS)
             assert not unknown, f"Unknown USERS_CACHE settings: {sorted(unknown)}"
+            strategy = self._user_settings.get("UPDATE_STRATEGY", DEFAULTS["UPDATE_STRATEGY"])
+            assert strategy in UPDATE_STRATEGIES, (
+                f"USERS_CACHE['UPDATE_STRATEGY'] is {strategy!r}; use one of {UPDATE_STRATEGIES}"
+            )
         return self._user_settings
 
     def __getattr__(self, name: str) -> Any:

@@ -10,8 +10,12 @@ Reads (``user_get``, ``token_principal_get``):
   cached as absent for a short while. Redis down -> served from MySQL, marked
   BYPASS, and nothing is written back.
 
-Writes (``user_create``): MySQL first, inside a transaction; Redis only after the
-commit, so a rolled-back write never reaches the cache.
+Writes (``user_create``, ``user_update``, ``user_save``, ``user_delete``): MySQL
+first, inside a transaction that also records the affected keys in the outbox;
+Redis only after the commit, so a rolled-back write never reaches the cache and
+an invalidation Redis missed is replayed later (``users.outbox``). After an
+update the entry is deleted or rewritten, as ``UPDATE_STRATEGY`` says; either
+way the write revokes any reader's lease, so no reader can store the old state.
 """
 
 from __future__ import annotations
@@ -19,21 +23,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import hashlib
 import random
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count, Q, QuerySet
 from django.dispatch import Signal
+from django.http import Http404
 from rest_framework.authtoken.models import Token
 
-from . import cache
+from . import cache, outbox
 from .conf import user_cache_settings
 from .models import User
+
+T = TypeVar("T")
 
 # The public projection: the API representation and the cached entry.
 PUBLIC_FIELDS = (
@@ -154,6 +163,7 @@ def _read_through(
     revokes the lease, so a load made before that write is never stored.
     """
     try:
+        outbox.before_cached_read()
         fields = cache.read(key)
     except cache.CacheUnavailable:
         return load(), Source.BYPASS
@@ -176,7 +186,12 @@ def _read_through(
             return load(), Source.MISS
         time.sleep(user_cache_settings.LEASE_POLL_MS / 1000)
 
-    loaded = load()
+    try:
+        loaded = load()
+    except Exception:
+        with contextlib.suppress(cache.CacheUnavailable):
+            cache.release_lease(key, token)
+        raise
     cache_fill_pending.send(sender=None, key=key)
     if loaded is None:
         stored, ttl_seconds = _absent_fields(), user_cache_settings.NEGATIVE_TTL
@@ -214,6 +229,43 @@ def user_list() -> QuerySet:
     return User.objects.order_by("id").values(*_ROW_COLUMNS)
 
 
+class WriteConflict(Exception):
+    """A write kept losing to concurrent ones (deadlock, lock wait timeout, or a TiDB
+    write conflict) after ``WRITE_ATTEMPTS`` tries; the client may retry."""
+
+
+# MySQL: lock wait timeout, deadlock. TiDB: write conflict (optimistic transactions).
+_CONFLICT_ERROR_CODES = frozenset({1205, 1213, 9007})
+WRITE_ATTEMPTS = 3
+
+
+def _retry_conflicts(write: Callable[..., T]) -> Callable[..., T]:
+    """Runs a write service again when the database rolled it back for a conflict.
+
+    The database has undone the whole transaction, and with it the outbox row
+    and the after-commit cache change, so a retry starts clean. Inside a
+    caller's transaction there is nothing safe to retry, so the error goes up.
+    """
+
+    @functools.wraps(write)
+    def retrying(**kwargs):
+        if transaction.get_connection().in_atomic_block:
+            return write(**kwargs)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return write(**kwargs)
+            except OperationalError as exc:
+                if exc.args[0] not in _CONFLICT_ERROR_CODES:
+                    raise
+                if attempt == WRITE_ATTEMPTS:
+                    raise WriteConflict(str(exc)) from exc
+                time.sleep(random.uniform(0, 0.01 * attempt))
+        raise AssertionError("unreachable")
+
+    return retrying
+
+
+@_retry_conflicts
 def user_create(
     *,
     username: str,
@@ -230,52 +282,199 @@ def user_create(
     email = User.objects.normalize_email(email)
     user = User(username=username, email=email, first_name=first_name, last_name=last_name)
     _check_unique(username=username, email=email)
-    if password:
-        try:
-            validate_password(password, user)
-        except ValidationError as exc:
-            raise ValidationError({"password": exc.messages}) from exc
-        user.set_password(password)
-    else:
-        user.set_unusable_password()
-    try:
-        with transaction.atomic():
-            user.save(force_insert=True)
-            fields = _row_to_fields({name: getattr(user, name) for name in _ROW_COLUMNS})
-            transaction.on_commit(lambda: _cache_write(cache.user_cache_key(user.id), fields))
-    except IntegrityError as exc:
-        raise _duplicate_error(exc, username=username, email=email) from exc
+    _set_password(user, password)
+    with (
+        _unique_violations_as_validation_errors(username=username, email=email),
+        transaction.atomic(),
+    ):
+        return _insert(user)
+
+
+UPDATABLE_FIELDS = ("username", "email", "first_name", "last_name", "is_active")
+
+
+@_retry_conflicts
+def user_update(*, user_id: int, data: dict) -> dict:
+    """Changes some of a user's fields (``UPDATABLE_FIELDS`` and ``password``).
+
+    Raises ``Http404`` for an unknown id and ``ValidationError`` for a taken
+    username or email or a weak password.
+    """
+    unknown = set(data) - {*UPDATABLE_FIELDS, "password"}
+    assert not unknown, f"user_update cannot change {sorted(unknown)}"
+    email = User.objects.normalize_email(data["email"]) if "email" in data else None
+    with (
+        _unique_violations_as_validation_errors(
+            username=data.get("username"), email=email, exclude_id=user_id
+        ),
+        transaction.atomic(),
+    ):
+        user = _locked_user(user_id)
+        for name in UPDATABLE_FIELDS:
+            if name in data:
+                setattr(user, name, data[name])
+        if email is not None:
+            user.email = email
+        _check_unique(username=data.get("username"), email=email, exclude_id=user.id)
+        if "password" in data:
+            _set_password(user, data["password"])
+        return _save_locked(user)
+
+
+@_retry_conflicts
+def user_save(*, user: User) -> dict:
+    """Saves a new or changed instance (as the admin does) under the same cache rules."""
+    with transaction.atomic():
+        if user._state.adding:
+            return _insert(user)
+        user.version = _locked_user(user.pk).version
+        return _save_locked(user)
+
+
+@_retry_conflicts
+def user_delete(*, user_id: int) -> None:
+    """Deletes a user; its tokens go with it. Raises ``Http404`` for an unknown id."""
+    with transaction.atomic():
+        user = _locked_user(user_id)
+        tombstone = {
+            cache.ABSENT_FIELD: "1",
+            cache.VERSION_FIELD: str(_next_version(user.version)),
+        }
+        user.delete()
+        key = cache.user_cache_key(user_id)
+        if user_cache_settings.UPDATE_STRATEGY == "write-through":
+
+            def apply() -> None:
+                cache.write(key, tombstone, _ttl_ms(user_cache_settings.NEGATIVE_TTL))
+
+        else:
+
+            def apply() -> None:
+                cache.invalidate([key])
+
+        _sync_after_commit([key], apply)
+
+
+def _locked_user(user_id: int) -> User:
+    user = User.objects.select_for_update().filter(pk=user_id).first()
+    if user is None:
+        raise Http404("No user with this id.")
+    return user
+
+
+def _next_version(current: int) -> int:
+    """The version a write gives the row: above the current one, and at least the
+    current time in microseconds.
+
+    Counting alone would restart at 1 when a deleted id is created again, below
+    the deleted row's tombstone, and the new row could not be cached; the clock
+    keeps versions growing across a delete and re-create. Under the row lock,
+    ``current + 1`` keeps them growing whatever the clocks of different hosts say.
+    """
+    return max(current + 1, time.time_ns() // 1000)
+
+
+def _insert(user: User) -> dict:
+    """Inserts the row and, after commit, writes its entry whatever the strategy:
+    that also replaces a cached absence of the new id (no 404 after a 201)."""
+    user.version = _next_version(0)
+    user.save(force_insert=True)
+    fields = _instance_fields(user)
+    key = cache.user_cache_key(user.id)
+    _sync_after_commit([key], lambda: cache.write(key, fields, _ttl_ms(_ttl())))
     return _fields_to_user(fields)
 
 
-def _check_unique(*, username: str, email: str) -> None:
+def _save_locked(user: User) -> dict:
+    """Saves a row locked by this transaction and schedules the cache change.
+
+    The version grows under the row lock, so versions follow commit order and a
+    write-through can never replace a newer entry with an older one. The user's
+    cached token lookups are dropped too: they carry ``is_active`` and ``is_staff``.
+    """
+    user.version = _next_version(user.version)
+    user.save()
+    fields = _instance_fields(user)
+    key = cache.user_cache_key(user.id)
+    token_keys = [
+        cache.token_cache_key(token_digest(token_key))
+        for token_key in Token.objects.filter(user_id=user.id).values_list("key", flat=True)
+    ]
+    if user_cache_settings.UPDATE_STRATEGY == "write-through":
+
+        def apply() -> None:
+            cache.write(key, fields, _ttl_ms(_ttl()))
+            if token_keys:
+                cache.invalidate(token_keys)
+
+    else:
+
+        def apply() -> None:
+            cache.invalidate([key, *token_keys])
+
+    _sync_after_commit([key, *token_keys], apply)
+    return _fields_to_user(fields)
+
+
+def _sync_after_commit(keys: list[str], apply: Callable[[], object]) -> None:
+    """Records ``keys`` in the outbox within the current transaction, and runs
+    ``apply`` once it commits; if Redis misses it, the outbox replays it."""
+    entry_id = outbox.record(keys)
+    transaction.on_commit(lambda: outbox.complete(entry_id, apply))
+
+
+def _instance_fields(user: User) -> dict[str, str]:
+    return _row_to_fields({name: getattr(user, name) for name in _ROW_COLUMNS})
+
+
+def _ttl() -> int:
+    return user_cache_settings.TTL
+
+
+def _set_password(user: User, password: str | None) -> None:
+    if not password:
+        user.set_unusable_password()
+        return
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise ValidationError({"password": exc.messages}) from exc
+    user.set_password(password)
+
+
+def _check_unique(
+    *, username: str | None, email: str | None, exclude_id: int | None = None
+) -> None:
     """One query; the database's collation decides what counts as the same name."""
-    taken = User.objects.aggregate(
-        username=Count("id", filter=Q(username=username)),
-        email=Count("id", filter=Q(email=email)),
+    checks = {"username": username, "email": email}
+    checks = {field: value for field, value in checks.items() if value is not None}
+    if not checks:
+        return
+    others = User.objects.exclude(pk=exclude_id) if exclude_id else User.objects.all()
+    taken = others.aggregate(
+        **{field: Count("id", filter=Q(**{field: value})) for field, value in checks.items()}
     )
-    errors = {
-        field: [f"A user with that {field} already exists."]
-        for field, count in taken.items()
-        if count
-    }
+    errors = {field: [_taken_message(field)] for field, count in taken.items() if count}
     if errors:
         raise ValidationError(errors)
 
 
-def _duplicate_error(exc: IntegrityError, *, username: str, email: str) -> ValidationError:
-    """Maps a unique-key violation that slipped past ``_check_unique`` (a race) to a field."""
+@contextlib.contextmanager
+def _unique_violations_as_validation_errors(
+    *, username: str | None, email: str | None, exclude_id: int | None = None
+):
+    """Turns a unique-key violation that slipped past ``_check_unique`` (a race lost
+    to a concurrent commit) into the same per-field ``ValidationError``."""
     try:
-        _check_unique(username=username, email=email)
-    except ValidationError as error:
-        return error
-    field = "email" if "email" in str(exc) else "username"
-    return ValidationError({field: [f"A user with that {field} already exists."]})
+        yield
+    except IntegrityError as exc:
+        _check_unique(username=username, email=email, exclude_id=exclude_id)
+        field = "email" if "email" in str(exc) else "username"
+        raise ValidationError({field: [_taken_message(field)]}) from exc
 
 
-def _cache_write(key: str, fields: dict[str, str]) -> None:
-    with contextlib.suppress(cache.CacheUnavailable):
-        cache.write(key, fields, _ttl_ms(user_cache_settings.TTL))
+def _taken_message(field: str) -> str:
+    return f"A user with that {field} already exists."
 
 
 # Tokens: authentication goes through the same read-through machinery, keyed by
@@ -321,9 +520,6 @@ def token_principal_get(*, key: str) -> Principal | None:
 
 def token_cache_invalidate(*, key: str) -> None:
     """Forgets a token's cached lookup once the surrounding transaction commits."""
-    transaction.on_commit(lambda: _cache_invalidate([cache.token_cache_key(token_digest(key))]))
-
-
-def _cache_invalidate(keys: list[str]) -> None:
-    with contextlib.suppress(cache.CacheUnavailable):
-        cache.invalidate(keys)
+    keys = [cache.token_cache_key(token_digest(key))]
+    with transaction.atomic():
+        _sync_after_commit(keys, lambda: cache.invalidate(keys))

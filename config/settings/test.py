@@ -16,6 +16,9 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 TEST_RUN_PREFIX = f"usersvc-test-{uuid.uuid4().hex[:12]}"
 CACHES["default"]["KEY_PREFIX"] = TEST_RUN_PREFIX
 USERS_CACHE["KEY_PREFIX"] = TEST_RUN_PREFIX
+# No periodic outbox sweep: a background thread replaying rows behind a test's
+# back would make outage tests racy. Tests that need the sweep turn it on.
+USERS_CACHE["OUTBOX_SWEEP_SECONDS"] = 0
 
 # Static files come from the apps' folders: no collectstatic run, no manifest.
 MIDDLEWARE = [name for name in MIDDLEWARE if not name.startswith("whitenoise.")]

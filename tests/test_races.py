@@ -1,0 +1,121 @@
+"""The stale-set race, driven step by step with a reader paused between its MySQL
+load and its Redis fill, as "Scaling Memcache at Facebook" describes it:
+
+    reader: miss, load v1 from MySQL ......................... fill v1
+    writer:                           commit v2, invalidate
+
+Without protection the reader stores v1 after the writer is done, and the cache
+serves v1 until its TTL. With the lease, the writer revokes the reader's right
+to fill, and the late fill is refused.
+"""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from users import cache, services
+from users.models import User
+
+
+@pytest.fixture(params=["invalidate", "write-through"])
+def strategy(request, settings):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "UPDATE_STRATEGY": request.param}
+    return request.param
+
+
+@pytest.fixture
+def protection_off(settings):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "STALE_SET_PROTECTION": False}
+
+
+class PausedReader:
+    """Runs ``user_get`` in a thread that stops right after its MySQL load."""
+
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+        self.loaded = threading.Event()
+        self.release = threading.Event()
+        self.result: services.CacheResult | None = None
+        self.thread = threading.Thread(target=self._run)
+
+    def _pause(self, sender, key: str, **kwargs) -> None:
+        if threading.current_thread() is self.thread:
+            self.loaded.set()
+            assert self.release.wait(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            self.result = services.user_get(user_id=self.user_id)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> "PausedReader":
+        services.cache_fill_pending.connect(self._pause, weak=False)
+        self.thread.start()
+        assert self.loaded.wait(timeout=30), "the reader never reached its fill"
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release.set()
+        self.thread.join(timeout=30)
+        services.cache_fill_pending.disconnect(self._pause)
+
+
+@pytest.fixture
+def user(transactional_db) -> User:
+    return User.objects.create(username="racer", email="racer@example.com", first_name="v1")
+
+
+def _cached_first_name(redis_client, user_id: int) -> bytes | None:
+    return redis_client.hget(cache.user_cache_key(user_id), "first_name")
+
+
+class TestUpdateRace:
+    def test_the_readers_older_load_never_lands(self, strategy, user, redis_client):
+        with PausedReader(user.id) as reader:
+            services.user_update(user_id=user.id, data={"first_name": "v2"})
+
+        assert reader.result.value["first_name"] == "v1"
+        assert _cached_first_name(redis_client, user.id) in {None, b"v2"}
+        assert services.user_get(user_id=user.id).value["first_name"] == "v2"
+
+    def test_without_protection_the_race_leaves_the_cache_stale(
+        self, strategy, protection_off, user, redis_client
+    ):
+        with PausedReader(user.id):
+            services.user_update(user_id=user.id, data={"first_name": "v2"})
+
+        assert _cached_first_name(redis_client, user.id) == b"v1"
+        assert services.user_get(user_id=user.id).value["first_name"] == "v1"
+
+
+class TestDeleteRace:
+    def test_a_deleted_user_is_not_resurrected(self, strategy, user, redis_client):
+        with PausedReader(user.id) as reader:
+            services.user_delete(user_id=user.id)
+
+        assert reader.result.value["username"] == "racer"
+        assert _cached_first_name(redis_client, user.id) is None
+        assert services.user_get(user_id=user.id).value is None
+
+    def test_without_protection_the_deleted_user_comes_back(
+        self, strategy, protection_off, user, redis_client
+    ):
+        with PausedReader(user.id):
+            services.user_delete(user_id=user.id)
+
+        assert services.user_get(user_id=user.id).value["username"] == "racer"
+
+
+class TestCreateRace:
+    def test_a_readers_cached_absence_does_not_outlive_the_create(self, transactional_db):
+        probe = User.objects.create(username="probe", email="probe@example.com")
+        next_id = probe.id + 1
+        probe.delete()
+        with PausedReader(next_id) as reader:
+            created = services.user_create(username="late", email="late@example.com")
+
+        assert reader.result.value is None
+        assert created["id"] == next_id
+        assert services.user_get(user_id=next_id).value == created

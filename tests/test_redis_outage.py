@@ -1,0 +1,212 @@
+"""Redis down, paused or refusing: reads bypass the cache, writes commit, and the
+invalidations Redis missed are replayed when it returns.
+
+Each test runs its own ``redis-server`` on a free port and stops, pauses
+(SIGSTOP keeps its data, like a stalled server) and resumes it.
+"""
+
+import copy
+import time
+
+import pytest
+
+from tests.conftest import _token_client
+from tests.servers import RedisServer
+from users import cache, outbox, services
+from users.models import CacheInvalidation, User
+
+
+def _serve_cache_from(server: RedisServer, settings):
+    """Points the cache at ``server`` for one test, with a closed breaker before and after."""
+    server.start()
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["LOCATION"] = server.url
+    settings.CACHES = caches
+    cache.breaker.reset()
+    yield server
+    server.stop()
+    cache.breaker.reset()
+    outbox._pending.clear()
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    yield from _serve_cache_from(RedisServer(tmp_path), settings)
+
+
+@pytest.fixture
+def user(transactional_db) -> User:
+    return User.objects.create(username="steady", email="steady@example.com", first_name="v1")
+
+
+def _raw(own_redis):
+    import redis
+
+    return redis.Redis(port=own_redis.port)
+
+
+def test_reads_bypass_a_stopped_redis(own_redis, user, django_assert_num_queries):
+    own_redis.stop()
+
+    with django_assert_num_queries(1):
+        result = services.user_get(user_id=user.id)
+
+    assert result.source is services.Source.BYPASS
+    assert result.value["first_name"] == "v1"
+
+
+def test_reads_bypass_a_paused_redis_and_never_write_back(own_redis, user):
+    own_redis.pause()
+    result = services.user_get(user_id=user.id)
+    own_redis.resume()
+
+    assert result.source is services.Source.BYPASS
+    assert result.value["first_name"] == "v1"
+    assert _raw(own_redis).exists(cache.user_cache_key(user.id)) == 0
+
+
+def test_the_api_answers_bypass_not_5xx(own_redis, user):
+    client = _token_client(user)
+    own_redis.stop()
+
+    response = client.get(f"/api/user/{user.id}")
+
+    assert response.status_code == 200
+    assert response["X-Cache"] == "BYPASS"
+
+
+def test_the_breaker_opens_and_then_fails_fast(settings, own_redis, user):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "BREAKER_FAILURES": 2}
+    own_redis.pause()
+    try:
+        for _ in range(2):
+            with pytest.raises(cache.CacheUnavailable, match="Timeout"):
+                cache.read("any-key")
+        assert cache.breaker.is_open
+        with pytest.raises(cache.CacheUnavailable, match="circuit breaker open"):
+            cache.read("any-key")
+    finally:
+        own_redis.resume()
+
+
+def test_the_breaker_closes_by_itself_when_redis_returns(settings, own_redis, user):
+    settings.USERS_CACHE = {
+        **settings.USERS_CACHE, "BREAKER_FAILURES": 1, "BREAKER_COOLDOWN_MS": 200
+    }  # fmt: skip
+    own_redis.stop()
+    assert services.user_get(user_id=user.id).source is services.Source.BYPASS
+    assert cache.breaker.is_open
+    own_redis.start()
+
+    deadline = time.monotonic() + 5
+    sources = []
+    while time.monotonic() < deadline:
+        sources.append(services.user_get(user_id=user.id).source)
+        if sources[-1] is services.Source.HIT:
+            break
+        time.sleep(0.05)
+    assert sources[-1] is services.Source.HIT
+    assert not cache.breaker.is_open
+
+
+def test_writes_during_an_outage_commit_and_are_acknowledged(own_redis, user):
+    own_redis.stop()
+
+    updated = services.user_update(user_id=user.id, data={"first_name": "v2"})
+
+    assert updated["first_name"] == "v2"
+    assert User.objects.get(pk=user.id).first_name == "v2"
+    assert CacheInvalidation.objects.count() == 1
+
+
+def test_after_a_pause_reads_return_the_new_state(own_redis, user):
+    """SIGSTOP keeps the old entry in Redis while the update commits."""
+    services.user_get(user_id=user.id)
+    own_redis.pause()
+    services.user_update(user_id=user.id, data={"first_name": "v2"})
+    assert CacheInvalidation.objects.count() == 1
+    own_redis.resume()
+
+    assert services.user_get(user_id=user.id).value["first_name"] == "v2"
+
+
+@pytest.fixture
+def persistent_redis(tmp_path, settings):
+    """A Redis whose data survives a restart, so the stale entry is still there after
+    the outage and nothing but a replay can remove it."""
+    yield from _serve_cache_from(RedisServer(tmp_path, persistent=True), settings)
+
+
+class TestInvalidationsSurviveAnOutage:
+    def _update_during_outage(self, redis_server, user) -> None:
+        assert services.user_get(user_id=user.id).source is services.Source.MISS
+        redis_server.stop()
+        services.user_update(user_id=user.id, data={"first_name": "v2"})
+        assert CacheInvalidation.objects.count() == 1
+        assert outbox.has_pending()
+        redis_server.start()
+        stale = _raw(redis_server).hget(cache.user_cache_key(user.id), "first_name")
+        assert stale == b"v1", "the restarted Redis should still hold the old entry"
+
+    def test_the_writing_process_replays_before_its_next_cached_read(
+        self, settings, persistent_redis, user
+    ):
+        """The background retry is pushed far away, so only the read can replay."""
+        settings.USERS_CACHE = {**settings.USERS_CACHE, "OUTBOX_RETRY_MS": 60_000}
+        self._update_during_outage(persistent_redis, user)
+
+        result = services.user_get(user_id=user.id)
+
+        assert result.value["first_name"] == "v2"
+        assert result.source is services.Source.MISS
+        assert CacheInvalidation.objects.count() == 0
+
+    def test_the_background_replay_clears_it_for_every_process(self, persistent_redis, user):
+        """No read from this process: the outbox thread alone must remove the stale
+        entry, within the documented bound (breaker cooldown + one retry)."""
+        self._update_during_outage(persistent_redis, user)
+        back = time.monotonic()
+        key = cache.user_cache_key(user.id)
+
+        while _raw(persistent_redis).exists(key) and time.monotonic() - back < 5:
+            time.sleep(0.02)
+
+        assert _raw(persistent_redis).exists(key) == 0
+        bound = (
+            services.user_cache_settings.BREAKER_COOLDOWN_MS
+            + services.user_cache_settings.OUTBOX_RETRY_MS
+        ) / 1000
+        assert time.monotonic() - back < bound + 0.5
+        assert CacheInvalidation.objects.count() == 0
+
+    def test_a_create_during_the_outage_clears_the_cached_absence(
+        self, persistent_redis, transactional_db
+    ):
+        probe = User.objects.create(username="probe", email="probe@example.com")
+        next_id = probe.id + 1
+        probe.delete()
+        assert services.user_get(user_id=next_id).value is None
+        persistent_redis.stop()
+        created = services.user_create(username="during", email="during@example.com")
+        persistent_redis.start()
+
+        assert created["id"] == next_id
+        assert services.user_get(user_id=next_id).value == created
+
+
+def test_a_process_sweep_replays_what_a_crashed_writer_left(settings, own_redis, user):
+    """A row left in the outbox with no process pending on it (its writer died) is
+    replayed by the periodic sweep of any process."""
+    services.user_get(user_id=user.id)
+    key = cache.user_cache_key(user.id)
+    CacheInvalidation.objects.create(keys=[key])
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "OUTBOX_SWEEP_SECONDS": 0.2}
+
+    outbox.before_cached_read()  # starts the thread in a fresh process
+    outbox._wake.set()  # an earlier test's thread re-reads the changed setting
+    deadline = time.monotonic() + 5
+    while CacheInvalidation.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert not CacheInvalidation.objects.exists()
+    assert _raw(own_redis).exists(key) == 0

@@ -1,0 +1,129 @@
+"""Random reads, updates, deletes and re-creates on a handful of ids from several threads,
+against the real MySQL and Redis; afterwards every entry must equal MySQL.
+
+Every reader pauses for a random moment between its MySQL load and its Redis
+fill, which makes the stale-set race frequent. The same load with the
+protection switched off must leave stale entries: that is how we know the
+check can fail. STRESS_SECONDS sets the protected run's length (default 3).
+"""
+
+import os
+import random
+import threading
+import time
+
+import pytest
+from django.db import IntegrityError, connection
+
+from users import cache, services
+from users.models import User
+
+THREADS = 6
+IDS = 5
+STRESS_SECONDS = float(os.environ.get("STRESS_SECONDS", 3))
+
+
+def _widen_fill_window(sender, key: str, **kwargs) -> None:
+    time.sleep(random.uniform(0, 0.002))
+
+
+@pytest.fixture
+def widened_window():
+    services.cache_fill_pending.connect(_widen_fill_window, weak=False)
+    yield
+    services.cache_fill_pending.disconnect(_widen_fill_window)
+
+
+def _identity(user_id: int) -> dict:
+    return {"username": f"s{user_id}", "email": f"s{user_id}@example.com"}
+
+
+def _worker(user_ids: list[int], stop: threading.Event, errors: list) -> None:
+    rng = random.Random()
+    try:
+        while not stop.is_set():
+            user_id = rng.choice(user_ids)
+            roll = rng.random()
+            try:
+                if roll < 0.65:
+                    services.user_get(user_id=user_id)
+                elif roll < 0.93:
+                    services.user_update(
+                        user_id=user_id, data={"first_name": f"n{rng.randrange(10**6)}"}
+                    )
+                elif roll < 0.965:
+                    services.user_delete(user_id=user_id)
+                else:
+                    services.user_save(user=User(id=user_id, **_identity(user_id)))
+            except (services.Http404, IntegrityError, services.WriteConflict):
+                pass  # deleting a deleted user, re-creating a live one, a 409
+    except Exception as exc:  # surfaced by the test, not swallowed
+        errors.append(exc)
+    finally:
+        connection.close()
+
+
+def _run_load(user_ids: list[int], seconds: float) -> None:
+    stop, errors = threading.Event(), []
+    threads = [
+        threading.Thread(target=_worker, args=(user_ids, stop, errors)) for _ in range(THREADS)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+
+
+def _stale_entries(redis_client, user_ids: list[int]) -> list[str]:
+    """Entries that differ from MySQL: a wrong state, a deleted user, a false absence."""
+    stale = []
+    for user_id in user_ids:
+        raw = redis_client.hgetall(cache.user_cache_key(user_id))
+        if not raw:
+            continue
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        row = User.objects.filter(pk=user_id).values(*services._ROW_COLUMNS).first()
+        if row is None:
+            if cache.ABSENT_FIELD not in fields:
+                stale.append(f"user {user_id} is deleted but cached")
+        elif cache.ABSENT_FIELD in fields:
+            stale.append(f"user {user_id} exists but is cached as absent")
+        elif fields != services._row_to_fields(row):
+            stale.append(f"user {user_id}: cache {fields['_v']} != mysql {row['version']}")
+    return stale
+
+
+@pytest.fixture
+def user_ids(transactional_db) -> list[int]:
+    first = User.objects.create(**_identity(0)).id
+    User.objects.filter(pk=first).delete()
+    ids = list(range(first + 1, first + 1 + IDS))
+    User.objects.bulk_create([User(id=user_id, **_identity(user_id)) for user_id in ids])
+    return ids
+
+
+@pytest.mark.parametrize("strategy", ["invalidate", "write-through"])
+def test_no_stale_entries_under_concurrent_load(
+    settings, strategy, widened_window, user_ids, redis_client
+):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "UPDATE_STRATEGY": strategy}
+    rounds = 3
+    for _ in range(rounds):
+        _run_load(user_ids, STRESS_SECONDS / rounds)
+        assert _stale_entries(redis_client, user_ids) == []
+
+
+def test_the_same_load_without_protection_finds_stale_entries(
+    settings, widened_window, user_ids, redis_client
+):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "STALE_SET_PROTECTION": False}
+    found: list[str] = []
+    for _ in range(20):
+        _run_load(user_ids, 0.5)
+        found = _stale_entries(redis_client, user_ids)
+        if found:
+            break
+    assert found, "without the lease check the race should leave stale entries"

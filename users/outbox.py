@@ -1,0 +1,146 @@
+"""The invalidation outbox: cache invalidations that survive a Redis outage or a crash.
+
+Every write records the Redis keys it affects in ``CacheInvalidation``, inside
+its own transaction. After the commit, ``complete`` applies the cache change
+and deletes the row. When Redis does not answer, the row stays, and:
+
+* this process replays it before serving its next cached read
+  (``before_cached_read``), so a writer never reads its own stale entry;
+* a background thread retries every ``OUTBOX_RETRY_MS`` until Redis answers, so
+  other processes stop seeing the stale entry within about the breaker's
+  cooldown plus one retry after Redis returns;
+* every process also sweeps the table every ``OUTBOX_SWEEP_SECONDS``, which
+  replays rows left by a process that died between its commit and its
+  invalidation.
+
+Replaying is idempotent: deleting a key twice is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from django.db import DatabaseError, connection
+
+from . import cache
+from .conf import user_cache_settings
+from .models import CacheInvalidation
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 500
+# Set while this process holds an invalidation Redis missed. Each miss also bumps
+# _deferrals, so a replay clears the flag only if no miss came in during it.
+_pending = threading.Event()
+_deferrals = 0
+_state_lock = threading.Lock()
+_replay_lock = threading.Lock()
+# Wakes the background thread early: a new deferral cuts its retry wait short.
+_wake = threading.Event()
+_drainer_lock = threading.Lock()
+_drainer: threading.Thread | None = None
+
+
+def record(keys: list[str]) -> int:
+    """Records the keys a write affects; call inside the write's transaction."""
+    return CacheInvalidation.objects.create(keys=keys).pk
+
+
+def complete(entry_id: int, apply: Callable[[], None]) -> None:
+    """After commit: applies the cache change, then forgets the entry.
+
+    Never raises: the write has committed and must be acknowledged. What could
+    not be done is left in the table for replay.
+    """
+    try:
+        apply()
+    except cache.CacheUnavailable as exc:
+        logger.warning("cache change deferred to the outbox (entry %s): %s", entry_id, exc)
+        _defer()
+        _ensure_drainer()
+        return
+    try:
+        CacheInvalidation.objects.filter(pk=entry_id).delete()
+    except DatabaseError as exc:
+        logger.warning("outbox entry %s left for replay: %s", entry_id, exc)
+
+
+def replay() -> int:
+    """Invalidates every recorded entry's keys and deletes the entries.
+
+    Returns how many entries were replayed; raises ``CacheUnavailable`` when
+    Redis does not answer (the entries stay).
+    """
+    with _replay_lock:
+        deferrals_before = _deferrals
+        replayed = 0
+        while batch := list(
+            CacheInvalidation.objects.order_by("id").values_list("id", "keys")[:_BATCH]
+        ):
+            cache.invalidate(key for _, keys in batch for key in keys)
+            entry_ids = [entry_id for entry_id, _ in batch]
+            CacheInvalidation.objects.filter(id__in=entry_ids).delete()
+            replayed += len(batch)
+        with _state_lock:
+            if _deferrals == deferrals_before:
+                _pending.clear()
+    if replayed:
+        logger.info("replayed %d outbox entries", replayed)
+    return replayed
+
+
+def has_pending() -> bool:
+    return _pending.is_set()
+
+
+def _defer() -> None:
+    global _deferrals
+    with _state_lock:
+        _deferrals += 1
+        _pending.set()
+    _wake.set()
+
+
+def before_cached_read() -> None:
+    """Replays this process's missed invalidations before it trusts the cache.
+
+    Costs one attribute check when nothing is pending. Raises
+    ``CacheUnavailable`` while Redis is still away, so the read bypasses the cache.
+    """
+    if _drainer is None and user_cache_settings.OUTBOX_SWEEP_SECONDS:
+        _ensure_drainer()
+    if _pending.is_set():
+        replay()
+
+
+def _ensure_drainer() -> None:
+    global _drainer
+    with _drainer_lock:
+        if _drainer is None or not _drainer.is_alive():
+            _drainer = threading.Thread(target=_drain_forever, name="cache-outbox", daemon=True)
+            _drainer.start()
+
+
+def _drain_forever() -> None:
+    next_sweep = time.monotonic()
+    while True:
+        sweep_every = user_cache_settings.OUTBOX_SWEEP_SECONDS
+        sweep_due = bool(sweep_every) and time.monotonic() >= next_sweep
+        if _pending.is_set() or sweep_due:
+            try:
+                replay()
+                if sweep_due:
+                    next_sweep = time.monotonic() + sweep_every
+                continue
+            except (cache.CacheUnavailable, DatabaseError) as exc:
+                logger.debug("outbox replay failed, retrying: %s", exc)
+                delay = user_cache_settings.OUTBOX_RETRY_MS / 1000
+            finally:
+                connection.close()
+        else:
+            delay = max(0.0, next_sweep - time.monotonic()) if sweep_every else None
+        _wake.wait(timeout=delay)
+        _wake.clear()
