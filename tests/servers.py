@@ -149,3 +149,93 @@ def _current_user() -> str:
     import pwd
 
     return pwd.getpwuid(os.getuid()).pw_name
+
+
+class WebService(ServerProcess):
+    """The service itself under gunicorn with the production settings, migrated,
+    with a staff user whose token ``token`` authenticates requests."""
+
+    name = "web"
+
+    def __init__(self, workdir: Path, *, database_url: str, redis_url: str, **env: str) -> None:
+        super().__init__(workdir)
+        root = Path(__file__).resolve().parent.parent
+        self.root = root
+        self.python = str(Path(os.environ.get("VIRTUAL_ENV", root / ".venv")) / "bin" / "python")
+        if not Path(self.python).exists():
+            self.python = shutil.which("python3") or "python3"
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.production",
+            "SECRET_KEY": "web-service-test-only",
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "CACHE_KEY_PREFIX": f"usersvc-web-{self.port}",
+            "BIND": f"127.0.0.1:{self.port}",
+            "WEB_CONCURRENCY": "2",
+            "GUNICORN_THREADS": "4",
+            **env,
+        }
+        self.token = ""
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [self.python, "manage.py", *args], cwd=self.root, env=self.env,
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return result.stdout
+
+    def prepare(self) -> None:
+        """Migrates and creates the staff user and its token."""
+        self.manage("migrate", "--no-input", "-v0")
+        self.manage("shell", "-c", _CREATE_STAFF)
+        self.token = self.manage("drf_create_token", "staff").split()[2]
+
+    def command(self) -> list[str]:
+        gunicorn = str(Path(self.python).parent / "gunicorn")
+        return [gunicorn, "-c", "config/gunicorn.py", "config.wsgi"]
+
+    def start(self) -> None:
+        log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        self.process = subprocess.Popen(
+            self.command(), cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        _wait(self.is_ready, f"{self.name} on port {self.port}", timeout=60)
+
+    def is_ready(self) -> bool:
+        return self.request("GET", "/api/user", token=None)[0] == 401
+
+    def request(
+        self, method: str, path: str, body: dict | None = None, *, token: str | None = ""
+    ) -> tuple[int, dict, dict]:
+        """Sends one request; returns (status, headers, JSON body)."""
+        import http.client
+        import json
+
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        token = self.token if token == "" else token
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(
+                method, path, json.dumps(body) if body is not None else None, headers
+            )
+            response = connection.getresponse()
+            raw = response.read()
+            return (
+                response.status,
+                {name.lower(): value for name, value in response.getheaders()},
+                json.loads(raw) if raw else {},
+            )
+        finally:
+            connection.close()
+
+
+_CREATE_STAFF = """
+from users.models import User
+User.objects.filter(username="staff").exists() or User.objects.create_user(
+    username="staff", email="staff@example.com", is_staff=True
+)
+"""

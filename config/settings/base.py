@@ -27,7 +27,10 @@ USE_I18N = True
 DATABASES = {
     "default": env.db("DATABASE_URL", default="mysql://root@127.0.0.1:3306/usersvc"),
 }
-DATABASES["default"].setdefault("OPTIONS", {}).update({"charset": "utf8mb4"})
+# A MySQL that does not answer must fail fast (503), not hang the worker.
+DATABASES["default"].setdefault("OPTIONS", {}).update(
+    {"charset": "utf8mb4", "connect_timeout": env.int("DB_CONNECT_TIMEOUT", default=2)}
+)
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
@@ -59,7 +62,9 @@ CACHES = {
 USERS_CACHE = {
     "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="usersvc"),
     "TTL": env.int("USER_CACHE_TTL", default=3600),
+    "NEGATIVE_TTL": env.int("USER_CACHE_NEGATIVE_TTL", default=30),
     "TOKEN_TTL": env.int("TOKEN_CACHE_TTL", default=300),
+    "UPDATE_STRATEGY": env("USER_CACHE_UPDATE_STRATEGY", default="invalidate"),
 }
 
 # APPS

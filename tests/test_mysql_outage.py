@@ -1,0 +1,72 @@
+"""MySQL down: cached users are still served; misses and writes get a 503 with a
+JSON body; and the service recovers without a restart once MySQL is back.
+
+The test runs its own mariadbd and redis-server, and the service itself under
+gunicorn with the production settings, then stops and restarts mariadbd.
+"""
+
+import pytest
+
+from tests.servers import MariaDBServer, RedisServer, WebService
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def stack(tmp_path):
+    mariadb, redis_server = MariaDBServer(tmp_path), RedisServer(tmp_path)
+    mariadb.start()
+    redis_server.start()
+    import MySQLdb
+
+    connection = MySQLdb.connect(host="127.0.0.1", port=mariadb.port, user="root")
+    connection.cursor().execute("CREATE DATABASE usersvc CHARACTER SET utf8mb4")
+    connection.close()
+    web = WebService(tmp_path, database_url=mariadb.url("usersvc"), redis_url=redis_server.url)
+    web.prepare()
+    web.start()
+    yield mariadb, web
+    web.stop()
+    redis_server.stop()
+    mariadb.stop()
+
+
+def _create(web: WebService, name: str) -> dict:
+    status, _, body = web.request("POST", "/api/user", {"username": name, "email": f"{name}@x.io"})
+    assert status == 201, body
+    return body
+
+
+def test_mysql_outage_serves_hits_refuses_the_rest_and_recovers(stack):
+    mariadb, web = stack
+    cached = _create(web, "cached")
+    uncached = _create(web, "uncached")
+    assert web.request("GET", f"/api/user/{cached['id']}")[1]["x-cache"] == "HIT"
+    assert web.request("DELETE", f"/api/user/{uncached['id']}")[0] == 204
+    other = _create(web, "other")
+    web.manage(
+        "shell",
+        "-c",
+        f"from users import cache; cache.invalidate([cache.user_cache_key({other['id']})])",
+    )
+
+    mariadb.stop()
+
+    for _ in range(4):  # every worker process, each with its own connections
+        status, headers, body = web.request("GET", f"/api/user/{cached['id']}")
+        assert (status, headers["x-cache"], body) == (200, "HIT", cached)
+    status, headers, body = web.request("GET", f"/api/user/{other['id']}")
+    assert status == 503 and "detail" in body
+    assert headers["content-type"] == "application/json"
+    assert web.request("POST", "/api/user", {"username": "n", "email": "n@x.io"})[0] == 503
+    assert web.request("PATCH", f"/api/user/{cached['id']}", {"first_name": "x"})[0] == 503
+    assert web.request("GET", "/api/user")[0] == 503
+
+    mariadb.start()
+
+    status, headers, body = web.request("GET", f"/api/user/{other['id']}")
+    assert (status, headers["x-cache"], body) == (200, "MISS", other)
+    assert web.request("POST", "/api/user", {"username": "n", "email": "n@x.io"})[0] == 201
+    patched = web.request("PATCH", f"/api/user/{cached['id']}", {"first_name": "back"})
+    assert patched[0] == 200
+    assert web.request("GET", f"/api/user/{cached['id']}")[2]["first_name"] == "back"
