@@ -138,6 +138,11 @@ def _drain_forever() -> None:
             except (cache.CacheUnavailable, DatabaseError) as exc:
                 logger.debug("outbox replay failed, retrying: %s", exc)
                 delay = user_cache_settings.OUTBOX_RETRY_MS / 1000
+            except Exception:
+                # Anything else is a bug, but the thread must outlive it: it is
+                # the only one that replays for this process.
+                logger.exception("outbox replay crashed, retrying")
+                delay = user_cache_settings.OUTBOX_RETRY_MS / 1000
             finally:
                 connection.close()
         else:

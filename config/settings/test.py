@@ -4,10 +4,11 @@ Every test run writes its Redis keys under its own prefix, so a run never reads
 another's entries and the session teardown removes exactly what it wrote.
 """
 
+import hashlib
 import uuid
 
 from .base import *  # noqa: F403
-from .base import CACHES, MIDDLEWARE, USERS_CACHE
+from .base import BASE_DIR, CACHES, DATABASES, MIDDLEWARE, USERS_CACHE
 
 SECRET_KEY = "test-only-not-a-secret"
 DEBUG = False
@@ -26,3 +27,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# One test database per checkout: runs from different clones or worktrees share
+# the MySQL server without dropping each other's database mid-run.
+_CHECKOUT = hashlib.sha1(str(BASE_DIR).encode()).hexdigest()[:8]
+DATABASES["default"]["TEST"]["NAME"] = f"test_{DATABASES['default']['NAME']}_{_CHECKOUT}"
