@@ -175,6 +175,8 @@ class WebService(ServerProcess):
             "BIND": f"127.0.0.1:{self.port}",
             "WEB_CONCURRENCY": "2",
             "GUNICORN_THREADS": "4",
+            "SECURE_SSL_REDIRECT": "false",
+            "SECURE_COOKIES": "false",
             **env,
         }
         self.token = ""

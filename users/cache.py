@@ -59,6 +59,10 @@ def token_cache_key(token_digest: str) -> str:
     return f"{_namespace()}:token:{{{token_digest}}}"
 
 
+def throttle_key(scope: str, ident: str) -> str:
+    return f"{_namespace()}:throttle:{scope}:{{{ident}}}"
+
+
 def lease_key(entry_key: str) -> str:
     return f"{entry_key}:lease"
 
@@ -118,6 +122,15 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
+"""
+
+
+# KEYS: counter. ARGV: window (ms). Counts a request in a fixed window that
+# starts with its first request; returns the count and the window's time left.
+_COUNT_IN_WINDOW = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {count, redis.call('PTTL', KEYS[1])}
 """
 
 
@@ -195,10 +208,9 @@ def _script(source: str) -> Script:
     return Script(None, source.encode())
 
 
-def _run_script(source: str, key: str, args: list) -> object:
-    return _call(
-        lambda client: _script(source)(keys=[key, lease_key(key)], args=args, client=client)
-    )
+def _run_script(source: str, keys: list[str], args: list) -> object:
+    script = _script(source)
+    return _call(lambda client: script(keys=keys, args=args, client=client))
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
@@ -221,7 +233,7 @@ def read(key: str) -> dict[str, str] | None:
 
 def read_or_lease(key: str, token: str, lease_ms: int) -> tuple[ReadState, dict[str, str] | None]:
     """Reads the entry, or, when it is missing, tries to take the lease to fill it."""
-    reply = _run_script(_READ_OR_LEASE, key, [token, lease_ms])
+    reply = _run_script(_READ_OR_LEASE, [key, lease_key(key)], [token, lease_ms])
     state = ReadState(reply[0])
     if state is ReadState.HIT:
         flat = reply[1]
@@ -232,16 +244,23 @@ def read_or_lease(key: str, token: str, lease_ms: int) -> tuple[ReadState, dict[
 def fill(key: str, token: str, fields: Mapping[str, str], ttl_ms: int) -> bool:
     """Stores a reader's load if its lease still stands; True when it was stored."""
     source = _FILL if user_cache_settings.STALE_SET_PROTECTION else _FILL_UNGUARDED
-    return bool(_run_script(source, key, [token, ttl_ms, *_flatten(fields)]))
+    return bool(_run_script(source, [key, lease_key(key)], [token, ttl_ms, *_flatten(fields)]))
 
 
 def release_lease(key: str, token: str) -> None:
-    _run_script(_RELEASE, key, [token])
+    _run_script(_RELEASE, [key, lease_key(key)], [token])
 
 
 def write(key: str, fields: Mapping[str, str], ttl_ms: int) -> bool:
     """Write-through of a committed state; refused when Redis holds the same or a newer one."""
-    return bool(_run_script(_WRITE, key, [fields[VERSION_FIELD], ttl_ms, *_flatten(fields)]))
+    args = [fields[VERSION_FIELD], ttl_ms, *_flatten(fields)]
+    return bool(_run_script(_WRITE, [key, lease_key(key)], args))
+
+
+def count_in_window(key: str, window_ms: int) -> tuple[int, int]:
+    """Counts one request against a rate limit: (requests so far, ms left in the window)."""
+    count, ms_left = _run_script(_COUNT_IN_WINDOW, [key], [window_ms])
+    return count, ms_left
 
 
 def invalidate(keys: Iterable[str]) -> None:

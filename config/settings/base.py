@@ -153,6 +153,21 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "users.throttling.AnonRedisThrottle",
+        "users.throttling.UserRedisThrottle",
+    ],
+    # "off" turns a scope off. auth_failure caps failed token checks per address.
+    "DEFAULT_THROTTLE_RATES": {
+        scope: None if rate == "off" else rate
+        for scope, rate in {
+            "anon": env("THROTTLE_RATE_ANON", default="60/min"),
+            "user": env("THROTTLE_RATE_USER", default="12000/min"),
+            "auth_failure": env("THROTTLE_RATE_AUTH_FAILURE", default="30/min"),
+        }.items()
+    },
+    # Client addresses for throttling come from X-Forwarded-For behind this many proxies.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
 }
 
 # LOGGING

@@ -1,0 +1,241 @@
+"""Security defaults, the authorization matrix, throttling and secrets."""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tests.conftest import _token_client
+from users.models import User
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "a-Long-passphrase-7"
+
+
+def _run_with_production_settings(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE"}
+    }
+    environment.update(DJANGO_SETTINGS_MODULE="config.settings.production", **env)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=environment,
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
+class TestProductionSettings:
+    def test_check_deploy_passes(self):
+        result = _run_with_production_settings(
+            "check", "--deploy", "--fail-level", "WARNING",
+            SECRET_KEY="k" * 10 + "a-long-random-production-secret-0123456789",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+    def test_refuses_to_start_without_a_secret_key(self):
+        result = _run_with_production_settings("check")
+        assert result.returncode != 0
+        assert "SECRET_KEY must be set" in result.stderr
+
+    def test_refuses_to_start_with_debug_on(self):
+        result = _run_with_production_settings("check", SECRET_KEY="x" * 60, DEBUG="true")
+        assert result.returncode != 0
+        assert "DEBUG must be off" in result.stderr
+
+
+@pytest.fixture
+def principals(transactional_db, make_user):
+    """One client per kind of caller, and a target user to act on."""
+    reader = make_user(username="reader", email="reader@example.com")
+    staff = make_user(username="staff", email="staff@example.com", is_staff=True)
+    inactive = make_user(username="inactive", email="inactive@example.com", is_active=False)
+    deleted_token_user = make_user(username="untokened", email="untokened@example.com")
+    deleted_token = _token_client(deleted_token_user)
+    assert deleted_token.get(f"/api/user/{reader.id}").status_code == 200  # now cached
+    Token.objects.filter(user=deleted_token_user).delete()
+    invalid = APIClient()
+    invalid.credentials(HTTP_AUTHORIZATION="Token " + "f" * 40)
+    return {
+        "anonymous": APIClient(),
+        "invalid token": invalid,
+        "deleted token": deleted_token,
+        "inactive": _token_client(inactive),
+        "non-staff": _token_client(reader),
+        "staff": _token_client(staff),
+    }
+
+
+# Expected status per (caller, operation); writes to a fresh target each time.
+MATRIX = {
+    "anonymous": {"list": 401, "get": 401, "create": 401, "put": 401, "patch": 401, "delete": 401},
+    "invalid token": dict.fromkeys(["list", "get", "create", "put", "patch", "delete"], 401),
+    "deleted token": dict.fromkeys(["list", "get", "create", "put", "patch", "delete"], 401),
+    "inactive": dict.fromkeys(["list", "get", "create", "put", "patch", "delete"], 401),
+    "non-staff": {"list": 200, "get": 200, "create": 403, "put": 403, "patch": 403, "delete": 403},
+    "staff": {"list": 200, "get": 200, "create": 201, "put": 200, "patch": 200, "delete": 204},
+}
+
+
+def _perform(client: APIClient, operation: str, url: str, body: dict):
+    if operation == "list":
+        return client.get("/api/user")
+    if operation == "get":
+        return client.get(url)
+    if operation == "create":
+        return client.post("/api/user", body, format="json")
+    if operation == "put":
+        return client.put(url, body, format="json")
+    if operation == "patch":
+        return client.patch(url, {"first_name": "x"}, format="json")
+    return client.delete(url)
+
+
+@pytest.mark.parametrize("caller", list(MATRIX))
+def test_authorization_matrix(principals, make_user, caller):
+    client = principals[caller]
+    for operation, expected in MATRIX[caller].items():
+        target = make_user(username=f"t-{operation}", email=f"t-{operation}@example.com")
+        url = f"/api/user/{target.id}"
+        body = {"username": f"n-{operation}", "email": f"n-{operation}@example.com"}
+        response = _perform(client, operation, url, body)
+        assert response.status_code == expected, (caller, operation, response.content)
+        if expected in {401, 403}:
+            assert User.objects.filter(pk=target.id, first_name="").exists()
+            assert not User.objects.filter(username=body["username"]).exists()
+
+
+class TestThrottling:
+    @pytest.fixture
+    def rates(self, settings):
+        def set_rates(**rates):
+            rest = {**settings.REST_FRAMEWORK}
+            rest["DEFAULT_THROTTLE_RATES"] = {**rest["DEFAULT_THROTTLE_RATES"], **rates}
+            settings.REST_FRAMEWORK = rest
+
+        return set_rates
+
+    def test_a_user_over_the_rate_gets_429_with_retry_after(self, rates, reader_client, reader):
+        rates(user="3/min")
+        statuses = [reader_client.get(f"/api/user/{reader.id}").status_code for _ in range(4)]
+
+        assert statuses == [200, 200, 200, 429]
+        response = reader_client.get(f"/api/user/{reader.id}")
+        assert 0 < int(response["Retry-After"]) <= 60
+        assert "throttled" in response.json()["detail"].lower()
+
+    def test_users_are_counted_apart(self, rates, reader_client, staff_client, reader):
+        rates(user="2/min")
+        for _ in range(2):
+            reader_client.get(f"/api/user/{reader.id}")
+        assert reader_client.get(f"/api/user/{reader.id}").status_code == 429
+        assert staff_client.get(f"/api/user/{reader.id}").status_code == 200
+
+    def test_failed_token_checks_are_capped_per_address(self, rates, db, reader_client, reader):
+        rates(auth_failure="3/min")
+        guesser = APIClient()
+        statuses = []
+        for n in range(5):
+            guesser.credentials(HTTP_AUTHORIZATION=f"Token {n:040d}")
+            statuses.append(guesser.get("/api/user").status_code)
+
+        assert statuses == [401, 401, 401, 429, 429]
+        other = APIClient(REMOTE_ADDR="10.1.2.3")
+        other.credentials(HTTP_AUTHORIZATION="Token " + "9" * 40)
+        assert other.get("/api/user").status_code == 401
+        assert reader_client.get(f"/api/user/{reader.id}").status_code == 200
+
+    def test_a_scope_can_be_turned_off(self, rates, reader_client, reader):
+        rates(user=None)
+        assert all(reader_client.get(f"/api/user/{reader.id}").status_code == 200 for _ in range(5))
+
+
+class TestInputs:
+    @pytest.mark.parametrize("username", ["Zoë", "José.García", "名前", "a+b-c_d@e"])
+    def test_unicode_usernames_are_accepted(self, staff_client, username):
+        body = {"username": username, "email": "u@example.com"}
+        response = staff_client.post("/api/user", body, format="json")
+        assert response.status_code == 201, response.content
+        assert response.json()["username"] == username
+
+    @pytest.mark.parametrize(
+        "email", ["plain", "a@b", "x" * 250 + "@example.com", "a b@example.com", "a@-x.com"]
+    )
+    def test_invalid_emails_are_rejected(self, staff_client, email):
+        response = staff_client.post("/api/user", {"username": "e", "email": email}, format="json")
+        assert response.status_code == 400
+        assert "email" in response.json()
+
+    def test_idn_email_domains_are_accepted(self, staff_client):
+        body = {"username": "idn", "email": "user@bücher.example"}
+        assert staff_client.post("/api/user", body, format="json").status_code == 201
+
+    def test_overlong_password_is_rejected(self, staff_client):
+        body = {"username": "p", "email": "p@example.com", "password": "x" * 129}
+        response = staff_client.post("/api/user", body, format="json")
+        assert response.status_code == 400
+        assert "password" in response.json()
+
+
+def test_no_secret_in_responses_logs_or_redis(
+    transactional_db, staff, staff_client, redis_client, caplog
+):
+    """Exercises every endpoint, then scans every response, log line and Redis value."""
+    caplog.set_level(logging.DEBUG)
+    responses = []
+    created = staff_client.post(
+        "/api/user",
+        {"username": "victim", "email": "victim@example.com", "password": PASSWORD},
+        format="json",
+    )
+    responses.append(created)
+    user_id = created.json()["id"]
+    victim_client = _token_client(User.objects.get(pk=user_id))
+    new_password = "another-Long-phrase-8"
+    responses += [
+        staff_client.get(f"/api/user/{user_id}"),
+        victim_client.get(f"/api/user/{user_id}"),
+        victim_client.get(f"/api/user/{user_id}"),
+        staff_client.get("/api/user"),
+        staff_client.patch(f"/api/user/{user_id}", {"password": new_password}, format="json"),
+        staff_client.put(
+            f"/api/user/{user_id}",
+            {"username": "victim", "email": "victim@example.com", "password": PASSWORD + "x"},
+            format="json",
+        ),
+        staff_client.post(
+            "/api/user", {"username": "bad", "email": "bad", "password": "1"}, "json"
+        ),
+        victim_client.get(f"/api/user/{user_id}", HTTP_ACCEPT="text/html"),
+    ]
+    victim = User.objects.get(pk=user_id)
+    secrets = [
+        PASSWORD,
+        new_password,
+        victim.password,
+        staff.password,
+        Token.objects.get(user=victim).key,
+        Token.objects.get(user=staff).key,
+    ]
+    redis_dump = b""
+    for key in redis_client.scan_iter(match=f"{django_settings.TEST_RUN_PREFIX}*"):
+        redis_dump += key
+        if redis_client.type(key) == b"hash":
+            redis_dump += b"".join(k + v for k, v in redis_client.hgetall(key).items())
+        elif redis_client.type(key) == b"string":
+            redis_dump += redis_client.get(key)
+    logs = "\n".join(record.getMessage() for record in caplog.records).encode()
+    assert redis_dump and logs
+
+    for secret in secrets:
+        needle = secret.encode()
+        assert needle not in redis_dump, "a secret reached Redis"
+        assert needle not in logs, "a secret reached the logs"
+        for response in responses:
+            assert needle not in response.content, f"a secret in {response.request['PATH_INFO']}"
