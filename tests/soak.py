@@ -96,9 +96,9 @@ class Worker:
             return None, {}
 
     def _record(self, method, path, status, payload, mysql_was_down: bool) -> None:
-        if status is None or status >= 500:
-            if not (status == 503 and mysql_was_down):
-                self.unexpected.append(f"{method} {path} -> {status} {payload}")
+        expected_outage = status == 503 and mysql_was_down
+        if (status is None or status >= 500) and not expected_outage:
+            self.unexpected.append(f"{method} {path} -> {status} {payload}")
         if method == "GET" or status in {400, 404, 409}:
             return
         user_id = payload.get("id") if method == "POST" else int(path.rsplit("/", 1)[1])
@@ -241,9 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     unexpected = [line for worker in workers for line in worker.unexpected]
     total = sum(statuses.values())
     print("\n## Soak result\n")
-    print(
-        f"- requests: {total} in {args.seconds:.0f}s ({total / args.seconds:.0f}/s), {args.threads} threads"
-    )
+    rate = total / args.seconds
+    print(f"- requests: {total} in {args.seconds:.0f}s ({rate:.0f}/s), {args.threads} threads")
     print(
         "- statuses: "
         + ", ".join(f"{status}: {n}" for status, n in sorted(statuses.items(), key=str))
@@ -255,9 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"- cached users checked against MySQL: {result['cached']}, stale: {len(result['stale'])}"
     )
-    print(
-        f"- acknowledged writes checked: {result['acknowledged']}, not in MySQL: {len(result['lost'])}"
-    )
+    lost = len(result["lost"])
+    print(f"- acknowledged writes checked: {result['acknowledged']}, not in MySQL: {lost}")
     for line in (unexpected + result["stale"] + result["lost"])[:20]:
         print(f"  ! {line}")
     ok = not unexpected and not result["stale"] and not result["lost"]

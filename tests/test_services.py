@@ -156,3 +156,31 @@ class TestUserCreate:
 
     def test_email_domain_is_normalized(self, db):
         assert _create(email="alice@EXAMPLE.com")["email"] == "alice@example.com"
+
+
+class TestExpiry:
+    def test_users_filled_together_get_spread_ttls(self, make_user, redis_client):
+        users = [make_user(username=f"j{n}", email=f"j{n}@example.com") for n in range(20)]
+        for user in users:
+            services.user_get(user_id=user.id)
+
+        ttls = [redis_client.pttl(cache.user_cache_key(user.id)) for user in users]
+
+        full = user_cache_settings.TTL * 1000
+        assert all(full * (1 - user_cache_settings.TTL_JITTER) - 1000 < ttl <= full for ttl in ttls)
+        assert max(ttls) - min(ttls) > full * user_cache_settings.TTL_JITTER / 4
+
+    def test_an_expired_entry_is_fetched_again(self, make_user, redis_client):
+        user = make_user(username="old", email="old@example.com")
+        services.user_get(user_id=user.id)
+        User.objects.filter(pk=user.id).update(first_name="changed-meanwhile")
+        key = cache.user_cache_key(user.id)
+        redis_client.pexpire(key, 1)
+        while redis_client.exists(key):
+            pass
+
+        result = services.user_get(user_id=user.id)
+
+        assert result.source is services.Source.MISS
+        assert result.value["first_name"] == "changed-meanwhile"
+        assert redis_client.pttl(key) > 0
