@@ -47,10 +47,13 @@ class Worker:
     web: WebService
     seed: int
     readable_ids: list[int]
+    started: float
     owned: dict[int, dict | None] = field(default_factory=dict)
     uncertain: set[int] = field(default_factory=set)
     statuses: collections.Counter = field(default_factory=collections.Counter)
     unexpected: list[str] = field(default_factory=list)
+    # What happened to each user, to explain a failed check: "time METHOD status cache".
+    history: collections.defaultdict = field(default_factory=lambda: collections.defaultdict(list))
 
     def run(self, stop: threading.Event, mysql_down: threading.Event) -> None:
         rng = random.Random(self.seed)
@@ -77,35 +80,44 @@ class Worker:
                 user_id = rng.choice(list(self.owned))
                 method, path, body = "DELETE", f"/api/user/{user_id}", None
             was_down = mysql_down.is_set()
-            status, payload = self._send(connection, method, path, body)
+            status, payload, cache_result = self._send(connection, method, path, body)
             if status is None:
                 connection = http.client.HTTPConnection("127.0.0.1", self.web.port, timeout=10)
             self.statuses[status] += 1
-            self._record(method, path, status, payload, was_down or mysql_down.is_set())
+            self._record(
+                method, path, status, payload, cache_result, was_down or mysql_down.is_set()
+            )
         connection.close()
 
-    def _send(self, connection, method, path, body) -> tuple[int | None, dict]:
+    def _send(self, connection, method, path, body) -> tuple[int | None, dict, str]:
         headers = {"Authorization": f"Token {self.web.token}", "Content-Type": "application/json"}
         try:
             connection.request(method, path, json.dumps(body) if body else None, headers)
             response = connection.getresponse()
             raw = response.read()
-            return response.status, (json.loads(raw) if raw else {})
+            cache_result = response.getheader("X-Cache", "")
+            return response.status, (json.loads(raw) if raw else {}), cache_result
         except (OSError, http.client.HTTPException):
             connection.close()
-            return None, {}
+            return None, {}, ""
 
-    def _record(self, method, path, status, payload, mysql_was_down: bool) -> None:
+    def _record(self, method, path, status, payload, cache_result, mysql_was_down) -> None:
         expected_outage = status == 503 and mysql_was_down
         if (status is None or status >= 500) and not expected_outage:
             self.unexpected.append(f"{method} {path} -> {status} {payload}")
+        user_id = payload.get("id") if method == "POST" else int(path.rsplit("/", 1)[1])
+        if user_id is not None:
+            moment = time.monotonic() - self.started
+            self.history[user_id].append(f"{moment:.3f}s {method} {status} {cache_result}".strip())
         if method == "GET" or status in {400, 404, 409}:
             return
-        user_id = payload.get("id") if method == "POST" else int(path.rsplit("/", 1)[1])
         if status in ACKNOWLEDGED:
             self.owned[user_id] = None if method == "DELETE" else payload
         elif user_id is not None:
             self.uncertain.add(user_id)
+
+
+FAULTS = ("redis-restart", "mysql-stop", "redis-pause")
 
 
 def _faults(args, redis_server: RedisServer, mariadb: MariaDBServer, mysql_down, log) -> None:
@@ -116,22 +128,25 @@ def _faults(args, redis_server: RedisServer, mariadb: MariaDBServer, mysql_down,
         time.sleep(max(0.0, start + args.seconds * fraction - time.monotonic()))
 
     at(0.25)
-    log("fault: restarting redis-server (its data is lost)")
-    redis_server.restart()
+    if "redis-restart" in args.faults:
+        log("fault: restarting redis-server (its data is lost)")
+        redis_server.restart()
     at(0.5)
-    log(f"fault: stopping mariadbd for {args.mysql_outage}s")
-    mysql_down.set()
-    mariadb.stop()
-    time.sleep(args.mysql_outage)
-    mariadb.start()
-    time.sleep(1.0)  # workers reconnect; a 503 just after the restart still counts as the outage
-    mysql_down.clear()
-    log("fault: mariadbd is back")
+    if "mysql-stop" in args.faults:
+        log(f"fault: stopping mariadbd for {args.mysql_outage}s")
+        mysql_down.set()
+        mariadb.stop()
+        time.sleep(args.mysql_outage)
+        mariadb.start()
+        time.sleep(1.0)  # workers reconnect; a 503 just after the restart still counts
+        mysql_down.clear()
+        log("fault: mariadbd is back")
     at(0.75)
-    log("fault: pausing redis-server for 1s (SIGSTOP)")
-    redis_server.pause()
-    time.sleep(1.0)
-    redis_server.resume()
+    if "redis-pause" in args.faults:
+        log("fault: pausing redis-server for 1s (SIGSTOP)")
+        redis_server.pause()
+        time.sleep(1.0)
+        redis_server.resume()
 
 
 def _check_stores(web, mariadb, redis_server, workers) -> dict:
@@ -149,16 +164,20 @@ def _check_stores(web, mariadb, redis_server, workers) -> dict:
         if key.endswith(":lease"):
             continue
         entry = client.hgetall(key)
+        if not entry:
+            continue  # expired between SCAN and HGETALL
         user_id = int(key.rsplit("{", 1)[1].rstrip("}"))
         row = rows.get(user_id)
         cached += 1
         if "_absent" in entry:
             if row is not None:
-                stale.append(f"user {user_id} exists but is cached as absent")
+                stale.append((user_id, "exists but is cached as absent", entry))
         elif row is None:
-            stale.append(f"user {user_id} is deleted but cached")
+            stale.append((user_id, "is deleted but cached", entry))
         elif int(entry["_v"]) != row["version"] or entry["first_name"] != row["first_name"]:
-            stale.append(f"user {user_id}: cached v{entry['_v']}, MySQL v{row['version']}")
+            stale.append(
+                (user_id, f"is cached at v{entry['_v']}, MySQL has v{row['version']}", entry)
+            )
 
     acknowledged, lost = 0, []
     for worker in workers:
@@ -184,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=6, help="client threads (default 6)")
     parser.add_argument("--users", type=int, default=200, help="users created first (default 200)")
     parser.add_argument("--mysql-outage", type=float, default=2.0, help="seconds MySQL is down")
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        type=lambda value: {fault for fault in value.split(",") if fault},
+        help=f"comma-separated faults to inject (default: all of {', '.join(FAULTS)})",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
 
@@ -212,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 )[2]["id"]
                 for n in range(args.users)
             ]
-            workers = [Worker(web, seed, seeded) for seed in range(args.threads)]
+            workers = [Worker(web, seed, seeded, started) for seed in range(args.threads)]
             stop, mysql_down = threading.Event(), threading.Event()
             threads = [threading.Thread(target=w.run, args=(stop, mysql_down)) for w in workers]
             fault_thread = threading.Thread(
@@ -256,8 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     lost = len(result["lost"])
     print(f"- acknowledged writes checked: {result['acknowledged']}, not in MySQL: {lost}")
-    for line in (unexpected + result["stale"] + result["lost"])[:20]:
+    for line in (unexpected + result["lost"])[:20]:
         print(f"  ! {line}")
+    histories = collections.defaultdict(list)
+    for worker in workers:
+        for user_id, events in worker.history.items():
+            histories[user_id] += events
+    for user_id, problem, entry in result["stale"][:10]:
+        print(f"  ! user {user_id} {problem}: {entry}")
+        events = sorted(histories[user_id], key=lambda event: float(event.split("s")[0]))
+        print(f"    its requests: {'; '.join(events)}")
     ok = not unexpected and not result["stale"] and not result["lost"]
     print("\nPASS" if ok else "\nFAIL")
     return 0 if ok else 1
