@@ -21,6 +21,7 @@ def _serve_cache_from(server: RedisServer, settings):
     server.start()
     caches = copy.deepcopy(settings.CACHES)
     caches["default"]["LOCATION"] = server.url
+    caches["default"]["OPTIONS"].update(SOCKET_CONNECT_TIMEOUT=0.1, SOCKET_TIMEOUT=0.1)
     settings.CACHES = caches
     cache.breaker.reset()
     yield server

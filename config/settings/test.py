@@ -16,6 +16,10 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 TEST_RUN_PREFIX = f"usersvc-test-{uuid.uuid4().hex[:12]}"
 CACHES["default"]["KEY_PREFIX"] = TEST_RUN_PREFIX
+# A loaded CI machine can take longer than production's 100 ms to answer; a test
+# that wants a timeout (tests/test_redis_outage.py) sets its own.
+CACHES["default"]["OPTIONS"]["SOCKET_CONNECT_TIMEOUT"] = 2
+CACHES["default"]["OPTIONS"]["SOCKET_TIMEOUT"] = 2
 USERS_CACHE["KEY_PREFIX"] = TEST_RUN_PREFIX
 # No periodic outbox sweep: a background thread replaying rows behind a test's
 # back would make outage tests racy. Tests that need the sweep turn it on.
