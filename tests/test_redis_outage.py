@@ -21,7 +21,7 @@ def _serve_cache_from(server: RedisServer, settings):
     server.start()
     caches = copy.deepcopy(settings.CACHES)
     caches["default"]["LOCATION"] = server.url
-    caches["default"]["OPTIONS"].update(SOCKET_CONNECT_TIMEOUT=0.1, SOCKET_TIMEOUT=0.1)
+    caches["default"]["OPTIONS"].update(SOCKET_CONNECT_TIMEOUT=0.25, SOCKET_TIMEOUT=0.25)
     settings.CACHES = caches
     cache.breaker.reset()
     yield server
@@ -141,6 +141,7 @@ def persistent_redis(tmp_path, settings):
 class TestInvalidationsSurviveAnOutage:
     def _update_during_outage(self, redis_server, user) -> None:
         assert services.user_get(user_id=user.id).source is services.Source.MISS
+        assert _raw(redis_server).exists(cache.user_cache_key(user.id))
         redis_server.stop()
         services.user_update(user_id=user.id, data={"first_name": "v2"})
         assert CacheInvalidation.objects.count() == 1
