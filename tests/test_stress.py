@@ -85,13 +85,13 @@ def _stale_entries(redis_client, user_ids: list[int]) -> list[str]:
         if not raw:
             continue
         fields = {k.decode(): v.decode() for k, v in raw.items()}
-        row = User.objects.filter(pk=user_id).values(*services._ROW_COLUMNS).first()
+        row = User.objects.filter(pk=user_id).values(*services.CACHE_ROW_COLUMNS).first()
         if row is None:
             if cache.ABSENT_FIELD not in fields:
                 stale.append(f"user {user_id} is deleted but cached")
         elif cache.ABSENT_FIELD in fields:
             stale.append(f"user {user_id} exists but is cached as absent")
-        elif fields != services._row_to_fields(row):
+        elif fields != services.row_to_cache_fields(row):
             stale.append(f"user {user_id}: cache {fields['_v']} != mysql {row['version']}")
     return stale
 

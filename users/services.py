@@ -55,7 +55,8 @@ PUBLIC_FIELDS = (
     "date_joined",
     "updated_at",
 )
-_ROW_COLUMNS = (*PUBLIC_FIELDS, "version")
+# The columns a cached entry is made from (``row_to_cache_fields``).
+CACHE_ROW_COLUMNS = (*PUBLIC_FIELDS, "version")
 
 # Sent between a reader's MySQL load and its Redis fill, with ``key``. A test
 # connects a receiver that blocks here to drive a race deterministically.
@@ -109,7 +110,8 @@ def _format_datetime(value) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _row_to_fields(row: dict) -> dict[str, str]:
+def row_to_cache_fields(row: dict) -> dict[str, str]:
+    """The cached entry of a row with ``CACHE_ROW_COLUMNS``: strings, and the version."""
     return {
         "id": str(row["id"]),
         "username": row["username"],
@@ -138,14 +140,17 @@ def _fields_to_user(fields: dict[str, str]) -> dict:
 
 def user_row_projection(row: dict) -> dict:
     """The public representation of a row from ``user_list`` (never its password)."""
-    return _fields_to_user(_row_to_fields(row))
+    return _fields_to_user(row_to_cache_fields(row))
 
 
-def _absent_fields() -> dict[str, str]:
+def absent_cache_fields() -> dict[str, str]:
+    """The entry that records "no such row" (the negative cache)."""
     return {cache.ABSENT_FIELD: "1", cache.VERSION_FIELD: "0"}
 
 
-def _ttl_ms(seconds: int) -> int:
+def jittered_ttl_ms(seconds: int) -> int:
+    """An entry's TTL: ``seconds`` shortened by up to ``TTL_JITTER``, so that entries
+    written together do not all expire together."""
     jitter = user_cache_settings.TTL_JITTER
     return int(seconds * 1000 * (1 - jitter * random.random()))
 
@@ -194,11 +199,11 @@ def _read_through(
         raise
     cache_fill_pending.send(sender=None, key=key)
     if loaded is None:
-        stored, ttl_seconds = _absent_fields(), user_cache_settings.NEGATIVE_TTL
+        stored, ttl_seconds = absent_cache_fields(), user_cache_settings.NEGATIVE_TTL
     else:
         stored, ttl_seconds = loaded, ttl
     with contextlib.suppress(cache.CacheUnavailable):
-        cache.fill(key, token, stored, _ttl_ms(ttl_seconds))
+        cache.fill(key, token, stored, jittered_ttl_ms(ttl_seconds))
     return loaded, Source.MISS
 
 
@@ -210,8 +215,8 @@ def _present(fields: dict[str, str]) -> dict[str, str] | None:
 
 
 def _load_user_fields(user_id: int) -> dict[str, str] | None:
-    row = User.objects.filter(pk=user_id).values(*_ROW_COLUMNS).first()
-    return None if row is None else _row_to_fields(row)
+    row = User.objects.filter(pk=user_id).values(*CACHE_ROW_COLUMNS).first()
+    return None if row is None else row_to_cache_fields(row)
 
 
 def user_get(*, user_id: int) -> CacheResult:
@@ -226,7 +231,7 @@ def user_get(*, user_id: int) -> CacheResult:
 
 def user_list() -> QuerySet:
     """Every user's row, from MySQL, in id order; ``user_row_projection`` shapes each."""
-    return User.objects.order_by("id").values(*_ROW_COLUMNS)
+    return User.objects.order_by("id").values(*CACHE_ROW_COLUMNS)
 
 
 class WriteConflict(Exception):
@@ -345,7 +350,7 @@ def user_delete(*, user_id: int) -> None:
         if user_cache_settings.UPDATE_STRATEGY == "write-through":
 
             def apply() -> None:
-                cache.write(key, tombstone, _ttl_ms(user_cache_settings.NEGATIVE_TTL))
+                cache.write(key, tombstone, jittered_ttl_ms(user_cache_settings.NEGATIVE_TTL))
 
         else:
 
@@ -381,7 +386,7 @@ def _insert(user: User) -> dict:
     user.save(force_insert=True)
     fields = _instance_fields(user)
     key = cache.user_cache_key(user.id)
-    _sync_after_commit([key], lambda: cache.write(key, fields, _ttl_ms(_ttl())))
+    _sync_after_commit([key], lambda: cache.write(key, fields, jittered_ttl_ms(_ttl())))
     return _fields_to_user(fields)
 
 
@@ -403,7 +408,7 @@ def _save_locked(user: User) -> dict:
     if user_cache_settings.UPDATE_STRATEGY == "write-through":
 
         def apply() -> None:
-            cache.write(key, fields, _ttl_ms(_ttl()))
+            cache.write(key, fields, jittered_ttl_ms(_ttl()))
             if token_keys:
                 cache.invalidate(token_keys)
 
@@ -424,7 +429,7 @@ def _sync_after_commit(keys: list[str], apply: Callable[[], object]) -> None:
 
 
 def _instance_fields(user: User) -> dict[str, str]:
-    return _row_to_fields({name: getattr(user, name) for name in _ROW_COLUMNS})
+    return row_to_cache_fields({name: getattr(user, name) for name in CACHE_ROW_COLUMNS})
 
 
 def _ttl() -> int:
