@@ -2,6 +2,7 @@
 and the real Redis, with this run's keys under their own prefix."""
 
 import pytest
+import redis.client
 from django.conf import settings
 from django_redis import get_redis_connection
 from model_bakery import baker
@@ -29,6 +30,33 @@ def _isolated_cache():
 @pytest.fixture
 def redis_client():
     return get_redis_connection("default")
+
+
+class RoundTrips:
+    """Counts round trips to Redis: each command sent alone, and each pipeline."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+@pytest.fixture
+def redis_round_trips(monkeypatch) -> RoundTrips:
+    counter = RoundTrips()
+    send_command = redis.client.Redis.execute_command
+    send_pipeline = redis.client.Pipeline.execute
+
+    def counted_command(self, *args, **kwargs):
+        counter.count += 1
+        return send_command(self, *args, **kwargs)
+
+    def counted_pipeline(self, *args, **kwargs):
+        if self.command_stack:
+            counter.count += 1
+        return send_pipeline(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Redis, "execute_command", counted_command)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counted_pipeline)
+    return counter
 
 
 @pytest.fixture

@@ -15,22 +15,29 @@ always live in the same slot, as the Lua scripts require.
 Every call goes through ``_call``: a Redis error becomes ``CacheUnavailable``
 and feeds the circuit breaker, which, once open, fails calls at once instead of
 letting each request wait for a timeout.
+
+The batch primitives at the end (``lease_many``, ``fill_many``, ``inspect_many``,
+``scan_project_keys``, ``unlink_many``) serve the operator tools in
+``users.maintenance``: each is one pipelined round trip of per-key commands, so
+no command names keys of two hash slots (Redis Cluster).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
+import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 from django_redis import get_redis_connection
 from redis import Redis
 from redis.commands.core import Script
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .conf import user_cache_settings
 
@@ -72,6 +79,44 @@ def project_key_pattern() -> str:
     return f"{user_cache_settings.KEY_PREFIX}:*"
 
 
+def user_cache_key_pattern() -> str:
+    """A SCAN pattern matching the user entries (and their leases) of the current schema."""
+    return f"{_namespace()}:user:*"
+
+
+def user_id_from_key(key: str) -> int | None:
+    """The id in a user entry's key of the current schema; None for any other key."""
+    prefix = f"{_namespace()}:user:{{"
+    if not (key.startswith(prefix) and key.endswith("}")):
+        return None
+    digits = key[len(prefix) : -1]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
+class KeyKind(enum.StrEnum):
+    """What a key under the project prefix holds, whatever its schema version."""
+
+    USER = "user entries"
+    TOKEN = "token lookups"
+    LEASE = "leases"
+    # Anything else under the prefix: rate-limit counters, Django's cache.
+    OTHER = "other keys"
+
+
+@functools.cache
+def _key_shape(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(prefix)}:v[0-9]+:(user|token):\{{[^}}]*\}}(:lease)?")
+
+
+def key_kind(key: str) -> KeyKind:
+    match = _key_shape(user_cache_settings.KEY_PREFIX).fullmatch(key)
+    if match is None:
+        return KeyKind.OTHER
+    if match.group(2):
+        return KeyKind.LEASE
+    return KeyKind.USER if match.group(1) == "user" else KeyKind.TOKEN
+
+
 # Lua scripts. Each runs atomically in Redis, so a hash, its fields and its TTL
 # always land together and a check-then-write cannot be interleaved.
 
@@ -103,6 +148,15 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
+"""
+
+# KEYS: entry, lease. ARGV: lease token, lease ttl (ms).
+# Takes the lease only when the entry is missing and nobody else holds its lease:
+# the bulk warm's --missing-only, which must leave present entries alone.
+_LEASE_IF_MISSING = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
 """
 
 # KEYS: entry, lease. ARGV: lease token. Gives a lease back after a failed load.
@@ -277,3 +331,170 @@ def invalidate(keys: Iterable[str]) -> None:
             pipe.execute()
 
     _call(delete_all)
+
+
+# Batch primitives for users.maintenance.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EntryInfo:
+    """What ``inspect_many`` saw at one key."""
+
+    key: str
+    # PTTL: milliseconds left, -1 for a key without expiry, -2 for no such key.
+    ttl_ms: int
+    # TYPE: "hash" for a well-formed entry, "none" for no such key.
+    type: str
+    # The hash (all of it, or the fields asked for); None when the key is not a hash.
+    fields: dict[str, str] | None
+
+    @property
+    def exists(self) -> bool:
+        return self.ttl_ms != -2
+
+
+def inspect_many(keys: Sequence[str], *, fields: Sequence[str] | None = None) -> list[EntryInfo]:
+    """PTTL, TYPE and the hash of every key, in one round trip.
+
+    ``fields=None`` reads the whole hash (HGETALL), a sequence reads those fields
+    (HMGET), an empty one none at all. A key of another type is reported, not an error.
+    """
+
+    def inspect(client: Redis) -> list:
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.pttl(key)
+                pipe.type(key)
+                if fields is None:
+                    pipe.hgetall(key)
+                elif fields:
+                    pipe.hmget(key, list(fields))
+            return pipe.execute(raise_on_error=False)
+
+    replies = _call(inspect)
+    per_key = 2 + (fields is None or bool(fields))
+    infos = []
+    for index, key in enumerate(keys):
+        ttl_ms, key_type, *content = replies[index * per_key : (index + 1) * per_key]
+        key_type = key_type.decode()
+        infos.append(
+            EntryInfo(
+                key=key,
+                ttl_ms=ttl_ms,
+                type=key_type,
+                fields=_entry_fields(content, fields) if key_type == "hash" else None,
+            )
+        )
+    return infos
+
+
+def _entry_fields(content: list, names: Sequence[str] | None) -> dict[str, str] | None:
+    if not content:
+        return {}
+    reply = content[0]
+    if isinstance(reply, ResponseError):  # the key changed type between TYPE and the read
+        return None
+    if names is None:
+        return _decode(reply)
+    return {name: value.decode() for name, value in zip(names, reply, strict=True) if value}
+
+
+def lease_many(keys: Sequence[str], token: str, lease_ms: int, *, only_missing: bool) -> list[bool]:
+    """Takes the lease of every entry in one round trip; True where it was taken.
+
+    ``only_missing`` takes a lease only where the entry is absent and nobody holds
+    its lease. Otherwise the lease is taken unconditionally (SET without NX), so
+    the fill that follows refreshes a present entry; a reader whose lease this
+    replaces merely fails to store its own load.
+    """
+    if only_missing:
+        calls = [([key, lease_key(key)], [token, lease_ms]) for key in keys]
+        return [bool(reply) for reply in _eval_many(_LEASE_IF_MISSING, calls)]
+
+    def take_all(client: Redis) -> list:
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(lease_key(key), token, px=lease_ms)
+            return pipe.execute()
+
+    return [bool(reply) for reply in _call(take_all)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fill:
+    key: str
+    token: str
+    fields: Mapping[str, str]
+    ttl_ms: int
+
+
+def fill_many(fills: Sequence[Fill]) -> list[bool]:
+    """``fill`` for many entries in one round trip; True where the lease stood and the
+    entry was stored, False where a write revoked the lease meanwhile."""
+    source = _FILL if user_cache_settings.STALE_SET_PROTECTION else _FILL_UNGUARDED
+    calls = [
+        ([fill.key, lease_key(fill.key)], [fill.token, fill.ttl_ms, *_flatten(fill.fields)])
+        for fill in fills
+    ]
+    return [bool(reply) for reply in _eval_many(source, calls)]
+
+
+def _eval_many(source: str, calls: Sequence[tuple[list[str], list]]) -> list:
+    """EVALSHA of one script per (keys, args), pipelined without a transaction.
+
+    A server that does not know the script yet (restarted, failed over, flushed)
+    answers NOSCRIPT: the script is loaded and only those calls are sent again.
+    """
+    script = _script(source)
+
+    def send(client: Redis, batch: Sequence[tuple[list[str], list]]) -> list:
+        with client.pipeline(transaction=False) as pipe:
+            for keys, args in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return pipe.execute(raise_on_error=False)
+
+    def run(client: Redis) -> list:
+        replies = send(client, calls)
+        unknown = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:
+            client.script_load(script.script)
+            retried = send(client, [calls[index] for index in unknown])
+            for index, reply in zip(unknown, retried, strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    return _call(run)
+
+
+def scan_project_keys(pattern: str | None = None, *, count: int = 1000) -> Iterator[list[str]]:
+    """Every key matching ``pattern`` (by default all of this project's), a SCAN page at
+    a time: one round trip per page, never KEYS, and never a key outside the prefix."""
+    pattern = pattern or project_key_pattern()
+    assert pattern.startswith(f"{user_cache_settings.KEY_PREFIX}:"), (
+        f"{pattern!r} reaches outside this project's prefix {user_cache_settings.KEY_PREFIX!r}"
+    )
+    cursor = 0
+    while True:
+        cursor, keys = _call(
+            lambda client, cursor=cursor: client.scan(cursor, match=pattern, count=count)
+        )
+        if keys:
+            yield [key.decode() for key in keys]
+        if cursor == 0:
+            return
+
+
+def unlink_many(keys: Sequence[str]) -> int:
+    """UNLINKs the keys (one command per key, so any hash slots), one round trip;
+    returns how many existed."""
+
+    def unlink_all(client: Redis) -> list:
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.unlink(key)
+            return pipe.execute()
+
+    return sum(_call(unlink_all)) if keys else 0

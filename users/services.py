@@ -1,8 +1,9 @@
 """The cache-aside algorithm, and every read and write of a user.
 
 This is the only module that decides when Redis is read or written; views, the
-admin and management commands call the functions here. ``users.cache`` is the
-store it drives (the layout of entries and the atomic scripts).
+admin and management commands call the functions here, and ``users.maintenance``
+applies the same rules (leases, fills, TTLs) in bulk for operators. ``users.cache``
+is the store it drives (the layout of entries and the atomic scripts).
 
 Reads (``user_get``, ``token_principal_get``):
   Redis hit -> served with no SQL. Miss -> take the entry's lease, load the row

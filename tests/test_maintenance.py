@@ -1,0 +1,277 @@
+"""Warm, flush and check (users.maintenance) against the real MySQL and Redis."""
+
+import datetime
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from users import cache, maintenance, services
+from users.conf import user_cache_settings
+from users.models import User
+
+# Ids far apart, as TiDB allocates them: keyset pagination must not care.
+SPARSE_IDS = [3, 70_000, 5_000_000_000, 9_000_000_000_000]
+
+
+@pytest.fixture
+def sparse_users(db) -> list[User]:
+    return User.objects.bulk_create(
+        [
+            User(id=user_id, username=f"u{user_id}", email=f"u{user_id}@x.io")
+            for user_id in SPARSE_IDS
+        ]
+    )
+
+
+@pytest.fixture
+def scripts_loaded(redis_client):
+    """The scripts known to the server, so that round-trip counts do not include a
+    NOSCRIPT answer and the load that follows it."""
+    for source in (cache._FILL, cache._LEASE_IF_MISSING):
+        redis_client.script_load(source)
+
+
+def _cached(redis_client, user_id: int) -> dict[str, str]:
+    raw = redis_client.hgetall(cache.user_cache_key(user_id))
+    return {field.decode(): value.decode() for field, value in raw.items()}
+
+
+class TestCacheWarm:
+    def test_warms_every_user_across_id_gaps_a_batch_per_query(
+        self, sparse_users, redis_client, django_assert_num_queries
+    ):
+        # Three keyset queries for the ids (2, 2, then none) and one load per batch.
+        with django_assert_num_queries(5):
+            report = maintenance.cache_warm(batch_size=2)
+
+        assert (report.examined, report.filled, report.refused) == (4, 4, 0)
+        for user in sparse_users:
+            assert _cached(redis_client, user.id)["username"] == user.username
+
+    def test_each_batch_costs_two_round_trips(
+        self, sparse_users, scripts_loaded, redis_round_trips
+    ):
+        maintenance.cache_warm(batch_size=2)
+        assert redis_round_trips.count == 4  # lease and fill, for each of 2 batches
+
+    def test_warmed_entries_are_what_a_read_would_cache(self, sparse_users, redis_client):
+        user_id = SPARSE_IDS[1]
+        maintenance.cache_warm(user_ids=[user_id])
+        warmed = _cached(redis_client, user_id)
+        ttl_ms = redis_client.pttl(cache.user_cache_key(user_id))
+        cache.invalidate([cache.user_cache_key(user_id)])
+
+        assert services.user_get(user_id=user_id).source is services.Source.MISS
+        assert _cached(redis_client, user_id) == warmed
+        assert ttl_ms > (1 - user_cache_settings.TTL_JITTER) * user_cache_settings.TTL * 1000
+        assert ttl_ms <= user_cache_settings.TTL * 1000
+
+    def test_is_then_served_as_hits(self, sparse_users, django_assert_num_queries):
+        maintenance.cache_warm()
+        with django_assert_num_queries(0):
+            results = [services.user_get(user_id=user_id) for user_id in SPARSE_IDS]
+        assert {result.source for result in results} == {services.Source.HIT}
+
+    def test_refreshes_present_entries_unless_missing_only(self, sparse_users, redis_client):
+        user_id = SPARSE_IDS[0]
+        maintenance.cache_warm(user_ids=[user_id])
+        User.objects.filter(pk=user_id).update(first_name="changed-behind-the-cache")
+
+        skipped = maintenance.cache_warm(user_ids=[user_id], missing_only=True)
+        assert (skipped.skipped, skipped.filled) == (1, 0)
+        assert _cached(redis_client, user_id)["first_name"] == ""
+
+        refreshed = maintenance.cache_warm(user_ids=[user_id])
+        assert refreshed.filled == 1
+        assert _cached(redis_client, user_id)["first_name"] == "changed-behind-the-cache"
+
+    def test_missing_only_fills_what_is_missing(self, sparse_users, redis_client):
+        maintenance.cache_warm(user_ids=SPARSE_IDS[:2])
+        report = maintenance.cache_warm(missing_only=True)
+        assert (report.examined, report.skipped, report.filled) == (4, 2, 2)
+
+    def test_given_ids_without_a_row_are_cached_as_absent(self, sparse_users, redis_client):
+        report = maintenance.cache_warm(user_ids=[SPARSE_IDS[0], 424242])
+
+        assert (report.filled, report.absent) == (1, 1)
+        assert _cached(redis_client, 424242) == {"_absent": "1", "_v": "0"}
+        ttl_ms = redis_client.pttl(cache.user_cache_key(424242))
+        assert 0 < ttl_ms <= user_cache_settings.NEGATIVE_TTL * 1000
+        assert services.user_get(user_id=424242).value is None
+
+    def test_since_selects_users_changed_at_or_after(self, sparse_users, redis_client):
+        long_ago = timezone.now() - datetime.timedelta(days=30)
+        User.objects.filter(pk__in=SPARSE_IDS[:2]).update(updated_at=long_ago)
+
+        report = maintenance.cache_warm(since=timezone.now() - datetime.timedelta(days=1))
+
+        assert report.filled == 2
+        assert [bool(_cached(redis_client, user_id)) for user_id in SPARSE_IDS] == [
+            False,
+            False,
+            True,
+            True,
+        ]
+
+    def test_a_write_during_the_warm_wins(
+        self, sparse_users, redis_client, monkeypatch, django_capture_on_commit_callbacks
+    ):
+        """The stale-set rule: a write that commits after the warm loaded the row
+        revokes the lease, so the warm cannot store the older row."""
+        user_id = SPARSE_IDS[0]
+        fill_many = cache.fill_many
+
+        def write_then_fill(fills):
+            with django_capture_on_commit_callbacks(execute=True):
+                services.user_update(user_id=user_id, data={"first_name": "newer"})
+            return fill_many(fills)
+
+        monkeypatch.setattr(cache, "fill_many", write_then_fill)
+        report = maintenance.cache_warm(user_ids=[user_id])
+
+        assert (report.refused, report.filled) == (1, 0)
+        assert services.user_get(user_id=user_id).value["first_name"] == "newer"
+
+    def test_is_idempotent(self, sparse_users, redis_client):
+        maintenance.cache_warm()
+        first = {user_id: _cached(redis_client, user_id) for user_id in SPARSE_IDS}
+        maintenance.cache_warm()
+        assert {user_id: _cached(redis_client, user_id) for user_id in SPARSE_IDS} == first
+
+    def test_counts_what_it_will_go_through(self, sparse_users):
+        assert maintenance.cache_warm_count() == 4
+        assert maintenance.cache_warm_count(user_ids=[1, 1, 2]) == 2
+
+
+@pytest.fixture
+def foreign_keys(redis_client):
+    """Keys another application keeps in the same Redis, and this project's own keys
+    that are not cache entries: a flush must leave every one of them."""
+    prefix = settings.TEST_RUN_PREFIX
+    keys = {
+        f"{prefix}-otherapp:v1:user:{{1}}": "theirs",
+        f"{prefix}_v1:user:{{1}}": "theirs",
+        f"{prefix}:v1:throttle:user:{{1}}": "7",
+        f"{prefix}:1:django-cache-entry": "ours, not a user entry",
+    }
+    for key, value in keys.items():
+        redis_client.set(key, value, ex=60)
+    return keys
+
+
+class TestCacheFlush:
+    def test_all_removes_entries_leases_and_token_lookups_only(
+        self, sparse_users, redis_client, foreign_keys
+    ):
+        token = Token.objects.create(user=sparse_users[0])
+        maintenance.cache_warm()
+        services.token_principal_get(key=token.key)
+        redis_client.set(cache.lease_key(cache.user_cache_key(1)), "t", px=2000)
+        redis_client.hset(f"{settings.TEST_RUN_PREFIX}:v0:user:{{9}}", "old", "schema")
+
+        report = maintenance.cache_flush(batch_size=2)
+
+        assert report.matched == {
+            cache.KeyKind.USER: 5,
+            cache.KeyKind.TOKEN: 1,
+            cache.KeyKind.LEASE: 1,
+            cache.KeyKind.OTHER: 2,
+        }
+        assert report.removed == 7
+        remaining = set(redis_client.scan_iter(match=f"{settings.TEST_RUN_PREFIX}*"))
+        assert remaining == {key.encode() for key in foreign_keys}
+
+    def test_dry_run_counts_and_removes_nothing(self, sparse_users, redis_client):
+        maintenance.cache_warm()
+        report = maintenance.cache_flush(dry_run=True)
+        assert (report.total, report.removed) == (4, 0)
+        assert all(_cached(redis_client, user_id) for user_id in SPARSE_IDS)
+
+    def test_ids_remove_those_users_entries_and_token_lookups(
+        self, sparse_users, redis_client, foreign_keys
+    ):
+        tokens = [Token.objects.create(user=user) for user in sparse_users[:2]]
+        maintenance.cache_warm()
+        for token in tokens:
+            services.token_principal_get(key=token.key)
+
+        report = maintenance.cache_flush(user_ids=[SPARSE_IDS[0], 777])
+
+        assert report.matched[cache.KeyKind.USER] == 1
+        assert report.matched[cache.KeyKind.TOKEN] == 1
+        assert report.removed == 2
+        assert not _cached(redis_client, SPARSE_IDS[0])
+        assert _cached(redis_client, SPARSE_IDS[1])
+        assert redis_client.exists(cache.token_cache_key(services.token_digest(tokens[1].key)))
+        assert all(redis_client.exists(key) for key in foreign_keys)
+
+
+class TestCacheCheck:
+    def test_a_faithful_cache_has_no_problems(self, sparse_users):
+        maintenance.cache_warm(user_ids=[*SPARSE_IDS, 55])
+        report = maintenance.cache_check()
+        assert (report.examined, report.problems) == (5, 0)
+
+    def test_finds_stale_orphaned_and_malformed_entries(self, sparse_users, redis_client):
+        maintenance.cache_warm()
+        stale, orphaned, falsely_absent, no_expiry = SPARSE_IDS
+        User.objects.filter(pk=stale).update(first_name="changed-behind-the-cache")
+        User.objects.filter(pk=orphaned).delete()
+        redis_client.hset(cache.user_cache_key(falsely_absent), "_absent", "1")
+        redis_client.hdel(cache.user_cache_key(falsely_absent), "username", "email")
+        redis_client.persist(cache.user_cache_key(no_expiry))
+        redis_client.set(cache.user_cache_key(12), "not a hash", ex=60)
+        redis_client.hset(cache.user_cache_key(13), mapping={"id": "13"})
+        redis_client.expire(cache.user_cache_key(13), 60)
+        nameless = f"{cache.user_cache_key(0)[:-3]}{{abc}}"
+        redis_client.hset(nameless, "x", "1")
+        redis_client.set(cache.lease_key(cache.user_cache_key(14)), "t", px=2000)
+        seen = []
+
+        report = maintenance.cache_check(sample=None, on_problem=seen.append)
+
+        assert report.found == {
+            maintenance.ProblemKind.STALE: 1,
+            maintenance.ProblemKind.ORPHANED: 1,
+            maintenance.ProblemKind.MALFORMED: 5,
+        }
+        details = {problem.key: (problem.kind, problem.detail) for problem in seen}
+        assert details[cache.user_cache_key(stale)] == ("stale", "differs from MySQL in first_name")
+        assert details[cache.user_cache_key(orphaned)][0] == "orphaned"
+        assert details[cache.user_cache_key(no_expiry)] == ("malformed", "no expiry")
+        assert details[cache.user_cache_key(12)] == ("malformed", "a string, not a hash")
+        assert details[nameless] == ("malformed", "the key names no user id")
+        assert cache.lease_key(cache.user_cache_key(14)) not in details
+
+    def test_an_absence_of_a_user_who_exists_is_stale(self, sparse_users, redis_client):
+        key = cache.user_cache_key(SPARSE_IDS[0])
+        redis_client.hset(key, mapping=services.absent_cache_fields())
+        redis_client.expire(key, 30)
+        seen = []
+        maintenance.cache_check(on_problem=seen.append)
+        assert [(p.kind, p.detail) for p in seen] == [
+            ("stale", "cached as absent, but the user exists")
+        ]
+
+    def test_fix_repairs_every_problem(self, sparse_users, redis_client):
+        maintenance.cache_warm()
+        User.objects.filter(pk=SPARSE_IDS[0]).update(first_name="changed-behind-the-cache")
+        User.objects.filter(pk=SPARSE_IDS[1]).delete()
+        redis_client.set(cache.user_cache_key(SPARSE_IDS[2]), "not a hash", ex=60)
+        nameless = f"{cache.user_cache_key(0)[:-3]}{{abc}}"
+        redis_client.hset(nameless, "x", "1")
+
+        fixed = maintenance.cache_check(fix=True)
+        again = maintenance.cache_check()
+
+        assert (fixed.problems, fixed.fixed) == (4, 4)
+        assert again.problems == 0
+        assert _cached(redis_client, SPARSE_IDS[0])["first_name"] == "changed-behind-the-cache"
+        assert _cached(redis_client, SPARSE_IDS[1]) == services.absent_cache_fields()
+        assert not redis_client.exists(nameless)
+
+    def test_sample_stops_after_that_many_entries(self, sparse_users):
+        maintenance.cache_warm()
+        assert maintenance.cache_check(sample=3, batch_size=2).examined == 3

@@ -1,0 +1,366 @@
+"""Operator work on the user cache: warm, flush and check it in bulk.
+
+The rules are the read path's (``users.services``): an entry is filled only
+while its filler holds the entry's lease, taken before the MySQL load, and every
+write deletes the lease; so a bulk fill running beside live traffic can never
+store a state older than a concurrent write. Each batch costs one round trip per
+step (lease, fill) and one or two queries, and nothing accumulates across
+batches, so memory stays flat however many users there are.
+
+The management commands ``warm_user_cache``, ``flush_user_cache`` and
+``check_user_cache``, and the admin's actions, are thin wrappers around these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from django.db.models import QuerySet
+from rest_framework.authtoken.models import Token
+
+from . import cache
+from .conf import user_cache_settings
+from .models import User
+from .services import (
+    CACHE_ROW_COLUMNS,
+    PUBLIC_FIELDS,
+    absent_cache_fields,
+    jittered_ttl_ms,
+    row_to_cache_fields,
+    token_digest,
+)
+
+DEFAULT_BATCH_SIZE = 500
+MAX_BATCH_SIZE = 10_000
+
+# Warm.
+
+
+@dataclasses.dataclass(slots=True)
+class WarmReport:
+    """What a warm did with the ids it went through."""
+
+    # Ids gone through: the users selected, plus any given id with no row.
+    examined: int = 0
+    # Entries written from a MySQL row.
+    filled: int = 0
+    # Given ids with no row, now cached as absent (as a read would).
+    absent: int = 0
+    # Left alone: already cached (``missing_only``), or a reader was filling them.
+    skipped: int = 0
+    # Fills refused because a write changed the user meanwhile; that write's own
+    # cache change stands, which is why these need no second attempt.
+    refused: int = 0
+
+    def add(self, other: WarmReport) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+def cache_warm(
+    *,
+    user_ids: Iterable[int] | None = None,
+    since: datetime.datetime | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    missing_only: bool = False,
+    on_batch: Callable[[WarmReport], None] | None = None,
+) -> WarmReport:
+    """Loads users from MySQL into Redis, ``batch_size`` at a time.
+
+    Selects ``user_ids`` when given (ids with no row get the absent marker), else
+    every user updated at or after ``since``, else every user. ``missing_only``
+    leaves present entries alone; otherwise present entries are refreshed.
+    ``on_batch`` gets each batch's report, for progress. Idempotent.
+    """
+    assert 1 <= batch_size <= MAX_BATCH_SIZE, f"batch_size must be 1..{MAX_BATCH_SIZE}"
+    report = WarmReport()
+    batches = (
+        _chunks(sorted(set(user_ids)), batch_size)
+        if user_ids is not None
+        else _keyset_batches(_warm_selection(since), batch_size)
+    )
+    for batch in batches:
+        batch_report = _warm_batch(batch, missing_only=missing_only)
+        report.add(batch_report)
+        if on_batch is not None:
+            on_batch(batch_report)
+    return report
+
+
+def cache_warm_count(
+    *, user_ids: Iterable[int] | None = None, since: datetime.datetime | None = None
+) -> int:
+    """How many ids ``cache_warm`` with the same selection will go through (one COUNT)."""
+    if user_ids is not None:
+        return len(set(user_ids))
+    return _warm_selection(since).count()
+
+
+def _warm_selection(since: datetime.datetime | None) -> QuerySet:
+    users = User.objects.all()
+    return users if since is None else users.filter(updated_at__gte=since)
+
+
+def _keyset_batches(users: QuerySet, batch_size: int) -> Iterator[list[int]]:
+    """The selected ids in id order, a batch per query: ``id > last ORDER BY id LIMIT n``
+    on the primary key, which costs the same on page 1 and page 10,000 and does not
+    care how large the gaps between ids are (TiDB allocates ids in ranges)."""
+    last_id = 0
+    while batch := list(
+        users.filter(id__gt=last_id).order_by("id").values_list("id", flat=True)[:batch_size]
+    ):
+        yield batch
+        last_id = batch[-1]
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _warm_batch(user_ids: list[int], *, missing_only: bool) -> WarmReport:
+    """Lease, load, fill: the read path's three steps for a whole batch.
+
+    The ids are known before the load (from the keyset query or the caller), so the
+    leases are taken first, as a reader's is; a load made before the lease could
+    not be told apart from one that a concurrent write made stale.
+    """
+    keys = [cache.user_cache_key(user_id) for user_id in user_ids]
+    token = cache.new_lease_token()
+    leased = cache.lease_many(
+        keys, token, user_cache_settings.LEASE_TTL_MS, only_missing=missing_only
+    )
+    leased_ids = [user_id for user_id, taken in zip(user_ids, leased, strict=True) if taken]
+    report = WarmReport(examined=len(user_ids), skipped=len(user_ids) - len(leased_ids))
+    if not leased_ids:
+        return report
+    rows = {
+        row["id"]: row for row in User.objects.filter(id__in=leased_ids).values(*CACHE_ROW_COLUMNS)
+    }
+    fills = []
+    for user_id in leased_ids:
+        row = rows.get(user_id)
+        if row is None:
+            fields, ttl = absent_cache_fields(), user_cache_settings.NEGATIVE_TTL
+        else:
+            fields, ttl = row_to_cache_fields(row), user_cache_settings.TTL
+        fills.append(
+            cache.Fill(
+                key=cache.user_cache_key(user_id),
+                token=token,
+                fields=fields,
+                ttl_ms=jittered_ttl_ms(ttl),
+            )
+        )
+    for fill, stored in zip(fills, cache.fill_many(fills), strict=True):
+        if not stored:
+            report.refused += 1
+        elif cache.ABSENT_FIELD in fill.fields:
+            report.absent += 1
+        else:
+            report.filled += 1
+    return report
+
+
+# Flush.
+
+_FLUSHED_KINDS = frozenset({cache.KeyKind.USER, cache.KeyKind.TOKEN, cache.KeyKind.LEASE})
+
+
+@dataclasses.dataclass(slots=True)
+class FlushReport:
+    """Keys a flush matched, by kind; ``removed`` is 0 on a dry run."""
+
+    matched: dict[cache.KeyKind, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(cache.KeyKind, 0)
+    )
+    removed: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(count for kind, count in self.matched.items() if kind in _FLUSHED_KINDS)
+
+
+def cache_flush(
+    *,
+    user_ids: Iterable[int] | None = None,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+) -> FlushReport:
+    """Removes cached entries: those of ``user_ids`` (their users, leases and token
+    lookups), or else every entry of this project, of any schema version.
+
+    Never FLUSHDB: all entries are found by SCAN over the project's prefix and
+    UNLINKed a page at a time, so other applications' keys in the same Redis, and
+    this project's other keys (rate-limit counters), stay. Safe beside live
+    traffic: removing an entry also removes its lease, like a write does.
+    """
+    report = FlushReport()
+    pages = (
+        _user_key_pages(sorted(set(user_ids)), batch_size)
+        if user_ids is not None
+        else cache.scan_project_keys(count=batch_size)
+    )
+    for page in pages:
+        targets = []
+        for key in page:
+            kind = cache.key_kind(key)
+            report.matched[kind] += 1
+            if kind in _FLUSHED_KINDS:
+                targets.append(key)
+        if not dry_run:
+            report.removed += cache.unlink_many(targets)
+    return report
+
+
+def _user_key_pages(user_ids: Sequence[int], batch_size: int) -> Iterator[list[str]]:
+    """The existing keys of these users: entries, leases and token lookups."""
+    for batch in _chunks(user_ids, batch_size):
+        entry_keys = [cache.user_cache_key(user_id) for user_id in batch]
+        token_keys = [
+            cache.token_cache_key(token_digest(key))
+            for key in Token.objects.filter(user_id__in=batch).values_list("key", flat=True)
+        ]
+        candidates = [
+            *entry_keys,
+            *(cache.lease_key(key) for key in entry_keys),
+            *token_keys,
+            *(cache.lease_key(key) for key in token_keys),
+        ]
+        yield [info.key for info in cache.inspect_many(candidates, fields=()) if info.exists]
+
+
+# Check.
+
+
+class ProblemKind(enum.StrEnum):
+    STALE = "stale"
+    ORPHANED = "orphaned"
+    MALFORMED = "malformed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Problem:
+    key: str
+    kind: ProblemKind
+    detail: str
+
+
+@dataclasses.dataclass(slots=True)
+class CheckReport:
+    examined: int = 0
+    found: dict[ProblemKind, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(ProblemKind, 0)
+    )
+    fixed: int = 0
+
+    @property
+    def problems(self) -> int:
+        return sum(self.found.values())
+
+
+_ENTRY_FIELDS = frozenset({*PUBLIC_FIELDS, cache.VERSION_FIELD})
+_ABSENT_FIELDS = frozenset({cache.ABSENT_FIELD, cache.VERSION_FIELD})
+# A write's cache change lands just after its commit; an entry read just before
+# the commit and a row read just after look stale for that moment. Suspects are
+# looked at again this much later, and only those still wrong are reported.
+_RECHECK_AFTER_SECONDS = 0.25
+
+
+def cache_check(
+    *,
+    sample: int | None = None,
+    fix: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_problem: Callable[[Problem], None] | None = None,
+) -> CheckReport:
+    """Audits cached users against MySQL: the first ``sample`` entries SCAN finds, or
+    every entry when ``sample`` is None.
+
+    Reports stale entries (differ from the row, or cache a user as absent who
+    exists), orphaned ones (the user was deleted) and malformed ones (not a hash,
+    no TTL, wrong fields, a key that names no id). ``fix`` rewrites each
+    problem entry the way a warm of its id would (the row, or the absent marker),
+    under a lease, and deletes keys that name no id.
+    """
+    report = CheckReport()
+    pages = cache.scan_project_keys(cache.user_cache_key_pattern(), count=batch_size)
+    for page in pages:
+        keys = [key for key in page if cache.key_kind(key) is not cache.KeyKind.LEASE]
+        if sample is not None:
+            keys = keys[: sample - report.examined]
+        if not keys:
+            continue
+        report.examined += len(keys)
+        problems = _problems(keys)
+        if problems:
+            time.sleep(_RECHECK_AFTER_SECONDS)
+            problems = _problems([problem.key for problem in problems])
+        for problem in problems:
+            report.found[problem.kind] += 1
+            if on_problem is not None:
+                on_problem(problem)
+        if fix and problems:
+            report.fixed += _repair(problems)
+        if sample is not None and report.examined >= sample:
+            break
+    return report
+
+
+def _problems(keys: list[str]) -> list[Problem]:
+    infos = cache.inspect_many(keys)
+    user_ids = [cache.user_id_from_key(key) for key in keys]
+    rows = {
+        row["id"]: row
+        for row in User.objects.filter(id__in=[i for i in user_ids if i is not None]).values(
+            *CACHE_ROW_COLUMNS
+        )
+    }
+    problems = []
+    for info, user_id in zip(infos, user_ids, strict=True):
+        detail = _problem(info, user_id, rows.get(user_id) if user_id is not None else None)
+        if detail is not None:
+            problems.append(Problem(key=info.key, kind=detail[0], detail=detail[1]))
+    return problems
+
+
+def _problem(
+    info: cache.EntryInfo, user_id: int | None, row: dict | None
+) -> tuple[ProblemKind, str] | None:
+    if not info.exists:
+        return None  # expired or removed since SCAN saw it
+    if user_id is None:
+        return ProblemKind.MALFORMED, "the key names no user id"
+    if info.fields is None:
+        return ProblemKind.MALFORMED, f"a {info.type}, not a hash"
+    if info.ttl_ms == -1:
+        return ProblemKind.MALFORMED, "no expiry"
+    names = set(info.fields)
+    if cache.ABSENT_FIELD in names:
+        if names != _ABSENT_FIELDS:
+            return ProblemKind.MALFORMED, "an absent marker with other fields"
+        if row is not None:
+            return ProblemKind.STALE, "cached as absent, but the user exists"
+        return None
+    if names != _ENTRY_FIELDS:
+        missing, extra = sorted(_ENTRY_FIELDS - names), sorted(names - _ENTRY_FIELDS)
+        return ProblemKind.MALFORMED, f"fields missing {missing}, unexpected {extra}"
+    if row is None:
+        return ProblemKind.ORPHANED, "the user no longer exists"
+    expected = row_to_cache_fields(row)
+    if info.fields != expected:
+        differing = sorted(name for name in expected if info.fields[name] != expected[name])
+        return ProblemKind.STALE, f"differs from MySQL in {', '.join(differing)}"
+    return None
+
+
+def _repair(problems: list[Problem]) -> int:
+    user_ids = [cache.user_id_from_key(problem.key) for problem in problems]
+    nameless = [p.key for p, user_id in zip(problems, user_ids, strict=True) if user_id is None]
+    cache.unlink_many(nameless)
+    _warm_batch([user_id for user_id in user_ids if user_id is not None], missing_only=False)
+    return len(problems)

@@ -1,0 +1,50 @@
+from users import maintenance
+from users.cache import KeyKind
+from users.conf import user_cache_settings
+from users.management.base import CacheCommand, positive_int
+
+
+class Command(CacheCommand):
+    help = (
+        "Removes cached users, their leases and token lookups from Redis: SCAN over this "
+        "project's key prefix and UNLINK a page at a time, never FLUSHDB or FLUSHALL. "
+        "Other applications' keys, and this project's rate-limit counters, stay."
+    )
+
+    def add_arguments(self, parser):
+        selection = parser.add_mutually_exclusive_group(required=True)
+        selection.add_argument(
+            "--all",
+            action="store_true",
+            help="Every cached entry of this project, of any schema version.",
+        )
+        selection.add_argument(
+            "--ids",
+            nargs="+",
+            type=positive_int,
+            metavar="ID",
+            help="These users' entries, leases and token lookups.",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Count what would be removed, and remove nothing.",
+        )
+
+    def handle(self, *args, **options):
+        dry_run = options["dry_run"]
+        report = maintenance.cache_flush(user_ids=options["ids"], dry_run=dry_run)
+        if options["verbosity"] < 1:
+            return
+        kinds = ", ".join(
+            f"{report.matched[kind]} {kind}"
+            for kind in (KeyKind.USER, KeyKind.TOKEN, KeyKind.LEASE)
+        )
+        if dry_run:
+            summary = f"Would remove {report.total} keys ({kinds})."
+        else:
+            summary = f"Removed {report.removed} keys ({kinds})."
+        kept = report.matched[KeyKind.OTHER]
+        if kept:
+            summary += f" Kept {kept} other keys under {user_cache_settings.KEY_PREFIX}:."
+        self.stdout.write(self.style.SUCCESS(summary))
