@@ -5,8 +5,11 @@ and threads let those waits overlap inside one process while the process
 count, about two per core, keeps both cores busy.
 """
 
+import glob
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
@@ -20,3 +23,29 @@ max_requests = 10_000
 max_requests_jitter = 1_000
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
+
+# Prometheus multiprocess mode: every worker writes its metrics to files in this
+# folder, and /metrics adds them up. It must be set before a worker imports
+# prometheus_client, so here, in the master; each start begins with an empty one.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+_metrics_dir_is_ours = not _metrics_dir
+if _metrics_dir_is_ours:
+    _metrics_dir = tempfile.mkdtemp(prefix="usersvc-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def on_starting(server) -> None:
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(_metrics_dir, "*.db")):
+        os.remove(stale)
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if _metrics_dir_is_ours:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

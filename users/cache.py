@@ -39,6 +39,7 @@ from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from . import metrics
 from .conf import user_cache_settings
 
 VERSION_FIELD = "_v"
@@ -246,11 +247,15 @@ def _client() -> Redis:
 def _call(operation: Callable[[Redis], T]) -> T:
     if not breaker.allow():
         raise CacheUnavailable("circuit breaker open: Redis failed recently")
+    started = time.perf_counter()
     try:
         result = operation(_client())
     except RedisError as exc:
         breaker.record_failure()
+        metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
         raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
     breaker.record_success()
     return result
 
@@ -331,6 +336,20 @@ def invalidate(keys: Iterable[str]) -> None:
             pipe.execute()
 
     _call(delete_all)
+
+
+# Readiness: the server's own word, past the breaker, so that it shows what
+# Redis does now rather than what it did a moment ago.
+
+
+def ping() -> float:
+    """Seconds one PING took; raises ``CacheUnavailable`` when Redis does not answer."""
+    started = time.perf_counter()
+    try:
+        _client().ping()
+    except RedisError as exc:
+        raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    return time.perf_counter() - started
 
 
 # Batch primitives for users.maintenance.

@@ -39,7 +39,7 @@ from django.dispatch import Signal
 from django.http import Http404
 from rest_framework.authtoken.models import Token
 
-from . import cache, outbox
+from . import cache, metrics, outbox
 from .conf import user_cache_settings
 from .models import User
 
@@ -160,36 +160,45 @@ def jittered_ttl_ms(seconds: int) -> int:
 
 
 def _read_through(
-    *, key: str, load: Callable[[], dict[str, str] | None], ttl: int
+    *, entity: str, key: str, load: Callable[[], dict[str, str] | None], ttl: int
 ) -> tuple[dict[str, str] | None, Source]:
     """Cache-aside read of one entry; returns its fields (None when absent) and source.
 
     A miss takes the entry's lease before it loads, so of many concurrent misses
     one loads from MySQL while the others wait briefly for its fill; and a write
     revokes the lease, so a load made before that write is never stored.
+    ``entity`` ("user", "token") labels the metrics.
     """
+    load = functools.partial(_timed_load, entity, load)
     try:
         outbox.before_cached_read()
         fields = cache.read(key)
     except cache.CacheUnavailable:
-        return load(), Source.BYPASS
+        return _answered(entity, load(), Source.BYPASS)
     if fields is not None:
-        return _present(fields), Source.HIT
+        return _answered(entity, _present(fields), Source.HIT)
 
     token = cache.new_lease_token()
     deadline = time.monotonic() + user_cache_settings.LEASE_WAIT_MS / 1000
+    waited = False
     while True:
         try:
             state, fields = cache.read_or_lease(key, token, user_cache_settings.LEASE_TTL_MS)
         except cache.CacheUnavailable:
-            return load(), Source.BYPASS
+            return _answered(entity, load(), Source.BYPASS)
         if state is cache.ReadState.HIT:
-            return _present(fields), Source.HIT
+            if waited:
+                metrics.STAMPEDE_WAITS.labels(entity, "filled").inc()
+            return _answered(entity, _present(fields), Source.HIT)
         if state is cache.ReadState.LEASED:
+            if waited:
+                metrics.STAMPEDE_WAITS.labels(entity, "leased").inc()
             break
         if time.monotonic() >= deadline:
             # The lease holder is slow or gone: answer from MySQL without filling.
-            return load(), Source.MISS
+            metrics.STAMPEDE_WAITS.labels(entity, "timed_out").inc()
+            return _answered(entity, load(), Source.MISS)
+        waited = True
         time.sleep(user_cache_settings.LEASE_POLL_MS / 1000)
 
     try:
@@ -204,8 +213,24 @@ def _read_through(
     else:
         stored, ttl_seconds = loaded, ttl
     with contextlib.suppress(cache.CacheUnavailable):
-        cache.fill(key, token, stored, jittered_ttl_ms(ttl_seconds))
-    return loaded, Source.MISS
+        if not cache.fill(key, token, stored, jittered_ttl_ms(ttl_seconds)):
+            metrics.STALE_SETS_REJECTED.labels(entity).inc()
+    return _answered(entity, loaded, Source.MISS)
+
+
+def _timed_load(entity: str, load: Callable[[], T]) -> T:
+    with metrics.DATABASE_SECONDS.labels(entity).time():
+        return load()
+
+
+def _answered(
+    entity: str, fields: dict[str, str] | None, source: Source
+) -> tuple[dict[str, str] | None, Source]:
+    """Counts a lookup by its result; a hit on a cached absence is a negative hit."""
+    negative_hit = source is Source.HIT and fields is None
+    result = "negative_hit" if negative_hit else source.value.lower()
+    metrics.LOOKUPS.labels(entity, result).inc()
+    return fields, source
 
 
 def _present(fields: dict[str, str]) -> dict[str, str] | None:
@@ -223,6 +248,7 @@ def _load_user_fields(user_id: int) -> dict[str, str] | None:
 def user_get(*, user_id: int) -> CacheResult:
     """One user by id, Redis first; ``value`` is None when no such user exists."""
     fields, source = _read_through(
+        entity="user",
         key=cache.user_cache_key(user_id),
         load=lambda: _load_user_fields(user_id),
         ttl=user_cache_settings.TTL,
@@ -510,6 +536,7 @@ def _load_token_fields(key: str) -> dict[str, str] | None:
 def token_principal_get(*, key: str) -> Principal | None:
     """The principal a token authenticates, or None for an unknown token."""
     fields, _source = _read_through(
+        entity="token",
         key=cache.token_cache_key(token_digest(key)),
         load=lambda: _load_token_fields(key),
         ttl=user_cache_settings.TOKEN_TTL,

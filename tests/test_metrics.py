@@ -1,0 +1,199 @@
+"""Prometheus metrics: each is recorded where the spec says, the hit path gains no
+round trip, and under gunicorn the counts of every worker add up."""
+
+import copy
+import re
+import threading
+
+import pytest
+from django.conf import settings
+from prometheus_client import REGISTRY
+
+from tests.servers import RedisServer, WebService
+from users import cache, services
+from users.models import User
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class Delta:
+    """A metric sample's growth over a block."""
+
+    def __init__(self, name: str, **labels: str) -> None:
+        self.name, self.labels = name, labels
+
+    def __enter__(self) -> "Delta":
+        self.before = _sample(self.name, **self.labels)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.value = _sample(self.name, **self.labels) - self.before
+
+
+def _lookups(result: str, entity: str = "user") -> Delta:
+    return Delta("usersvc_cache_lookups_total", entity=entity, result=result)
+
+
+@pytest.fixture
+def user(make_user) -> User:
+    return make_user(username="measured", email="measured@example.com")
+
+
+def test_lookups_are_counted_by_result(user):
+    with _lookups("miss") as miss, _lookups("hit") as hit, _lookups("negative_hit") as negative:
+        services.user_get(user_id=user.id)
+        services.user_get(user_id=user.id)
+        services.user_get(user_id=999_999)
+        services.user_get(user_id=999_999)
+    assert (miss.value, hit.value, negative.value) == (2, 1, 1)
+
+
+def test_token_lookups_have_their_own_label(reader_client, reader):
+    with _lookups("miss", entity="token") as miss, _lookups("hit", entity="token") as hit:
+        reader_client.get(f"/api/user/{reader.id}")
+        reader_client.get(f"/api/user/{reader.id}")
+    assert (miss.value, hit.value) == (1, 1)
+
+
+def test_cache_and_database_latencies_are_observed(user):
+    with (
+        Delta("usersvc_redis_call_seconds_count") as redis_calls,
+        Delta("usersvc_database_load_seconds_count", entity="user") as loads,
+    ):
+        services.user_get(user_id=user.id)  # read, read-or-lease, fill
+        services.user_get(user_id=user.id)  # read
+    assert (redis_calls.value, loads.value) == (4, 1)
+
+
+def test_a_hit_is_one_round_trip_and_no_query(user, redis_round_trips, django_assert_num_queries):
+    services.user_get(user_id=user.id)
+    redis_round_trips.count = 0
+    with django_assert_num_queries(0):
+        services.user_get(user_id=user.id)
+    assert redis_round_trips.count == 1
+
+
+def test_stampede_waits_are_counted(user, redis_client, settings):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "LEASE_WAIT_MS": 20}
+    redis_client.set(cache.lease_key(cache.user_cache_key(user.id)), "someone-else", px=5000)
+    with Delta("usersvc_cache_stampede_waits_total", entity="user", outcome="timed_out") as waits:
+        assert services.user_get(user_id=user.id).source is services.Source.MISS
+    assert waits.value == 1
+
+
+def test_rejected_stale_sets_are_counted(user, django_capture_on_commit_callbacks):
+    def write_meanwhile(sender, key: str, **kwargs) -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            services.user_update(user_id=user.id, data={"first_name": "newer"})
+
+    services.cache_fill_pending.connect(write_meanwhile)
+    try:
+        with Delta("usersvc_cache_stale_sets_rejected_total", entity="user") as rejected:
+            services.user_get(user_id=user.id)
+    finally:
+        services.cache_fill_pending.disconnect(write_meanwhile)
+    assert rejected.value == 1
+
+
+@pytest.fixture
+def stopped_redis(tmp_path, settings):
+    server = RedisServer(tmp_path)
+    server.start()
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["LOCATION"] = server.url
+    settings.CACHES = caches
+    cache.breaker.reset()
+    server.stop()
+    yield server
+    cache.breaker.reset()
+
+
+def test_redis_errors_and_bypasses_are_counted(user, stopped_redis):
+    with (
+        Delta("usersvc_redis_errors_total", error="ConnectionError") as errors,
+        _lookups("bypass") as bypasses,
+    ):
+        services.user_get(user_id=user.id)
+    assert (errors.value, bypasses.value) == (1, 1)
+
+
+def test_metrics_endpoint_serves_the_text_format(client, user):
+    services.user_get(user_id=user.id)
+    response = client.get("/metrics", HTTP_HOST="10.1.2.3:8000")  # a pod IP, as scraped
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=")
+    body = response.content.decode()
+    assert 'usersvc_cache_lookups_total{entity="user",result="miss"}' in body
+    for name, kind in {
+        "usersvc_cache_lookups": "counter",
+        "usersvc_redis_call_seconds": "histogram",
+        "usersvc_database_load_seconds": "histogram",
+        "usersvc_redis_errors": "counter",
+        "usersvc_cache_stampede_waits": "counter",
+        "usersvc_cache_stale_sets_rejected": "counter",
+    }.items():
+        assert re.search(rf"^# TYPE {name}(_total)? {kind}$", body, re.MULTILINE), name
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_add_up_and_recycled_ones_still_count(tmp_path, transactional_db):
+    """Three workers, each recycled after 5 requests: 40 lookups spread over many
+    processes, most of them gone by the scrape, must still add up to 40."""
+    user = User.objects.create(username="counted", email="counted@example.com")
+    database = settings.DATABASES["default"]
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    web = WebService(
+        tmp_path,
+        database_url=f"mysql://root@{database['HOST']}:{database['PORT'] or 3306}/"
+        f"{database['NAME']}",
+        redis_url=settings.CACHES["default"]["LOCATION"],
+        CACHE_KEY_PREFIX=settings.TEST_RUN_PREFIX,
+        WEB_CONCURRENCY="3",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        GUNICORN_CMD_ARGS="--max-requests 5 --max-requests-jitter 0",
+    )
+    web.prepare()
+    web.start()
+    try:
+
+        def read_users(count: int) -> None:
+            for _ in range(count):
+                assert web.request("GET", f"/api/user/{user.id}")[0] == 200
+
+        threads = [threading.Thread(target=read_users, args=(10,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        status, _, _ = web.request("GET", "/healthz")
+        scraped = _scrape(web)
+    finally:
+        web.stop()
+
+    assert status == 200
+    user_lookups = sum(
+        value
+        for labels, value in scraped.items()
+        if labels.startswith('usersvc_cache_lookups_total{entity="user"')
+    )
+    assert user_lookups == 40
+    assert len(list(metrics_dir.glob("counter_*.db"))) > 3, "workers should have been recycled"
+
+
+def _scrape(web: WebService) -> dict[str, float]:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+    connection.request("GET", "/metrics")
+    body = connection.getresponse().read().decode()
+    connection.close()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples

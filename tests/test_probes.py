@@ -1,0 +1,87 @@
+"""/healthz and /readyz: liveness without I/O, readiness per dependency."""
+
+import copy
+
+import pytest
+
+from tests.servers import RedisServer, WebService
+from users import cache
+from users.conf import user_cache_settings
+
+
+def test_healthz_does_no_io_and_answers_any_host(
+    client, db, redis_round_trips, django_assert_num_queries
+):
+    with django_assert_num_queries(0):
+        response = client.get("/healthz", HTTP_HOST="10.1.2.3:8000")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert redis_round_trips.count == 0
+
+
+def test_readyz_reports_each_dependency(client, db):
+    response = client.get("/readyz", HTTP_HOST="10.1.2.3:8000")
+
+    body = response.json()
+    assert (response.status_code, body["status"]) == (200, "ok")
+    assert body["checks"]["mysql"]["status"] == body["checks"]["redis"]["status"] == "ok"
+    assert body["checks"]["mysql"]["latency_ms"] >= 0
+    assert body["checks"]["redis"]["latency_ms"] >= 0
+
+
+def test_readyz_asks_redis_itself_not_the_breaker(client, db):
+    for _ in range(user_cache_settings.BREAKER_FAILURES):
+        cache.breaker.record_failure()
+    try:
+        response = client.get("/readyz")
+    finally:
+        cache.breaker.reset()
+    assert response.json()["checks"]["redis"]["status"] == "ok"
+
+
+@pytest.fixture
+def redis_down(tmp_path, settings):
+    server = RedisServer(tmp_path)
+    server.start()
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["LOCATION"] = server.url
+    settings.CACHES = caches
+    server.stop()
+    yield
+    cache.breaker.reset()
+
+
+def test_readyz_is_degraded_but_200_without_redis(client, db, redis_down):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "degraded",
+        "checks": {
+            "mysql": {
+                "status": "ok",
+                "latency_ms": response.json()["checks"]["mysql"]["latency_ms"],
+            },
+            "redis": {"status": "unavailable", "error": "ConnectionError"},
+        },
+    }
+
+
+@pytest.mark.slow
+def test_readyz_is_503_without_mysql_while_healthz_stays_200(tmp_path):
+    """The service under gunicorn, its DATABASE_URL pointing where nothing listens."""
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    web = WebService(
+        tmp_path, database_url="mysql://root@127.0.0.1:1/usersvc", redis_url=redis_server.url
+    )
+    web.start()
+    try:
+        ready_status, _, ready = web.request("GET", "/readyz", token=None)
+        live_status, _, live = web.request("GET", "/healthz", token=None)
+    finally:
+        web.stop()
+        redis_server.stop()
+
+    assert (ready_status, ready["status"]) == (503, "unavailable")
+    assert ready["checks"]["mysql"] == {"status": "unavailable", "error": "OperationalError"}
+    assert ready["checks"]["redis"]["status"] == "ok"
+    assert (live_status, live) == (200, {"status": "ok"})

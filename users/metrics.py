@@ -1,0 +1,73 @@
+"""The service's Prometheus metrics, all defined here and served at ``/metrics``.
+
+Recording one is an in-process operation: no request pays a network round trip
+for it. Under gunicorn every worker writes its samples to memory-mapped files in
+``PROMETHEUS_MULTIPROC_DIR`` (``config/gunicorn.py`` prepares the folder), and a
+scrape, whichever worker answers it, adds up the files of all workers, the
+recycled ones included, so counters never go backwards.
+"""
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Redis answers in well under a millisecond when healthy; the top buckets catch
+# the read timeout (REDIS_READ_TIMEOUT_MS, 100 ms by default).
+_REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+_DATABASE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+LOOKUPS = Counter(
+    "usersvc_cache_lookups",
+    "Cached lookups by entity (user, token) and result: hit, negative_hit (a cached "
+    "absence), miss (loaded from MySQL) or bypass (Redis unavailable, MySQL answered).",
+    ["entity", "result"],
+)
+REDIS_SECONDS = Histogram(
+    "usersvc_redis_call_seconds",
+    "Duration of the user cache's Redis calls (one round trip each, pipelines included).",
+    buckets=_REDIS_BUCKETS,
+)
+REDIS_ERRORS = Counter(
+    "usersvc_redis_errors",
+    "Redis calls of the user cache that failed, by redis-py exception class.",
+    ["error"],
+)
+DATABASE_SECONDS = Histogram(
+    "usersvc_database_load_seconds",
+    "Duration of the MySQL loads behind cache misses and bypasses, by entity.",
+    ["entity"],
+    buckets=_DATABASE_BUCKETS,
+)
+STAMPEDE_WAITS = Counter(
+    "usersvc_cache_stampede_waits",
+    "Misses that found another reader filling the entry and waited, by how the wait "
+    "ended: filled (the other reader's fill arrived), leased (its lease lapsed and this "
+    "reader took over) or timed_out (read MySQL without filling).",
+    ["entity", "outcome"],
+)
+STALE_SETS_REJECTED = Counter(
+    "usersvc_cache_stale_sets_rejected",
+    "Fills refused because a write revoked the reader's lease after its MySQL load.",
+    ["entity"],
+)
+
+
+def _registry() -> CollectorRegistry:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def exposition() -> tuple[bytes, str]:
+    """Every metric in the text format, and its content type."""
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
