@@ -134,8 +134,16 @@ def test_metrics_endpoint_serves_the_text_format(client, user):
         "usersvc_redis_errors": "counter",
         "usersvc_cache_stampede_waits": "counter",
         "usersvc_cache_stale_sets_rejected": "counter",
+        "usersvc_http_request_seconds": "histogram",
     }.items():
         assert re.search(rf"^# TYPE {name}(_total)? {kind}$", body, re.MULTILINE), name
+
+
+def test_requests_are_timed_by_route_and_status(reader_client, reader):
+    labels = {"method": "GET", "route": "user-detail", "status": "200"}
+    with Delta("usersvc_http_request_seconds_count", **labels) as requests:
+        reader_client.get(f"/api/user/{reader.id}")
+    assert requests.value == 1
 
 
 @pytest.mark.slow

@@ -58,6 +58,11 @@ STALE_SETS_REJECTED = Counter(
     "Fills refused because a write revoked the reader's lease after its MySQL load.",
     ["entity"],
 )
+HTTP_REQUEST_SECONDS = Histogram(
+    "usersvc_http_request_seconds",
+    "Duration of HTTP requests by method, route (URL name) and status code.",
+    ["method", "route", "status"],
+)
 
 
 def _registry() -> CollectorRegistry:

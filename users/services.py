@@ -26,6 +26,7 @@ import dataclasses
 import enum
 import functools
 import hashlib
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -44,6 +45,8 @@ from .conf import user_cache_settings
 from .models import User
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 # The public projection: the API representation and the cached entry.
 PUBLIC_FIELDS = (
@@ -246,13 +249,34 @@ def _load_user_fields(user_id: int) -> dict[str, str] | None:
 
 
 def user_get(*, user_id: int) -> CacheResult:
-    """One user by id, Redis first; ``value`` is None when no such user exists."""
+    """One user by id, Redis first; ``value`` is None when no such user exists.
+
+    Logs the lookup at DEBUG: a line per lookup at INFO would double the log volume
+    of the busiest path for what ``X-Cache`` and the metrics already say; DEBUG
+    (``LOG_LEVEL=DEBUG``) is for following single requests by their request id.
+    """
+    started = time.perf_counter()
     fields, source = _read_through(
         entity="user",
         key=cache.user_cache_key(user_id),
         load=lambda: _load_user_fields(user_id),
         ttl=user_cache_settings.TTL,
     )
+    if logger.isEnabledFor(logging.DEBUG):
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        logger.debug(
+            "user lookup %s: %s%s in %.3f ms",
+            user_id,
+            source.value,
+            "" if fields is not None else " (no such user)",
+            duration_ms,
+            extra={
+                "user_id": user_id,
+                "cache": source.value,
+                "found": fields is not None,
+                "duration_ms": duration_ms,
+            },
+        )
     return CacheResult(value=None if fields is None else _fields_to_user(fields), source=source)
 
 

@@ -1,0 +1,84 @@
+"""Request ids and log formats.
+
+Every request gets an id (the caller's ``X-Request-ID`` when it looks like one,
+else a new UUID), sent back in the response's ``X-Request-ID`` and attached to
+every log record written while the request runs, so one request's lines can be
+found among all the workers'. ``LOG_FORMAT=json`` writes one JSON object a line.
+"""
+
+import contextvars
+import datetime
+import json
+import logging
+import re
+import time
+import uuid
+
+from users import metrics
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+# Letters, digits and a few separators, as load balancers and tracers generate them;
+# anything else (too long, spaces, control characters) is replaced, not logged.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+class RequestContextMiddleware:
+    """First in the chain: sets the request id, and times the request for the metrics."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.headers.get("X-Request-ID", "")
+        current = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        reset_token = request_id.set(current)
+        started = time.perf_counter()
+        try:
+            response = self.get_response(request)
+        finally:
+            request_id.reset(reset_token)
+        match = request.resolver_match
+        metrics.HTTP_REQUEST_SECONDS.labels(
+            request.method if request.method in _METHODS else "other",
+            match.view_name if match else "unmatched",
+            str(response.status_code),
+        ).observe(time.perf_counter() - started)
+        response["X-Request-ID"] = current
+        return response
+
+
+# Methods outside this set share one label, so that made-up methods cannot grow
+# the metric's label set without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id on every record (``-`` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, request id, the fields
+    passed with ``extra=``, and the traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(
+            (name, value) for name, value in vars(record).items() if name not in _RECORD_ATTRIBUTES
+        )
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)

@@ -1,0 +1,133 @@
+"""Request ids, the JSON log format, and the line each user lookup logs."""
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rest_framework.authtoken.models import Token
+
+from config.logs import JsonFormatter, RequestIdFilter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def json_log():
+    """Everything logged at DEBUG and above, as the JSON lines LOG_FORMAT=json writes."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    root.removeHandler(handler)
+    root.setLevel(previous_level)
+
+
+class TestRequestId:
+    def test_a_new_id_for_a_request_without_one(self, reader_client, reader):
+        response = reader_client.get(f"/api/user/{reader.id}")
+        assert len(response["X-Request-ID"]) == 32
+        assert response["X-Request-ID"] != reader_client.get("/api/user")["X-Request-ID"]
+
+    def test_the_callers_id_is_kept(self, reader_client, reader):
+        response = reader_client.get(f"/api/user/{reader.id}", HTTP_X_REQUEST_ID="lb-1234.abc")
+        assert response["X-Request-ID"] == "lb-1234.abc"
+
+    @pytest.mark.parametrize("bad", ["with space", "x" * 129, "-leading", "new\\nline", "é"])
+    def test_an_unlikely_id_is_replaced(self, reader_client, reader, bad):
+        response = reader_client.get(f"/api/user/{reader.id}", HTTP_X_REQUEST_ID=bad)
+        assert response["X-Request-ID"] != bad
+        assert len(response["X-Request-ID"]) == 32
+
+
+class TestLookupLog:
+    def test_each_user_lookup_logs_its_cache_result_with_the_request_id(
+        self, reader_client, reader, json_log
+    ):
+        first = reader_client.get(f"/api/user/{reader.id}", HTTP_X_REQUEST_ID="req-1")
+        reader_client.get(f"/api/user/{reader.id}", HTTP_X_REQUEST_ID="req-2")
+        reader_client.get("/api/user/987654", HTTP_X_REQUEST_ID="req-3")
+
+        lookups = [entry for entry in json_log() if entry["logger"] == "users.services"]
+        assert [(e["request_id"], e["cache"], e["found"]) for e in lookups] == [
+            ("req-1", "MISS", True),
+            ("req-2", "HIT", True),
+            ("req-3", "MISS", False),
+        ]
+        assert all(entry["user_id"] in (reader.id, 987654) for entry in lookups)
+        assert all(entry["duration_ms"] >= 0 for entry in lookups)
+        assert lookups[0]["message"].startswith(f"user lookup {reader.id}: MISS in ")
+        assert lookups[0]["level"] == "DEBUG"
+        assert first.status_code == 200
+
+    def test_no_token_password_or_hash_is_ever_logged(
+        self, staff_client, staff, json_log, django_capture_on_commit_callbacks
+    ):
+        password = "a-Long-passphrase-7"
+        with django_capture_on_commit_callbacks(execute=True):
+            created = staff_client.post(
+                "/api/user",
+                {"username": "logged", "email": "logged@x.io", "password": password},
+                format="json",
+            )
+        staff_client.get(f"/api/user/{created.json()['id']}")
+        staff_client.get("/api/user/1", HTTP_AUTHORIZATION="Token not-a-real-token")
+
+        logged = json.dumps(json_log())
+        from users.models import User
+
+        secrets = [password, User.objects.get(username="logged").password, staff.password]
+        secrets += [Token.objects.get(user=staff).key, "not-a-real-token"]
+        assert "user lookup" in logged
+        for secret in secrets:
+            assert secret not in logged
+
+
+def test_json_formatter_carries_extras_and_the_traceback():
+    formatter = JsonFormatter()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("test").makeRecord(
+            "test", logging.ERROR, __file__, 1, "failed %s", ("here",), sys.exc_info(),
+            extra={"user_id": 7},
+        )  # fmt: skip
+    entry = json.loads(formatter.format(record))
+    assert entry["message"] == "failed here"
+    assert (entry["level"], entry["logger"], entry["user_id"]) == ("ERROR", "test", 7)
+    assert "ValueError: boom" in entry["exception"]
+    assert entry["time"].endswith("+00:00")
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Runs ``code`` after ``django.setup()`` in a fresh process with these variables."""
+    return subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.local", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_log_format_json_is_one_object_a_line():
+    result = _python("import logging; logging.getLogger('ops').warning('hello')", LOG_FORMAT="json")
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("{")]
+    entry = json.loads(line)
+    assert (entry["message"], entry["logger"], entry["request_id"]) == ("hello", "ops", "-")
+
+
+def test_an_unknown_log_format_is_refused():
+    result = _python("pass", LOG_FORMAT="xml")
+    assert result.returncode != 0
+    assert "LOG_FORMAT is 'xml'; use 'plain' or 'json'." in result.stderr
