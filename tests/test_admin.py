@@ -1,8 +1,12 @@
-"""The admin edits users through services, so the cache follows its edits."""
+"""The admin edits users through services, so the cache follows its edits; its user
+list shows each user's cache state, and its actions and overview page manage the cache."""
+
+import copy
+import re
 
 import pytest
 
-from users import cache, services
+from users import cache, maintenance, services
 from users.models import User
 
 
@@ -83,3 +87,163 @@ def test_admin_bulk_delete_clears_the_cache(
         )
     assert response.status_code == 302
     assert services.user_get(user_id=cached_user.id).value is None
+
+
+def test_admin_password_change_goes_through_the_service(
+    admin_client, cached_user, redis_client, django_capture_on_commit_callbacks
+):
+    """A new password bumps the row's version and updated_at, which the entry carries."""
+    before = services.user_get(user_id=cached_user.id).value
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            f"/admin/users/user/{cached_user.id}/password/",
+            {"password1": "a-New-passphrase-8", "password2": "a-New-passphrase-8"},
+        )
+    assert response.status_code == 302, response.content[:2000]
+
+    after = services.user_get(user_id=cached_user.id)
+    assert after.source is services.Source.MISS
+    assert after.value["updated_at"] > before["updated_at"]
+    assert User.objects.get(pk=cached_user.id).check_password("a-New-passphrase-8")
+
+
+# The user list: search, filters, the cache column and the cache actions.
+
+
+@pytest.fixture
+def many_users(make_user) -> list[User]:
+    return [make_user(username=f"many{n}", email=f"many{n}@example.com") for n in range(30)]
+
+
+def _cache_column(response) -> dict[int, str]:
+    """Each listed user's cache cell, by id."""
+    html = response.content.decode()
+    rows = re.findall(
+        r'<input type="checkbox" name="_selected_action" value="(\d+)".*?'
+        r'<td class="field-cache_state">(.*?)</td>',
+        html,
+        re.DOTALL,
+    )
+    return {int(user_id): cell for user_id, cell in rows}
+
+
+def test_list_shows_cache_state_from_one_round_trip_for_the_page(
+    admin_client, many_users, redis_client, redis_round_trips
+):
+    maintenance.cache_warm(user_ids=[user.id for user in many_users[:3]])
+    absent_key = cache.user_cache_key(many_users[3].id)
+    redis_client.hset(absent_key, mapping=services.absent_cache_fields())
+    redis_client.pexpire(absent_key, 20_000)
+    redis_round_trips.count = 0
+
+    response = admin_client.get("/admin/users/user/")
+
+    assert response.status_code == 200
+    assert redis_round_trips.count == 1
+    column = _cache_column(response)
+    assert len(column) == 31  # the 30 and the admin
+    for user in many_users[:3]:
+        assert re.fullmatch(r"cached, 5\d min left", column[user.id]), column[user.id]
+    assert re.fullmatch(r"absent, (1\d|20) s left", column[many_users[3].id])
+    assert column[many_users[4].id] == "not cached"
+
+
+def test_list_says_so_when_redis_is_unavailable(admin_client, many_users, settings):
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["LOCATION"] = "redis://127.0.0.1:1/0"
+    settings.CACHES = caches
+    try:
+        response = admin_client.get("/admin/users/user/")
+    finally:
+        cache.breaker.reset()
+    assert response.status_code == 200
+    assert set(_cache_column(response).values()) == {"Redis unavailable"}
+
+
+def test_search_by_username_or_email_and_filters(admin_client, many_users, make_user):
+    make_user(username="grace", email="hopper@navy.example", is_staff=True)
+
+    by_email = admin_client.get("/admin/users/user/", {"q": "hopper@navy"})
+    by_name = admin_client.get("/admin/users/user/", {"q": "many1"})
+    staff_only = admin_client.get("/admin/users/user/", {"is_staff__exact": "1"})
+
+    assert [u.username for u in by_email.context["cl"].result_list] == ["grace"]
+    assert len(by_name.context["cl"].result_list) == 11  # many1, many10..many19
+    assert {u.username for u in staff_only.context["cl"].result_list} == {"root", "grace"}
+
+
+def test_detail_view_shows_the_user(admin_client, cached_user):
+    response = admin_client.get(f"/admin/users/user/{cached_user.id}/change/")
+    assert response.status_code == 200
+    assert b"cached@example.com" in response.content
+
+
+def test_warm_and_evict_actions(admin_client, many_users, redis_client):
+    selected = [user.id for user in many_users[:2]]
+
+    warmed = admin_client.post(
+        "/admin/users/user/", {"action": "warm_cache", "_selected_action": selected}, follow=True
+    )
+    assert "Cached 2 of 2 users." in warmed.content.decode()
+    assert all(redis_client.exists(cache.user_cache_key(user_id)) for user_id in selected)
+    assert not redis_client.exists(cache.user_cache_key(many_users[2].id))
+
+    evicted = admin_client.post(
+        "/admin/users/user/",
+        {"action": "evict_from_cache", "_selected_action": selected},
+        follow=True,
+    )
+    assert "Evicted 2 users: 2 keys removed." in evicted.content.decode()
+    assert not any(redis_client.exists(cache.user_cache_key(user_id)) for user_id in selected)
+
+
+def test_actions_report_an_unavailable_redis(admin_client, many_users, settings):
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["LOCATION"] = "redis://127.0.0.1:1/0"
+    settings.CACHES = caches
+    try:
+        response = admin_client.post(
+            "/admin/users/user/",
+            {"action": "warm_cache", "_selected_action": [many_users[0].id]},
+            follow=True,
+        )
+    finally:
+        cache.breaker.reset()
+    assert "Redis is unavailable: ConnectionError" in response.content.decode()
+
+
+# The cache overview page.
+
+
+def test_cache_overview(admin_client, many_users, redis_client):
+    maintenance.cache_warm(user_ids=[user.id for user in many_users[:5]])
+    services.user_get(user_id=many_users[0].id)
+
+    response = admin_client.get("/admin/users/user/cache/")
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert re.search(r'id="redis-reachable">yes \([\d.]+ ms ping\)', html)
+    assert redis_client.info()["redis_version"] in html
+    assert redis_client.info()["used_memory_human"][:2] in html
+    counts = dict(re.findall(r'<th scope="row">([^<]+)</th><td class="key-count">(\d+)</td>', html))
+    assert counts["User entries"] == "5"
+    assert re.search(r'id="service-hit-ratio">\d+ %', html)
+
+
+def test_cache_overview_without_redis(admin_client, settings):
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["LOCATION"] = "redis://127.0.0.1:1/0"
+    settings.CACHES = caches
+    response = admin_client.get("/admin/users/user/cache/")
+    assert response.status_code == 200
+    assert 'id="redis-reachable">no: ConnectionError' in response.content.decode()
+
+
+def test_cache_overview_needs_view_permission(client, make_user):
+    client.force_login(make_user(username="plain-staff", email="ps@example.com", is_staff=True))
+    assert client.get("/admin/users/user/cache/").status_code == 403
+
+
+def test_changelist_links_to_the_overview(admin_client):
+    assert b'href="/admin/users/user/cache/"' in admin_client.get("/admin/users/user/").content

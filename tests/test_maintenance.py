@@ -275,3 +275,15 @@ class TestCacheCheck:
     def test_sample_stops_after_that_many_entries(self, sparse_users):
         maintenance.cache_warm()
         assert maintenance.cache_check(sample=3, batch_size=2).examined == 3
+
+
+class TestUserCacheEntries:
+    def test_one_round_trip_for_any_number_of_users(self, sparse_users, redis_round_trips):
+        maintenance.cache_warm(user_ids=SPARSE_IDS[:2])
+        redis_round_trips.count = 0
+
+        entries = maintenance.user_cache_entries(user_ids=[*SPARSE_IDS, 31337])
+
+        assert redis_round_trips.count == 1
+        assert [entry.exists for entry in entries.values()] == [True, True, False, False, False]
+        assert entries[SPARSE_IDS[0]].ttl_ms > 0

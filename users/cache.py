@@ -338,8 +338,8 @@ def invalidate(keys: Iterable[str]) -> None:
     _call(delete_all)
 
 
-# Readiness: the server's own word, past the breaker, so that it shows what
-# Redis does now rather than what it did a moment ago.
+# Health and the admin's overview: the server's own word, past the breaker, so
+# that they show what Redis does now rather than what it did a moment ago.
 
 
 def ping() -> float:
@@ -350,6 +350,14 @@ def ping() -> float:
     except RedisError as exc:
         raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
     return time.perf_counter() - started
+
+
+def server_info() -> dict:
+    """Redis ``INFO`` (server, memory, stats, keyspace sections), parsed by redis-py."""
+    try:
+        return _client().info()
+    except RedisError as exc:
+        raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 # Batch primitives for users.maintenance.

@@ -1,4 +1,5 @@
-"""Operator work on the user cache: warm, flush and check it in bulk.
+"""Operator work on the user cache: warm, flush and check it in bulk, and what the
+admin shows of it.
 
 The rules are the read path's (``users.services``): an entry is filled only
 while its filler holds the entry's lease, taken before the MySQL load, and every
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from django.db.models import QuerySet
 from rest_framework.authtoken.models import Token
 
-from . import cache
+from . import cache, metrics
 from .conf import user_cache_settings
 from .models import User
 from .services import (
@@ -364,3 +365,57 @@ def _repair(problems: list[Problem]) -> int:
     cache.unlink_many(nameless)
     _warm_batch([user_id for user_id in user_ids if user_id is not None], missing_only=False)
     return len(problems)
+
+
+# What the admin shows.
+
+
+def user_cache_entries(*, user_ids: Sequence[int]) -> dict[int, cache.EntryInfo] | None:
+    """Each user's entry (TTL, type, whether it is an absent marker), one round trip
+    for all of them; None when Redis is unavailable."""
+    keys = [cache.user_cache_key(user_id) for user_id in user_ids]
+    try:
+        infos = cache.inspect_many(keys, fields=(cache.ABSENT_FIELD,))
+    except cache.CacheUnavailable:
+        return None
+    return dict(zip(user_ids, infos, strict=True))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CacheOverview:
+    reachable: bool
+    # Why Redis is unreachable, when it is.
+    error: str = ""
+    ping_ms: float | None = None
+    # Redis INFO: version, memory, and the server-wide keyspace hits and misses.
+    info: dict = dataclasses.field(default_factory=dict)
+    # This project's keys by kind (a full SCAN of its prefix).
+    keys: dict[cache.KeyKind, int] = dataclasses.field(default_factory=dict)
+    # This service's user lookups by result, over every worker since it started.
+    lookups: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def service_hit_ratio(self) -> float | None:
+        hits = self.lookups.get("hit", 0) + self.lookups.get("negative_hit", 0)
+        total = hits + self.lookups.get("miss", 0) + self.lookups.get("bypass", 0)
+        return hits / total if total else None
+
+    @property
+    def server_hit_ratio(self) -> float | None:
+        hits, misses = self.info.get("keyspace_hits", 0), self.info.get("keyspace_misses", 0)
+        return hits / (hits + misses) if hits + misses else None
+
+
+def cache_overview() -> CacheOverview:
+    """The state of the cache for the admin's overview page."""
+    lookups = metrics.lookup_totals("user")
+    try:
+        ping_ms = cache.ping() * 1000
+        info = cache.server_info()
+        keys = dict.fromkeys(cache.KeyKind, 0)
+        for page in cache.scan_project_keys():
+            for key in page:
+                keys[cache.key_kind(key)] += 1
+    except cache.CacheUnavailable as exc:
+        return CacheOverview(reachable=False, error=str(exc), lookups=lookups)
+    return CacheOverview(reachable=True, ping_ms=ping_ms, info=info, keys=keys, lookups=lookups)

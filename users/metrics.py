@@ -76,3 +76,16 @@ def _registry() -> CollectorRegistry:
 def exposition() -> tuple[bytes, str]:
     """Every metric in the text format, and its content type."""
     return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def lookup_totals(entity: str) -> dict[str, float]:
+    """Lookups of ``entity`` by result, summed over every worker since they started."""
+    totals: dict[str, float] = {}
+    for family in _registry().collect():
+        if family.name != "usersvc_cache_lookups":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("entity") == entity:
+                result = sample.labels["result"]
+                totals[result] = totals.get(result, 0.0) + sample.value
+    return totals
