@@ -4,12 +4,30 @@ import re
 
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.urls import reverse
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import pagination, permissions, serializers, status, viewsets
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import services
+from .schema import (
+    CONFLICT,
+    FIELD_ERRORS,
+    FORBIDDEN,
+    INVALID_CURSOR,
+    LOCATION,
+    NOT_FOUND,
+    RETRY_AFTER,
+    THROTTLED,
+    TOO_LARGE,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    UNSUPPORTED_MEDIA_TYPE,
+    USER_ID,
+    X_CACHE,
+    UserSerializer,
+)
 
 # A BIGINT UNSIGNED-safe positive id: at most 19 digits and at most 2**63 - 1.
 _ID_PATTERN = re.compile(r"[0-9]{1,19}")
@@ -58,6 +76,51 @@ def parse_user_id(raw: str) -> int:
     return user_id
 
 
+# Every status each operation answers; 429 comes from the throttles, 503 from
+# config.exceptions when MySQL does not answer.
+_ANY = {401: UNAUTHENTICATED, 429: THROTTLED, 503: UNAVAILABLE}
+_STAFF_ONLY = {**_ANY, 403: FORBIDDEN, 409: CONFLICT}
+_WITH_BODY = {**_STAFF_ONLY, 400: FIELD_ERRORS, 413: TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE}
+_USER = OpenApiResponse(UserSerializer, description="The user.")
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List users",
+        description="Users in id order, from MySQL, a cursor-paginated page at a time.",
+        responses={200: UserSerializer(many=True), 404: INVALID_CURSOR, **_ANY},
+        parameters=[RETRY_AFTER],
+    ),
+    retrieve=extend_schema(
+        summary="Get a user",
+        description="Redis first; `X-Cache` says where the answer came from.",
+        responses={200: _USER, 404: NOT_FOUND, **_ANY},
+        parameters=[USER_ID, X_CACHE, RETRY_AFTER],
+    ),
+    create=extend_schema(
+        summary="Create a user (staff)",
+        request=UserCreateSerializer,
+        responses={201: OpenApiResponse(UserSerializer, description="Created."), **_WITH_BODY},
+        parameters=[LOCATION, RETRY_AFTER],
+    ),
+    update=extend_schema(
+        summary="Replace a user's fields (staff)",
+        request=UserUpdateSerializer,
+        responses={200: _USER, 404: NOT_FOUND, **_WITH_BODY},
+        parameters=[USER_ID, RETRY_AFTER],
+    ),
+    partial_update=extend_schema(
+        summary="Change some of a user's fields (staff)",
+        request=UserUpdateSerializer,
+        responses={200: _USER, 404: NOT_FOUND, **_WITH_BODY},
+        parameters=[USER_ID, RETRY_AFTER],
+    ),
+    destroy=extend_schema(
+        summary="Delete a user (staff)",
+        responses={204: OpenApiResponse(description="Deleted."), 404: NOT_FOUND, **_STAFF_ONLY},
+        parameters=[USER_ID, RETRY_AFTER],
+    ),
+)
 class UserViewSet(viewsets.ViewSet):
     permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
     lookup_value_regex = "[^/]+"
