@@ -111,6 +111,18 @@ install one ('sudo apt-get install redis-server') or Docker, or set REDIS_URL."
   fi
 }
 
+# Optional: Debian's Chromium and its driver, for the browser test of the admin
+# (tests/test_browser.py). .ci/run calls this; without it that test is skipped.
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return; fi
+  command -v apt-get >/dev/null \
+    || die "the browser test needs Chromium and chromedriver: install them, or run without CI=true to skip it."
+  say "installing chromium and chromium-driver for the browser test"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    chromium chromium-driver >/dev/null \
+    || die "could not install chromium: run 'sudo apt-get install chromium chromium-driver'"
+}
+
 ensure_database() {
   "$VENV/bin/python" scripts/create_database.py
 }
