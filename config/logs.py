@@ -32,12 +32,12 @@ class RequestContextMiddleware:
     def __call__(self, request):
         incoming = request.headers.get("X-Request-ID", "")
         current = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        reset_token = request_id.set(current)
+        # Not reset on the way out: Django logs 4xx and 5xx responses ("Not Found:
+        # ...") after the middleware has returned, and those lines need the id too.
+        # The next request on this thread sets its own.
+        request_id.set(current)
         started = time.perf_counter()
-        try:
-            response = self.get_response(request)
-        finally:
-            request_id.reset(reset_token)
+        response = self.get_response(request)
         match = request.resolver_match
         metrics.HTTP_REQUEST_SECONDS.labels(
             request.method if request.method in _METHODS else "other",

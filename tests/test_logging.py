@@ -48,6 +48,11 @@ class TestRequestId:
         assert response["X-Request-ID"] != bad
         assert len(response["X-Request-ID"]) == 32
 
+    def test_djangos_own_lines_about_the_response_carry_it(self, client, db, json_log):
+        client.get("/no-such-page", HTTP_X_REQUEST_ID="req-404")
+        [entry] = [entry for entry in json_log() if entry["logger"] == "django.request"]
+        assert (entry["message"], entry["request_id"]) == ("Not Found: /no-such-page", "req-404")
+
 
 class TestLookupLog:
     def test_each_user_lookup_logs_its_cache_result_with_the_request_id(

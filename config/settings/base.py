@@ -219,4 +219,6 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    # Django's own handlers would write its records a second time, in plain text.
+    "loggers": {"django": {"handlers": []}},
 }
