@@ -381,6 +381,14 @@ def user_cache_entries(*, user_ids: Sequence[int]) -> dict[int, cache.EntryInfo]
     return dict(zip(user_ids, infos, strict=True))
 
 
+_LOOKUP_RESULTS = {
+    "hit": "Hits",
+    "negative_hit": "Hits on a cached absence",
+    "miss": "Misses (loaded from MySQL)",
+    "bypass": "Bypasses (Redis unavailable)",
+}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class CacheOverview:
     reachable: bool
@@ -393,6 +401,10 @@ class CacheOverview:
     keys: dict[cache.KeyKind, int] = dataclasses.field(default_factory=dict)
     # This service's user lookups by result, over every worker since it started.
     lookups: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def lookup_counts(self) -> list[tuple[str, float]]:
+        return [(label, self.lookups.get(result, 0)) for result, label in _LOOKUP_RESULTS.items()]
 
     @property
     def service_hit_ratio(self) -> float | None:
