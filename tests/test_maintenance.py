@@ -134,6 +134,21 @@ class TestCacheWarm:
         assert (report.refused, report.filled) == (1, 0)
         assert services.user_get(user_id=user_id).value["first_name"] == "newer"
 
+    def test_a_redis_blip_costs_a_retry_not_the_run(self, sparse_users, redis_client, monkeypatch):
+        fill_many, failures = cache.fill_many, []
+
+        def fail_once(fills):
+            if not failures:
+                failures.append(1)
+                raise cache.CacheUnavailable("TimeoutError: Timeout reading from socket")
+            return fill_many(fills)
+
+        monkeypatch.setattr(cache, "fill_many", fail_once)
+        report = maintenance.cache_warm(batch_size=2)
+
+        assert failures and (report.examined, report.filled) == (4, 4)
+        assert all(_cached(redis_client, user_id) for user_id in SPARSE_IDS)
+
     def test_is_idempotent(self, sparse_users, redis_client):
         maintenance.cache_warm()
         first = {user_id: _cached(redis_client, user_id) for user_id in SPARSE_IDS}
@@ -168,7 +183,7 @@ class TestCacheFlush:
         token = Token.objects.create(user=sparse_users[0])
         maintenance.cache_warm()
         services.token_principal_get(key=token.key)
-        redis_client.set(cache.lease_key(cache.user_cache_key(1)), "t", px=2000)
+        redis_client.set(cache.lease_key(cache.user_cache_key(1)), "t", px=60_000)
         redis_client.hset(f"{settings.TEST_RUN_PREFIX}:v0:user:{{9}}", "old", "schema")
 
         report = maintenance.cache_flush(batch_size=2)
@@ -227,7 +242,7 @@ class TestCacheCheck:
         redis_client.expire(cache.user_cache_key(13), 60)
         nameless = f"{cache.user_cache_key(0)[:-3]}{{abc}}"
         redis_client.hset(nameless, "x", "1")
-        redis_client.set(cache.lease_key(cache.user_cache_key(14)), "t", px=2000)
+        redis_client.set(cache.lease_key(cache.user_cache_key(14)), "t", px=60_000)
         seen = []
 
         report = maintenance.cache_check(sample=None, on_problem=seen.append)

@@ -19,6 +19,7 @@ import datetime
 import enum
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from django.db.models import QuerySet
 from rest_framework.authtoken.models import Token
@@ -37,6 +38,29 @@ from .services import (
 
 DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 10_000
+# Tries of one batch's step before a bulk run gives up on Redis.
+REDIS_ATTEMPTS = 3
+
+T = TypeVar("T")
+
+
+def _retrying(step: Callable[[], T]) -> T:
+    """Runs a batch's step again when Redis failed it, after the breaker's cooldown.
+
+    A bulk run holds Redis to the API's short timeouts, and on a busy server one
+    pipeline of a long run may miss them; each step is idempotent (a retried
+    warm batch takes new leases and loads again), so a blip costs a retry rather
+    than the run.
+    """
+    for attempt in range(1, REDIS_ATTEMPTS + 1):
+        try:
+            return step()
+        except cache.CacheUnavailable:
+            if attempt == REDIS_ATTEMPTS:
+                raise
+            time.sleep(user_cache_settings.BREAKER_COOLDOWN_MS / 1000 * attempt)
+    raise AssertionError("unreachable")
+
 
 # Warm.
 
@@ -85,7 +109,7 @@ def cache_warm(
         else _keyset_batches(_warm_selection(since), batch_size)
     )
     for batch in batches:
-        batch_report = _warm_batch(batch, missing_only=missing_only)
+        batch_report = _retrying(lambda batch=batch: _warm_batch(batch, missing_only=missing_only))
         report.add(batch_report)
         if on_batch is not None:
             on_batch(batch_report)
@@ -214,7 +238,7 @@ def cache_flush(
             if kind in _FLUSHED_KINDS:
                 targets.append(key)
         if not dry_run:
-            report.removed += cache.unlink_many(targets)
+            report.removed += _retrying(lambda targets=targets: cache.unlink_many(targets))
     return report
 
 
@@ -297,10 +321,11 @@ def cache_check(
         if not keys:
             continue
         report.examined += len(keys)
-        problems = _problems(keys)
+        problems = _retrying(lambda keys=keys: _problems(keys))
         if problems:
             time.sleep(_RECHECK_AFTER_SECONDS)
-            problems = _problems([problem.key for problem in problems])
+            suspects = [problem.key for problem in problems]
+            problems = _retrying(lambda suspects=suspects: _problems(suspects))
         for problem in problems:
             report.found[problem.kind] += 1
             if on_problem is not None:
@@ -362,8 +387,9 @@ def _problem(
 def _repair(problems: list[Problem]) -> int:
     user_ids = [cache.user_id_from_key(problem.key) for problem in problems]
     nameless = [p.key for p, user_id in zip(problems, user_ids, strict=True) if user_id is None]
-    cache.unlink_many(nameless)
-    _warm_batch([user_id for user_id in user_ids if user_id is not None], missing_only=False)
+    _retrying(lambda: cache.unlink_many(nameless))
+    named = [user_id for user_id in user_ids if user_id is not None]
+    _retrying(lambda: _warm_batch(named, missing_only=False))
     return len(problems)
 
 
