@@ -2,10 +2,10 @@
 and the real Redis, with this run's keys under their own prefix."""
 
 import pytest
-import redis.client
 from django.conf import settings
 from django_redis import get_redis_connection
 from model_bakery import baker
+from redis.connection import AbstractConnection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -33,7 +33,7 @@ def redis_client():
 
 
 class RoundTrips:
-    """Counts round trips to Redis: each command sent alone, and each pipeline."""
+    """Counts round trips to Redis: every send on a connection (a pipeline sends once)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -42,20 +42,13 @@ class RoundTrips:
 @pytest.fixture
 def redis_round_trips(monkeypatch) -> RoundTrips:
     counter = RoundTrips()
-    send_command = redis.client.Redis.execute_command
-    send_pipeline = redis.client.Pipeline.execute
+    send = AbstractConnection.send_packed_command
 
-    def counted_command(self, *args, **kwargs):
+    def counting_send(self, command, check_health=True):
         counter.count += 1
-        return send_command(self, *args, **kwargs)
+        return send(self, command, check_health)
 
-    def counted_pipeline(self, *args, **kwargs):
-        if self.command_stack:
-            counter.count += 1
-        return send_pipeline(self, *args, **kwargs)
-
-    monkeypatch.setattr(redis.client.Redis, "execute_command", counted_command)
-    monkeypatch.setattr(redis.client.Pipeline, "execute", counted_pipeline)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
     return counter
 
 
