@@ -23,6 +23,9 @@ max_requests = 10_000
 max_requests_jitter = 1_000
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
+# gunicorn's control socket lives at one path per user (~/.gunicorn/gunicorn.ctl),
+# so every server started on a host would take it over from the last one.
+control_socket_disable = True
 
 # Prometheus multiprocess mode: every worker writes its metrics to files in this
 # folder, and /metrics adds them up. It must be set before a worker imports

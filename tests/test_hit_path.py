@@ -5,29 +5,6 @@ trip fails here rather than in a benchmark. Speed itself is measured by the
 benchmark suite, not by tests.
 """
 
-import pytest
-from redis.connection import AbstractConnection
-
-
-class RoundTrips:
-    """Counts commands sent to Redis (a pipeline counts once: one round trip)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
-@pytest.fixture
-def redis_round_trips(monkeypatch) -> RoundTrips:
-    counter = RoundTrips()
-    send = AbstractConnection.send_packed_command
-
-    def counting_send(self, command, check_health=True):
-        counter.count += 1
-        return send(self, command, check_health)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
-    return counter
-
 
 def test_a_cached_get_costs_no_sql_and_three_round_trips(
     reader_client, reader, django_assert_num_queries, redis_round_trips
