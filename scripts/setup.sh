@@ -126,3 +126,10 @@ ensure_browser() {
 ensure_database() {
   "$VENV/bin/python" scripts/create_database.py
 }
+
+# The soak and the fuzz run start their own mariadbd and redis-server.
+ensure_server_binaries() {
+  command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] \
+    || die "this runs its own mariadbd: install mariadb-server"
+  command -v redis-server >/dev/null || die "this runs its own redis-server: install redis-server"
+}

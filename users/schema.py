@@ -33,11 +33,22 @@ def _error(description: str) -> OpenApiResponse:
 
 FIELD_ERRORS = OpenApiResponse(
     {
-        "type": "object",
-        "additionalProperties": {"type": "array", "items": {"type": "string"}},
-        "example": {"email": ["A user with that email already exists."]},
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                "example": {"email": ["A user with that email already exists."]},
+            },
+            {
+                "type": "object",
+                "properties": {"detail": {"type": "string"}},
+                "required": ["detail"],
+                "example": {"detail": "JSON parse error - Expecting value"},
+            },
+        ]
     },
-    description="Invalid input: a list of messages per field (or `non_field_errors`).",
+    description="Invalid input: a list of messages per field (or `non_field_errors`); "
+    "a body that is not valid JSON gets a `detail` instead.",
 )
 UNAUTHENTICATED = _error("No credentials, an unknown token, or an inactive user.")
 FORBIDDEN = _error("Only staff may write (or the session's CSRF check failed).")

@@ -29,5 +29,3 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-# The health endpoints answer over plain HTTP to the load balancer.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
