@@ -10,7 +10,9 @@ Redis hash of strings. Two metadata fields ride along with the public data:
   which is how a cached absence is told apart from a miss.
 
 Keys carry a Redis Cluster hash tag (``{...}``) so that an entry and its lease
-always live in the same slot, as the Lua scripts require.
+always live in the same slot, as the Lua scripts require. The client is a
+``redis.Redis`` on one server or behind Sentinel and a ``RedisCluster`` on a
+cluster (``config/redis.py``); everything here works on both.
 
 Every call goes through ``_call``: a Redis error becomes ``CacheUnavailable``
 and feeds the circuit breaker, which, once open, fails calls at once instead of
@@ -36,8 +38,9 @@ from typing import TypeVar
 
 from django_redis import get_redis_connection
 from redis import Redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from . import metrics
 from .conf import user_cache_settings
@@ -239,18 +242,23 @@ class CircuitBreaker:
 
 breaker = CircuitBreaker()
 
+# What a client raises when Redis cannot serve a call. A cluster client also
+# raises RedisClusterException, which is not a RedisError, when no node answers
+# or a slot has no primary (during a failover).
+_UNAVAILABLE = (RedisError, RedisClusterException)
 
-def _client() -> Redis:
+
+def _client() -> Redis | RedisCluster:
     return get_redis_connection("default")
 
 
-def _call(operation: Callable[[Redis], T]) -> T:
+def _call(operation: Callable[[Redis | RedisCluster], T]) -> T:
     if not breaker.allow():
         raise CacheUnavailable("circuit breaker open: Redis failed recently")
     started = time.perf_counter()
     try:
         result = operation(_client())
-    except RedisError as exc:
+    except _UNAVAILABLE as exc:
         breaker.record_failure()
         metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
         raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -323,16 +331,18 @@ def count_in_window(key: str, window_ms: int) -> tuple[int, int]:
 
 
 def invalidate(keys: Iterable[str]) -> None:
-    """Deletes entries and their leases, one pipelined round trip for all of them.
+    """Deletes entries and their leases, one pipelined round trip for all of them
+    (on a cluster, one per node that holds some of them).
 
-    Each DEL names one entry and its lease, which share a hash slot, so this
-    also works on a Redis Cluster.
+    One key per DEL: a cluster pipeline refuses multi-key commands, and a plain
+    server does not mind.
     """
 
-    def delete_all(client: Redis) -> None:
+    def delete_all(client: Redis | RedisCluster) -> None:
         with client.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.delete(key, lease_key(key))
+                pipe.delete(key)
+                pipe.delete(lease_key(key))
             pipe.execute()
 
     _call(delete_all)

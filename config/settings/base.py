@@ -9,6 +9,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config.redis import cache_from_env
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
@@ -39,25 +41,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # CACHES
 # ------------------------------------------------------------------------------
-# django-redis owns the connection pool; users/cache.py borrows its raw client for
-# the user hashes. Timeouts are short on purpose: a slow Redis must turn into a
-# cache bypass, not into slow requests.
-REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
-CACHES = {
-    "default": {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": REDIS_URL,
-        "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="usersvc"),
-        "OPTIONS": {
-            "CLIENT_CLASS": "django_redis.client.DefaultClient",
-            "SOCKET_CONNECT_TIMEOUT": env.int("REDIS_CONNECT_TIMEOUT_MS", default=100) / 1000,
-            "SOCKET_TIMEOUT": env.int("REDIS_READ_TIMEOUT_MS", default=100) / 1000,
-            "CONNECTION_POOL_KWARGS": {
-                "max_connections": env.int("REDIS_MAX_CONNECTIONS", default=64),
-            },
-        },
-    }
-}
+# django-redis owns the connections; users/cache.py borrows its raw client for
+# the user hashes. One server, a Redis Cluster or a Sentinel-managed primary,
+# as the environment says (config/redis.py).
+CACHES = {"default": cache_from_env(env)}
 
 # The user cache (see users/conf.py for every key and its meaning).
 USERS_CACHE = {
