@@ -1,15 +1,61 @@
 """Fixtures shared by every test: the real MySQL (pytest-django's test database)
-and the real Redis, with this run's keys under their own prefix."""
+and the real Redis, with this run's keys under their own prefix.
 
+``USERSVC_TEST_REDIS`` chooses the Redis the cache uses for the whole run:
+``single`` (the default) is the shared server of ``REDIS_URL``; ``cluster`` and
+``sentinel`` start a Redis Cluster or a Sentinel group of the run's own and
+configure the cache for it through ``config.redis``, as ``REDIS_CLUSTER_NODES``
+or ``REDIS_SENTINELS`` would in production.
+"""
+
+import os
+from unittest import mock
+
+import environ
 import pytest
 from django.conf import settings
+from django.test import override_settings
 from django_redis import get_redis_connection
 from model_bakery import baker
 from redis.connection import AbstractConnection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from config.redis import cache_from_env
+from tests.servers import RedisClusterServers, SentinelGroup
+from users import cache
 from users.models import User
+
+REDIS_TOPOLOGIES = {"cluster": RedisClusterServers, "sentinel": SentinelGroup}
+
+
+@pytest.fixture(scope="session")
+def redis_topology(tmp_path_factory):
+    """The run's own Redis Cluster or Sentinel group, serving the cache for every
+    test; None when the run uses the shared server."""
+    kind = os.environ.get("USERSVC_TEST_REDIS", "single")
+    if kind == "single":
+        yield None
+        return
+    assert kind in REDIS_TOPOLOGIES, f"USERSVC_TEST_REDIS={kind!r}: use single, cluster or sentinel"
+    topology = REDIS_TOPOLOGIES[kind](tmp_path_factory.mktemp(f"redis-{kind}"))
+    topology.start()
+    if kind == "cluster":
+        environment = {"REDIS_CLUSTER_NODES": ",".join(topology.seeds)}
+    else:
+        environment = {
+            "REDIS_SENTINELS": ",".join(topology.sentinel_addresses),
+            "REDIS_SENTINEL_SERVICE": topology.service,
+        }
+    with mock.patch.dict(os.environ, environment):
+        default = cache_from_env(environ.Env())
+    default["KEY_PREFIX"] = settings.TEST_RUN_PREFIX
+    try:
+        with override_settings(CACHES={"default": default}):
+            cache.breaker.reset()
+            yield topology
+    finally:
+        topology.stop()
 
 
 def _delete_run_keys() -> None:
@@ -20,7 +66,7 @@ def _delete_run_keys() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache():
+def _isolated_cache(redis_topology):
     """Each test starts and ends with none of this run's keys; other data is untouched."""
     _delete_run_keys()
     yield

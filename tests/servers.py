@@ -1,7 +1,8 @@
-"""Real server processes that a test starts, pauses, stops and restarts.
+"""Real server processes that a test starts, pauses, stops, kills and restarts.
 
 Each server runs on a free loopback port with its data in a temporary folder,
-so a test can break it without touching the shared MariaDB and Redis.
+so a test can break it without touching the shared MariaDB and Redis. A Redis
+Cluster and a Sentinel group are made of such servers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import MySQLdb
@@ -74,6 +76,16 @@ class ServerProcess:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to hand anything over."""
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    @property
+    def is_running(self) -> bool:
+        return self.process is not None
+
     def pause(self) -> None:
         os.kill(self.process.pid, signal.SIGSTOP)
 
@@ -84,13 +96,17 @@ class ServerProcess:
 
 class RedisServer(ServerProcess):
     """``redis-server``: its data survives pause/resume, and also stop/start when
-    ``persistent`` (an append-only file synced on every write)."""
+    ``persistent`` (an append-only file synced on every write). ``options`` are
+    more command-line options (a cluster node's, a replica's)."""
 
     name = "redis"
 
-    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, persistent: bool = False, options: Sequence[str] = ()
+    ) -> None:
         super().__init__(workdir)
         self.persistent = persistent
+        self.options = list(options)
 
     @property
     def url(self) -> str:
@@ -103,10 +119,227 @@ class RedisServer(ServerProcess):
             "--save", "", "--dir", str(self.workdir),
             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
               else ["--appendonly", "no"]),
+            *self.options,
         ]  # fmt: skip
 
     def is_ready(self) -> bool:
-        return redis.Redis(port=self.port, socket_timeout=0.5).ping()
+        return self.client().ping()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _subfolder(workdir: Path, name: str) -> Path:
+    folder = workdir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class RedisClusterServers:
+    """A Redis Cluster of three primaries with a replica each, made with
+    ``redis-server --cluster-enabled yes`` and ``redis-cli --cluster create``.
+
+    The short node timeout lets a replica take over a killed primary within about
+    three seconds (the node timeout, then the replica's election).
+    """
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self, workdir: Path, *, primaries: int = 3) -> None:
+        self.nodes = [
+            RedisServer(_subfolder(workdir, f"node-{index}"), options=self._node_options())
+            for index in range(primaries * 2)
+        ]
+
+    def _node_options(self) -> list[str]:
+        # The bus port is chosen too: the default, port + 10000, can exceed 65535.
+        return [
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS),
+            "--cluster-port", str(free_port()),
+        ]  # fmt: skip
+
+    @property
+    def seeds(self) -> list[str]:
+        return [node.address for node in self.nodes]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *self.seeds, "--cluster-replicas", "1",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        _wait(self.is_healthy, "the Redis Cluster", timeout=30)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def is_healthy(self) -> bool:
+        """Every node runs and sees every slot served, and every replica is in sync."""
+        running = [node for node in self.nodes if node.is_running]
+        if len(running) < len(self.nodes):
+            return False
+        return all(self._serves_all_slots(node) for node in running) and all(
+            _replica_in_sync(node) for node in running
+        )
+
+    def primary_for(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s hash slot now, as a live node sees it."""
+        live = next(node for node in self.nodes if node.is_running)
+        client = live.client()
+        slot = client.execute_command("CLUSTER", "KEYSLOT", key)
+        # id, address@bus-port, flags, primary id, ping, pong, epoch, link, slots...
+        for line in client.execute_command("CLUSTER", "NODES").decode().splitlines():
+            fields = line.split()
+            address, flags, link, ranges = fields[1], fields[2].split(","), fields[7], fields[8:]
+            if "master" not in flags or "fail" in flags or link != "connected":
+                continue
+            if any(_in_range(slot, slot_range) for slot_range in ranges):
+                port = int(address.split("@")[0].rpartition(":")[2])
+                return next(node for node in self.nodes if node.port == port)
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def has_failed_over(self, killed: RedisServer, key: str) -> bool:
+        """A replica serves ``key``'s slot in place of ``killed``, and the cluster is ok."""
+        running = [node for node in self.nodes if node.is_running]
+        return self.primary_for(key) is not killed and all(
+            self._serves_all_slots(node) for node in running
+        )
+
+    def wait_for_failover(self, killed: RedisServer, key: str) -> None:
+        _wait(lambda: self.has_failed_over(killed, key), "a replica's takeover", timeout=30)
+
+    def recover(self, killed: RedisServer) -> None:
+        """Restarts a killed node, which rejoins as a replica, and waits until it is in sync."""
+        killed.start()
+        _wait(self.is_healthy, "the Redis Cluster", timeout=30)
+
+    @staticmethod
+    def _serves_all_slots(node: RedisServer) -> bool:
+        return node.client().execute_command("CLUSTER INFO")["cluster_state"] == "ok"
+
+
+def _in_range(slot: int, slot_range: str) -> bool:
+    if slot_range.startswith("["):  # a slot being migrated
+        return False
+    first, _, last = slot_range.partition("-")
+    return int(first) <= slot <= int(last or first)
+
+
+def _replica_in_sync(node: RedisServer) -> bool:
+    replication = node.client().info("replication")
+    return replication["role"] == "master" or replication["master_link_status"] == "up"
+
+
+class SentinelServer(ServerProcess):
+    """``redis-server --sentinel`` watching one primary, with a short down-after."""
+
+    name = "sentinel"
+    DOWN_AFTER_MS = 1000
+
+    def __init__(self, workdir: Path, *, service: str, primary: RedisServer, quorum: int) -> None:
+        super().__init__(workdir)
+        self.config = workdir / "sentinel.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary.port} {quorum}\n"
+            f"sentinel down-after-milliseconds {service} {self.DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {service} 10000\n"
+        )
+
+    def command(self) -> list[str]:
+        return [shutil.which("redis-server") or "/usr/bin/redis-server", str(self.config),
+                "--sentinel"]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        return self.client().ping()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class SentinelGroup:
+    """A primary, its replica and three sentinels (quorum two): Redis high
+    availability without sharding."""
+
+    def __init__(self, workdir: Path, *, service: str = "usersvc-test") -> None:
+        self.service = service
+        primary = RedisServer(_subfolder(workdir, "primary"))
+        replica = RedisServer(
+            _subfolder(workdir, "replica"), options=["--replicaof", "127.0.0.1", str(primary.port)]
+        )
+        self.servers = [primary, replica]
+        self.sentinels = [
+            SentinelServer(
+                _subfolder(workdir, f"sentinel-{index}"), service=service, primary=primary,
+                quorum=2,
+            )
+            for index in range(3)
+        ]  # fmt: skip
+
+    @property
+    def sentinel_addresses(self) -> list[str]:
+        return [sentinel.address for sentinel in self.sentinels]
+
+    def start(self) -> None:
+        for process in [*self.servers, *self.sentinels]:
+            process.start()
+        _wait(self.is_healthy, "the Sentinel group", timeout=30)
+
+    def stop(self) -> None:
+        for process in [*self.sentinels, *self.servers]:
+            process.stop()
+
+    def primary_for(self, key: str) -> RedisServer:
+        """The server the sentinels name as primary now (it holds every key)."""
+        _host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(self.service)
+        return next(server for server in self.servers if server.port == int(port))
+
+    def is_healthy(self) -> bool:
+        """Both servers run, one primary and one replica in sync, and every sentinel
+        knows the other two and the replica, so that a failover can be agreed on."""
+        if not all(server.is_running for server in self.servers):
+            return False
+        roles = [server.client().info("replication")["role"] for server in self.servers]
+        if sorted(roles) != ["master", "slave"]:
+            return False
+        if not all(_replica_in_sync(server) for server in self.servers):
+            return False
+        for sentinel in self.sentinels:
+            state = sentinel.client().sentinel_master(self.service)
+            if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
+                return False
+        return True
+
+    def has_failed_over(self, killed: RedisServer, key: str) -> bool:
+        """Every sentinel names a primary other than ``killed``, and it accepts writes."""
+        for sentinel in self.sentinels:
+            _host, port = sentinel.client().sentinel_get_master_addr_by_name(self.service)
+            if int(port) == killed.port:
+                return False
+        return self.primary_for(key).client().info("replication")["role"] == "master"
+
+    def wait_for_failover(self, killed: RedisServer, key: str) -> None:
+        _wait(lambda: self.has_failed_over(killed, key), "the sentinels' failover", timeout=30)
+
+    def recover(self, killed: RedisServer) -> None:
+        """Restarts the killed primary as a replica of the new one, as an operator
+        would (the sentinels would convert it too, but only after their next
+        ten-second look at it)."""
+        killed.options = ["--replicaof", "127.0.0.1", str(self.primary_for("").port)]
+        killed.start()
+        _wait(self.is_healthy, "the Sentinel group", timeout=30)
 
 
 class MariaDBServer(ServerProcess):
