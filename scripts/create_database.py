@@ -1,4 +1,7 @@
-"""Creates the database named by DATABASE_URL when it does not exist yet (utf8mb4)."""
+"""Creates the database named by DATABASE_URL when it does not exist yet (utf8mb4).
+
+Works for mysql:// and tidb:// alike: TiDB speaks MySQL's protocol.
+"""
 
 import time
 

@@ -1,11 +1,14 @@
 """The engines are chosen by configuration alone: what each environment resolves to."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
+import django
 import environ
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -83,3 +86,32 @@ class TestRedis:
 
         assert caches["default"]["LOCATION"] == ["127.0.0.1:7000"]
         assert caches["default"]["OPTIONS"]["CLIENT_CLASS"].endswith("RedisClusterClient")
+
+
+class TestDatabase:
+    def test_mysql_is_the_default(self):
+        database = _settings_under()["DATABASES"]["default"]
+
+        assert database["ENGINE"] == "django.db.backends.mysql"
+        assert database["NAME"] == "usersvc"
+        assert (database["HOST"], database["PORT"]) == ("127.0.0.1", 3306)
+
+    def test_a_tidb_url_selects_django_tidb_with_the_same_options(self):
+        """TiDB speaks MySQL's protocol: the same driver options, another backend."""
+        database = _settings_under(
+            DATABASE_URL="tidb://app:secret@tidb.internal:4000/usersvc", DB_CONNECT_TIMEOUT="3"
+        )["DATABASES"]["default"]
+
+        assert database["ENGINE"] == "django_tidb"
+        assert database["NAME"] == "usersvc"
+        assert (database["HOST"], database["PORT"]) == ("tidb.internal", 4000)
+        assert (database["USER"], database["PASSWORD"]) == ("app", "secret")
+        assert database["OPTIONS"] == {"charset": "utf8mb4", "connect_timeout": 3}
+        assert database["CONN_MAX_AGE"] == 60
+        assert database["CONN_HEALTH_CHECKS"] is True
+
+    def test_the_tidb_backend_matches_this_django(self):
+        """django-tidb's minor version follows Django's; importing it here would
+        apply its patches to Django in a run that does not use it."""
+        assert importlib.util.find_spec("django_tidb") is not None
+        assert metadata.version("django-tidb").split(".")[:2] == django.__version__.split(".")[:2]

@@ -290,8 +290,13 @@ class WriteConflict(Exception):
     write conflict) after ``WRITE_ATTEMPTS`` tries; the client may retry."""
 
 
-# MySQL: lock wait timeout, deadlock. TiDB: write conflict (optimistic transactions).
-_CONFLICT_ERROR_CODES = frozenset({1205, 1213, 9007})
+# Errors for which the database says the whole transaction may simply run again
+# (Django's atomic() has rolled it back by the time the retry starts). MySQL and
+# TiDB: lock wait timeout (1205), deadlock (1213). TiDB: a conflict at commit in an
+# optimistic transaction, with SELECT FOR UPDATE (8002) or without (8005, 9007); a
+# commit that failed and was rolled back (8022); a table whose schema changed
+# during the transaction (8028). Any other database error is a 503 (config/exceptions.py).
+_CONFLICT_ERROR_CODES = frozenset({1205, 1213, 8002, 8005, 8022, 8028, 9007})
 WRITE_ATTEMPTS = 3
 
 

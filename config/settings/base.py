@@ -27,6 +27,9 @@ USE_I18N = True
 
 # DATABASES
 # ------------------------------------------------------------------------------
+# mysql:// is MySQL or MariaDB; tidb:// selects django-tidb, the backend for TiDB,
+# which speaks MySQL's protocol (README, "Scaling out").
+environ.Env.DB_SCHEMES["tidb"] = "django_tidb"
 DATABASES = {
     "default": env.db("DATABASE_URL", default="mysql://root@127.0.0.1:3306/usersvc"),
 }
