@@ -49,7 +49,10 @@ def redis_topology(tmp_path_factory):
         }
     with mock.patch.dict(os.environ, environment):
         default = cache_from_env(environ.Env())
+    # The run's own prefix and timeouts (config/settings/test.py), as on one server.
     default["KEY_PREFIX"] = settings.TEST_RUN_PREFIX
+    for timeout in ("SOCKET_CONNECT_TIMEOUT", "SOCKET_TIMEOUT"):
+        default["OPTIONS"][timeout] = settings.CACHES["default"]["OPTIONS"][timeout]
     try:
         with override_settings(CACHES={"default": default}):
             cache.breaker.reset()
