@@ -147,12 +147,13 @@ class RedisClusterServers:
     three seconds (the node timeout, then the replica's election).
     """
 
+    PRIMARIES = 3
     NODE_TIMEOUT_MS = 1000
 
-    def __init__(self, workdir: Path, *, primaries: int = 3) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.nodes = [
             RedisServer(_subfolder(workdir, f"node-{index}"), options=self._node_options())
-            for index in range(primaries * 2)
+            for index in range(self.PRIMARIES * 2)
         ]
 
     def _node_options(self) -> list[str]:

@@ -51,7 +51,7 @@ def test_the_cache_is_served_by_the_topology(topology):
     client = get_redis_connection("default")
     if isinstance(topology, RedisClusterServers):
         assert isinstance(client, RedisCluster)
-        assert len(client.get_primaries()) == 3
+        assert len(client.get_primaries()) == RedisClusterServers.PRIMARIES
         assert {node.name for node in client.get_nodes()} <= set(topology.seeds)
     else:
         assert isinstance(client.connection_pool, SentinelConnectionPool)
