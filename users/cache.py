@@ -21,11 +21,14 @@ letting each request wait for a timeout.
 The batch primitives at the end (``lease_many``, ``fill_many``, ``inspect_many``,
 ``scan_project_keys``, ``unlink_many``) serve the operator tools in
 ``users.maintenance``: each is one pipelined round trip of per-key commands, so
-no command names keys of two hash slots (Redis Cluster).
+no command names keys of two hash slots (Redis Cluster). On a cluster a round
+trip goes to each node that holds some of the keys, and a scan covers every
+primary.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import functools
@@ -40,7 +43,14 @@ from django_redis import get_redis_connection
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import metrics
 from .conf import user_cache_settings
@@ -353,21 +363,36 @@ def invalidate(keys: Iterable[str]) -> None:
 
 
 def ping() -> float:
-    """Seconds one PING took; raises ``CacheUnavailable`` when Redis does not answer."""
+    """Seconds one PING took (to every node of a cluster); raises ``CacheUnavailable``
+    when Redis does not answer."""
     started = time.perf_counter()
     try:
         _client().ping()
-    except RedisError as exc:
+    except _UNAVAILABLE as exc:
         raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
     return time.perf_counter() - started
 
 
+# INFO counters that a cluster's overview adds up over its primaries.
+_SUMMED_INFO = ("used_memory", "evicted_keys", "keyspace_hits", "keyspace_misses")
+
+
 def server_info() -> dict:
-    """Redis ``INFO`` (server, memory, stats, keyspace sections), parsed by redis-py."""
+    """Redis ``INFO`` (server, memory, stats, keyspace sections), parsed by redis-py.
+
+    On a cluster: one primary's, with memory, evictions and keyspace hits and
+    misses added up over every primary.
+    """
     try:
-        return _client().info()
-    except RedisError as exc:
+        client = _client()
+        if not isinstance(client, RedisCluster):
+            return client.info()
+        infos = [client.get_redis_connection(node).info() for node in client.get_primaries()]
+    except _UNAVAILABLE as exc:
         raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    info = {**infos[0], **{name: sum(each.get(name, 0) for each in infos) for name in _SUMMED_INFO}}
+    info["used_memory_human"] = f"{info['used_memory'] / 2**20:.2f}M"
+    return info
 
 
 # Batch primitives for users.maintenance.
@@ -481,6 +506,13 @@ def _eval_many(source: str, calls: Sequence[tuple[list[str], list]]) -> list:
 
     A server that does not know the script yet (restarted, failed over, flushed)
     answers NOSCRIPT: the script is loaded and only those calls are sent again.
+
+    redis-py refuses scripts in a cluster pipeline, so on a cluster the calls are
+    pipelined per node, on each node's own connection; each call's keys share a
+    slot (hash tags). Calls that a node redirects (MOVED, ASK: the slot map is out
+    of date after a failover or resharding) or that a node could not take go one
+    at a time through the cluster client, which follows redirections and reads
+    the map again.
     """
     script = _script(source)
 
@@ -490,7 +522,8 @@ def _eval_many(source: str, calls: Sequence[tuple[list[str], list]]) -> list:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             return pipe.execute(raise_on_error=False)
 
-    def run(client: Redis) -> list:
+    def run(client: Redis, calls: Sequence[tuple[list[str], list]]) -> list:
+        """The replies, errors included."""
         replies = send(client, calls)
         unknown = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if unknown:
@@ -498,30 +531,68 @@ def _eval_many(source: str, calls: Sequence[tuple[list[str], list]]) -> list:
             retried = send(client, [calls[index] for index in unknown])
             for index, reply in zip(unknown, retried, strict=True):
                 replies[index] = reply
+        return replies
+
+    def run_on_cluster(client: RedisCluster) -> list:
+        by_node = collections.defaultdict(list)
+        for index, (keys, _args) in enumerate(calls):
+            by_node[client.get_node_from_key(keys[0]).name].append(index)
+        replies: list = [None] * len(calls)
+        redirected = []
+        for name, indexes in by_node.items():
+            node = client.get_redis_connection(client.get_node(node_name=name))
+            try:
+                node_replies = run(node, [calls[index] for index in indexes])
+            except RedisConnectionError:
+                redirected.extend(indexes)
+                continue
+            for index, reply in zip(indexes, node_replies, strict=True):
+                if isinstance(reply, AskError):  # MOVED or ASK
+                    redirected.append(index)
+                else:
+                    replies[index] = reply
+        for index in redirected:
+            keys, args = calls[index]
+            replies[index] = script(keys=keys, args=args, client=client)
+        return replies
+
+    def run_anywhere(client: Redis | RedisCluster) -> list:
+        replies = run_on_cluster(client) if isinstance(client, RedisCluster) else run(client, calls)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return replies
 
-    return _call(run)
+    return _call(run_anywhere)
 
 
 def scan_project_keys(pattern: str | None = None, *, count: int = 1000) -> Iterator[list[str]]:
     """Every key matching ``pattern`` (by default all of this project's), a SCAN page at
-    a time: one round trip per page, never KEYS, and never a key outside the prefix."""
+    a time: one round trip per page, never KEYS, and never a key outside the prefix.
+    On a cluster every primary is scanned in turn, each with its own cursor."""
     pattern = pattern or project_key_pattern()
     assert pattern.startswith(f"{user_cache_settings.KEY_PREFIX}:"), (
         f"{pattern!r} reaches outside this project's prefix {user_cache_settings.KEY_PREFIX!r}"
     )
-    cursor = 0
-    while True:
-        cursor, keys = _call(
-            lambda client, cursor=cursor: client.scan(cursor, match=pattern, count=count)
-        )
-        if keys:
-            yield [key.decode() for key in keys]
-        if cursor == 0:
-            return
+    for server in _call(_servers_to_scan):
+        cursor = 0
+        while True:
+            cursor, keys = _call(
+                lambda _client, server=server, cursor=cursor: server.scan(
+                    cursor, match=pattern, count=count
+                )
+            )
+            if keys:
+                yield [key.decode() for key in keys]
+            if cursor == 0:
+                break
+
+
+def _servers_to_scan(client: Redis | RedisCluster) -> list[Redis]:
+    """The server, or each primary of a cluster (through its own connection)."""
+    if isinstance(client, RedisCluster):
+        return [client.get_redis_connection(node) for node in client.get_primaries()]
+    return [client]
 
 
 def unlink_many(keys: Sequence[str]) -> int:
