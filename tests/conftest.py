@@ -8,8 +8,11 @@ configure the cache for it through ``config.redis``, as ``REDIS_CLUSTER_NODES``
 or ``REDIS_SENTINELS`` would in production.
 """
 
+import copy
 import os
+from collections.abc import Iterable
 from unittest import mock
+from urllib.parse import urlsplit
 
 import environ
 import pytest
@@ -17,11 +20,12 @@ from django.conf import settings
 from django.test import override_settings
 from django_redis import get_redis_connection
 from model_bakery import baker
+from redis.cluster import RedisCluster
 from redis.connection import AbstractConnection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from config.redis import cache_from_env
+from config.redis import CLUSTER_CLIENT, SENTINEL_CLIENT, cache_from_env
 from tests.servers import RedisClusterServers, SentinelGroup
 from users import cache
 from users.models import User
@@ -66,6 +70,44 @@ def _delete_run_keys() -> None:
     keys = list(client.scan_iter(match=f"{settings.TEST_RUN_PREFIX}*", count=1000))
     if keys:
         client.unlink(*keys)
+
+
+def redis_environment() -> dict[str, str]:
+    """The variables that point a child process (manage.py, gunicorn) at the Redis
+    this run's cache uses, whichever of the three it is."""
+    default = settings.CACHES["default"]
+    client_class = default["OPTIONS"]["CLIENT_CLASS"]
+    if client_class == CLUSTER_CLIENT:
+        return {"REDIS_CLUSTER_NODES": ",".join(default["LOCATION"])}
+    if client_class == SENTINEL_CLIENT:
+        return {
+            "REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in default["OPTIONS"]["SENTINELS"]),
+            "REDIS_SENTINEL_SERVICE": urlsplit(default["LOCATION"]).hostname,
+        }
+    return {"REDIS_URL": default["LOCATION"]}
+
+
+def one_server_caches(url: str) -> dict:
+    """CACHES with the cache on the one redis-server at ``url``, whatever this run's
+    topology: for tests that start, stop or pause a server of their own."""
+    caches = copy.deepcopy(settings.CACHES)
+    options = caches["default"]["OPTIONS"]
+    # Sentinel's options; django-redis' SentinelConnectionFactory also writes its
+    # pool class into the OPTIONS it is given.
+    for sentinel_only in ("CONNECTION_FACTORY", "CONNECTION_POOL_CLASS", "SENTINELS"):
+        options.pop(sentinel_only, None)
+    options["CLIENT_CLASS"] = "django_redis.client.DefaultClient"
+    caches["default"]["LOCATION"] = url
+    return caches
+
+
+def redis_nodes_holding(keys: Iterable[str]) -> int:
+    """How many Redis servers hold ``keys``: the primaries of their slots on a
+    cluster, where a pipeline costs one round trip per node; else one."""
+    client = get_redis_connection("default")
+    if not isinstance(client, RedisCluster):
+        return 1
+    return len({client.get_node_from_key(key).name for key in keys})
 
 
 @pytest.fixture(autouse=True)

@@ -391,7 +391,9 @@ class WebService(ServerProcess):
 
     name = "web"
 
-    def __init__(self, workdir: Path, *, database_url: str, redis_url: str, **env: str) -> None:
+    def __init__(
+        self, workdir: Path, *, database_url: str, redis_url: str | None = None, **env: str
+    ) -> None:
         super().__init__(workdir)
         root = Path(__file__).resolve().parent.parent
         self.root = root
@@ -404,7 +406,8 @@ class WebService(ServerProcess):
             "SECRET_KEY": "web-service-test-only",
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
+            # Or, without redis_url, the Redis variables (REDIS_CLUSTER_NODES, ...) in env.
+            **({"REDIS_URL": redis_url} if redis_url else {}),
             "CACHE_KEY_PREFIX": f"usersvc-web-{self.port}",
             "BIND": f"127.0.0.1:{self.port}",
             "WEB_CONCURRENCY": "2",

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 
+from tests.conftest import redis_environment
 from users import cache, services
 from users.models import User
 
@@ -159,7 +160,8 @@ def _environment(**overrides: str) -> dict[str, str]:
             f"mysql://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:"
             f"{database['PORT'] or 3306}/{database['NAME']}"
         ),
-        "REDIS_URL": settings.CACHES["default"]["LOCATION"],
+        # A REDIS_URL override means that server, whatever Redis this run uses.
+        **({} if "REDIS_URL" in overrides else redis_environment()),
         "CACHE_KEY_PREFIX": settings.TEST_RUN_PREFIX,
         **overrides,
     }

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from tests.conftest import redis_nodes_holding
 from users import cache, maintenance, services
 from users.conf import user_cache_settings
 from users.models import User
@@ -54,7 +55,12 @@ class TestCacheWarm:
         self, sparse_users, scripts_loaded, redis_round_trips
     ):
         maintenance.cache_warm(batch_size=2)
-        assert redis_round_trips.count == 4  # lease and fill, for each of 2 batches
+        # Lease and fill, for each of 2 batches; on a cluster, to each node of a batch.
+        batches = [SPARSE_IDS[:2], SPARSE_IDS[2:]]
+        assert redis_round_trips.count == sum(
+            2 * redis_nodes_holding(cache.user_cache_key(user_id) for user_id in batch)
+            for batch in batches
+        )
 
     def test_warmed_entries_are_what_a_read_would_cache(self, sparse_users, redis_client):
         user_id = SPARSE_IDS[1]
@@ -299,6 +305,7 @@ class TestUserCacheEntries:
 
         entries = maintenance.user_cache_entries(user_ids=[*SPARSE_IDS, 31337])
 
-        assert redis_round_trips.count == 1
+        keys = [cache.user_cache_key(user_id) for user_id in [*SPARSE_IDS, 31337]]
+        assert redis_round_trips.count == redis_nodes_holding(keys)
         assert [entry.exists for entry in entries.values()] == [True, True, False, False, False]
         assert entries[SPARSE_IDS[0]].ttl_ms > 0

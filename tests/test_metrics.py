@@ -1,7 +1,6 @@
 """Prometheus metrics: each is recorded where the spec says, the hit path gains no
 round trip, and under gunicorn the counts of every worker add up."""
 
-import copy
 import re
 import threading
 
@@ -9,6 +8,7 @@ import pytest
 from django.conf import settings
 from prometheus_client import REGISTRY
 
+from tests.conftest import one_server_caches, redis_environment
 from tests.servers import RedisServer, WebService
 from users import cache, services
 from users.models import User
@@ -101,9 +101,7 @@ def test_rejected_stale_sets_are_counted(user, django_capture_on_commit_callback
 def stopped_redis(tmp_path, settings):
     server = RedisServer(tmp_path)
     server.start()
-    caches = copy.deepcopy(settings.CACHES)
-    caches["default"]["LOCATION"] = server.url
-    settings.CACHES = caches
+    settings.CACHES = one_server_caches(server.url)
     cache.breaker.reset()
     server.stop()
     yield server
@@ -158,7 +156,7 @@ def test_gunicorn_workers_add_up_and_recycled_ones_still_count(tmp_path, transac
         tmp_path,
         database_url=f"mysql://root@{database['HOST']}:{database['PORT'] or 3306}/"
         f"{database['NAME']}",
-        redis_url=settings.CACHES["default"]["LOCATION"],
+        **redis_environment(),
         CACHE_KEY_PREFIX=settings.TEST_RUN_PREFIX,
         WEB_CONCURRENCY="3",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),

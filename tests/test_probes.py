@@ -1,9 +1,8 @@
 """/healthz and /readyz: liveness without I/O, readiness per dependency."""
 
-import copy
-
 import pytest
 
+from tests.conftest import one_server_caches
 from tests.servers import RedisServer, WebService
 from users import cache
 from users.conf import user_cache_settings
@@ -42,9 +41,7 @@ def test_readyz_asks_redis_itself_not_the_breaker(client, db):
 def redis_down(tmp_path, settings):
     server = RedisServer(tmp_path)
     server.start()
-    caches = copy.deepcopy(settings.CACHES)
-    caches["default"]["LOCATION"] = server.url
-    settings.CACHES = caches
+    settings.CACHES = one_server_caches(server.url)
     server.stop()
     yield
     cache.breaker.reset()

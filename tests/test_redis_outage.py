@@ -5,12 +5,11 @@ Each test runs its own ``redis-server`` on a free port and stops, pauses
 (SIGSTOP keeps its data, like a stalled server) and resumes it.
 """
 
-import copy
 import time
 
 import pytest
 
-from tests.conftest import _token_client
+from tests.conftest import _token_client, one_server_caches
 from tests.servers import RedisServer
 from users import cache, outbox, services
 from users.models import CacheInvalidation, User
@@ -19,8 +18,7 @@ from users.models import CacheInvalidation, User
 def _serve_cache_from(server: RedisServer, settings):
     """Points the cache at ``server`` for one test, with a closed breaker before and after."""
     server.start()
-    caches = copy.deepcopy(settings.CACHES)
-    caches["default"]["LOCATION"] = server.url
+    caches = one_server_caches(server.url)
     caches["default"]["OPTIONS"].update(SOCKET_CONNECT_TIMEOUT=0.25, SOCKET_TIMEOUT=0.25)
     settings.CACHES = caches
     cache.breaker.reset()
