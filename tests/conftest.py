@@ -43,8 +43,19 @@ def redis_topology(tmp_path_factory):
         return
     assert kind in REDIS_TOPOLOGIES, f"USERSVC_TEST_REDIS={kind!r}: use single, cluster or sentinel"
     topology = REDIS_TOPOLOGIES[kind](tmp_path_factory.mktemp(f"redis-{kind}"))
-    topology.start()
-    if kind == "cluster":
+    try:  # stopped also when it failed to start: no server outlives the run
+        topology.start()
+        with override_settings(CACHES={"default": _topology_cache(topology)}):
+            cache.breaker.reset()
+            yield topology
+    finally:
+        topology.stop()
+
+
+def _topology_cache(topology: RedisClusterServers | SentinelGroup) -> dict:
+    """The cache for ``topology`` as its environment variables would configure it,
+    with the run's own prefix and timeouts (config/settings/test.py)."""
+    if isinstance(topology, RedisClusterServers):
         environment = {"REDIS_CLUSTER_NODES": ",".join(topology.seeds)}
     else:
         environment = {
@@ -53,16 +64,10 @@ def redis_topology(tmp_path_factory):
         }
     with mock.patch.dict(os.environ, environment):
         default = cache_from_env(environ.Env())
-    # The run's own prefix and timeouts (config/settings/test.py), as on one server.
     default["KEY_PREFIX"] = settings.TEST_RUN_PREFIX
     for timeout in ("SOCKET_CONNECT_TIMEOUT", "SOCKET_TIMEOUT"):
         default["OPTIONS"][timeout] = settings.CACHES["default"]["OPTIONS"][timeout]
-    try:
-        with override_settings(CACHES={"default": default}):
-            cache.breaker.reset()
-            yield topology
-    finally:
-        topology.stop()
+    return default
 
 
 def _delete_run_keys() -> None:
