@@ -45,8 +45,8 @@ def test_two_concurrent_identical_creates_give_one_201_and_one_400(transactional
 def _blocked_user_inserts() -> int:
     with connections["default"].cursor() as cursor:
         cursor.execute(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
-            " WHERE COMMAND = 'Query' AND INFO LIKE 'INSERT INTO `users_user`%%'"
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()"
+            " AND COMMAND = 'Query' AND INFO LIKE 'INSERT INTO `users_user`%%'"
         )
         return cursor.fetchone()[0]
 

@@ -10,6 +10,7 @@ to fill, and the late fill is refused.
 """
 
 import threading
+import time
 
 import pytest
 from django.db import connection
@@ -119,3 +120,58 @@ class TestCreateRace:
         assert reader.result.value is None
         assert created["id"] == next_id
         assert services.user_get(user_id=next_id).value == created
+
+
+def _blocked_user_inserts() -> int:
+    from django.db import connections
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()"
+            " AND COMMAND = 'Query' AND INFO LIKE 'INSERT INTO `users_user`%%'"
+        )
+        return cursor.fetchone()[0]
+
+
+class TestRecreateRace:
+    """Re-creating an id (explicit ids only, as the admin or a fixture can) while its
+    delete is in flight: the delete's tombstone must not outrank the new row."""
+
+    def test_the_new_row_is_cached_not_its_predecessors_tombstone(self, settings, user):
+        from django.db import transaction
+
+        settings.USERS_CACHE = {**settings.USERS_CACHE, "UPDATE_STRATEGY": "write-through"}
+        locked, release = threading.Event(), threading.Event()
+
+        def delete_after_holding_the_row():
+            try:
+                with transaction.atomic():
+                    User.objects.select_for_update().get(pk=user.id)
+                    locked.set()
+                    assert release.wait(timeout=30)
+                    services.user_delete(user_id=user.id)
+            finally:
+                connection.close()
+
+        def recreate():
+            try:
+                reborn = User(id=user.id, username="reborn", email="reborn@example.com")
+                services.user_save(user=reborn)
+            finally:
+                connection.close()
+
+        deleter = threading.Thread(target=delete_after_holding_the_row)
+        deleter.start()
+        assert locked.wait(timeout=30)
+        creator = threading.Thread(target=recreate)
+        creator.start()
+        deadline = time.monotonic() + 30
+        while _blocked_user_inserts() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _blocked_user_inserts() == 1, "the re-create should wait on the deleted row"
+        release.set()
+        deleter.join(timeout=30)
+        creator.join(timeout=30)
+
+        assert User.objects.get(pk=user.id).username == "reborn"
+        assert services.user_get(user_id=user.id).value["username"] == "reborn"

@@ -38,8 +38,10 @@ _pending = threading.Event()
 _deferrals = 0
 _state_lock = threading.Lock()
 _replay_lock = threading.Lock()
-# Wakes the background thread early: a new deferral cuts its retry wait short.
+# Wakes the background thread to look again at what is due.
 _wake = threading.Event()
+# When the background thread next retries a pending replay (time.monotonic()).
+_retry_at = 0.0
 _drainer_lock = threading.Lock()
 _drainer: threading.Thread | None = None
 
@@ -97,7 +99,10 @@ def has_pending() -> bool:
 
 
 def _defer() -> None:
+    """Marks an invalidation Redis missed. The failure was itself an attempt, so the
+    background thread retries one ``OUTBOX_RETRY_MS`` later, not at once."""
     global _deferrals
+    _schedule_retry()
     with _state_lock:
         _deferrals += 1
         _pending.set()
@@ -128,8 +133,10 @@ def _drain_forever() -> None:
     next_sweep = time.monotonic()
     while True:
         sweep_every = user_cache_settings.OUTBOX_SWEEP_SECONDS
-        sweep_due = bool(sweep_every) and time.monotonic() >= next_sweep
-        if _pending.is_set() or sweep_due:
+        now = time.monotonic()
+        sweep_due = bool(sweep_every) and now >= next_sweep
+        retry_due = _pending.is_set() and now >= _retry_at
+        if retry_due or sweep_due:
             try:
                 replay()
                 if sweep_due:
@@ -137,15 +144,25 @@ def _drain_forever() -> None:
                 continue
             except (cache.CacheUnavailable, DatabaseError) as exc:
                 logger.debug("outbox replay failed, retrying: %s", exc)
-                delay = user_cache_settings.OUTBOX_RETRY_MS / 1000
             except Exception:
                 # Anything else is a bug, but the thread must outlive it: it is
                 # the only one that replays for this process.
                 logger.exception("outbox replay crashed, retrying")
-                delay = user_cache_settings.OUTBOX_RETRY_MS / 1000
             finally:
                 connection.close()
-        else:
-            delay = max(0.0, next_sweep - time.monotonic()) if sweep_every else None
-        _wake.wait(timeout=delay)
+            _schedule_retry()
+        _wake.wait(timeout=_next_wake_in(next_sweep if sweep_every else None))
         _wake.clear()
+
+
+def _schedule_retry() -> None:
+    global _retry_at
+    _retry_at = time.monotonic() + user_cache_settings.OUTBOX_RETRY_MS / 1000
+
+
+def _next_wake_in(next_sweep: float | None) -> float | None:
+    """Seconds until the next sweep or retry is due, or None for neither."""
+    moments = [
+        moment for moment in (next_sweep, _retry_at if _pending.is_set() else None) if moment
+    ]
+    return max(0.0, min(moments) - time.monotonic()) if moments else None

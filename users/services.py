@@ -438,8 +438,15 @@ def _next_version(current: int) -> int:
 def _insert(user: User) -> dict:
     """Inserts the row and, after commit, writes its entry whatever the strategy:
     that also replaces a cached absence of the new id (no 404 after a 201)."""
+    explicit_id = user.pk is not None
     user.version = _next_version(0)
     user.save(force_insert=True)
+    if explicit_id:
+        # The INSERT may have waited for a concurrent delete of this id, whose
+        # tombstone was versioned while we waited: stamp the version again, now
+        # that the row is ours, so the new row outranks that tombstone.
+        user.version = _next_version(user.version)
+        User.objects.filter(pk=user.pk).update(version=user.version)
     fields = _instance_fields(user)
     key = cache.user_cache_key(user.id)
     _sync_after_commit([key], lambda: cache.write(key, fields, jittered_ttl_ms(_ttl())))
