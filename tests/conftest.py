@@ -123,6 +123,15 @@ def _isolated_cache(redis_topology):
     _delete_run_keys()
 
 
+def cached_entry(redis_client, user_id: int) -> dict[str, str]:
+    """A user's cached hash with its fields named after their columns ("version" and
+    "absent" for the metadata); empty when nothing is cached."""
+    titles = {short: column for column, short in cache.USER_FIELD_NAMES.items()}
+    titles |= {cache.VERSION_FIELD: "version", cache.ABSENT_FIELD: "absent"}
+    raw = redis_client.hgetall(cache.user_cache_key(user_id))
+    return {titles[field.decode()]: value.decode() for field, value in raw.items()}
+
+
 @pytest.fixture
 def redis_client():
     return get_redis_connection("default")

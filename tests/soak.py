@@ -32,6 +32,9 @@ import MySQLdb
 import redis
 
 from tests.servers import MariaDBServer, RedisServer, WebService
+from users.cache import ABSENT_FIELD, USER_FIELD_NAMES, VERSION_FIELD
+
+FIRST_NAME = USER_FIELD_NAMES["first_name"]
 
 # A write's effect is certain only when it was acknowledged; a write that failed
 # with a 5xx may or may not have committed, so its user is checked for cache
@@ -169,14 +172,15 @@ def _check_stores(web, mariadb, redis_server, workers) -> dict:
         user_id = int(key.rsplit("{", 1)[1].rstrip("}"))
         row = rows.get(user_id)
         cached += 1
-        if "_absent" in entry:
+        if ABSENT_FIELD in entry:
             if row is not None:
                 stale.append((user_id, "exists but is cached as absent", entry))
         elif row is None:
             stale.append((user_id, "is deleted but cached", entry))
-        elif int(entry["_v"]) != row["version"] or entry["first_name"] != row["first_name"]:
+        elif int(entry[VERSION_FIELD]) != row["version"] or entry[FIRST_NAME] != row["first_name"]:
+            cached_version = entry[VERSION_FIELD]
             stale.append(
-                (user_id, f"is cached at v{entry['_v']}, MySQL has v{row['version']}", entry)
+                (user_id, f"is cached at v{cached_version}, MySQL has v{row['version']}", entry)
             )
 
     acknowledged, lost = 0, []

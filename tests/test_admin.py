@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.conftest import one_server_caches, redis_nodes_holding
+from tests.conftest import cached_entry, one_server_caches, redis_nodes_holding
 from users import cache, maintenance, services
 from users.models import User
 
@@ -65,7 +65,7 @@ def test_admin_add_writes_the_cache(admin_client, redis_client, django_capture_o
         )
     assert response.status_code == 302, response.content[:2000]
     user = User.objects.get(username="added")
-    assert redis_client.hget(cache.user_cache_key(user.id), "email") == b"added@example.com"
+    assert cached_entry(redis_client, user.id)["email"] == "added@example.com"
 
 
 def test_admin_delete_clears_the_cache(

@@ -6,7 +6,7 @@ import json
 import pytest
 from rest_framework.authtoken.models import Token
 
-from users import cache
+from tests.conftest import cached_entry
 from users.models import User
 
 
@@ -112,7 +112,7 @@ class TestCreate:
         assert body["username"] == "newbie"
         assert "password" not in body
         assert User.objects.filter(pk=body["id"]).exists()
-        assert redis_client.hget(cache.user_cache_key(body["id"]), "username") == b"newbie"
+        assert cached_entry(redis_client, body["id"])["username"] == "newbie"
 
     def test_then_get_is_a_hit(self, staff_client, django_capture_on_commit_callbacks):
         with django_capture_on_commit_callbacks(execute=True):

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from tests.conftest import redis_environment
+from tests.conftest import cached_entry, redis_environment
 from users import cache, services
 from users.models import User
 
@@ -53,7 +53,7 @@ class TestWarmUserCache:
     def test_ids_cache_unknown_ids_as_absent(self, users, redis_client):
         output = _run("warm_user_cache", "--ids", "5", "999")
         assert "1 cached, 1 cached as absent" in output
-        assert redis_client.hget(cache.user_cache_key(999), "_absent") == b"1"
+        assert cached_entry(redis_client, 999)["absent"] == "1"
 
     def test_missing_only_and_since(self, users, redis_client):
         _run("warm_user_cache", "--ids", "5")

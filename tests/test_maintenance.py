@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import redis_nodes_holding
+from tests.conftest import cached_entry, redis_nodes_holding
 from users import cache, maintenance, services
 from users.conf import user_cache_settings
 from users.models import User
@@ -35,8 +35,7 @@ def scripts_loaded(redis_client):
 
 
 def _cached(redis_client, user_id: int) -> dict[str, str]:
-    raw = redis_client.hgetall(cache.user_cache_key(user_id))
-    return {field.decode(): value.decode() for field, value in raw.items()}
+    return cached_entry(redis_client, user_id)
 
 
 class TestCacheWarm:
@@ -102,7 +101,7 @@ class TestCacheWarm:
         report = maintenance.cache_warm(user_ids=[SPARSE_IDS[0], 424242])
 
         assert (report.filled, report.absent) == (1, 1)
-        assert _cached(redis_client, 424242) == {"_absent": "1", "_v": "0"}
+        assert _cached(redis_client, 424242) == {"absent": "1", "version": "0"}
         ttl_ms = redis_client.pttl(cache.user_cache_key(424242))
         assert 0 < ttl_ms <= user_cache_settings.NEGATIVE_TTL * 1000
         assert services.user_get(user_id=424242).value is None
@@ -240,8 +239,8 @@ class TestCacheCheck:
         stale, orphaned, falsely_absent, no_expiry = SPARSE_IDS
         User.objects.filter(pk=stale).update(first_name="changed-behind-the-cache")
         User.objects.filter(pk=orphaned).delete()
-        redis_client.hset(cache.user_cache_key(falsely_absent), "_absent", "1")
-        redis_client.hdel(cache.user_cache_key(falsely_absent), "username", "email")
+        redis_client.hset(cache.user_cache_key(falsely_absent), cache.ABSENT_FIELD, "1")
+        redis_client.hdel(cache.user_cache_key(falsely_absent), *"uefl")
         redis_client.persist(cache.user_cache_key(no_expiry))
         redis_client.set(cache.user_cache_key(12), "not a hash", ex=60)
         redis_client.hset(cache.user_cache_key(13), mapping={"id": "13"})
@@ -290,7 +289,7 @@ class TestCacheCheck:
         assert (fixed.problems, fixed.fixed) == (4, 4)
         assert again.problems == 0
         assert _cached(redis_client, SPARSE_IDS[0])["first_name"] == "changed-behind-the-cache"
-        assert _cached(redis_client, SPARSE_IDS[1]) == services.absent_cache_fields()
+        assert _cached(redis_client, SPARSE_IDS[1]) == {"absent": "1", "version": "0"}
         assert not redis_client.exists(nameless)
 
     def test_sample_stops_after_that_many_entries(self, sparse_users):

@@ -15,7 +15,8 @@ import time
 import pytest
 from django.db import connection
 
-from users import cache, services
+from tests.conftest import cached_entry
+from users import services
 from users.models import User
 
 
@@ -69,7 +70,8 @@ def user(transactional_db) -> User:
 
 
 def _cached_first_name(redis_client, user_id: int) -> bytes | None:
-    return redis_client.hget(cache.user_cache_key(user_id), "first_name")
+    first_name = cached_entry(redis_client, user_id).get("first_name")
+    return None if first_name is None else first_name.encode()
 
 
 class TestUpdateRace:

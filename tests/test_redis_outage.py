@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import _token_client, one_server_caches
+from tests.conftest import _token_client, cached_entry, one_server_caches
 from tests.servers import RedisServer
 from users import cache, outbox, services
 from users.models import CacheInvalidation, User
@@ -152,8 +152,8 @@ class TestInvalidationsSurviveAnOutage:
         """The background retry is pushed far away, so only the read can replay."""
         settings.USERS_CACHE = {**settings.USERS_CACHE, "OUTBOX_RETRY_MS": 60_000}
         self._update_during_outage(persistent_redis, user)
-        stale = _raw(persistent_redis).hget(cache.user_cache_key(user.id), "first_name")
-        assert stale == b"v1", "the restarted Redis should still hold the old entry"
+        stale = cached_entry(_raw(persistent_redis), user.id).get("first_name")
+        assert stale == "v1", "the restarted Redis should still hold the old entry"
 
         result = services.user_get(user_id=user.id)
 

@@ -4,6 +4,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from tests.conftest import cached_entry
 from users import cache, services
 from users.conf import user_cache_settings
 from users.models import User
@@ -27,9 +28,9 @@ class TestUserGet:
 
         assert result.source is services.Source.MISS
         assert result.value["username"] == "bob"
-        stored = redis_client.hgetall(key)
-        assert stored[b"username"] == b"bob"
-        assert stored[b"_v"] == b"1"
+        stored = cached_entry(redis_client, user.id)
+        assert stored["username"] == "bob"
+        assert stored["version"] == "1"
         ttl_ms = redis_client.pttl(key)
         assert 0.8 * user_cache_settings.TTL * 1000 < ttl_ms <= user_cache_settings.TTL * 1000
 
@@ -73,7 +74,7 @@ class TestUserGet:
         assert first.value is None and first.source is services.Source.MISS
         assert second.value is None and second.source is services.Source.HIT
         key = cache.user_cache_key(987654321)
-        assert redis_client.hget(key, "_absent") == b"1"
+        assert cached_entry(redis_client, 987654321)["absent"] == "1"
         assert 0 < redis_client.pttl(key) <= user_cache_settings.NEGATIVE_TTL * 1000
 
     def test_keys_carry_prefix_schema_version_and_hash_tag(self, settings):
@@ -93,8 +94,7 @@ class TestUserCreate:
         assert len(callbacks) == 1
         row = User.objects.get(pk=created["id"])
         assert row.check_password("a-Long-passphrase-7")
-        stored = redis_client.hgetall(cache.user_cache_key(created["id"]))
-        assert stored[b"email"] == b"alice@example.com"
+        assert cached_entry(redis_client, created["id"])["email"] == "alice@example.com"
         assert redis_client.pttl(cache.user_cache_key(created["id"])) > 0
 
     def test_created_user_is_a_hit_with_no_sql(
@@ -125,7 +125,7 @@ class TestUserCreate:
         next_id = probe.id + 1
         probe.delete()
         key = cache.user_cache_key(next_id)
-        cache.write(key, {"_absent": "1", "_v": "0"}, 60_000)
+        cache.write(key, services.absent_cache_fields(), 60_000)
 
         with django_capture_on_commit_callbacks(execute=True):
             created = _create()

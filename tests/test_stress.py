@@ -92,7 +92,9 @@ def _stale_entries(redis_client, user_ids: list[int]) -> list[str]:
         elif cache.ABSENT_FIELD in fields:
             stale.append(f"user {user_id} exists but is cached as absent")
         elif fields != services.row_to_cache_fields(row):
-            stale.append(f"user {user_id}: cache {fields['_v']} != mysql {row['version']}")
+            stale.append(
+                f"user {user_id}: cache v{fields[cache.VERSION_FIELD]} != mysql v{row['version']}"
+            )
     return stale
 
 

@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.http import Http404
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import _token_client
+from tests.conftest import _token_client, cached_entry
 from users import cache, services
 from users.models import CacheInvalidation, User
 
@@ -59,20 +59,21 @@ class TestUserUpdate:
             django_capture_on_commit_callbacks,
             lambda: services.user_update(user_id=cached_user.id, data={"first_name": "New"}),
         )
-        stored = redis_client.hgetall(cache.user_cache_key(cached_user.id))
-        assert stored[b"first_name"] == b"New"
-        assert int(stored[b"_v"]) == User.objects.get(pk=cached_user.id).version > 1
+        stored = cached_entry(redis_client, cached_user.id)
+        assert stored["first_name"] == "New"
+        assert int(stored["version"]) == User.objects.get(pk=cached_user.id).version > 1
         with django_assert_num_queries(0):
             assert services.user_get(user_id=cached_user.id).value["first_name"] == "New"
 
     def test_write_through_never_replaces_a_newer_version(self, cached_user, redis_client):
         key = cache.user_cache_key(cached_user.id)
-        newer = {**redis_client.hgetall(key), b"_v": b"5", b"first_name": b"Newer"}
-        cache.write(key, {k.decode(): v.decode() for k, v in newer.items()}, 60_000)
-        older = {k.decode(): v.decode() for k, v in newer.items()} | {"_v": "4", "first_name": "x"}
+        entry = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+        first_name = cache.USER_FIELD_NAMES["first_name"]
+        cache.write(key, entry | {cache.VERSION_FIELD: "5", first_name: "Newer"}, 60_000)
+        older = entry | {cache.VERSION_FIELD: "4", first_name: "x"}
 
         assert cache.write(key, older, 60_000) is False
-        assert redis_client.hget(key, "first_name") == b"Newer"
+        assert cached_entry(redis_client, cached_user.id)["first_name"] == "Newer"
 
     def test_version_and_updated_at_grow(self, cached_user, django_capture_on_commit_callbacks):
         before = services.user_get(user_id=cached_user.id).value
@@ -136,9 +137,9 @@ class TestUserDelete:
             django_capture_on_commit_callbacks,
             lambda: services.user_delete(user_id=cached_user.id),
         )
-        tombstone = redis_client.hgetall(key)
-        assert tombstone.keys() == {b"_absent", b"_v"}
-        assert int(tombstone[b"_v"]) > cached_user.version
+        tombstone = cached_entry(redis_client, cached_user.id)
+        assert tombstone.keys() == {"absent", "version"}
+        assert int(tombstone["version"]) > cached_user.version
         assert cache.write(key, old_entry, 60_000) is False, "a late write must not resurrect"
 
     def test_a_re_created_id_replaces_its_tombstone(

@@ -4,9 +4,9 @@ This module knows how entries are laid out in Redis and nothing about when to
 read or write them; that algorithm lives in ``users.services``. Every entry is a
 Redis hash of strings. Two metadata fields ride along with the public data:
 
-* ``_v``: the MySQL row version the entry was made from, so a write can refuse
+* ``v``: the MySQL row version the entry was made from, so a write can refuse
   to replace a newer state with an older one;
-* ``_absent``: present on an entry that records "no such row" (negative cache),
+* ``x``: present on an entry that records "no such row" (negative cache),
   which is how a cached absence is told apart from a miss.
 
 Keys carry a Redis Cluster hash tag (``{...}``) so that an entry and its lease
@@ -55,8 +55,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from . import metrics
 from .conf import user_cache_settings
 
-VERSION_FIELD = "_v"
-ABSENT_FIELD = "_absent"
+VERSION_FIELD = "v"
+ABSENT_FIELD = "x"
+# A cached user's fields: one letter each, since the names are stored in every
+# entry (``users.services`` converts rows and API representations to and from them).
+USER_FIELD_NAMES = {
+    "username": "u",
+    "email": "e",
+    "first_name": "f",
+    "last_name": "l",
+    "is_active": "a",
+    "date_joined": "j",
+    "updated_at": "t",
+}
+USER_ENTRY_FIELDS = frozenset({*USER_FIELD_NAMES.values(), VERSION_FIELD})
 
 T = TypeVar("T")
 
@@ -184,7 +196,7 @@ return 1
 # newer one, and revokes any reader's lease so its older load is refused.
 _WRITE = """
 redis.call('DEL', KEYS[2])
-local current = redis.call('HGET', KEYS[1], '_v')
+local current = redis.call('HGET', KEYS[1], 'v')
 if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))

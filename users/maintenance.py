@@ -29,7 +29,6 @@ from .conf import user_cache_settings
 from .models import User
 from .services import (
     CACHE_ROW_COLUMNS,
-    PUBLIC_FIELDS,
     absent_cache_fields,
     jittered_ttl_ms,
     row_to_cache_fields,
@@ -288,7 +287,10 @@ class CheckReport:
         return sum(self.found.values())
 
 
-_ENTRY_FIELDS = frozenset({*PUBLIC_FIELDS, cache.VERSION_FIELD})
+# The column each one-letter field of a cached user comes from, for messages.
+_FIELD_TITLES = {short: column for column, short in cache.USER_FIELD_NAMES.items()} | {
+    cache.VERSION_FIELD: "version"
+}
 _ABSENT_FIELDS = frozenset({cache.ABSENT_FIELD, cache.VERSION_FIELD})
 # A write's cache change lands just after its commit; an entry read just before
 # the commit and a row read just after look stale for that moment. Suspects are
@@ -372,14 +374,19 @@ def _problem(
         if row is not None:
             return ProblemKind.STALE, "cached as absent, but the user exists"
         return None
-    if names != _ENTRY_FIELDS:
-        missing, extra = sorted(_ENTRY_FIELDS - names), sorted(names - _ENTRY_FIELDS)
+    if names != cache.USER_ENTRY_FIELDS:
+        missing, extra = (
+            sorted(cache.USER_ENTRY_FIELDS - names),
+            sorted(names - cache.USER_ENTRY_FIELDS),
+        )
         return ProblemKind.MALFORMED, f"fields missing {missing}, unexpected {extra}"
     if row is None:
         return ProblemKind.ORPHANED, "the user no longer exists"
     expected = row_to_cache_fields(row)
     if info.fields != expected:
-        differing = sorted(name for name in expected if info.fields[name] != expected[name])
+        differing = sorted(
+            _FIELD_TITLES[name] for name in expected if info.fields[name] != expected[name]
+        )
         return ProblemKind.STALE, f"differs from MySQL in {', '.join(differing)}"
     return None
 
