@@ -55,7 +55,11 @@ def _concurrent_reads(user_id: int, readers: int, counter: UserQueryCounter) -> 
     return results
 
 
-def test_fifty_concurrent_misses_load_the_user_at_most_twice(user):
+def test_fifty_concurrent_misses_load_the_user_at_most_twice(settings, user):
+    """Single flight. The wait bound is raised from its 200 ms default so that a CPU
+    starved by 50 threads (a loaded CI machine) cannot make the lease holder look
+    slow; the bound itself is the next test's subject."""
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "LEASE_WAIT_MS": 2000}
     counter = UserQueryCounter()
     results = _concurrent_reads(user.id, READERS, counter)
 
