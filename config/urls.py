@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -17,6 +18,9 @@ urlpatterns = [
     path("api/", include(router.urls)),
     path("api-auth/", include("rest_framework.urls")),
 ]
+# Benchmark-only endpoints, for the gunicorn that ./scripts/bench starts.
+if settings.BENCHMARK_ENDPOINTS:
+    urlpatterns.append(path("bench/", include("bench.urls")))
 
 handler404 = "config.exceptions.json_not_found"
 handler500 = "config.exceptions.json_server_error"

@@ -187,6 +187,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
+# BENCHMARKS
+# ------------------------------------------------------------------------------
+# Mounts the benchmark-only endpoints (bench/urls.py) for ./scripts/bench, which sets
+# it on the gunicorn it starts; a deployed service never does.
+BENCHMARK_ENDPOINTS = env.bool("BENCHMARK_ENDPOINTS", default=False)
+
 # LOGGING
 # ------------------------------------------------------------------------------
 # LOG_FORMAT=json writes one JSON object a line; every record carries the request id.

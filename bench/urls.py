@@ -1,0 +1,9 @@
+"""Benchmark-only URLs, mounted under /bench/ when ``BENCHMARK_ENDPOINTS`` is set."""
+
+from django.urls import path
+
+from .views import FrameworkFloorView
+
+urlpatterns = [
+    path("floor", FrameworkFloorView.as_view(), name="bench-floor"),
+]
