@@ -1,0 +1,121 @@
+"""Drives a server with wrk (bench/scenarios.lua) and reads back its figures."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+_SCRIPT = Path(__file__).with_name("scenarios.lua")
+_RESULT_MARK = "BENCH-RESULT "
+_EXHAUSTED_MARK = "ids-exhausted"
+# wrk's threads; each has connections / threads connections. Two, like the cores.
+WRK_THREADS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    """One wrk run: completed requests over its wall time, and latency percentiles."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    # connect, read, write errors and timeouts; a gunicorn worker recycled by
+    # max_requests closes its keep-alive connections, which wrk counts as read errors.
+    socket_errors: int
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds
+
+
+class LoadError(RuntimeError):
+    """wrk failed, or the service answered with errors, so the figures mean nothing."""
+
+
+def run_wrk(
+    *,
+    url: str,
+    token: str,
+    scenario: str,
+    argument: str | None = None,
+    duration_s: float,
+    connections: int,
+) -> LoadResult:
+    """Runs one scenario of bench/scenarios.lua for ``duration_s`` seconds.
+
+    ``get-sequential`` may end sooner: once every wrk thread has walked its ids,
+    wrk is interrupted, and it reports the time it really ran.
+    """
+    command = [
+        "wrk",
+        f"--threads={WRK_THREADS}",
+        f"--connections={connections}",
+        f"--duration={duration_s:g}s",
+        "--timeout=5s",
+        f"--script={_SCRIPT}",
+        url,
+        "--",
+        scenario,
+        token,
+        str(WRK_THREADS),
+    ]
+    if argument is not None:
+        command.append(argument)
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    watchdog = threading.Timer(duration_s + 30, process.kill)
+    watchdog.start()
+    output: list[str] = []
+    exhausted_threads = 0
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.strip() == _EXHAUSTED_MARK:
+                exhausted_threads += 1
+                if exhausted_threads == WRK_THREADS:
+                    process.send_signal(signal.SIGINT)
+        process.wait()
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        with contextlib.suppress(OSError):
+            process.stdout.close()
+    return _parse(output, process.returncode, scenario)
+
+
+def _parse(output: list[str], returncode: int, scenario: str) -> LoadResult:
+    text = "".join(output)
+    lines = [line for line in output if line.startswith(_RESULT_MARK)]
+    if returncode != 0 or not lines:
+        raise LoadError(f"wrk ({scenario}) exited with {returncode}:\n{text}")
+    figures = json.loads(lines[-1][len(_RESULT_MARK) :])
+    if figures["http_errors"]:
+        raise LoadError(
+            f"{scenario}: {figures['http_errors']} of {figures['requests']} responses"
+            f" were HTTP errors (4xx or 5xx):\n{text}"
+        )
+    if not figures["requests"]:
+        raise LoadError(f"{scenario}: no request completed:\n{text}")
+    return LoadResult(
+        requests=figures["requests"],
+        seconds=figures["duration_us"] / 1e6,
+        p50_ms=figures["p50_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        p999_ms=figures["p999_us"] / 1000,
+        socket_errors=figures["socket_errors"],
+    )

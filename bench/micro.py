@@ -1,0 +1,73 @@
+"""In-process measurements: the cached read against a bare round trip, and Redis memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+import time
+
+from django_redis import get_redis_connection
+
+from users import cache, services
+
+# Calls are timed in alternating blocks, so a slow spell on the shared machine
+# lands on both sides instead of on one.
+_BLOCK_CALLS = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    median_us: float
+    p99_us: float
+
+    @classmethod
+    def of(cls, samples_ns: list[int]) -> Timing:
+        ordered = sorted(samples_ns)
+        return cls(
+            median_us=statistics.median(ordered) / 1000,
+            p99_us=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1000,
+        )
+
+
+def time_user_get_and_hgetall(*, user_count: int, calls: int, seed: int) -> tuple[Timing, Timing]:
+    """``services.user_get`` on a hit, and a bare redis-py HGETALL of the same entries.
+
+    Both go through the same client and connection pool, so the difference is
+    what the service adds to one round trip: the key, decoding, the projection.
+    """
+    client = get_redis_connection("default")
+    user_ids = random.Random(seed).choices(range(1, user_count + 1), k=calls)
+    keys = [cache.user_cache_key(user_id) for user_id in user_ids]
+    user_get_ns: list[int] = []
+    hgetall_ns: list[int] = []
+    misses = 0
+    for block in range(0, calls, _BLOCK_CALLS):
+        for user_id in user_ids[block : block + _BLOCK_CALLS]:
+            start = time.perf_counter_ns()
+            result = services.user_get(user_id=user_id)
+            user_get_ns.append(time.perf_counter_ns() - start)
+            misses += result.source is not services.Source.HIT
+        for key in keys[block : block + _BLOCK_CALLS]:
+            start = time.perf_counter_ns()
+            client.hgetall(key)
+            hgetall_ns.append(time.perf_counter_ns() - start)
+    if misses:
+        raise RuntimeError(f"{misses} of {calls} user_get calls missed: the cache is not warm")
+    return Timing.of(user_get_ns), Timing.of(hgetall_ns)
+
+
+def used_memory_bytes() -> int:
+    """``INFO memory`` ``used_memory``: all Redis holds, other clients' data included."""
+    return get_redis_connection("default").info("memory")["used_memory"]
+
+
+def memory_usage_per_user(*, user_count: int, samples: int, seed: int) -> float:
+    """The median ``MEMORY USAGE`` of cached users' entries (key, value and overhead)."""
+    client = get_redis_connection("default")
+    user_ids = random.Random(seed).sample(range(1, user_count + 1), k=min(samples, user_count))
+    sizes = [client.memory_usage(cache.user_cache_key(user_id), samples=0) for user_id in user_ids]
+    missing = sizes.count(None)
+    if missing:
+        raise RuntimeError(f"{missing} of {len(sizes)} sampled users are not cached")
+    return statistics.median(sizes)

@@ -1,0 +1,308 @@
+"""The run's figures as a Markdown table and a PNG chart, with the machine they came from.
+
+Every figure is the median over the passes; every ratio is computed within each
+pass (the two sides measured minutes apart on the same warm machine) and then
+its median taken, so a slow spell between passes does not skew a ratio.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from django.conf import settings
+from django_redis import get_redis_connection
+from matplotlib.figure import Figure
+
+from . import dataset
+from .cache_commands import FLUSH_COMMAND, WARM_COMMAND
+from .load import WRK_THREADS
+from .suite import SCENARIOS, Options, PassResult
+
+_NOT_PRESENT = "n/a (command not present)"
+_WARM_TARGET_USERS = 1_000_000
+
+
+def machine_info() -> dict[str, str]:
+    """What the figures depend on, for the reader who compares them with their own."""
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    memory_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1]
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    redis_info = get_redis_connection("default").info("server")
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit or "unknown",
+        # Anything else running on the machine skews the figures; this says how busy it was.
+        "load": f"{os.getloadavg()[0]:.2f}",
+        "cpu": f"{cpu_model}, {os.cpu_count()} cores",
+        "memory": f"{memory_kib / 2**20:.0f} GiB",
+        "os": f"{platform.freedesktop_os_release().get('PRETTY_NAME', 'Linux')},"
+        f" kernel {platform.release()}",
+        "python": platform.python_version(),
+        "django": metadata.version("django"),
+        "djangorestframework": metadata.version("djangorestframework"),
+        "gunicorn": metadata.version("gunicorn"),
+        "redis": redis_info["redis_version"],
+        "mysql": dataset.server_version(),
+        "wrk": wrk_version,
+    }
+
+
+def _median(values) -> float:
+    return statistics.median(values)
+
+
+def _http(passes: list[PassResult], scenario: str, figure: Callable) -> float:
+    return _median(figure(one.http[scenario]) for one in passes)
+
+
+def _rps_ratio(passes: list[PassResult], scenario: str, baseline: str) -> float:
+    return _median(
+        one.http[scenario].requests_per_second / one.http[baseline].requests_per_second
+        for one in passes
+    )
+
+
+def _optional_median(values: list[float | None]) -> float | None:
+    return None if None in values else _median(values)
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "pass", False: "**fail**", None: "n/a"}[passed]
+
+
+def _targets(passes: list[PassResult], options: Options) -> list[tuple[str, str, str]]:
+    hit_vs_floor = _rps_ratio(passes, "hit", "floor")
+    hit_vs_database = _rps_ratio(passes, "hit", "database")
+    user_get_vs_hgetall = _median(one.user_get.median_us / one.hgetall.median_us for one in passes)
+    warm = _optional_median([one.warm_users_per_s for one in passes])
+    flush = _optional_median([one.flush_keys_per_s for one in passes])
+    memory = _median(one.used_memory_per_user_bytes for one in passes)
+    warm_note = (
+        "" if options.users >= _WARM_TARGET_USERS else f" (measured at {options.users:,} users)"
+    )
+    return [
+        ("GET hit ≥ 0.8 x framework floor", f"{hit_vs_floor:.2f}x", _verdict(hit_vs_floor >= 0.8)),
+        (
+            "GET hit ≥ 2 x database only",
+            f"{hit_vs_database:.2f}x",
+            _verdict(hit_vs_database >= 2),
+        ),
+        (
+            "`get_user` hit ≤ 1.3 x raw HGETALL (medians)",
+            f"{user_get_vs_hgetall:.2f}x",
+            _verdict(user_get_vs_hgetall <= 1.3),
+        ),
+        (
+            "warm of 1,000,000 users ≥ 100,000 users/s",
+            _NOT_PRESENT if warm is None else f"{warm:,.0f} users/s{warm_note}",
+            _verdict(None if warm is None else warm >= 100_000),
+        ),
+        (
+            "flush ≥ 200,000 keys/s",
+            _NOT_PRESENT if flush is None else f"{flush:,.0f} keys/s",
+            _verdict(None if flush is None else flush >= 200_000),
+        ),
+        (
+            "≤ 200 bytes of Redis memory per cached user (`INFO memory` delta)",
+            f"{memory:,.0f} B",
+            _verdict(memory <= 200),
+        ),
+    ]
+
+
+def _table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
+    separators = ["---:" if side == "r" else "---" for side in align]
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(separators) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def markdown(passes: list[PassResult], options: Options, machine: dict[str, str]) -> str:
+    http_rows = []
+    for scenario in SCENARIOS:
+        key = scenario.key
+        http_rows.append(
+            [
+                scenario.title,
+                f"{_http(passes, key, lambda result: result.requests_per_second):,.0f}",
+                f"{_http(passes, key, lambda result: result.p50_ms):.2f}",
+                f"{_http(passes, key, lambda result: result.p99_ms):.2f}",
+                f"{_http(passes, key, lambda result: result.p999_ms):.2f}",
+                f"{_rps_ratio(passes, key, 'floor'):.2f}",
+                f"{_rps_ratio(passes, key, 'database'):.2f}",
+                f"{_http(passes, key, lambda result: result.socket_errors):.0f}",
+            ]
+        )
+    warm = _optional_median([one.warm_users_per_s for one in passes])
+    flush = _optional_median([one.flush_keys_per_s for one in passes])
+
+    def timing_row(title: str, timing: Callable) -> list[str]:
+        return [
+            title,
+            f"{_median(timing(one).median_us for one in passes):.1f}",
+            f"{_median(timing(one).p99_us for one in passes):.1f}",
+        ]
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Taken {machine['date']} on {machine['cpu']}, {machine['memory']} of memory,"
+        f" {machine['os']}: Python {machine['python']}, Django {machine['django']},"
+        f" DRF {machine['djangorestframework']}, gunicorn {machine['gunicorn']},"
+        f" Redis {machine['redis']}, MySQL {machine['mysql']}, wrk {machine['wrk']};"
+        " all on the one machine, over loopback. Service at commit"
+        f" `{machine['commit']}`; 1-minute load average before the run: {machine['load']}.",
+        "",
+        f"`./scripts/bench --users {options.users} --duration {options.duration_s:g}"
+        f" --repeat {options.repeat} --connections {options.connections}`:"
+        f" {options.users:,} users; gunicorn with config/gunicorn.py and the production"
+        f" settings; wrk with {WRK_THREADS} threads and {options.connections} connections"
+        f" for {options.duration_s:g} s per scenario."
+        + (
+            " One pass: each ratio is computed within it."
+            if options.repeat == 1
+            else f" Each figure is the median of {options.repeat} passes; each ratio is"
+            " computed within a pass, then its median taken."
+        ),
+        "",
+        "## HTTP",
+        "",
+        *_table(
+            [
+                "scenario",
+                "requests/s",
+                "p50 (ms)",
+                "p99 (ms)",
+                "p99.9 (ms)",
+                "x floor",
+                "x database only",
+                "socket errors",
+            ],
+            "lrrrrrrr",
+            http_rows,
+        ),
+        "",
+        "## In process",
+        "",
+        *_table(
+            ["call", "median (µs)", "p99 (µs)"],
+            "lrr",
+            [
+                timing_row("`users.services.user_get`, hit", lambda one: one.user_get),
+                timing_row("raw redis-py `HGETALL` round trip", lambda one: one.hgetall),
+            ],
+        ),
+        "",
+        *_table(
+            ["measure", "value"],
+            "lr",
+            [
+                [
+                    f"`{WARM_COMMAND} --all`",
+                    _NOT_PRESENT if warm is None else f"{warm:,.0f} users/s",
+                ],
+                [
+                    f"`{FLUSH_COMMAND} --all`",
+                    _NOT_PRESENT if flush is None else f"{flush:,.0f} keys/s",
+                ],
+                [
+                    "Redis memory per cached user, `MEMORY USAGE` (median of a sample)",
+                    f"{_median(one.memory_usage_bytes for one in passes):,.0f} B",
+                ],
+                [
+                    "Redis memory per cached user, `INFO memory` `used_memory` delta / users",
+                    f"{_median(one.used_memory_per_user_bytes for one in passes):,.0f} B",
+                ],
+            ],
+        ),
+        "",
+        "## Targets",
+        "",
+        *_table(
+            ["target", "measured", "result"],
+            "lrl",
+            [list(row) for row in _targets(passes, options)],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart(passes: list[PassResult], options: Options, machine: dict[str, str], path: Path) -> None:
+    """Requests/s (median, with the range over passes) and latency percentiles, per scenario."""
+    labels = [scenario.title.split(" (")[0] for scenario in SCENARIOS]
+    # A bare Figure (no pyplot): no global state, and PNG output goes through Agg.
+    figure = Figure(figsize=(13, 5.2))
+    throughput, latency = figure.subplots(1, 2)
+
+    rates = [[one.http[s.key].requests_per_second for one in passes] for s in SCENARIOS]
+    medians = [_median(values) for values in rates]
+    positions = range(len(SCENARIOS))
+    throughput.bar(
+        positions,
+        medians,
+        yerr=[
+            [m - min(values) for m, values in zip(medians, rates, strict=True)],
+            [max(values) - m for m, values in zip(medians, rates, strict=True)],
+        ],
+        color=["#888888", "#2a7ab9", "#7fb3d9", "#c0504d", "#9bbb59"],
+        capsize=4,
+    )
+    for position, value in zip(positions, medians, strict=True):
+        throughput.annotate(f"{value:,.0f}", (position, value), ha="center", va="bottom")
+    throughput.set_xticks(list(positions), labels, rotation=20, ha="right")
+    throughput.set_ylabel("requests/s (median; bars: range over passes)")
+    throughput.set_title("Throughput")
+
+    width = 0.27
+    for offset, (name, figure_of) in enumerate(
+        [
+            ("p50", lambda result: result.p50_ms),
+            ("p99", lambda result: result.p99_ms),
+            ("p99.9", lambda result: result.p999_ms),
+        ]
+    ):
+        latency.bar(
+            [position + (offset - 1) * width for position in positions],
+            [_http(passes, s.key, figure_of) for s in SCENARIOS],
+            width,
+            label=name,
+        )
+    latency.set_yscale("log")
+    latency.set_xticks(list(positions), labels, rotation=20, ha="right")
+    latency.set_ylabel("latency (ms, log scale)")
+    latency.set_title("Latency")
+    latency.legend()
+
+    figure.suptitle(
+        f"user service, {options.users:,} users, {options.connections} connections,"
+        f" median of {options.repeat}: {machine['cpu']}, {machine['date']}"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)

@@ -1,0 +1,89 @@
+-- The wrk side of every HTTP scenario; bench/load.py runs it.
+--
+-- wrk -s bench/scenarios.lua URL -- SCENARIO TOKEN THREADS [ARGUMENT]
+--   floor                   GET /bench/floor
+--   get-random USERS        GET /api/user/<id>, ids drawn uniformly from 1..USERS
+--   get-sequential USERS    GET /api/user/<id>, each id in 1..USERS once, then stop
+--   create RUN_ID           POST /api/user, a new username on every request
+--
+-- Each thread is its own Lua state: setup() numbers them so that they split the
+-- ids (get-sequential) and never repeat a username (create) without talking.
+-- wrk calls request() once on the first thread to check the script, and never
+-- sends that request: with get-sequential, id 1 is the one never asked for.
+-- done() prints one line, BENCH-RESULT {json}, that bench/load.py parses.
+
+local thread_count = 0
+
+function setup(thread)
+  thread:set("thread_index", thread_count)
+  thread_count = thread_count + 1
+end
+
+local scenario, floor_request, user_count, thread_total, next_id, run_id, counter
+local exhausted = false
+
+function init(args)
+  scenario = args[1]
+  wrk.headers["Authorization"] = "Token " .. args[2]
+  -- As the TLS-terminating proxy in front of production says: no redirect to https.
+  wrk.headers["X-Forwarded-Proto"] = "https"
+  thread_total = tonumber(args[3])
+  floor_request = wrk.format("GET", "/bench/floor")
+  if scenario == "get-random" then
+    user_count = tonumber(args[4])
+    math.randomseed(1 + thread_index)
+  elseif scenario == "get-sequential" then
+    user_count = tonumber(args[4])
+    next_id = 1 + thread_index
+  elseif scenario == "create" then
+    run_id = args[4]
+    counter = 0
+    wrk.headers["Content-Type"] = "application/json"
+  elseif scenario ~= "floor" then
+    error("unknown scenario: " .. tostring(scenario))
+  end
+end
+
+local function next_sequential_request()
+  if next_id > user_count then
+    -- This thread's ids are done: stop its loop and tell bench/load.py, which
+    -- interrupts wrk once every thread has said so. The request returned here is
+    -- never answered (the loop stops), so it only has to be harmless.
+    if not exhausted then
+      exhausted = true
+      io.stdout:write("ids-exhausted\n")
+      io.stdout:flush()
+      wrk.thread:stop()
+    end
+    return floor_request
+  end
+  local user_id = next_id
+  next_id = next_id + thread_total
+  return wrk.format("GET", "/api/user/" .. user_id)
+end
+
+function request()
+  if scenario == "floor" then
+    return floor_request
+  elseif scenario == "get-random" then
+    return wrk.format("GET", "/api/user/" .. math.random(1, user_count))
+  elseif scenario == "get-sequential" then
+    return next_sequential_request()
+  end
+  counter = counter + 1
+  local name = string.format("bench-%s-%d-%d", run_id, thread_index, counter)
+  local body = string.format(
+    '{"username": "%s", "email": "%s@example.com", "first_name": "Bench", "last_name": "Create"}',
+    name, name)
+  return wrk.format("POST", "/api/user", nil, body)
+end
+
+function done(summary, latency, requests)
+  local errors = summary.errors
+  io.stdout:write(string.format(
+    'BENCH-RESULT {"requests": %d, "duration_us": %d, "p50_us": %.0f, "p99_us": %.0f, '
+      .. '"p999_us": %.0f, "socket_errors": %d, "http_errors": %d}\n',
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    errors.connect + errors.read + errors.write + errors.timeout, errors.status))
+end

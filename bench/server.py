@@ -1,0 +1,119 @@
+"""gunicorn with the production configuration, on a free loopback port, for one bench run."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+_START_TIMEOUT_S = 60
+_STOP_TIMEOUT_S = 15
+
+
+def free_loopback_port() -> int:
+    """A port nothing listens on now (the kernel's pick), for a server or a closed endpoint."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Gunicorn:
+    """``gunicorn -c config/gunicorn.py config.wsgi``, as scripts/run and the Dockerfile start it.
+
+    Used as a context manager: the server is stopped on leaving the block, whatever
+    ends it (an error, Ctrl-C). It runs in a session of its own, so a Ctrl-C in the
+    terminal reaches only the driver, which then stops it in order.
+    """
+
+    def __init__(self, *, name: str, token: str, log_dir: Path, redis_url: str | None = None):
+        self.name = name
+        self.port = free_loopback_port()
+        self._token = token
+        self._log_path = log_dir / f"gunicorn-{name}.log"
+        self._environment = {**os.environ, "BIND": f"127.0.0.1:{self.port}"}
+        if redis_url is not None:
+            self._environment["REDIS_URL"] = redis_url
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every bench request sends: the token, and the header of the TLS-terminating
+        proxy production sits behind (without it, production redirects to https)."""
+        return {"Authorization": f"Token {self._token}", "X-Forwarded-Proto": "https"}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Gunicorn:
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        with self._log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                # No control socket: its default path is one per machine, shared with any
+                # other gunicorn there (scripts/run), which would lose its own.
+                [str(gunicorn), "-c", "config/gunicorn.py", "--no-control-socket", "config.wsgi"],
+                cwd=settings.BASE_DIR,
+                env=self._environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def get(self, path: str) -> tuple[int, str | None]:
+        """One authenticated GET: the status and the ``X-Cache`` header."""
+        client = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            client.request("GET", path, headers=self.headers)
+            response = client.getresponse()
+            response.read()
+            return response.status, response.getheader("X-Cache")
+        finally:
+            client.close()
+
+    def _wait_until_serving(self) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"gunicorn ({self.name}) exited:\n{self.log_tail()}")
+            try:
+                if self.get("/bench/floor")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn ({self.name}) did not serve in time:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """A quick shutdown (SIGINT to the arbiter), then SIGKILL to what is left of its group."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=_STOP_TIMEOUT_S)
+        # Whatever is left of the group (a stuck arbiter, an orphaned worker) goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

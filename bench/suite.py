@@ -1,0 +1,194 @@
+"""One bench run: the data loaded, two servers up, then K passes over every measurement.
+
+A pass measures everything once, in an order that leaves each scenario the cache
+state it needs: warm (or fill), in-process timings, floor, hit; flush, miss then
+fill; database only; create. Ratios are taken within a pass (report.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import secrets
+import tempfile
+from pathlib import Path
+
+from django.core.management import call_command
+from django_redis import get_redis_connection
+
+from users.models import User
+
+from . import cache_commands, dataset, keys, micro
+from .environment import ALL_KEYS_PATTERN
+from .load import LoadResult, run_wrk
+from .server import Gunicorn, free_loopback_port
+
+_WARMUP_S = 2
+_MEMORY_SAMPLES = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    users: int
+    duration_s: float
+    repeat: int
+    connections: int
+    micro_calls: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    # The server it drives: "cached" (the service as deployed) or "database"
+    # (the same service with Redis unreachable, so every lookup goes to MySQL).
+    server: str
+    wrk_scenario: str
+
+
+SCENARIOS = (
+    Scenario(
+        "floor", "1. framework floor (DRF, same auth and renderer, no I/O)", "cached", "floor"
+    ),
+    Scenario("hit", "2. GET hit (all users cached)", "cached", "get-random"),
+    Scenario(
+        "miss", "3. GET miss then fill (cold cache, each id once)", "cached", "get-sequential"
+    ),
+    Scenario(
+        "database", "4. GET, cache bypassed (database only, same auth)", "database", "get-random"
+    ),
+    Scenario("create", "5. POST create", "cached", "create"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PassResult:
+    http: dict[str, LoadResult]
+    user_get: micro.Timing
+    hgetall: micro.Timing
+    memory_usage_bytes: float
+    used_memory_per_user_bytes: float
+    # None when this checkout has no such command.
+    warm_users_per_s: float | None
+    flush_keys_per_s: float | None
+
+
+def run(options: Options, say) -> list[PassResult]:
+    """Loads the data, starts the servers, runs the passes; cleans up after itself, always."""
+    redis = get_redis_connection("default")
+    keys.delete_keys(redis, ALL_KEYS_PATTERN)
+    try:
+        say(f"loading {options.users:,} users into a fresh bench database")
+        dataset.recreate_database()
+        dataset.load_users(options.users)
+        token = dataset.create_staff_token()
+        call_command("collectstatic", interactive=False, verbosity=0)
+        with contextlib.ExitStack() as stack:
+            log_dir = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="usersvc-bench-"))
+            )
+            say("starting gunicorn (production settings), and a second one with Redis unreachable")
+            servers = {
+                "cached": stack.enter_context(
+                    Gunicorn(name="cached", token=token, log_dir=log_dir)
+                ),
+                "database": stack.enter_context(
+                    Gunicorn(
+                        name="database",
+                        token=token,
+                        log_dir=log_dir,
+                        redis_url=f"redis://127.0.0.1:{free_loopback_port()}/0",
+                    )
+                ),
+            }
+            for server in servers.values():
+                run_wrk(
+                    url=server.url,
+                    token=token,
+                    scenario="floor",
+                    duration_s=_WARMUP_S,
+                    connections=options.connections,
+                )
+            return [
+                _one_pass(options, servers, token, index, say) for index in range(options.repeat)
+            ]
+    finally:
+        keys.delete_keys(redis, ALL_KEYS_PATTERN)
+        dataset.drop_database()
+
+
+def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> PassResult:
+    say(f"pass {index + 1} of {options.repeat}")
+    redis = get_redis_connection("default")
+    seed = index + 1
+
+    keys.delete_keys(redis, ALL_KEYS_PATTERN)
+    memory_before = micro.used_memory_bytes()
+    warm_users_per_s = None
+    if cache_commands.command_present(cache_commands.WARM_COMMAND):
+        user_count = User.objects.count()
+        warm_users_per_s = user_count / cache_commands.run_timed(cache_commands.WARM_COMMAND)
+    else:
+        cache_commands.fill_user_cache()
+    cached_users = keys.count_keys(redis, keys.user_keys_pattern())
+    used_memory_per_user = (micro.used_memory_bytes() - memory_before) / cached_users
+    memory_usage = micro.memory_usage_per_user(
+        user_count=options.users, samples=_MEMORY_SAMPLES, seed=seed
+    )
+    user_get, hgetall = micro.time_user_get_and_hgetall(
+        user_count=options.users, calls=options.micro_calls, seed=seed
+    )
+
+    def load(scenario: Scenario, argument: str | None = None) -> LoadResult:
+        say(f"  {scenario.title}")
+        return run_wrk(
+            url=servers[scenario.server].url,
+            token=token,
+            scenario=scenario.wrk_scenario,
+            argument=argument,
+            duration_s=options.duration_s,
+            connections=options.connections,
+        )
+
+    floor, hit, miss, database, create = SCENARIOS
+    last_id = str(options.users)
+    http = {}
+    _expect(servers["cached"], "/bench/floor", None)
+    http[floor.key] = load(floor)
+    _expect(servers["cached"], "/api/user/1", "HIT")
+    http[hit.key] = load(hit, last_id)
+
+    flush_keys_per_s = None
+    if cache_commands.command_present(cache_commands.FLUSH_COMMAND):
+        keys_before = keys.count_keys(redis, ALL_KEYS_PATTERN)
+        seconds = cache_commands.run_timed(cache_commands.FLUSH_COMMAND)
+        flushed = keys_before - keys.count_keys(redis, ALL_KEYS_PATTERN)
+        flush_keys_per_s = flushed / seconds
+    # Whatever the flush command leaves, the walk starts with no user cached.
+    keys.delete_keys(redis, keys.user_keys_pattern())
+    http[miss.key] = load(miss, last_id)
+    # The walk's first id (2: wrk swallows 1, see scenarios.lua) is cached now.
+    _expect(servers["cached"], "/api/user/2", "HIT")
+
+    _expect(servers["database"], "/api/user/1", "BYPASS")
+    http[database.key] = load(database, last_id)
+    http[create.key] = load(create, f"{index}{secrets.token_hex(4)}")
+
+    return PassResult(
+        http=http,
+        user_get=user_get,
+        hgetall=hgetall,
+        memory_usage_bytes=memory_usage,
+        used_memory_per_user_bytes=used_memory_per_user,
+        warm_users_per_s=warm_users_per_s,
+        flush_keys_per_s=flush_keys_per_s,
+    )
+
+
+def _expect(server: Gunicorn, path: str, x_cache: str | None) -> None:
+    """A probe before (or after) a scenario: the path answers 200 from the expected place."""
+    status, source = server.get(path)
+    if status != 200 or source != x_cache:
+        raise RuntimeError(
+            f"{server.name} {path}: expected 200 with X-Cache {x_cache}, got {status} {source}"
+        )
