@@ -8,10 +8,11 @@ import io
 import time
 
 from django.core.management import call_command, get_commands
-from django_redis import get_redis_connection
 
 from users import cache, services
 from users.conf import user_cache_settings
+
+from . import keys
 
 WARM_COMMAND = "warm_user_cache"
 FLUSH_COMMAND = "flush_user_cache"
@@ -37,7 +38,7 @@ def fill_user_cache() -> None:
     projection instead of copying it; pipelined, it takes seconds for 1M users
     where a read per user would take many minutes.
     """
-    client = get_redis_connection("default")
+    client = keys.bench_client()
     ttl_ms = user_cache_settings.TTL * 1000
     with client.pipeline(transaction=False) as pipe:
         for count, row in enumerate(services.user_list().iterator(chunk_size=5_000), start=1):

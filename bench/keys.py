@@ -1,9 +1,12 @@
-"""Counting and deleting the bench's Redis keys, by pattern, without blocking the server.
+"""The bench's own Redis client, and counting and deleting its keys by pattern.
 
 Redis is shared, so there is no FLUSHDB here: SCAN finds the keys under the
 bench's prefix and UNLINK frees them in the background, a batch at a time.
 """
 
+import functools
+
+from django.conf import settings
 from redis import Redis
 
 from users import cache
@@ -11,6 +14,15 @@ from users import cache
 from .environment import KEY_PREFIX
 
 _SCAN_COUNT = 10_000
+# Seconds; the service's client gives up after REDIS_READ_TIMEOUT_MS (100 ms), which
+# a pipeline of thousands of writes, or a SCAN on a busy machine, can take.
+_BULK_TIMEOUT_S = 30
+
+
+@functools.cache
+def bench_client() -> Redis:
+    """For the bench's bulk work (fill, SCAN, UNLINK, INFO), never for what it measures."""
+    return Redis.from_url(settings.REDIS_URL, socket_timeout=_BULK_TIMEOUT_S)
 
 
 def user_keys_pattern() -> str:
@@ -20,20 +32,21 @@ def user_keys_pattern() -> str:
     return sample.removesuffix("{0}") + "*"
 
 
-def _scan(client: Redis, pattern: str):
+def _scan(pattern: str):
     assert pattern.startswith(f"{KEY_PREFIX}:"), f"not a bench key pattern: {pattern!r}"
-    return client.scan_iter(match=pattern, count=_SCAN_COUNT)
+    return bench_client().scan_iter(match=pattern, count=_SCAN_COUNT)
 
 
-def count_keys(client: Redis, pattern: str) -> int:
-    return sum(1 for _ in _scan(client, pattern))
+def count_keys(pattern: str) -> int:
+    return sum(1 for _ in _scan(pattern))
 
 
-def delete_keys(client: Redis, pattern: str) -> int:
+def delete_keys(pattern: str) -> int:
     """Deletes every key matching ``pattern``; returns how many there were."""
     deleted = 0
     batch: list[bytes] = []
-    for key in _scan(client, pattern):
+    client = bench_client()
+    for key in _scan(pattern):
         batch.append(key)
         if len(batch) == _SCAN_COUNT:
             deleted += client.unlink(*batch)

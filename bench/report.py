@@ -17,10 +17,9 @@ from importlib import metadata
 from pathlib import Path
 
 from django.conf import settings
-from django_redis import get_redis_connection
 from matplotlib.figure import Figure
 
-from . import dataset
+from . import dataset, keys
 from .cache_commands import FLUSH_COMMAND, WARM_COMMAND
 from .load import WRK_THREADS
 from .suite import SCENARIOS, Options, PassResult
@@ -51,7 +50,7 @@ def machine_info() -> dict[str, str]:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    redis_info = get_redis_connection("default").info("server")
+    redis_info = keys.bench_client().info("server")
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit or "unknown",

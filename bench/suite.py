@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 from django.core.management import call_command
-from django_redis import get_redis_connection
 
 from users.models import User
 
@@ -75,8 +74,7 @@ class PassResult:
 
 def run(options: Options, say) -> list[PassResult]:
     """Loads the data, starts the servers, runs the passes; cleans up after itself, always."""
-    redis = get_redis_connection("default")
-    keys.delete_keys(redis, ALL_KEYS_PATTERN)
+    keys.delete_keys(ALL_KEYS_PATTERN)
     try:
         say(f"loading {options.users:,} users into a fresh bench database")
         dataset.recreate_database()
@@ -113,16 +111,15 @@ def run(options: Options, say) -> list[PassResult]:
                 _one_pass(options, servers, token, index, say) for index in range(options.repeat)
             ]
     finally:
-        keys.delete_keys(redis, ALL_KEYS_PATTERN)
+        keys.delete_keys(ALL_KEYS_PATTERN)
         dataset.drop_database()
 
 
 def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> PassResult:
     say(f"pass {index + 1} of {options.repeat}")
-    redis = get_redis_connection("default")
     seed = index + 1
 
-    keys.delete_keys(redis, ALL_KEYS_PATTERN)
+    keys.delete_keys(ALL_KEYS_PATTERN)
     memory_before = micro.used_memory_bytes()
     warm_users_per_s = None
     if cache_commands.command_present(cache_commands.WARM_COMMAND):
@@ -130,7 +127,7 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
         warm_users_per_s = user_count / cache_commands.run_timed(cache_commands.WARM_COMMAND)
     else:
         cache_commands.fill_user_cache()
-    cached_users = keys.count_keys(redis, keys.user_keys_pattern())
+    cached_users = keys.count_keys(keys.user_keys_pattern())
     used_memory_per_user = (micro.used_memory_bytes() - memory_before) / cached_users
     memory_usage = micro.memory_usage_per_user(
         user_count=options.users, samples=_MEMORY_SAMPLES, seed=seed
@@ -160,12 +157,12 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
 
     flush_keys_per_s = None
     if cache_commands.command_present(cache_commands.FLUSH_COMMAND):
-        keys_before = keys.count_keys(redis, ALL_KEYS_PATTERN)
+        keys_before = keys.count_keys(ALL_KEYS_PATTERN)
         seconds = cache_commands.run_timed(cache_commands.FLUSH_COMMAND)
-        flushed = keys_before - keys.count_keys(redis, ALL_KEYS_PATTERN)
+        flushed = keys_before - keys.count_keys(ALL_KEYS_PATTERN)
         flush_keys_per_s = flushed / seconds
     # Whatever the flush command leaves, the walk starts with no user cached.
-    keys.delete_keys(redis, keys.user_keys_pattern())
+    keys.delete_keys(keys.user_keys_pattern())
     http[miss.key] = load(miss, last_id)
     # The walk's first id (2: wrk swallows 1, see scenarios.lua) is cached now.
     _expect(servers["cached"], "/api/user/2", "HIT")
