@@ -54,8 +54,9 @@ def machine_info() -> dict[str, str]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit or "unknown",
-        # Anything else running on the machine skews the figures; this says how busy it was.
-        "load": f"{os.getloadavg()[0]:.2f}",
+        # Anything else running on the machine skews the figures; this says how busy it
+        # was before the run (and after it: see load_after).
+        "load": load_average(),
         "cpu": f"{cpu_model}, {os.cpu_count()} cores",
         "memory": f"{memory_kib / 2**20:.0f} GiB",
         "os": f"{platform.freedesktop_os_release().get('PRETTY_NAME', 'Linux')},"
@@ -68,6 +69,11 @@ def machine_info() -> dict[str, str]:
         "mysql": dataset.server_version(),
         "wrk": wrk_version,
     }
+
+
+def load_average() -> str:
+    """The 1-minute load average: how many processes wanted the cores, the bench's included."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def _median(values) -> float:
@@ -176,7 +182,8 @@ def markdown(passes: list[PassResult], options: Options, machine: dict[str, str]
         f" DRF {machine['djangorestframework']}, gunicorn {machine['gunicorn']},"
         f" Redis {machine['redis']}, MySQL {machine['mysql']}, wrk {machine['wrk']};"
         " all on the one machine, over loopback. Service at commit"
-        f" `{machine['commit']}`; 1-minute load average before the run: {machine['load']}.",
+        f" `{machine['commit']}`; 1-minute load average before the run {machine['load']},"
+        f" at its end {machine['load_after']}.",
         "",
         f"`./scripts/bench --users {options.users} --duration {options.duration_s:g}"
         f" --repeat {options.repeat} --connections {options.connections}`:"

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted: servers stopped, bench data removed")
         return 130
+    machine["load_after"] = report.load_average()
     text = report.markdown(passes, options, machine)
     output.mkdir(parents=True, exist_ok=True)
     (output / "latest.md").write_text(text)
