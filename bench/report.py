@@ -280,8 +280,15 @@ def chart(passes: list[PassResult], options: Options, machine: dict[str, str], p
         color=["#888888", "#2a7ab9", "#7fb3d9", "#c0504d", "#9bbb59"],
         capsize=4,
     )
-    for position, value in zip(positions, medians, strict=True):
-        throughput.annotate(f"{value:,.0f}", (position, value), ha="center", va="bottom")
+    for position, value, values in zip(positions, medians, rates, strict=True):
+        throughput.annotate(
+            f"{value:,.0f}",
+            (position, max(values)),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+        )
     throughput.set_xticks(list(positions), labels, rotation=20, ha="right")
     throughput.set_ylabel("requests/s (median; bars: range over passes)")
     throughput.set_title("Throughput")
