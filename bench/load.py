@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import signal
 import subprocess
 import threading
+from collections import Counter
 from pathlib import Path
 
 _SCRIPT = Path(__file__).with_name("scenarios.lua")
@@ -19,20 +21,50 @@ WRK_THREADS = 2
 
 @dataclasses.dataclass(frozen=True)
 class LoadResult:
-    """One wrk run: completed requests over its wall time, and latency percentiles."""
+    """One wrk run, or several merged: completed requests over the time they took,
+    and every request's latency (a histogram: µs -> how many)."""
 
     requests: int
     seconds: float
-    p50_ms: float
-    p99_ms: float
-    p999_ms: float
+    latency_us: Counter[int]
     # connect, read, write errors and timeouts; a gunicorn worker recycled by
     # max_requests closes its keep-alive connections, which wrk counts as read errors.
     socket_errors: int
 
+    @classmethod
+    def merged(cls, results: list[LoadResult]) -> LoadResult:
+        return cls(
+            requests=sum(result.requests for result in results),
+            seconds=sum(result.seconds for result in results),
+            latency_us=sum((result.latency_us for result in results), Counter()),
+            socket_errors=sum(result.socket_errors for result in results),
+        )
+
     @property
     def requests_per_second(self) -> float:
         return self.requests / self.seconds
+
+    def latency_ms(self, percentile: float) -> float:
+        """The nearest-rank percentile over every request."""
+        rank = math.ceil(percentile / 100 * self.latency_us.total())
+        seen = 0
+        for value, count in sorted(self.latency_us.items()):
+            seen += count
+            if seen >= rank:
+                return value / 1000
+        raise ValueError("no latency recorded")
+
+    @property
+    def p50_ms(self) -> float:
+        return self.latency_ms(50)
+
+    @property
+    def p99_ms(self) -> float:
+        return self.latency_ms(99)
+
+    @property
+    def p999_ms(self) -> float:
+        return self.latency_ms(99.9)
 
 
 class LoadError(RuntimeError):
@@ -114,8 +146,6 @@ def _parse(output: list[str], returncode: int, scenario: str) -> LoadResult:
     return LoadResult(
         requests=figures["requests"],
         seconds=figures["duration_us"] / 1e6,
-        p50_ms=figures["p50_us"] / 1000,
-        p99_ms=figures["p99_us"] / 1000,
-        p999_ms=figures["p999_us"] / 1000,
+        latency_us=Counter(dict(figures["latency_us"])),
         socket_errors=figures["socket_errors"],
     )

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from . import dataset, keys
 from .cache_commands import FLUSH_COMMAND, WARM_COMMAND
 from .load import WRK_THREADS
-from .suite import SCENARIOS, Options, PassResult
+from .suite import SCENARIOS, Options, PassResult, turn_count
 
 _NOT_PRESENT = "n/a (command not present)"
 _WARM_TARGET_USERS = 1_000_000
@@ -220,7 +220,13 @@ def markdown(passes: list[PassResult], options: Options, machine: dict[str, str]
         f" --repeat {options.repeat} --connections {options.connections}`:"
         f" {options.users:,} users; gunicorn with config/gunicorn.py and the production"
         f" settings; wrk with {WRK_THREADS} threads and {options.connections} connections"
-        f" for {options.duration_s:g} s per scenario."
+        f" for {options.duration_s:g} s per scenario"
+        + (
+            f" (floor, hit and database only in {turn_count(options)} turns each, one after"
+            " the other, so that a change in the machine's load reaches the three alike)."
+            if turn_count(options) > 1
+            else "."
+        )
         + (
             " One pass: each ratio is computed within it."
             if options.repeat == 1

@@ -78,12 +78,19 @@ function request()
   return wrk.format("POST", "/api/user", nil, body)
 end
 
+-- The whole latency histogram (distinct values in µs, with their counts), so that
+-- runs can be merged and their percentiles taken over all their requests.
 function done(summary, latency, requests)
   local errors = summary.errors
+  local histogram = {}
+  for i = 1, #latency do
+    local value, count = latency(i)
+    histogram[i] = string.format("[%d, %d]", value, count)
+  end
   io.stdout:write(string.format(
-    'BENCH-RESULT {"requests": %d, "duration_us": %d, "p50_us": %.0f, "p99_us": %.0f, '
-      .. '"p999_us": %.0f, "socket_errors": %d, "http_errors": %d}\n',
+    'BENCH-RESULT {"requests": %d, "duration_us": %d, "socket_errors": %d, '
+      .. '"http_errors": %d, "latency_us": [%s]}\n',
     summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
-    errors.connect + errors.read + errors.write + errors.timeout, errors.status))
+    errors.connect + errors.read + errors.write + errors.timeout, errors.status,
+    table.concat(histogram, ", ")))
 end

@@ -1,8 +1,8 @@
 """One bench run: the data loaded, two servers up, then K passes over every measurement.
 
 A pass measures everything once, in an order that leaves each scenario the cache
-state it needs: warm (or fill), in-process timings, floor, hit, database only;
-flush, miss then fill; create. Ratios are taken within a pass (report.py).
+state it needs: warm (or fill), in-process timings; floor, hit and database only,
+in turns; flush, miss then fill; create. Ratios are taken within a pass (report.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .load import LoadResult, run_wrk
 from .server import Gunicorn, free_loopback_port
 
 _WARMUP_S = 2
+_TURN_S = 2
 _MEMORY_SAMPLES = 200
 
 
@@ -70,6 +71,11 @@ class PassResult:
     # None when this checkout has no such command.
     warm_users_per_s: float | None
     flush_keys_per_s: float | None
+
+
+def turn_count(options: Options) -> int:
+    """How many turns floor, hit and database only take in each pass (about 2 s each)."""
+    return max(1, round(options.duration_s / _TURN_S))
 
 
 def run(options: Options, say) -> list[PassResult]:
@@ -136,14 +142,13 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
         user_count=options.users, calls=options.micro_calls, seed=seed
     )
 
-    def load(scenario: Scenario, argument: str | None = None) -> LoadResult:
-        say(f"  {scenario.title}")
+    def load(scenario: Scenario, argument: str | None, duration_s: float) -> LoadResult:
         return run_wrk(
             url=servers[scenario.server].url,
             token=token,
             scenario=scenario.wrk_scenario,
             argument=argument,
-            duration_s=options.duration_s,
+            duration_s=duration_s,
             connections=options.connections,
         )
 
@@ -151,13 +156,17 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
     last_id = str(options.users)
     http = {}
     _expect(servers["cached"], "/bench/floor", None)
-    http[floor.key] = load(floor)
     _expect(servers["cached"], "/api/user/1", "HIT")
-    http[hit.key] = load(hit, last_id)
-    # Right after the hit, so that the two sides of the ratio between them are
-    # measured as close together as they can be.
     _expect(servers["database"], "/api/user/1", "BYPASS")
-    http[database.key] = load(database, last_id)
+    # The targets compare these three, and the machine is shared: run in turns of a
+    # couple of seconds, a change in its load reaches all three alike.
+    say(f"  {floor.title}, {hit.title}, {database.title}: {turn_count(options)} turns each")
+    turns: dict[str, list[LoadResult]] = {floor.key: [], hit.key: [], database.key: []}
+    for _ in range(turn_count(options)):
+        for scenario, argument in ((floor, None), (hit, last_id), (database, last_id)):
+            turn_s = options.duration_s / turn_count(options)
+            turns[scenario.key].append(load(scenario, argument, turn_s))
+    http.update({key: LoadResult.merged(results) for key, results in turns.items()})
 
     flush_keys_per_s = None
     if cache_commands.command_present(cache_commands.FLUSH_COMMAND):
@@ -167,10 +176,12 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
         flush_keys_per_s = flushed / seconds
     # Whatever the flush command leaves, the walk starts with no user cached.
     keys.delete_keys(keys.user_keys_pattern())
-    http[miss.key] = load(miss, last_id)
+    say(f"  {miss.title}")
+    http[miss.key] = load(miss, last_id, options.duration_s)
     # The walk's first id (2: wrk swallows 1, see scenarios.lua) is cached now.
     _expect(servers["cached"], "/api/user/2", "HIT")
-    http[create.key] = load(create, f"{index}{secrets.token_hex(4)}")
+    say(f"  {create.title}")
+    http[create.key] = load(create, f"{index}{secrets.token_hex(4)}", options.duration_s)
 
     return PassResult(
         http=http,
