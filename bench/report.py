@@ -25,7 +25,6 @@ from .cache_commands import FLUSH_COMMAND, WARM_COMMAND
 from .load import WRK_THREADS
 from .suite import SCENARIOS, Options, PassResult, turn_count
 
-_NOT_PRESENT = "n/a (command not present)"
 _WARM_TARGET_USERS = 1_000_000
 
 
@@ -92,15 +91,10 @@ def _rps_ratio(passes: list[PassResult], scenario: str, baseline: str) -> float:
     )
 
 
-def _optional_median(values: list[float | None]) -> float | None:
-    return None if None in values else _median(values)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Target:
     text: str
-    # One value per pass; None when it was not measured (the command is missing).
-    per_pass: list[float] | None
+    per_pass: list[float]
     unit: str
     met: Callable[[float], bool]
 
@@ -108,8 +102,6 @@ class _Target:
         return f"{value:.2f}x" if self.unit == "x" else f"{value:,.0f} {self.unit}"
 
     def row(self) -> list[str]:
-        if self.per_pass is None:
-            return [self.text, _NOT_PRESENT, "", "n/a"]
         median = _median(self.per_pass)
         return [
             self.text,
@@ -125,9 +117,6 @@ def _targets(passes: list[PassResult], options: Options) -> list[_Target]:
             one.http[scenario].requests_per_second / one.http[baseline].requests_per_second
             for one in passes
         ]
-
-    def measured(values: list[float | None]) -> list[float] | None:
-        return None if None in values else values
 
     warm_at = "" if options.users >= _WARM_TARGET_USERS else f" (run at {options.users:,} users)"
     return [
@@ -151,13 +140,13 @@ def _targets(passes: list[PassResult], options: Options) -> list[_Target]:
         ),
         _Target(
             f"warm of 1,000,000 users ≥ 100,000 users/s{warm_at}",
-            measured([one.warm_users_per_s for one in passes]),
+            [one.warm_users_per_s for one in passes],
             "users/s",
             lambda rate: rate >= 100_000,
         ),
         _Target(
             "flush ≥ 200,000 keys/s",
-            measured([one.flush_keys_per_s for one in passes]),
+            [one.flush_keys_per_s for one in passes],
             "keys/s",
             lambda rate: rate >= 200_000,
         ),
@@ -195,8 +184,6 @@ def markdown(passes: list[PassResult], options: Options, machine: dict[str, str]
                 f"{_http(passes, key, lambda result: result.socket_errors):.0f}",
             ]
         )
-    warm = _optional_median([one.warm_users_per_s for one in passes])
-    flush = _optional_median([one.flush_keys_per_s for one in passes])
 
     def timing_row(title: str, timing: Callable) -> list[str]:
         return [
@@ -268,11 +255,11 @@ def markdown(passes: list[PassResult], options: Options, machine: dict[str, str]
             [
                 [
                     f"`{WARM_COMMAND} --all`",
-                    _NOT_PRESENT if warm is None else f"{warm:,.0f} users/s",
+                    f"{_median(one.warm_users_per_s for one in passes):,.0f} users/s",
                 ],
                 [
                     f"`{FLUSH_COMMAND} --all`",
-                    _NOT_PRESENT if flush is None else f"{flush:,.0f} keys/s",
+                    f"{_median(one.flush_keys_per_s for one in passes):,.0f} keys/s",
                 ],
                 [
                     "Redis memory per cached user, `MEMORY USAGE` (median of a sample)",
@@ -326,6 +313,7 @@ def chart(passes: list[PassResult], options: Options, machine: dict[str, str], p
             ha="center",
             va="bottom",
         )
+    throughput.margins(y=0.1)
     throughput.set_xticks(list(positions), labels, rotation=20, ha="right")
     throughput.set_ylabel("requests/s (median; bars: range over passes)")
     throughput.set_title("Throughput")

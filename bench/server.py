@@ -57,9 +57,7 @@ class Gunicorn:
         gunicorn = Path(sys.executable).with_name("gunicorn")
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                # No control socket: its default path is one per machine, shared with any
-                # other gunicorn there (scripts/run), which would lose its own.
-                [str(gunicorn), "-c", "config/gunicorn.py", "--no-control-socket", "config.wsgi"],
+                [str(gunicorn), "-c", "config/gunicorn.py", "config.wsgi"],
                 cwd=settings.BASE_DIR,
                 env=self._environment,
                 stdin=subprocess.DEVNULL,

@@ -1,8 +1,8 @@
 """One bench run: the data loaded, two servers up, then K passes over every measurement.
 
 A pass measures everything once, in an order that leaves each scenario the cache
-state it needs: warm (or fill), in-process timings; floor, hit and database only,
-in turns; flush, miss then fill; create. Ratios are taken within a pass (report.py).
+state it needs: warm, in-process timings; floor, hit and database only, in turns;
+flush, miss then fill; create. Ratios are taken within a pass (report.py).
 """
 
 from __future__ import annotations
@@ -68,9 +68,8 @@ class PassResult:
     hgetall: micro.Timing
     memory_usage_bytes: float
     used_memory_per_user_bytes: float
-    # None when this checkout has no such command.
-    warm_users_per_s: float | None
-    flush_keys_per_s: float | None
+    warm_users_per_s: float
+    flush_keys_per_s: float
 
 
 def turn_count(options: Options) -> int:
@@ -127,13 +126,11 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
 
     keys.delete_keys(ALL_KEYS_PATTERN)
     memory_before = micro.used_memory_bytes()
-    warm_users_per_s = None
-    if cache_commands.command_present(cache_commands.WARM_COMMAND):
-        user_count = User.objects.count()
-        warm_users_per_s = user_count / cache_commands.run_timed(cache_commands.WARM_COMMAND)
-    else:
-        cache_commands.fill_user_cache()
+    user_count = User.objects.count()
+    warm_users_per_s = user_count / cache_commands.run_timed(cache_commands.WARM_COMMAND)
     cached_users = keys.count_keys(keys.user_keys_pattern())
+    if cached_users != user_count:
+        raise RuntimeError(f"{cache_commands.WARM_COMMAND} cached {cached_users} of {user_count}")
     used_memory_per_user = (micro.used_memory_bytes() - memory_before) / cached_users
     memory_usage = micro.memory_usage_per_user(
         user_count=options.users, samples=_MEMORY_SAMPLES, seed=seed
@@ -168,14 +165,13 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
             turns[scenario.key].append(load(scenario, argument, turn_s))
     http.update({key: LoadResult.merged(results) for key, results in turns.items()})
 
-    flush_keys_per_s = None
-    if cache_commands.command_present(cache_commands.FLUSH_COMMAND):
-        keys_before = keys.count_keys(ALL_KEYS_PATTERN)
-        seconds = cache_commands.run_timed(cache_commands.FLUSH_COMMAND)
-        flushed = keys_before - keys.count_keys(ALL_KEYS_PATTERN)
-        flush_keys_per_s = flushed / seconds
-    # Whatever the flush command leaves, the walk starts with no user cached.
-    keys.delete_keys(keys.user_keys_pattern())
+    keys_before = keys.count_keys(ALL_KEYS_PATTERN)
+    seconds = cache_commands.run_timed(cache_commands.FLUSH_COMMAND)
+    flush_keys_per_s = (keys_before - keys.count_keys(ALL_KEYS_PATTERN)) / seconds
+    # The walk needs every user uncached, and this also checks the flush.
+    left = keys.count_keys(keys.user_keys_pattern())
+    if left:
+        raise RuntimeError(f"{cache_commands.FLUSH_COMMAND} left {left} user entries")
     say(f"  {miss.title}")
     http[miss.key] = load(miss, last_id, options.duration_s)
     # The walk's first id (2: wrk swallows 1, see scenarios.lua) is cached now.
