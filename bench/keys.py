@@ -25,11 +25,20 @@ def bench_client() -> Redis:
     return Redis.from_url(settings.REDIS_URL, socket_timeout=_BULK_TIMEOUT_S)
 
 
-def user_keys_pattern() -> str:
-    """The user entries and their leases (not the token lookups or rate-limit counters)."""
+def _user_key_stem() -> str:
     sample = cache.user_cache_key(0)
     assert sample.endswith(":user:{0}"), f"unexpected user key shape: {sample}"
-    return sample.removesuffix("{0}") + "*"
+    return sample.removesuffix("{0}")
+
+
+def user_keys_pattern() -> str:
+    """The user entries and their leases (not the token lookups or rate-limit counters)."""
+    return _user_key_stem() + "*"
+
+
+def user_entries_pattern() -> str:
+    """The user entries alone: a lease's key goes on past the id's closing brace."""
+    return _user_key_stem() + "{*}"
 
 
 def _scan(pattern: str):

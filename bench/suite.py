@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import secrets
 import tempfile
+import time
 from pathlib import Path
 
 from django.core.management import call_command
@@ -24,6 +25,8 @@ from .server import Gunicorn, free_loopback_port
 
 _WARMUP_S = 2
 _TURN_S = 2
+_SETTLE_CHECKS = 20
+_SETTLE_INTERVAL_S = 0.5
 _MEMORY_SAMPLES = 200
 
 
@@ -128,7 +131,7 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
     memory_before = micro.used_memory_bytes()
     user_count = User.objects.count()
     warm_users_per_s = user_count / cache_commands.run_timed(cache_commands.WARM_COMMAND)
-    cached_users = keys.count_keys(keys.user_keys_pattern())
+    cached_users = keys.count_keys(keys.user_entries_pattern())
     if cached_users != user_count:
         raise RuntimeError(f"{cache_commands.WARM_COMMAND} cached {cached_users} of {user_count}")
     used_memory_per_user = (micro.used_memory_bytes() - memory_before) / cached_users
@@ -178,6 +181,7 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
     _expect(servers["cached"], "/api/user/2", "HIT")
     say(f"  {create.title}")
     http[create.key] = load(create, f"{index}{secrets.token_hex(4)}", options.duration_s)
+    _wait_for_creates_in_flight(http[create.key].p999_ms / 1000)
 
     return PassResult(
         http=http,
@@ -188,6 +192,20 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
         warm_users_per_s=warm_users_per_s,
         flush_keys_per_s=flush_keys_per_s,
     )
+
+
+def _wait_for_creates_in_flight(slowest_create_s: float) -> None:
+    """wrk stops with creates in flight, and the server finishes them after it: wait
+    until the user count holds still for as long as a slow create takes, so the next
+    pass starts on an idle server."""
+    count = User.objects.count()
+    for _ in range(_SETTLE_CHECKS):
+        time.sleep(max(_SETTLE_INTERVAL_S, slowest_create_s))
+        latest = User.objects.count()
+        if latest == count:
+            return
+        count = latest
+    raise RuntimeError("users were still being created long after the create scenario")
 
 
 def _expect(server: Gunicorn, path: str, x_cache: str | None) -> None:
