@@ -2,7 +2,8 @@
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import cached_entry
 from users import cache, services
@@ -153,6 +154,19 @@ class TestUserCreate:
         with pytest.raises(ValidationError) as excinfo:
             _create(**other)
         assert list(excinfo.value.message_dict) == [field]
+
+    def test_the_uniqueness_check_uses_the_unique_indexes(self, make_user):
+        """It once counted over the whole table: 61 ms a create at 100k users."""
+        for n in range(20):
+            make_user(username=f"u{n}", email=f"u{n}@example.com")
+        with CaptureQueriesContext(connection) as queries:
+            _create()
+        check = next(query["sql"] for query in queries if "COUNT(" in query["sql"])
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN {check}")
+            columns = [column[0] for column in cursor.description]
+            plan = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+        assert all(step["type"] != "ALL" for step in plan), plan
 
     def test_email_domain_is_normalized(self, db):
         assert _create(email="alice@EXAMPLE.com")["email"] == "alice@example.com"

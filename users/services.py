@@ -28,6 +28,7 @@ import enum
 import functools
 import hashlib
 import logging
+import operator
 import random
 import time
 from collections.abc import Callable
@@ -534,14 +535,20 @@ def _set_password(user: User, password: str | None) -> None:
 def _check_unique(
     *, username: str | None, email: str | None, exclude_id: int | None = None
 ) -> None:
-    """One query; the database's collation decides what counts as the same name."""
-    checks = {"username": username, "email": email}
-    checks = {field: value for field, value in checks.items() if value is not None}
-    if not checks:
+    """One query over the matching rows only (the WHERE uses the unique indexes);
+    the database's collation decides what counts as the same name."""
+    conditions = {
+        field: Q(**{field: value})
+        for field, value in (("username", username), ("email", email))
+        if value is not None
+    }
+    if not conditions:
         return
-    others = User.objects.exclude(pk=exclude_id) if exclude_id else User.objects.all()
-    taken = others.aggregate(
-        **{field: Count("id", filter=Q(**{field: value})) for field, value in checks.items()}
+    matches = User.objects.filter(functools.reduce(operator.or_, conditions.values()))
+    if exclude_id:
+        matches = matches.exclude(pk=exclude_id)
+    taken = matches.aggregate(
+        **{field: Count("id", filter=condition) for field, condition in conditions.items()}
     )
     errors = {field: [_taken_message(field)] for field, count in taken.items() if count}
     if errors:
