@@ -9,21 +9,23 @@ and deletes the row. When Redis does not answer, the row stays, and:
 * a background thread retries every ``OUTBOX_RETRY_MS`` until Redis answers, so
   other processes stop seeing the stale entry within about the breaker's
   cooldown plus one retry after Redis returns;
-* every process also sweeps the table every ``OUTBOX_SWEEP_SECONDS``, which
-  replays rows left by a process that died between its commit and its
-  invalidation.
+* every process also sweeps the table every ``OUTBOX_SWEEP_SECONDS`` for rows
+  older than that, which replays rows left by a process that died between its
+  commit and its invalidation (younger rows belong to writes still applying).
 
 Replaying is idempotent: deleting a key twice is harmless.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
 from collections.abc import Callable
 
 from django.db import DatabaseError, connection
+from django.utils import timezone
 
 from . import cache
 from .conf import user_cache_settings
@@ -70,24 +72,28 @@ def complete(entry_id: int, apply: Callable[[], None]) -> None:
         logger.warning("outbox entry %s left for replay: %s", entry_id, exc)
 
 
-def replay() -> int:
-    """Invalidates every recorded entry's keys and deletes the entries.
+def replay(*, older_than_seconds: float = 0.0) -> int:
+    """Invalidates recorded entries' keys and deletes the entries.
 
-    Returns how many entries were replayed; raises ``CacheUnavailable`` when
-    Redis does not answer (the entries stay).
+    With ``older_than_seconds`` (the periodic sweep), only entries at least that
+    old: a younger one most likely belongs to a write whose process is applying
+    it right now. Returns how many entries were replayed; raises
+    ``CacheUnavailable`` when Redis does not answer (the entries stay).
     """
+    entries = CacheInvalidation.objects.order_by("id")
+    if older_than_seconds:
+        cutoff = timezone.now() - datetime.timedelta(seconds=older_than_seconds)
+        entries = entries.filter(created_at__lte=cutoff)
     with _replay_lock:
         deferrals_before = _deferrals
         replayed = 0
-        while batch := list(
-            CacheInvalidation.objects.order_by("id").values_list("id", "keys")[:_BATCH]
-        ):
+        while batch := list(entries.values_list("id", "keys")[:_BATCH]):
             cache.invalidate(key for _, keys in batch for key in keys)
             entry_ids = [entry_id for entry_id, _ in batch]
             CacheInvalidation.objects.filter(id__in=entry_ids).delete()
             replayed += len(batch)
         with _state_lock:
-            if _deferrals == deferrals_before:
+            if not older_than_seconds and _deferrals == deferrals_before:
                 _pending.clear()
     if replayed:
         logger.info("replayed %d outbox entries", replayed)
@@ -138,7 +144,7 @@ def _drain_forever() -> None:
         retry_due = _pending.is_set() and now >= _retry_at
         if retry_due or sweep_due:
             try:
-                replay()
+                replay(older_than_seconds=0.0 if retry_due else sweep_every)
                 if sweep_due:
                     next_sweep = time.monotonic() + sweep_every
                 continue
