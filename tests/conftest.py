@@ -123,6 +123,19 @@ def _isolated_cache(redis_topology):
     _delete_run_keys()
 
 
+def blocked_user_inserts() -> int:
+    """INSERTs into the users table now running in this test database's sessions:
+    how a race test sees that an INSERT waits on another transaction's row lock."""
+    from django.db import connections
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()"
+            " AND COMMAND = 'Query' AND INFO LIKE 'INSERT INTO `users_user`%%'"
+        )
+        return cursor.fetchone()[0]
+
+
 def cached_entry(redis_client, user_id: int) -> dict[str, str]:
     """A user's cached hash with its fields named after their columns ("version" and
     "absent" for the metadata); empty when nothing is cached."""

@@ -20,9 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import MySQLdb
-
-from tests.servers import MariaDBServer, RedisServer, WebService
+from tests.servers import WebService, service_stack
 
 CHECKS = (
     "not_a_server_error",
@@ -48,39 +46,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="for a reproducible run")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="usersvc-fuzz-") as tmp:
-        workdir = Path(tmp)
-        mariadb, redis_server = MariaDBServer(workdir), RedisServer(workdir)
-        mariadb.start()
-        redis_server.start()
-        MySQLdb.connect(host="127.0.0.1", port=mariadb.port, user="root").cursor().execute(
-            "CREATE DATABASE usersvc CHARACTER SET utf8mb4"
-        )
-        web = WebService(
-            workdir,
-            database_url=mariadb.url("usersvc"),
-            redis_url=redis_server.url,
+    with (
+        tempfile.TemporaryDirectory(prefix="usersvc-fuzz-") as tmp,
+        service_stack(
+            Path(tmp),
             THROTTLE_RATE_USER="off",
             THROTTLE_RATE_ANON="off",
             THROTTLE_RATE_AUTH_FAILURE="off",
-        )
-        try:
-            web.prepare()
-            web.manage("shell", "-c", _CREATE_READER)
-            reader_token = web.manage("drf_create_token", "reader").split()[2]
-            web.start()
-            for n in range(5):
-                web.request("POST", "/api/user", {"username": f"seed{n}", "email": f"s{n}@x.io"})
-            # The reader first: the staff run deletes users, the reader among them.
-            failures = [
-                who
-                for who, token in (("reader", reader_token), ("staff", web.token))
-                if _schemathesis(web, token, who, args) != 0
-            ]
-        finally:
-            web.stop()
-            redis_server.stop()
-            mariadb.stop()
+        ) as (_mariadb, _redis_server, web),
+    ):
+        web.manage("shell", "-c", _CREATE_READER)
+        reader_token = web.manage("drf_create_token", "reader").split()[2]
+        web.start()
+        for n in range(5):
+            web.request("POST", "/api/user", {"username": f"seed{n}", "email": f"s{n}@x.io"})
+        # The reader first: the staff run deletes users, the reader among them.
+        failures = [
+            who
+            for who, token in (("reader", reader_token), ("staff", web.token))
+            if _schemathesis(web, token, who, args) != 0
+        ]
     print("\nFAIL: " + ", ".join(failures) if failures else "\nPASS")
     return 1 if failures else 0
 

@@ -7,13 +7,14 @@ Cluster and a Sentinel group are made of such servers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import MySQLdb
@@ -94,7 +95,23 @@ class ServerProcess:
             os.kill(self.process.pid, signal.SIGCONT)
 
 
-class RedisServer(ServerProcess):
+class _RedisProtocol:
+    """What a redis-server and a sentinel share: answering PING on their port."""
+
+    port: int
+
+    def is_ready(self) -> bool:
+        return self.client().ping()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class RedisServer(_RedisProtocol, ServerProcess):
     """``redis-server``: its data survives pause/resume, and also stop/start when
     ``persistent`` (an append-only file synced on every write). ``options`` are
     more command-line options (a cluster node's, a replica's)."""
@@ -121,16 +138,6 @@ class RedisServer(ServerProcess):
               else ["--appendonly", "no"]),
             *self.options,
         ]  # fmt: skip
-
-    def is_ready(self) -> bool:
-        return self.client().ping()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
 
 def _subfolder(workdir: Path, name: str) -> Path:
@@ -239,7 +246,7 @@ def _replica_in_sync(node: RedisServer) -> bool:
     return replication["role"] == "master" or replication["master_link_status"] == "up"
 
 
-class SentinelServer(ServerProcess):
+class SentinelServer(_RedisProtocol, ServerProcess):
     """``redis-server --sentinel`` watching one primary, with a short down-after."""
 
     name = "sentinel"
@@ -258,16 +265,6 @@ class SentinelServer(ServerProcess):
     def command(self) -> list[str]:
         return [shutil.which("redis-server") or "/usr/bin/redis-server", str(self.config),
                 "--sentinel"]  # fmt: skip
-
-    def is_ready(self) -> bool:
-        return self.client().ping()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
 
 class SentinelGroup:
@@ -478,3 +475,29 @@ User.objects.filter(username="staff").exists() or User.objects.create_user(
     username="staff", email="staff@example.com", is_staff=True
 )
 """
+
+
+@contextlib.contextmanager
+def service_stack(
+    workdir: Path, **env: str
+) -> Iterator[tuple[MariaDBServer, RedisServer, WebService]]:
+    """Its own mariadbd and redis-server, and the service on them, migrated and with
+    its staff user (not started: the caller may prepare more first). Stops all three."""
+    mariadb, redis_server = MariaDBServer(workdir), RedisServer(workdir)
+    mariadb.start()
+    try:
+        redis_server.start()
+        connection = MySQLdb.connect(host="127.0.0.1", port=mariadb.port, user="root")
+        connection.cursor().execute("CREATE DATABASE usersvc CHARACTER SET utf8mb4")
+        connection.close()
+        web = WebService(
+            workdir, database_url=mariadb.url("usersvc"), redis_url=redis_server.url, **env
+        )
+        try:
+            web.prepare()
+            yield mariadb, redis_server, web
+        finally:
+            web.stop()
+    finally:
+        redis_server.stop()
+        mariadb.stop()

@@ -31,7 +31,7 @@ from pathlib import Path
 import MySQLdb
 import redis
 
-from tests.servers import MariaDBServer, RedisServer, WebService
+from tests.servers import MariaDBServer, RedisServer, WebService, service_stack
 from users.cache import ABSENT_FIELD, USER_FIELD_NAMES, VERSION_FIELD
 
 FIRST_NAME = USER_FIELD_NAMES["first_name"]
@@ -219,50 +219,36 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:7.1f}s] {message}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="usersvc-soak-") as tmp:
-        workdir = Path(tmp)
-        mariadb, redis_server = MariaDBServer(workdir), RedisServer(workdir)
-        mariadb.start()
-        redis_server.start()
-        MySQLdb.connect(host="127.0.0.1", port=mariadb.port, user="root").cursor().execute(
-            "CREATE DATABASE usersvc CHARACTER SET utf8mb4"
-        )
-        web = WebService(
-            workdir, database_url=mariadb.url("usersvc"), redis_url=redis_server.url,
-            THROTTLE_RATE_USER="off",
-        )  # fmt: skip
-        try:
-            web.prepare()
-            web.start()
-            log(f"service on port {web.port}; creating {args.users} users")
-            seeded = [
-                web.request(
-                    "POST", "/api/user", {"username": f"seed{n}", "email": f"seed{n}@x.io"}
-                )[2]["id"]
-                for n in range(args.users)
+    with (
+        tempfile.TemporaryDirectory(prefix="usersvc-soak-") as tmp,
+        service_stack(Path(tmp), THROTTLE_RATE_USER="off") as (mariadb, redis_server, web),
+    ):
+        web.start()
+        log(f"service on port {web.port}; creating {args.users} users")
+        seeded = [
+            web.request("POST", "/api/user", {"username": f"seed{n}", "email": f"seed{n}@x.io"})[2][
+                "id"
             ]
-            workers = [Worker(web, seed, seeded, started) for seed in range(args.threads)]
-            stop, mysql_down = threading.Event(), threading.Event()
-            threads = [threading.Thread(target=w.run, args=(stop, mysql_down)) for w in workers]
-            fault_thread = threading.Thread(
-                target=_faults, args=(args, redis_server, mariadb, mysql_down, log)
-            )
-            log(f"load for {args.seconds}s from {args.threads} threads")
-            load_started = time.monotonic()
-            for thread in [*threads, fault_thread]:
-                thread.start()
-            fault_thread.join()
-            time.sleep(max(0.0, args.seconds - (time.monotonic() - load_started)))
-            stop.set()
-            for thread in threads:
-                thread.join()
-            log("load stopped; letting the outbox drain")
-            time.sleep(2.0)
-            result = _check_stores(web, mariadb, redis_server, workers)
-        finally:
-            web.stop()
-            redis_server.stop()
-            mariadb.stop()
+            for n in range(args.users)
+        ]
+        workers = [Worker(web, seed, seeded, started) for seed in range(args.threads)]
+        stop, mysql_down = threading.Event(), threading.Event()
+        threads = [threading.Thread(target=w.run, args=(stop, mysql_down)) for w in workers]
+        fault_thread = threading.Thread(
+            target=_faults, args=(args, redis_server, mariadb, mysql_down, log)
+        )
+        log(f"load for {args.seconds}s from {args.threads} threads")
+        load_started = time.monotonic()
+        for thread in [*threads, fault_thread]:
+            thread.start()
+        fault_thread.join()
+        time.sleep(max(0.0, args.seconds - (time.monotonic() - load_started)))
+        stop.set()
+        for thread in threads:
+            thread.join()
+        log("load stopped; letting the outbox drain")
+        time.sleep(2.0)
+        result = _check_stores(web, mariadb, redis_server, workers)
 
     statuses = collections.Counter()
     for worker in workers:

@@ -3,10 +3,11 @@
 import threading
 import time
 
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from tests.conftest import blocked_user_inserts
 from users import services
 from users.models import User
 
@@ -42,15 +43,6 @@ def test_two_concurrent_identical_creates_give_one_201_and_one_400(transactional
     assert User.objects.filter(username="twin").count() == 1
 
 
-def _blocked_user_inserts() -> int:
-    with connections["default"].cursor() as cursor:
-        cursor.execute(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()"
-            " AND COMMAND = 'Query' AND INFO LIKE 'INSERT INTO `users_user`%%'"
-        )
-        return cursor.fetchone()[0]
-
-
 def test_a_create_that_loses_the_insert_race_gets_a_400_not_a_500(transactional_db, staff):
     """Drives the race exactly: the loser passes the uniqueness check, then its INSERT
     waits on the winner's uncommitted row and fails with IntegrityError at commit."""
@@ -73,9 +65,9 @@ def test_a_create_that_loses_the_insert_race_gets_a_400_not_a_500(transactional_
     loser_thread = _post_in_thread(key, results)
 
     deadline = time.monotonic() + 30
-    while _blocked_user_inserts() == 0 and time.monotonic() < deadline:
+    while blocked_user_inserts() == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert _blocked_user_inserts() == 1, "the loser's INSERT should wait on the winner's row"
+    assert blocked_user_inserts() == 1, "the loser's INSERT should wait on the winner's row"
     release_winner.set()
     winner_thread.join(timeout=30)
     loser_thread.join(timeout=30)

@@ -7,28 +7,16 @@ gunicorn with the production settings, then stops and restarts mariadbd.
 
 import pytest
 
-from tests.servers import MariaDBServer, RedisServer, WebService
+from tests.servers import WebService, service_stack
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def stack(tmp_path):
-    mariadb, redis_server = MariaDBServer(tmp_path), RedisServer(tmp_path)
-    mariadb.start()
-    redis_server.start()
-    import MySQLdb
-
-    connection = MySQLdb.connect(host="127.0.0.1", port=mariadb.port, user="root")
-    connection.cursor().execute("CREATE DATABASE usersvc CHARACTER SET utf8mb4")
-    connection.close()
-    web = WebService(tmp_path, database_url=mariadb.url("usersvc"), redis_url=redis_server.url)
-    web.prepare()
-    web.start()
-    yield mariadb, web
-    web.stop()
-    redis_server.stop()
-    mariadb.stop()
+    with service_stack(tmp_path) as (mariadb, _redis_server, web):
+        web.start()
+        yield mariadb, web
 
 
 def _create(web: WebService, name: str) -> dict:

@@ -15,7 +15,7 @@ import time
 import pytest
 from django.db import connection
 
-from tests.conftest import cached_entry
+from tests.conftest import blocked_user_inserts, cached_entry
 from users import services
 from users.models import User
 
@@ -124,17 +124,6 @@ class TestCreateRace:
         assert services.user_get(user_id=next_id).value == created
 
 
-def _blocked_user_inserts() -> int:
-    from django.db import connections
-
-    with connections["default"].cursor() as cursor:
-        cursor.execute(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()"
-            " AND COMMAND = 'Query' AND INFO LIKE 'INSERT INTO `users_user`%%'"
-        )
-        return cursor.fetchone()[0]
-
-
 class TestRecreateRace:
     """Re-creating an id (explicit ids only, as the admin or a fixture can) while its
     delete is in flight: the delete's tombstone must not outrank the new row."""
@@ -168,9 +157,9 @@ class TestRecreateRace:
         creator = threading.Thread(target=recreate)
         creator.start()
         deadline = time.monotonic() + 30
-        while _blocked_user_inserts() == 0 and time.monotonic() < deadline:
+        while blocked_user_inserts() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert _blocked_user_inserts() == 1, "the re-create should wait on the deleted row"
+        assert blocked_user_inserts() == 1, "the re-create should wait on the deleted row"
         release.set()
         deleter.join(timeout=30)
         creator.join(timeout=30)
