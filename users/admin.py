@@ -86,10 +86,8 @@ class UserAdmin(DjangoUserAdmin):
     @admin.action(description="Warm cache", permissions=["change"])
     def warm_cache(self, request, queryset) -> None:
         user_ids = list(queryset.values_list("pk", flat=True))
-        try:
-            report = maintenance.cache_warm(user_ids=user_ids)
-        except cache.CacheUnavailable as exc:
-            self.message_user(request, f"Redis is unavailable: {exc}", messages.ERROR)
+        report = self._on_cache(request, lambda: maintenance.cache_warm(user_ids=user_ids))
+        if report is None:
             return
         message = f"Cached {report.filled} of {len(user_ids)} users."
         if report.refused:
@@ -99,16 +97,22 @@ class UserAdmin(DjangoUserAdmin):
     @admin.action(description="Evict from cache", permissions=["change"])
     def evict_from_cache(self, request, queryset) -> None:
         user_ids = list(queryset.values_list("pk", flat=True))
-        try:
-            report = maintenance.cache_flush(user_ids=user_ids)
-        except cache.CacheUnavailable as exc:
-            self.message_user(request, f"Redis is unavailable: {exc}", messages.ERROR)
+        report = self._on_cache(request, lambda: maintenance.cache_flush(user_ids=user_ids))
+        if report is None:
             return
         self.message_user(
             request,
             f"Evicted {len(user_ids)} users: {report.removed} keys removed.",
             messages.SUCCESS,
         )
+
+    def _on_cache(self, request, action):
+        """Runs a bulk cache action; None, after telling the operator, when Redis is away."""
+        try:
+            return action()
+        except cache.CacheUnavailable as exc:
+            self.message_user(request, f"Redis is unavailable: {exc}", messages.ERROR)
+            return None
 
     def get_urls(self):
         # Ahead of the model's own URLs, whose "<path:object_id>/" would take "cache/".

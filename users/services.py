@@ -193,12 +193,11 @@ def _read_through(
     revokes the lease, so a load made before that write is never stored.
     ``entity`` ("user", "token") labels the metrics.
     """
-    load = functools.partial(_timed_load, entity, load)
     try:
         outbox.before_cached_read()
         fields = cache.read(key)
     except cache.CacheUnavailable:
-        return _answered(entity, load(), Source.BYPASS)
+        return _answered(entity, _timed_load(entity, load), Source.BYPASS)
     if fields is not None:
         return _answered(entity, _present(fields), Source.HIT)
 
@@ -209,7 +208,7 @@ def _read_through(
         try:
             state, fields = cache.read_or_lease(key, token, user_cache_settings.LEASE_TTL_MS)
         except cache.CacheUnavailable:
-            return _answered(entity, load(), Source.BYPASS)
+            return _answered(entity, _timed_load(entity, load), Source.BYPASS)
         if state is cache.ReadState.HIT:
             if waited:
                 metrics.STAMPEDE_WAITS.labels(entity, "filled").inc()
@@ -221,12 +220,12 @@ def _read_through(
         if time.monotonic() >= deadline:
             # The lease holder is slow or gone: answer from MySQL without filling.
             metrics.STAMPEDE_WAITS.labels(entity, "timed_out").inc()
-            return _answered(entity, load(), Source.MISS)
+            return _answered(entity, _timed_load(entity, load), Source.MISS)
         waited = True
         time.sleep(user_cache_settings.LEASE_POLL_MS / 1000)
 
     try:
-        loaded = load()
+        loaded = _timed_load(entity, load)
     except Exception:
         with contextlib.suppress(cache.CacheUnavailable):
             cache.release_lease(key, token)
