@@ -80,7 +80,10 @@ def _schemathesis(web: WebService, token: str, who: str, args) -> int:
         "--header", f"Authorization: Token {token}",
         "--max-examples", str(args.max_examples),
         "--phases", "examples,coverage,fuzzing",
-        "--workers", "2",
+        # One worker: Python 3.11 keeps the AST builder's recursion counter per
+        # interpreter, so hypothesis parsing lambdas in two threads at once can
+        # fail with "SystemError: AST constructor recursion depth mismatch".
+        "--workers", "1",
         "--request-timeout", "10",
         "--generation-database", "none",
         "--no-color",
