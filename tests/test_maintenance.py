@@ -30,7 +30,7 @@ def sparse_users(db) -> list[User]:
 def scripts_loaded(redis_client):
     """The scripts known to the server, so that round-trip counts do not include a
     NOSCRIPT answer and the load that follows it."""
-    for source in (cache._FILL, cache._LEASE_IF_MISSING):
+    for source in (cache._FILL, cache._LEASE):
         redis_client.script_load(source)
 
 
@@ -72,6 +72,22 @@ class TestCacheWarm:
         assert _cached(redis_client, user_id) == warmed
         assert ttl_ms > (1 - user_cache_settings.TTL_JITTER) * user_cache_settings.TTL * 1000
         assert ttl_ms <= user_cache_settings.TTL * 1000
+
+    def test_database_and_python_agree_on_timestamps(self, sparse_users, redis_client):
+        """A warm has the database convert timestamps (TIMESTAMPDIFF) and a read converts
+        them in Python; both must store the same entry, to the microsecond and before 1970."""
+        user_id = SPARSE_IDS[0]
+        moon_landing = datetime.datetime(1969, 7, 20, 20, 17, 40, 1, tzinfo=datetime.UTC)
+        User.objects.filter(pk=user_id).update(date_joined=moon_landing)
+        maintenance.cache_warm(user_ids=[user_id])
+        warmed = _cached(redis_client, user_id)
+        cache.invalidate([cache.user_cache_key(user_id)])
+
+        assert services.user_get(user_id=user_id).source is services.Source.MISS
+        assert _cached(redis_client, user_id) == warmed
+        assert services.user_get(user_id=user_id).value["date_joined"] == (
+            "1969-07-20T20:17:40.000001Z"
+        )
 
     def test_is_then_served_as_hits(self, sparse_users, django_assert_num_queries):
         maintenance.cache_warm()

@@ -28,8 +28,10 @@ from . import cache, metrics
 from .conf import user_cache_settings
 from .models import User
 from .services import (
+    CACHE_ENTRY_NAMES,
     CACHE_ROW_COLUMNS,
     absent_cache_fields,
+    cache_entry_values,
     jittered_ttl_ms,
     row_to_cache_fields,
     token_digest,
@@ -107,8 +109,12 @@ def cache_warm(
         if user_ids is not None
         else _keyset_batches(_warm_selection(since), batch_size)
     )
+    # A keyset batch of all users holds every id between its first and last.
+    contiguous = user_ids is None and since is None
     for batch in batches:
-        batch_report = _retrying(lambda batch=batch: _warm_batch(batch, missing_only=missing_only))
+        batch_report = _retrying(
+            lambda batch=batch: _warm_batch(batch, missing_only=missing_only, contiguous=contiguous)
+        )
         report.add(batch_report)
         if on_batch is not None:
             on_batch(batch_report)
@@ -146,12 +152,15 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(items[start : start + size])
 
 
-def _warm_batch(user_ids: list[int], *, missing_only: bool) -> WarmReport:
-    """Lease, load, fill: the read path's three steps for a whole batch.
+def _warm_batch(user_ids: list[int], *, missing_only: bool, contiguous: bool = False) -> WarmReport:
+    """Lease, load, fill: the read path's three steps for a whole batch, a round trip
+    or query each.
 
     The ids are known before the load (from the keyset query or the caller), so the
     leases are taken first, as a reader's is; a load made before the lease could
-    not be told apart from one that a concurrent write made stale.
+    not be told apart from one that a concurrent write made stale. ``contiguous``
+    says the ids are every user between the first and the last, so the rows are
+    read as a primary-key range, which MySQL serves faster than an IN list.
     """
     keys = [cache.user_cache_key(user_id) for user_id in user_ids]
     token = cache.new_lease_token()
@@ -162,31 +171,34 @@ def _warm_batch(user_ids: list[int], *, missing_only: bool) -> WarmReport:
     report = WarmReport(examined=len(user_ids), skipped=len(user_ids) - len(leased_ids))
     if not leased_ids:
         return report
-    rows = {
-        row["id"]: row for row in User.objects.filter(id__in=leased_ids).values(*CACHE_ROW_COLUMNS)
-    }
-    fills = []
+    users = (
+        User.objects.filter(id__range=(leased_ids[0], leased_ids[-1]))
+        if contiguous
+        else User.objects.filter(id__in=leased_ids)
+    )
+    values = dict(cache_entry_values(users))
+    found = cache.FillBatch(token=token, names=CACHE_ENTRY_NAMES, keys=[], rows=[], ttls_ms=[])
+    absent_fields = absent_cache_fields()
+    absent = cache.FillBatch(token=token, names=list(absent_fields), keys=[], rows=[], ttls_ms=[])
     for user_id in leased_ids:
-        row = rows.get(user_id)
-        if row is None:
-            fields, ttl = absent_cache_fields(), user_cache_settings.NEGATIVE_TTL
-        else:
-            fields, ttl = row_to_cache_fields(row), user_cache_settings.TTL
-        fills.append(
-            cache.Fill(
-                key=cache.user_cache_key(user_id),
-                token=token,
-                fields=fields,
-                ttl_ms=jittered_ttl_ms(ttl),
-            )
+        row = values.get(user_id)
+        batch, ttl = (
+            (found, user_cache_settings.TTL)
+            if row is not None
+            else (absent, user_cache_settings.NEGATIVE_TTL)
         )
-    for fill, stored in zip(fills, cache.fill_many(fills), strict=True):
-        if not stored:
-            report.refused += 1
-        elif cache.ABSENT_FIELD in fill.fields:
-            report.absent += 1
+        batch.keys.append(cache.user_cache_key(user_id))
+        batch.rows.append(row if row is not None else list(absent_fields.values()))
+        batch.ttls_ms.append(jittered_ttl_ms(ttl))
+    for batch in (found, absent):
+        if not batch.keys:
+            continue
+        stored = sum(cache.fill_many(batch))
+        report.refused += len(batch.keys) - stored
+        if batch is found:
+            report.filled += stored
         else:
-            report.filled += 1
+            report.absent += stored
     return report
 
 

@@ -31,13 +31,13 @@ import logging
 import operator
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import BigIntegerField, Count, Func, Q, QuerySet
 from django.dispatch import Signal
 from django.http import Http404
 from rest_framework.authtoken.models import Token
@@ -166,6 +166,39 @@ def _fields_to_user(user_id: int, fields: dict[str, str]) -> dict:
 def user_row_projection(row: dict) -> dict:
     """The public representation of a row from ``user_list`` (never its password)."""
     return _fields_to_user(row["id"], row_to_cache_fields(row))
+
+
+# The names of a cached user's fields, in the order of ``cache_entry_values``.
+CACHE_ENTRY_NAMES = (*cache.USER_FIELD_NAMES.values(), cache.VERSION_FIELD)
+
+
+class _EpochMicroseconds(Func):
+    """A stored (UTC) datetime as integer microseconds since the epoch, as
+    ``_epoch_us`` computes it; plain calendar arithmetic, so the session's time zone
+    does not enter into it. MySQL, MariaDB and TiDB all have TIMESTAMPDIFF."""
+
+    template = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', %(expressions)s)"
+    output_field = BigIntegerField()
+
+
+def cache_entry_values(users: QuerySet) -> Iterator[tuple[int, tuple]]:
+    """``(id, values of CACHE_ENTRY_NAMES)`` for each of ``users``, for bulk fills.
+
+    The same entry as ``row_to_cache_fields``, but the database converts the
+    timestamps: parsing two DATETIME columns per row in mysqlclient costs more than
+    the rest of the row, and a warm of a million users reads a million rows.
+    """
+    rows = users.annotate(
+        _joined_us=_EpochMicroseconds("date_joined"), _updated_us=_EpochMicroseconds("updated_at")
+    ).values_list(
+        "id", "username", "email", "first_name", "last_name", "is_active",
+        "_joined_us", "_updated_us", "version",
+    )  # fmt: skip
+    for user_id, username, email, first, last, active, joined, updated, version in rows:
+        yield (
+            user_id,
+            (username, email, first, last, "1" if active else "0", joined, updated, version),
+        )
 
 
 def absent_cache_fields() -> dict[str, str]:
