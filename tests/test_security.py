@@ -137,6 +137,15 @@ class TestThrottling:
         assert reader_client.get(f"/api/user/{reader.id}").status_code == 429
         assert staff_client.get(f"/api/user/{reader.id}").status_code == 200
 
+    def test_session_logins_are_counted_per_user(self, rates, client, reader):
+        """Token requests are counted in the token lookup's Redis call; a browser's
+        session requests go through the throttle's own count."""
+        rates(user="2/min")
+        client.force_login(reader)
+        statuses = [client.get(f"/api/user/{reader.id}").status_code for _ in range(3)]
+
+        assert statuses == [200, 200, 429]
+
     def test_failed_token_checks_are_capped_per_address(self, rates, db, reader_client, reader):
         rates(auth_failure="3/min")
         guesser = APIClient()

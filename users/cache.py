@@ -230,12 +230,16 @@ return 1
 """
 
 
-# KEYS: counter. ARGV: window (ms). Counts a request in a fixed window that
-# starts with its first request; returns the count and the window's time left.
+# KEYS: counter[, entry]. ARGV: window (ms). Counts a request in a fixed window
+# that starts with its first request; returns the count, the window's time left
+# and, when an entry is named too (in the counter's hash slot), its HGETALL: a
+# token lookup counts its request against the rate limit in the same round trip.
 _COUNT_IN_WINDOW = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {count, redis.call('PTTL', KEYS[1])}
+local reply = {count, redis.call('PTTL', KEYS[1])}
+if KEYS[2] then reply[3] = redis.call('HGETALL', KEYS[2]) end
+return reply
 """
 
 
@@ -373,10 +377,29 @@ def write(key: str, fields: Mapping[str, str], ttl_ms: int) -> bool:
     return bool(_run_script(_WRITE, [key, lease_key(key)], args))
 
 
-def count_in_window(key: str, window_ms: int) -> tuple[int, int]:
-    """Counts one request against a rate limit: (requests so far, ms left in the window)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class WindowCount:
+    """A request counted against a rate limit: requests so far in the window, and
+    the milliseconds left in it."""
+
+    count: int
+    ms_left: int
+
+
+def count_in_window(key: str, window_ms: int) -> WindowCount:
+    """Counts one request against a rate limit."""
     count, ms_left = _run_script(_COUNT_IN_WINDOW, [key], [window_ms])
-    return count, ms_left
+    return WindowCount(count, ms_left)
+
+
+def read_and_count(
+    key: str, counter: str, window_ms: int
+) -> tuple[dict[str, str] | None, WindowCount]:
+    """``read`` and ``count_in_window`` in one round trip; ``counter`` must share
+    ``key``'s hash tag."""
+    count, ms_left, flat = _run_script(_COUNT_IN_WINDOW, [counter, key], [window_ms])
+    fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+    return fields or None, WindowCount(count, ms_left)
 
 
 def invalidate(keys: Iterable[str]) -> None:
@@ -554,8 +577,13 @@ def _eval_grouped(
     A call takes the server for its whole length (a few microseconds per entry),
     which is what bounds a bulk run's batch size.
     """
-    groups = _call(lambda client: _slot_groups(client, keys))
-    replies = _eval_many(source, [call(group) for group in groups])
+    groups: list[list[int]] = []
+
+    def calls_for(client: Redis | RedisCluster) -> list[tuple[list[str], list]]:
+        groups[:] = _slot_groups(client, keys)
+        return [call(group) for group in groups]
+
+    replies = _eval_many(source, calls_for)
     per_entry: list = [None] * len(keys)
     for group, reply in zip(groups, replies, strict=True):
         for index, value in zip(group, reply, strict=True):
@@ -575,8 +603,11 @@ def _slot_groups(client: Redis | RedisCluster, keys: Sequence[str]) -> list[list
     return list(by_slot.values())
 
 
-def _eval_many(source: str, calls: Sequence[tuple[list[str], list]]) -> list:
-    """EVALSHA of one script per (keys, args), pipelined without a transaction.
+def _eval_many(
+    source: str, calls_for: Callable[[Redis | RedisCluster], Sequence[tuple[list[str], list]]]
+) -> list:
+    """EVALSHA of one script per (keys, args) of ``calls_for(client)``, pipelined
+    without a transaction.
 
     A server that does not know the script yet (restarted, failed over, flushed)
     answers NOSCRIPT: the script is loaded and only those calls are sent again.
@@ -607,7 +638,7 @@ def _eval_many(source: str, calls: Sequence[tuple[list[str], list]]) -> list:
                 replies[index] = reply
         return replies
 
-    def run_on_cluster(client: RedisCluster) -> list:
+    def run_on_cluster(client: RedisCluster, calls: Sequence[tuple[list[str], list]]) -> list:
         by_node = collections.defaultdict(list)
         for index, (keys, _args) in enumerate(calls):
             by_node[client.get_node_from_key(keys[0]).name].append(index)
@@ -631,7 +662,12 @@ def _eval_many(source: str, calls: Sequence[tuple[list[str], list]]) -> list:
         return replies
 
     def run_anywhere(client: Redis | RedisCluster) -> list:
-        replies = run_on_cluster(client) if isinstance(client, RedisCluster) else run(client, calls)
+        calls = calls_for(client)
+        replies = (
+            run_on_cluster(client, calls)
+            if isinstance(client, RedisCluster)
+            else run(client, calls)
+        )
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

@@ -217,18 +217,24 @@ def jittered_ttl_ms(seconds: int) -> int:
 
 
 def _read_through(
-    *, entity: str, key: str, load: Callable[[], dict[str, str] | None], ttl: int
+    *,
+    entity: str,
+    key: str,
+    load: Callable[[], dict[str, str] | None],
+    ttl: int,
+    read: Callable[[str], dict[str, str] | None] = cache.read,
 ) -> tuple[dict[str, str] | None, Source]:
     """Cache-aside read of one entry; returns its fields (None when absent) and source.
 
     A miss takes the entry's lease before it loads, so of many concurrent misses
     one loads from MySQL while the others wait briefly for its fill; and a write
     revokes the lease, so a load made before that write is never stored.
-    ``entity`` ("user", "token") labels the metrics.
+    ``entity`` ("user", "token") labels the metrics; ``read`` is the first look at
+    the entry (``cache.read``, or a read that does more in the same round trip).
     """
     try:
         outbox.before_cached_read()
-        fields = cache.read(key)
+        fields = read(key)
     except cache.CacheUnavailable:
         return _answered(entity, _timed_load(entity, load), Source.BYPASS)
     if fields is not None:
@@ -629,22 +635,39 @@ def _load_token_fields(key: str) -> dict[str, str] | None:
     }
 
 
-def token_principal_get(*, key: str) -> Principal | None:
-    """The principal a token authenticates, or None for an unknown token."""
+def token_principal_get(
+    *, key: str, counter: tuple[str, int] | None = None
+) -> tuple[Principal | None, cache.WindowCount | None]:
+    """The principal a token authenticates (None for an unknown token), and, when
+    ``counter`` (key, window in ms) is given, the request counted against that rate
+    limit in the same round trip as the token's cache read. No count when Redis
+    is down: rate limits fail open."""
+    entry_key = cache.token_cache_key(token_digest(key))
+    counted = None
+    read = cache.read
+    if counter is not None:
+
+        def read(entry_key: str) -> dict[str, str] | None:
+            nonlocal counted
+            fields, counted = cache.read_and_count(entry_key, *counter)
+            return fields
+
     fields, _source = _read_through(
         entity="token",
-        key=cache.token_cache_key(token_digest(key)),
+        key=entry_key,
         load=lambda: _load_token_fields(key),
         ttl=user_cache_settings.TOKEN_TTL,
+        read=read,
     )
     if fields is None:
-        return None
-    return Principal(
+        return None, counted
+    principal = Principal(
         id=int(fields["user_id"]),
         username=fields["username"],
         is_staff=fields["is_staff"] == "1",
         is_active=fields["is_active"] == "1",
     )
+    return principal, counted
 
 
 def token_cache_invalidate(*, key: str) -> None:
