@@ -80,7 +80,8 @@ def run_wrk(
     duration_s: float,
     connections: int,
 ) -> LoadResult:
-    """Runs one scenario of bench/scenarios.lua for ``duration_s`` seconds.
+    """Runs one scenario of bench/scenarios.lua for ``duration_s`` seconds, rounded to
+    whole seconds (wrk takes no fractions), at least one.
 
     ``get-sequential`` may end sooner: once every wrk thread has walked its ids,
     wrk is interrupted, and it reports the time it really ran.
@@ -89,7 +90,7 @@ def run_wrk(
         "wrk",
         f"--threads={WRK_THREADS}",
         f"--connections={connections}",
-        f"--duration={duration_s:g}s",
+        f"--duration={max(1, round(duration_s))}s",
         "--timeout=5s",
         f"--script={_SCRIPT}",
         url,
