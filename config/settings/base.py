@@ -98,15 +98,20 @@ MIDDLEWARE = [
     "config.logs.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Sessions, request.user and messages for the admin and the browsable API;
+    # token-authenticated API requests skip them (config/middleware.py).
+    "config.middleware.BrowserSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "config.middleware.BrowserAuthenticationMiddleware",
+    "config.middleware.BrowserMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 # /api/user and /api/user/ are both served without a redirect.
 APPEND_SLASH = False
+# Where a request with a DRF token needs no session middleware (the API, and the
+# benchmark's floor endpoint, which must cost what the API costs).
+TOKEN_API_PATH_PREFIXES = ("/api/", "/bench/")
 
 # URLS, TEMPLATES, STATIC
 # ------------------------------------------------------------------------------
