@@ -11,11 +11,12 @@ router = SimpleRouter()
 router.trailing_slash = "/?"
 router.register("user", UserViewSet, basename="user")
 
+# The API first: Django tries the patterns in order on every request.
 urlpatterns = [
-    path("admin/", admin.site.urls),
+    path("api/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("api/", include(router.urls)),
+    path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
 ]
 # Benchmark-only endpoints, for the gunicorn that ./scripts/bench starts.

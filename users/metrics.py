@@ -7,6 +7,7 @@ scrape, whichever worker answers it, adds up the files of all workers, the
 recycled ones included, so counters never go backwards.
 """
 
+import functools
 import os
 
 from prometheus_client import (
@@ -30,6 +31,15 @@ LOOKUPS = Counter(
     "absence), miss (loaded from MySQL) or bypass (Redis unavailable, MySQL answered).",
     ["entity", "result"],
 )
+
+
+@functools.cache
+def lookup_counter(entity: str, result: str) -> Counter:
+    """``LOOKUPS`` for these labels, resolved once: ``labels()`` takes a lock and builds
+    its key on every call, and every read, hit or not, counts itself here."""
+    return LOOKUPS.labels(entity, result)
+
+
 REDIS_SECONDS = Histogram(
     "usersvc_redis_call_seconds",
     "Duration of the user cache's Redis calls (one round trip each, pipelines included).",

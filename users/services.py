@@ -291,7 +291,7 @@ def _answered(
     """Counts a lookup by its result; a hit on a cached absence is a negative hit."""
     negative_hit = source is Source.HIT and fields is None
     result = "negative_hit" if negative_hit else source.value.lower()
-    metrics.LOOKUPS.labels(entity, result).inc()
+    metrics.lookup_counter(entity, result).inc()
     return fields, source
 
 
