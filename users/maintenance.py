@@ -14,6 +14,7 @@ The management commands ``warm_user_cache``, ``flush_user_cache`` and
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import enum
@@ -241,15 +242,27 @@ def cache_flush(
         if user_ids is not None
         else cache.scan_project_keys(count=batch_size)
     )
-    for page in pages:
-        targets = []
-        for key in page:
-            kind = cache.key_kind(key)
-            report.matched[kind] += 1
-            if kind in _FLUSHED_KINDS:
-                targets.append(key)
-        if not dry_run:
-            report.removed += _retrying(lambda targets=targets: cache.unlink_many(targets))
+    # One page's UNLINK runs in a second thread while the next page is scanned and
+    # sorted: Redis and this process each take about half of a key's cost, so
+    # overlapping them is most of the speed there is to gain.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flush") as unlinker:
+        in_flight = None
+        for page in pages:
+            targets = []
+            for key in page:
+                kind = cache.key_kind(key)
+                report.matched[kind] += 1
+                if kind in _FLUSHED_KINDS:
+                    targets.append(key)
+            if dry_run:
+                continue
+            if in_flight is not None:
+                report.removed += in_flight.result()
+            in_flight = unlinker.submit(
+                _retrying, lambda targets=targets: cache.unlink_many(targets)
+            )
+        if in_flight is not None:
+            report.removed += in_flight.result()
     return report
 
 
