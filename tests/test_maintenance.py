@@ -142,14 +142,15 @@ class TestCacheWarm:
         """The stale-set rule: a write that commits after the warm loaded the row
         revokes the lease, so the warm cannot store the older row."""
         user_id = SPARSE_IDS[0]
-        fill_many = cache.fill_many
+        load = maintenance.cache_entry_values
 
-        def write_then_fill(fills):
+        def load_then_write(users):
+            rows = list(load(users))
             with django_capture_on_commit_callbacks(execute=True):
                 services.user_update(user_id=user_id, data={"first_name": "newer"})
-            return fill_many(fills)
+            return rows
 
-        monkeypatch.setattr(cache, "fill_many", write_then_fill)
+        monkeypatch.setattr(maintenance, "cache_entry_values", load_then_write)
         report = maintenance.cache_warm(user_ids=[user_id])
 
         assert (report.refused, report.filled) == (1, 0)

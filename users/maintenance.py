@@ -5,8 +5,9 @@ The rules are the read path's (``users.services``): an entry is filled only
 while its filler holds the entry's lease, taken before the MySQL load, and every
 write deletes the lease; so a bulk fill running beside live traffic can never
 store a state older than a concurrent write. Each batch costs one round trip per
-step (lease, fill) and one or two queries, and nothing accumulates across
-batches, so memory stays flat however many users there are.
+step (lease, fill) and one or two queries; a batch's fill overlaps the next
+batch's load, so at most two batches are held and memory stays flat however
+many users there are.
 
 The management commands ``warm_user_cache``, ``flush_user_cache`` and
 ``check_user_cache``, and the admin's actions, are thin wrappers around these.
@@ -112,13 +113,40 @@ def cache_warm(
     )
     # A keyset batch of all users holds every id between its first and last.
     contiguous = user_ids is None and since is None
-    for batch in batches:
-        batch_report = _retrying(
-            lambda batch=batch: _warm_batch(batch, missing_only=missing_only, contiguous=contiguous)
+
+    def warm(batch: list[int]) -> WarmReport:
+        return _retrying(
+            lambda: _warm_batch(batch, missing_only=missing_only, contiguous=contiguous)
         )
+
+    def settle(batch: list[int], filled: concurrent.futures.Future) -> None:
+        """Adds up a batch whose fill ran beside the next batch's load; a fill Redis
+        failed is done again from its leases, as any failed step is."""
+        try:
+            batch_report = filled.result()
+        except cache.CacheUnavailable:
+            batch_report = warm(batch)
         report.add(batch_report)
         if on_batch is not None:
             on_batch(batch_report)
+
+    # A batch's fill runs in a second thread while this one takes the next batch's
+    # leases and loads its rows: Redis spends about as long on a fill as this
+    # process and MySQL on a load, so the two overlap. Only this thread uses the
+    # database connection.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm") as filler:
+        in_flight = None
+        for batch in batches:
+            loaded = _retrying(
+                lambda batch=batch: _lease_and_load(
+                    batch, missing_only=missing_only, contiguous=contiguous
+                )
+            )
+            if in_flight is not None:
+                settle(*in_flight)
+            in_flight = batch, filler.submit(_fill, loaded)
+        if in_flight is not None:
+            settle(*in_flight)
     return report
 
 
@@ -154,8 +182,22 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
 
 
 def _warm_batch(user_ids: list[int], *, missing_only: bool, contiguous: bool = False) -> WarmReport:
-    """Lease, load, fill: the read path's three steps for a whole batch, a round trip
-    or query each.
+    """Lease, load, fill: the read path's three steps for a whole batch."""
+    return _fill(_lease_and_load(user_ids, missing_only=missing_only, contiguous=contiguous))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _LoadedBatch:
+    """A batch between its load and its fill: what it found so far, and the entries
+    to store (users found, and given ids without a row)."""
+
+    report: WarmReport
+    found: cache.FillBatch
+    absent: cache.FillBatch
+
+
+def _lease_and_load(user_ids: list[int], *, missing_only: bool, contiguous: bool) -> _LoadedBatch:
+    """Takes the batch's leases, then loads its rows: a round trip and a query.
 
     The ids are known before the load (from the keyset query or the caller), so the
     leases are taken first, as a reader's is; a load made before the lease could
@@ -169,34 +211,44 @@ def _warm_batch(user_ids: list[int], *, missing_only: bool, contiguous: bool = F
         keys, token, user_cache_settings.LEASE_TTL_MS, only_missing=missing_only
     )
     leased_ids = [user_id for user_id, taken in zip(user_ids, leased, strict=True) if taken]
-    report = WarmReport(examined=len(user_ids), skipped=len(user_ids) - len(leased_ids))
+    absent_fields = absent_cache_fields()
+    loaded = _LoadedBatch(
+        report=WarmReport(examined=len(user_ids), skipped=len(user_ids) - len(leased_ids)),
+        found=cache.FillBatch(token=token, names=CACHE_ENTRY_NAMES, keys=[], rows=[], ttls_ms=[]),
+        absent=cache.FillBatch(
+            token=token, names=list(absent_fields), keys=[], rows=[], ttls_ms=[]
+        ),
+    )
     if not leased_ids:
-        return report
+        return loaded
     users = (
         User.objects.filter(id__range=(leased_ids[0], leased_ids[-1]))
         if contiguous
         else User.objects.filter(id__in=leased_ids)
     )
     values = dict(cache_entry_values(users))
-    found = cache.FillBatch(token=token, names=CACHE_ENTRY_NAMES, keys=[], rows=[], ttls_ms=[])
-    absent_fields = absent_cache_fields()
-    absent = cache.FillBatch(token=token, names=list(absent_fields), keys=[], rows=[], ttls_ms=[])
     for user_id in leased_ids:
         row = values.get(user_id)
         batch, ttl = (
-            (found, user_cache_settings.TTL)
+            (loaded.found, user_cache_settings.TTL)
             if row is not None
-            else (absent, user_cache_settings.NEGATIVE_TTL)
+            else (loaded.absent, user_cache_settings.NEGATIVE_TTL)
         )
         batch.keys.append(cache.user_cache_key(user_id))
         batch.rows.append(row if row is not None else list(absent_fields.values()))
         batch.ttls_ms.append(jittered_ttl_ms(ttl))
-    for batch in (found, absent):
+    return loaded
+
+
+def _fill(loaded: _LoadedBatch) -> WarmReport:
+    """Stores a loaded batch under its leases: one round trip per kind of entry."""
+    report = dataclasses.replace(loaded.report)
+    for batch in (loaded.found, loaded.absent):
         if not batch.keys:
             continue
         stored = sum(cache.fill_many(batch))
         report.refused += len(batch.keys) - stored
-        if batch is found:
+        if batch is loaded.found:
             report.filled += stored
         else:
             report.absent += stored
