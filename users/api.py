@@ -131,8 +131,21 @@ class UserViewSet(viewsets.ViewSet):
         page = paginator.paginate_queryset(services.user_list(), request, view=self)
         return paginator.get_paginated_response([services.user_row_projection(row) for row in page])
 
+    def user_to_read_ahead(self) -> int | None:
+        """The user a GET of one user reads: token authentication reads it in the
+        same Redis round trip as the token (``services.token_principal_get``)."""
+        if self.action != "retrieve":
+            return None
+        try:
+            return parse_user_id(self.kwargs.get("pk", ""))
+        except NotFound:
+            return None
+
     def retrieve(self, request: Request, pk: str) -> Response:
-        result = services.user_get(user_id=parse_user_id(pk))
+        lookup = request.auth if isinstance(request.auth, services.TokenLookup) else None
+        result = services.user_get(
+            user_id=parse_user_id(pk), read_ahead=lookup.read_ahead if lookup else None
+        )
         headers = {"X-Cache": result.source.value}
         if result.value is None:
             return Response({"detail": "No user with this id."}, status=404, headers=headers)

@@ -2,21 +2,26 @@
 
 DRF's ``TokenAuthentication`` runs one SQL query per request; this subclass
 resolves the token through ``users.services`` instead, so a request whose token
-and user are cached runs no SQL at all. The same Redis call counts the request
-against the per-user rate limit (``UserRedisThrottle``), so a cached read costs
-two round trips: this one and the user's.
+and user are cached runs no SQL at all. The same Redis round trip counts the
+request against the per-user rate limit (``UserRedisThrottle``) and reads the
+user a GET of one user asks for, so such a GET costs one round trip in all
+when both are cached.
 """
 
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed, Throttled
 
-from .cache import WindowCount
-from .services import Principal, token_digest, token_principal_get
+from .services import Principal, TokenLookup, token_digest, token_principal_get
 from .throttling import AuthFailureThrottle, UserRedisThrottle
 
 
 class CachedTokenAuthentication(TokenAuthentication):
     def authenticate(self, request):
+        # A view may name the user its request will read (UserViewSet, for a GET of
+        # one user), to have it read in the token lookup's round trip.
+        view = (request.parser_context or {}).get("view")
+        user_to_read_ahead = getattr(view, "user_to_read_ahead", None)
+        self.read_ahead_id = user_to_read_ahead() if user_to_read_ahead is not None else None
         try:
             return super().authenticate(request)
         except AuthenticationFailed:
@@ -25,12 +30,16 @@ class CachedTokenAuthentication(TokenAuthentication):
                 raise Throttled(wait=throttle.wait()) from None
             raise
 
-    def authenticate_credentials(self, key: str) -> tuple[Principal, WindowCount | None]:
-        counter = UserRedisThrottle().counter_for_token(token_digest(key))
-        principal, counted = token_principal_get(key=key, counter=counter)
-        if principal is None:
+    def authenticate_credentials(self, key: str) -> tuple[Principal, TokenLookup]:
+        lookup = token_principal_get(
+            key=key,
+            counter=UserRedisThrottle().counter_for_token(token_digest(key)),
+            read_ahead_id=self.read_ahead_id,
+        )
+        if lookup.principal is None:
             raise AuthenticationFailed("Invalid token.")
-        if not principal.is_active:
+        if not lookup.principal.is_active:
             raise AuthenticationFailed("User inactive or deleted.")
-        # request.auth: the request's count for the throttle, never the credential.
-        return principal, counted
+        # request.auth: what the lookup found for the throttle and the view, never
+        # the credential.
+        return lookup.principal, lookup

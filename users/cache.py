@@ -346,15 +346,36 @@ def _execute(client: Redis | RedisCluster, *args: object) -> object:
     Redis's own timeouts apply. A cluster keeps its client's routing and
     redirections, so there the call goes through ``execute_command``.
     """
+    (reply,) = _execute_many(client, [args])
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+def _execute_many(client: Redis | RedisCluster, commands: Sequence[tuple]) -> list:
+    """Commands sent together on one pooled connection, one round trip, as
+    ``_execute`` sends one; each reply, or the error Redis answered it with. On a
+    cluster, where their keys may live on different nodes, each goes through the
+    cluster client."""
     if isinstance(client, RedisCluster):
-        return client.execute_command(*args)
+        replies = []
+        for command in commands:
+            try:
+                replies.append(client.execute_command(*command))
+            except ResponseError as error:
+                replies.append(error)
+        return replies
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        connection.send_command(*args)
-        return connection.read_response()
-    except ResponseError:
-        raise  # an error reply: the connection itself is fine
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies = []
+        for _command in commands:
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as error:  # an error reply: the connection itself is fine
+                replies.append(error)
+        return replies
     except BaseException:
         connection.disconnect()
         raise
@@ -401,10 +422,15 @@ def new_lease_token() -> str:
 
 def read(key: str) -> dict[str, str] | None:
     """One HGETALL: the entry's fields, or None on a miss."""
-    raw = _call(lambda client: _execute(client, "HGETALL", key))
+    return _hash_fields(_call(lambda client: _execute(client, "HGETALL", key)))
+
+
+def _hash_fields(raw: Mapping[bytes, bytes] | Sequence[bytes]) -> dict[str, str] | None:
+    """An HGETALL reply (a dict through a cluster client, else flat), decoded; None
+    for a missing key."""
     if not raw:
         return None
-    return _decode(raw) if isinstance(raw, dict) else _decode_flat(raw)
+    return _decode(raw) if isinstance(raw, Mapping) else _decode_flat(raw)
 
 
 def read_or_lease(key: str, token: str, lease_ms: int) -> tuple[ReadState, dict[str, str] | None]:
@@ -449,13 +475,37 @@ def count_in_window(key: str, window_ms: int) -> WindowCount:
     return WindowCount(count, ms_left)
 
 
-def read_and_count(
-    key: str, counter: str, window_ms: int
-) -> tuple[dict[str, str] | None, WindowCount]:
-    """``read`` and ``count_in_window`` in one round trip; ``counter`` must share
-    ``key``'s hash tag."""
-    count, ms_left, flat = _run_script(_COUNT_IN_WINDOW, [counter, key], [window_ms])
-    return _decode_flat(flat) or None, WindowCount(count, ms_left)
+def read_with(
+    key: str, *, count: tuple[str, int] | None = None, read_ahead: str | None = None
+) -> tuple[dict[str, str] | None, WindowCount | None, dict[str, str] | None]:
+    """``read`` of ``key`` that does more in the same round trip: with ``count``
+    (counter, window in ms; the counter must share ``key``'s hash tag), it counts a
+    request as ``count_in_window`` does, in the same script call; with
+    ``read_ahead``, it reads that key too (on a cluster, where it lives in another
+    slot, in a round trip of its own). Returns the entry, the count (None without
+    ``count``) and the read-ahead entry (None when missing or not asked for)."""
+    script = _script(_COUNT_IN_WINDOW)
+    first = (
+        ("HGETALL", key) if count is None else ("EVALSHA", script.sha, 2, count[0], key, count[1])
+    )
+    commands = [first] if read_ahead is None else [first, ("HGETALL", read_ahead)]
+
+    def run(client: Redis | RedisCluster) -> list:
+        replies = _execute_many(client, commands)
+        if isinstance(replies[0], NoScriptError):  # a new, restarted or flushed server
+            client.script_load(script.script)
+            replies[0] = _execute(client, *first)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    replies = _call(run)
+    ahead = _hash_fields(replies[1]) if read_ahead is not None else None
+    if count is None:
+        return _hash_fields(replies[0]), None, ahead
+    requests, ms_left, flat = replies[0]
+    return _decode_flat(flat) or None, WindowCount(requests, ms_left), ahead
 
 
 def invalidate(keys: Iterable[str]) -> None:

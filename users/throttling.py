@@ -16,6 +16,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from . import cache
+from .services import TokenLookup
 
 
 class RedisRateThrottle(SimpleRateThrottle):
@@ -66,7 +67,7 @@ class UserRedisThrottle(RedisRateThrottle):
     """Authenticated requests: per token when a token authenticated them, else per user.
 
     Token authentication counts the request in the same Redis call that looks
-    the token up (``counter_for_token``) and hands the count on as
+    the token up (``counter_for_token``) and hands the count on in
     ``request.auth``, which saves a cached read a round trip. DRF gives a user at
     most one token, so per token is per user; rotating the token starts a new
     window, and session logins of the same user count apart.
@@ -80,7 +81,7 @@ class UserRedisThrottle(RedisRateThrottle):
         return None
 
     def counted_already(self, request) -> cache.WindowCount | None:
-        return request.auth if isinstance(request.auth, cache.WindowCount) else None
+        return request.auth.counted if isinstance(request.auth, TokenLookup) else None
 
     def counter_for_token(self, digest: str) -> tuple[str, int] | None:
         """The counter key (in the token entry's hash slot) and window (ms) for requests
