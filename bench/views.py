@@ -23,7 +23,8 @@ class FrameworkFloorView(APIView):
     """Authenticates, checks permissions and renders exactly as ``GET /api/user/<id>`` does,
     then answers a constant: the ceiling a cached read can approach.
 
-    Its only I/O is the token lookup, which is itself a cache hit once warm.
+    Its only I/O is the token lookup (which counts the request against the rate
+    limit in the same call), itself a cache hit once warm.
     """
 
     permission_classes = UserViewSet.permission_classes

@@ -220,6 +220,17 @@ class TestCacheFlush:
         remaining = set(redis_client.scan_iter(match=f"{settings.TEST_RUN_PREFIX}*"))
         assert remaining == {key.encode() for key in foreign_keys}
 
+    def test_an_entry_and_its_lease_go_together(self, sparse_users, redis_client):
+        """They share a hash slot, so one UNLINK names both, on a cluster too."""
+        maintenance.cache_warm()
+        key = cache.user_cache_key(SPARSE_IDS[0])
+        redis_client.set(cache.lease_key(key), "t", px=60_000)
+
+        report = maintenance.cache_flush(user_ids=[SPARSE_IDS[0]])
+
+        assert report.removed == 2
+        assert redis_client.exists(key, cache.lease_key(key)) == 0
+
     def test_dry_run_counts_and_removes_nothing(self, sparse_users, redis_client):
         maintenance.cache_warm()
         report = maintenance.cache_flush(dry_run=True)

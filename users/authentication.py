@@ -16,6 +16,9 @@ from .throttling import AuthFailureThrottle, UserRedisThrottle
 
 
 class CachedTokenAuthentication(TokenAuthentication):
+    # The user to read in the token lookup's round trip, if the view names one.
+    read_ahead_id: int | None = None
+
     def authenticate(self, request):
         # A view may name the user its request will read (UserViewSet, for a GET of
         # one user), to have it read in the token lookup's round trip.

@@ -4,8 +4,9 @@ admin shows of it.
 The rules are the read path's (``users.services``): an entry is filled only
 while its filler holds the entry's lease, taken before the MySQL load, and every
 write deletes the lease; so a bulk fill running beside live traffic can never
-store a state older than a concurrent write. Each batch costs one round trip per
-step (lease, fill) and one or two queries; a batch's fill overlaps the next
+store a state older than a concurrent write. Each batch costs a round trip to
+take its leases, one or two queries, and a round trip for each kind of entry it
+fills (users, absent ids); a batch's fill overlaps the next
 batch's load, so at most two batches are held and memory stays flat however
 many users there are.
 
@@ -80,8 +81,10 @@ class WarmReport:
     absent: int = 0
     # Left alone: already cached (``missing_only``), or a reader was filling them.
     skipped: int = 0
-    # Fills refused because a write changed the user meanwhile; that write's own
-    # cache change stands, which is why these need no second attempt.
+    # Fills refused because the lease was gone: a write changed the user meanwhile
+    # (its own cache change stands, which is why these need no second attempt), or,
+    # after Redis failed a fill and it was retried, the lease ran out (the next
+    # read fills the entry).
     refused: int = 0
 
     def add(self, other: WarmReport) -> None:
@@ -114,18 +117,8 @@ def cache_warm(
     # A keyset batch of all users holds every id between its first and last.
     contiguous = user_ids is None and since is None
 
-    def warm(batch: list[int]) -> WarmReport:
-        return _retrying(
-            lambda: _warm_batch(batch, missing_only=missing_only, contiguous=contiguous)
-        )
-
-    def settle(batch: list[int], filled: concurrent.futures.Future) -> None:
-        """Adds up a batch whose fill ran beside the next batch's load; a fill Redis
-        failed is done again from its leases, as any failed step is."""
-        try:
-            batch_report = filled.result()
-        except cache.CacheUnavailable:
-            batch_report = warm(batch)
+    def settle(filled: concurrent.futures.Future) -> None:
+        batch_report = filled.result()
         report.add(batch_report)
         if on_batch is not None:
             on_batch(batch_report)
@@ -133,7 +126,8 @@ def cache_warm(
     # A batch's fill runs in a second thread while this one takes the next batch's
     # leases and loads its rows: Redis spends about as long on a fill as this
     # process and MySQL on a load, so the two overlap. Only this thread uses the
-    # database connection.
+    # database connection. A fill Redis failed is retried under the same leases,
+    # which still refuse it if a write came in between.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm") as filler:
         in_flight = None
         for batch in batches:
@@ -143,10 +137,10 @@ def cache_warm(
                 )
             )
             if in_flight is not None:
-                settle(*in_flight)
-            in_flight = batch, filler.submit(_fill, loaded)
+                settle(in_flight)
+            in_flight = filler.submit(_retrying, lambda loaded=loaded: _fill(loaded))
         if in_flight is not None:
-            settle(*in_flight)
+            settle(in_flight)
     return report
 
 
