@@ -21,7 +21,7 @@ from django.test import override_settings
 from django_redis import get_redis_connection
 from model_bakery import baker
 from redis.cluster import RedisCluster
-from redis.connection import AbstractConnection
+from redis.connection import AbstractConnection, HiredisRespSerializer, PythonRespSerializer
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -151,10 +151,15 @@ def redis_client():
 
 
 class RoundTrips:
-    """Counts round trips to Redis: every send on a connection (a pipeline sends once)."""
+    """Counts round trips to Redis (every send on a connection: a pipeline sends
+    once) and the commands they carry."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.commands = 0
+
+    def reset(self) -> None:
+        self.count = self.commands = 0
 
 
 @pytest.fixture
@@ -167,6 +172,16 @@ def redis_round_trips(monkeypatch) -> RoundTrips:
         return send(self, command, check_health)
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+    # Every command is packed once, alone or in a pipeline, whichever packer the
+    # connection uses (hiredis's or redis-py's own).
+    for packer in (HiredisRespSerializer, PythonRespSerializer):
+        pack = packer.pack
+
+        def counting_pack(self, *args, pack=pack):
+            counter.commands += 1
+            return pack(self, *args)
+
+        monkeypatch.setattr(packer, "pack", counting_pack)
     return counter
 
 

@@ -21,15 +21,16 @@ def test_a_cached_get_costs_no_sql_and_one_round_trip(
     reader_client, reader, django_assert_num_queries, redis_round_trips
 ):
     """The token lookup, which counts the request against the rate limit and reads
-    the user's hash in the same round trip."""
+    the user's hash in the same round trip: two commands, EVALSHA and HGETALL."""
     reader_client.get(f"/api/user/{reader.id}")
-    redis_round_trips.count = 0
+    redis_round_trips.reset()
 
     with django_assert_num_queries(0):
         response = reader_client.get(f"/api/user/{reader.id}")
 
     assert response["X-Cache"] == "HIT"
     assert redis_round_trips.count == 1 + _user_read_round_trips()
+    assert redis_round_trips.commands == 2
 
 
 def test_without_rate_limits_a_cached_get_costs_one_round_trip(
@@ -39,10 +40,11 @@ def test_without_rate_limits_a_cached_get_costs_one_round_trip(
     rest["DEFAULT_THROTTLE_RATES"] = {**rest["DEFAULT_THROTTLE_RATES"], "user": None}
     settings.REST_FRAMEWORK = rest
     reader_client.get(f"/api/user/{reader.id}")
-    redis_round_trips.count = 0
+    redis_round_trips.reset()
 
     assert reader_client.get(f"/api/user/{reader.id}")["X-Cache"] == "HIT"
     assert redis_round_trips.count == 1 + _user_read_round_trips()
+    assert redis_round_trips.commands == 2  # the token's HGETALL and the user's
 
 
 def test_a_miss_costs_one_query_for_the_user(
