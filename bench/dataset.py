@@ -5,6 +5,7 @@ import secrets
 
 import MySQLdb
 from django.conf import settings
+from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.db import connection, connections
 from rest_framework.authtoken.models import Token
@@ -105,9 +106,15 @@ def load_users(count: int) -> None:
 
 
 def create_staff_token() -> str:
-    """A staff user (after the loaded ids) and its token, for wrk's Authorization header."""
+    """A staff user that manages users (after the loaded ids) and its token, for wrk's
+    Authorization header."""
     staff = User.objects.create_user(
         username=STAFF_USERNAME, email=f"{STAFF_USERNAME}@example.com", is_staff=True
+    )
+    staff.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="users", codename__in=["add_user", "change_user", "delete_user"]
+        )
     )
     return Token.objects.create(user=staff).key
 

@@ -2,13 +2,20 @@
 
 They are answered by a middleware ahead of all the others: probes and scrapers
 address a pod by its IP, which ``ALLOWED_HOSTS`` does not list, and need neither
-sessions nor authentication. None of the three shows user data. Keep them off
-the public ingress all the same.
+sessions nor authentication. None of the three shows user data, but the metrics
+and the readiness details describe the service's insides (traffic, error
+rates, which store is failing), so they answer only operators: a request
+straight from ``METRICS_ALLOWED_NETWORKS`` (loopback by default) that no proxy
+forwarded, or one with ``Authorization: Bearer <METRICS_TOKEN>``. Anyone else gets
+403 for ``/metrics`` and only the status of ``/readyz``; ``/healthz`` is for anyone.
 """
 
+import hmac
+import ipaddress
 import logging
 import time
 
+from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpResponse, JsonResponse
 
@@ -32,12 +39,36 @@ def readyz(request) -> HttpResponse:
         status, http_status = "degraded", 200
     else:
         status, http_status = "ok", 200
-    return JsonResponse({"status": status, "checks": checks}, status=http_status)
+    body = {"status": status, "checks": checks} if is_operator(request) else {"status": status}
+    return JsonResponse(body, status=http_status)
 
 
 def metrics_view(request) -> HttpResponse:
+    if not is_operator(request):
+        detail = "Metrics are for operators: see METRICS_ALLOWED_NETWORKS and METRICS_TOKEN."
+        return JsonResponse({"detail": detail}, status=403)
     body, content_type = metrics.exposition()
     return HttpResponse(body, content_type=content_type)
+
+
+# Headers a proxy adds; a request that carries one came through a proxy, whose own
+# address (often loopback) says nothing about the client's.
+_FORWARDED = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
+def is_operator(request) -> bool:
+    """A scraper with the metrics token, or a direct peer on an allowed network."""
+    token = settings.METRICS_TOKEN
+    authorization = request.META.get("HTTP_AUTHORIZATION", "")
+    if token and authorization.startswith("Bearer "):
+        return hmac.compare_digest(authorization[len("Bearer ") :].encode(), token.encode())
+    if any(header in request.META for header in _FORWARDED):
+        return False
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(address in network for network in settings.METRICS_ALLOWED_NETWORKS)
 
 
 def _ping_mysql() -> float:

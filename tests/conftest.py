@@ -27,7 +27,7 @@ from rest_framework.test import APIClient
 
 from config.redis import CLUSTER_CLIENT, SENTINEL_CLIENT, cache_from_env
 from tests.servers import RedisClusterServers, SentinelGroup
-from users import cache
+from users import cache, entries
 from users.models import User
 
 REDIS_TOPOLOGIES = {"cluster": RedisClusterServers, "sentinel": SentinelGroup}
@@ -139,8 +139,8 @@ def blocked_user_inserts() -> int:
 def cached_entry(redis_client, user_id: int) -> dict[str, str]:
     """A user's cached hash with its fields named after their columns ("version" and
     "absent" for the metadata); empty when nothing is cached."""
-    titles = {short: column for column, short in cache.USER_FIELD_NAMES.items()}
-    titles |= {cache.VERSION_FIELD: "version", cache.ABSENT_FIELD: "absent"}
+    titles = {short: column for column, short in entries.USER_FIELD_NAMES.items()}
+    titles |= {entries.VERSION_FIELD: "version", entries.ABSENT_FIELD: "absent"}
     raw = redis_client.hgetall(cache.user_cache_key(user_id))
     return {titles[field.decode()]: value.decode() for field, value in raw.items()}
 
@@ -187,8 +187,14 @@ def redis_round_trips(monkeypatch) -> RoundTrips:
 
 @pytest.fixture
 def make_user(db):
+    """A user in MySQL whom the cache does not hold yet, as most tests start: the
+    entry a create writes after its commit (or, in a test whose transaction never
+    commits, the lease it takes for that) is dropped."""
+
     def make(**fields) -> User:
-        return baker.make(User, **fields)
+        user = baker.make(User, **fields)
+        cache.invalidate([cache.user_cache_key(user.pk)])
+        return user
 
     return make
 
@@ -205,9 +211,23 @@ def reader(make_user) -> User:
     return make_user(username="reader", email="reader@example.com")
 
 
+def grant_user_permissions(user: User, *codenames: str) -> User:
+    """Gives ``user`` these permissions on users (all three when none are named)."""
+    from django.contrib.auth.models import Permission
+
+    codenames = codenames or ("add_user", "change_user", "delete_user")
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="users", codename__in=codenames)
+    )
+    return user
+
+
 @pytest.fixture
 def staff(make_user) -> User:
-    return make_user(username="staff", email="staff@example.com", is_staff=True)
+    """A staff account that manages users: the three permissions on them."""
+    return grant_user_permissions(
+        make_user(username="staff", email="staff@example.com", is_staff=True)
+    )
 
 
 @pytest.fixture

@@ -400,7 +400,7 @@ class WebService(ServerProcess):
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings.production",
-            "SECRET_KEY": "web-service-test-only",
+            "SECRET_KEY": "web-service-test-only-" + "0123456789abcdefghijklmnopqrstuvwxyz",
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "DATABASE_URL": database_url,
             # Or, without redis_url, the Redis variables (REDIS_CLUSTER_NODES, ...) in env.
@@ -470,10 +470,13 @@ class WebService(ServerProcess):
 
 
 _CREATE_STAFF = """
+from django.contrib.auth.models import Permission
 from users.models import User
-User.objects.filter(username="staff").exists() or User.objects.create_user(
-    username="staff", email="staff@example.com", is_staff=True
-)
+if not User.objects.filter(username="staff").exists():
+    staff = User.objects.create_user(username="staff", email="staff@example.com", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(
+        content_type__app_label="users", codename__in=["add_user", "change_user", "delete_user"]
+    ))
 """
 
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from tests.conftest import cached_entry, one_server_caches, redis_nodes_holding
-from users import cache, maintenance, services
+from users import cache, entries, maintenance, services
 from users.models import User
 
 
@@ -132,7 +132,7 @@ def test_list_shows_cache_state_from_one_round_trip_for_the_page(
 ):
     maintenance.cache_warm(user_ids=[user.id for user in many_users[:3]])
     absent_key = cache.user_cache_key(many_users[3].id)
-    redis_client.hset(absent_key, mapping=services.absent_cache_fields())
+    redis_client.hset(absent_key, mapping=entries.ABSENT_ENTRY)
     redis_client.pexpire(absent_key, 20_000)
     redis_round_trips.count = 0
 

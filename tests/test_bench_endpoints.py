@@ -2,7 +2,7 @@
 
 import pytest
 
-from users.services import PUBLIC_FIELDS
+from users.entries import PUBLIC_FIELDS
 
 
 def test_floor_is_not_mounted_by_default(reader_client):

@@ -52,7 +52,7 @@ def test_a_create_that_loses_the_insert_race_gets_a_400_not_a_500(transactional_
     def winner():
         try:
             with transaction.atomic():
-                services.user_create(username="twin", email="twin@example.com")
+                services.user_create(actor=None, username="twin", email="twin@example.com")
                 winner_inserted.set()
                 release_winner.wait(timeout=30)
         finally:

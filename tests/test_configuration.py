@@ -115,3 +115,31 @@ class TestDatabase:
         apply its patches to Django in a run that does not use it."""
         assert importlib.util.find_spec("django_tidb") is not None
         assert metadata.version("django-tidb").split(".")[:2] == django.__version__.split(".")[:2]
+
+
+class TestKeyPrefix:
+    """The prefix goes into SCAN patterns and Redis Cluster hash tags: a glob or a
+    brace in it would reach other applications' keys or move entries between slots."""
+
+    @pytest.mark.parametrize("prefix", ["users*", "a?b", "x[ab]", "esc\\", "t{a}g", "sp ace", ""])
+    def test_a_prefix_with_pattern_characters_is_refused_at_start(self, prefix):
+        environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+        environment.update(DJANGO_SETTINGS_MODULE="config.settings.local", CACHE_KEY_PREFIX=prefix)
+        result = subprocess.run(
+            [sys.executable, "manage.py", "check"], cwd=ROOT, env=environment,
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+        assert result.returncode != 0
+        assert "CACHE_KEY_PREFIX" in result.stderr
+
+    @pytest.mark.parametrize("prefix", ["usersvc", "team-a.users", "svc_2:users"])
+    def test_an_ordinary_prefix_is_accepted(self, prefix):
+        environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+        environment.update(DJANGO_SETTINGS_MODULE="config.settings.local", CACHE_KEY_PREFIX=prefix)
+        result = subprocess.run(
+            [sys.executable, "manage.py", "check"], cwd=ROOT, env=environment,
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+        assert result.returncode == 0, result.stderr

@@ -8,9 +8,10 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import cached_entry, redis_nodes_holding
-from users import cache, maintenance, services
+from users import cache, entries, maintenance, services
 from users.conf import user_cache_settings
 from users.models import User
+from users.tokens import token_mac
 
 # Ids far apart, as TiDB allocates them: keyset pagination must not care.
 SPARSE_IDS = [3, 70_000, 5_000_000_000, 9_000_000_000_000]
@@ -142,15 +143,15 @@ class TestCacheWarm:
         """The stale-set rule: a write that commits after the warm loaded the row
         revokes the lease, so the warm cannot store the older row."""
         user_id = SPARSE_IDS[0]
-        load = maintenance.cache_entry_values
+        load = maintenance.bulk_entry_values
 
         def load_then_write(users):
             rows = list(load(users))
             with django_capture_on_commit_callbacks(execute=True):
-                services.user_update(user_id=user_id, data={"first_name": "newer"})
+                services.user_update(actor=None, user_id=user_id, data={"first_name": "newer"})
             return rows
 
-        monkeypatch.setattr(maintenance, "cache_entry_values", load_then_write)
+        monkeypatch.setattr(maintenance, "bulk_entry_values", load_then_write)
         report = maintenance.cache_warm(user_ids=[user_id])
 
         assert (report.refused, report.filled) == (1, 0)
@@ -252,7 +253,7 @@ class TestCacheFlush:
         assert report.removed == 2
         assert not _cached(redis_client, SPARSE_IDS[0])
         assert _cached(redis_client, SPARSE_IDS[1])
-        assert redis_client.exists(cache.token_cache_key(services.token_digest(tokens[1].key)))
+        assert redis_client.exists(cache.token_cache_key(token_mac(tokens[1].key)))
         assert all(redis_client.exists(key) for key in foreign_keys)
 
 
@@ -267,7 +268,7 @@ class TestCacheCheck:
         stale, orphaned, falsely_absent, no_expiry = SPARSE_IDS
         User.objects.filter(pk=stale).update(first_name="changed-behind-the-cache")
         User.objects.filter(pk=orphaned).delete()
-        redis_client.hset(cache.user_cache_key(falsely_absent), cache.ABSENT_FIELD, "1")
+        redis_client.hset(cache.user_cache_key(falsely_absent), entries.ABSENT_FIELD, "1")
         redis_client.hdel(cache.user_cache_key(falsely_absent), *"uefl")
         redis_client.persist(cache.user_cache_key(no_expiry))
         redis_client.set(cache.user_cache_key(12), "not a hash", ex=60)
@@ -295,7 +296,7 @@ class TestCacheCheck:
 
     def test_an_absence_of_a_user_who_exists_is_stale(self, sparse_users, redis_client):
         key = cache.user_cache_key(SPARSE_IDS[0])
-        redis_client.hset(key, mapping=services.absent_cache_fields())
+        redis_client.hset(key, mapping=entries.ABSENT_ENTRY)
         redis_client.expire(key, 30)
         seen = []
         maintenance.cache_check(on_problem=seen.append)

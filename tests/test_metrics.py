@@ -86,7 +86,7 @@ def test_stampede_waits_are_counted(user, redis_client, settings):
 def test_rejected_stale_sets_are_counted(user, django_capture_on_commit_callbacks):
     def write_meanwhile(sender, key: str, **kwargs) -> None:
         with django_capture_on_commit_callbacks(execute=True):
-            services.user_update(user_id=user.id, data={"first_name": "newer"})
+            services.user_update(actor=None, user_id=user.id, data={"first_name": "newer"})
 
     services.cache_fill_pending.connect(write_meanwhile)
     try:

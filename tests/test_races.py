@@ -16,7 +16,7 @@ import pytest
 from django.db import connection
 
 from tests.conftest import blocked_user_inserts, cached_entry
-from users import services
+from users import cache, services
 from users.models import User
 
 
@@ -77,7 +77,7 @@ def _cached_first_name(redis_client, user_id: int) -> bytes | None:
 class TestUpdateRace:
     def test_the_readers_older_load_never_lands(self, strategy, user, redis_client):
         with PausedReader(user.id) as reader:
-            services.user_update(user_id=user.id, data={"first_name": "v2"})
+            services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
 
         assert reader.result.value["first_name"] == "v1"
         assert _cached_first_name(redis_client, user.id) in {None, b"v2"}
@@ -87,7 +87,7 @@ class TestUpdateRace:
         self, strategy, protection_off, user, redis_client
     ):
         with PausedReader(user.id):
-            services.user_update(user_id=user.id, data={"first_name": "v2"})
+            services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
 
         assert _cached_first_name(redis_client, user.id) == b"v1"
         assert services.user_get(user_id=user.id).value["first_name"] == "v1"
@@ -96,7 +96,7 @@ class TestUpdateRace:
 class TestDeleteRace:
     def test_a_deleted_user_is_not_resurrected(self, strategy, user, redis_client):
         with PausedReader(user.id) as reader:
-            services.user_delete(user_id=user.id)
+            services.user_delete(actor=None, user_id=user.id)
 
         assert reader.result.value["username"] == "racer"
         assert _cached_first_name(redis_client, user.id) is None
@@ -106,7 +106,7 @@ class TestDeleteRace:
         self, strategy, protection_off, user, redis_client
     ):
         with PausedReader(user.id):
-            services.user_delete(user_id=user.id)
+            services.user_delete(actor=None, user_id=user.id)
 
         assert services.user_get(user_id=user.id).value["username"] == "racer"
 
@@ -117,7 +117,7 @@ class TestCreateRace:
         next_id = probe.id + 1
         probe.delete()
         with PausedReader(next_id) as reader:
-            created = services.user_create(username="late", email="late@example.com")
+            created = services.user_create(actor=None, username="late", email="late@example.com")
 
         assert reader.result.value is None
         assert created["id"] == next_id
@@ -140,14 +140,14 @@ class TestRecreateRace:
                     User.objects.select_for_update().get(pk=user.id)
                     locked.set()
                     assert release.wait(timeout=30)
-                    services.user_delete(user_id=user.id)
+                    services.user_delete(actor=None, user_id=user.id)
             finally:
                 connection.close()
 
         def recreate():
             try:
                 reborn = User(id=user.id, username="reborn", email="reborn@example.com")
-                services.user_save(user=reborn)
+                services.user_save(actor=None, user=reborn)
             finally:
                 connection.close()
 
@@ -166,3 +166,58 @@ class TestRecreateRace:
 
         assert User.objects.get(pk=user.id).username == "reborn"
         assert services.user_get(user_id=user.id).value["username"] == "reborn"
+
+
+class TestLateAfterCommitSteps:
+    """A write's after-commit cache step may reach Redis after a later write's: the
+    process stalled, the network was slow. Whatever the order, Redis must not end up
+    holding a state older than the last committed one."""
+
+    @pytest.fixture
+    def steps(self, django_capture_on_commit_callbacks):
+        def capture(*, execute: bool = False):
+            return django_capture_on_commit_callbacks(execute=execute)
+
+        return capture
+
+    def test_a_create_landing_after_the_delete_does_not_bring_the_user_back(
+        self, strategy, db, steps
+    ):
+        with steps() as create_steps:
+            created = services.user_create(actor=None, username="late", email="late@example.com")
+        with steps(execute=True):
+            services.user_delete(actor=None, user_id=created["id"])
+
+        for step in create_steps:
+            step()
+
+        assert services.user_get(user_id=created["id"]).value is None
+
+    def test_an_older_update_landing_on_an_absent_entry_is_not_stored(
+        self, strategy, db, steps, redis_client
+    ):
+        user = User.objects.create(username="racer", email="racer@example.com", first_name="v1")
+        with steps() as older:
+            services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
+        with steps(execute=True):
+            services.user_update(actor=None, user_id=user.id, data={"first_name": "v3"})
+        redis_client.delete(cache.user_cache_key(user.id))  # evicted, expired or flushed
+
+        for step in older:
+            step()
+
+        assert services.user_get(user_id=user.id).value["first_name"] == "v3"
+
+    def test_an_older_update_landing_after_a_delete_does_not_bring_the_user_back(
+        self, strategy, db, steps
+    ):
+        user = User.objects.create(username="racer", email="racer@example.com")
+        with steps() as update_steps:
+            services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
+        with steps(execute=True):
+            services.user_delete(actor=None, user_id=user.id)
+
+        for step in update_steps:
+            step()
+
+        assert services.user_get(user_id=user.id).value is None

@@ -111,7 +111,7 @@ def test_the_breaker_closes_by_itself_when_redis_returns(settings, own_redis, us
 def test_writes_during_an_outage_commit_and_are_acknowledged(own_redis, user):
     own_redis.stop()
 
-    updated = services.user_update(user_id=user.id, data={"first_name": "v2"})
+    updated = services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
 
     assert updated["first_name"] == "v2"
     assert User.objects.get(pk=user.id).first_name == "v2"
@@ -122,7 +122,7 @@ def test_after_a_pause_reads_return_the_new_state(own_redis, user):
     """SIGSTOP keeps the old entry in Redis while the update commits."""
     services.user_get(user_id=user.id)
     own_redis.pause()
-    services.user_update(user_id=user.id, data={"first_name": "v2"})
+    services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
     assert CacheInvalidation.objects.count() == 1
     own_redis.resume()
 
@@ -141,7 +141,7 @@ class TestInvalidationsSurviveAnOutage:
         assert services.user_get(user_id=user.id).source is services.Source.MISS
         assert _raw(redis_server).exists(cache.user_cache_key(user.id))
         redis_server.stop()
-        services.user_update(user_id=user.id, data={"first_name": "v2"})
+        services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
         assert CacheInvalidation.objects.count() == 1
         assert outbox.has_pending()
         redis_server.start()
@@ -191,7 +191,7 @@ class TestInvalidationsSurviveAnOutage:
         probe.delete()
         assert services.user_get(user_id=next_id).value is None
         persistent_redis.stop()
-        created = services.user_create(username="during", email="during@example.com")
+        created = services.user_create(actor=None, username="during", email="during@example.com")
         persistent_redis.start()
 
         assert created["id"] == next_id

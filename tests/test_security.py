@@ -11,7 +11,7 @@ from django.conf import settings as django_settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.conftest import _token_client
+from tests.conftest import _token_client, grant_user_permissions
 from users.models import User
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,9 @@ class TestProductionSettings:
         assert "SECRET_KEY must be set" in result.stderr
 
     def test_refuses_to_start_with_debug_on(self):
-        result = _run_with_production_settings("check", SECRET_KEY="x" * 60, DEBUG="true")
+        result = _run_with_production_settings(
+            "check", SECRET_KEY="a-long-random-production-secret-0123456789-abcdefg", DEBUG="true"
+        )
         assert result.returncode != 0
         assert "DEBUG must be off" in result.stderr
 
@@ -54,7 +56,9 @@ class TestProductionSettings:
 def principals(transactional_db, make_user):
     """One client per kind of caller, and a target user to act on."""
     reader = make_user(username="reader", email="reader@example.com")
-    staff = make_user(username="staff", email="staff@example.com", is_staff=True)
+    staff = grant_user_permissions(
+        make_user(username="staff", email="staff@example.com", is_staff=True)
+    )
     inactive = make_user(username="inactive", email="inactive@example.com", is_active=False)
     deleted_token_user = make_user(username="untokened", email="untokened@example.com")
     deleted_token = _token_client(deleted_token_user)
@@ -147,7 +151,10 @@ class TestThrottling:
         assert statuses == [200, 200, 429]
 
     def test_failed_token_checks_are_capped_per_address(self, rates, db, reader_client, reader):
+        """Over the limit, an address gets 429 for any token MySQL would have to
+        confirm; a token already cached still works from it."""
         rates(auth_failure="3/min")
+        assert reader_client.get(f"/api/user/{reader.id}").status_code == 200
         guesser = APIClient()
         statuses = []
         for n in range(5):
@@ -206,6 +213,7 @@ def test_no_secret_in_responses_logs_or_redis(
     responses.append(created)
     user_id = created.json()["id"]
     victim_client = _token_client(User.objects.get(pk=user_id))
+    victim_token = Token.objects.get(user_id=user_id).key  # revoked by the new password
     new_password = "another-Long-phrase-8"
     responses += [
         staff_client.get(f"/api/user/{user_id}"),
@@ -229,7 +237,7 @@ def test_no_secret_in_responses_logs_or_redis(
         new_password,
         victim.password,
         staff.password,
-        Token.objects.get(user=victim).key,
+        victim_token,
         Token.objects.get(user=staff).key,
     ]
     redis_dump = b""
@@ -248,3 +256,60 @@ def test_no_secret_in_responses_logs_or_redis(
         assert needle not in logs, "a secret reached the logs"
         for response in responses:
             assert needle not in response.content, f"a secret in {response.request['PATH_INFO']}"
+
+
+class TestProductionSecrets:
+    @pytest.mark.parametrize(
+        "weak",
+        ["change-me-in-production", "x" * 60, "django-insecure-" + "a1b2c3d4e5" * 5, "ab" * 30],
+    )
+    def test_refuses_a_secret_key_the_deploy_check_calls_weak(self, weak):
+        result = _run_with_production_settings("check", SECRET_KEY=weak)
+
+        assert result.returncode != 0
+        assert "SECRET_KEY" in result.stderr
+        assert weak not in result.stderr  # the refusal does not print the key
+
+
+class TestOperatorEndpoints:
+    """What the production defaults expose to someone on the network."""
+
+    def test_metrics_refuse_a_remote_address(self, client, db):
+        response = client.get("/metrics", REMOTE_ADDR="203.0.113.9")
+
+        assert response.status_code == 403
+        assert b"usersvc_" not in response.content
+
+    def test_metrics_refuse_a_request_a_proxy_forwarded(self, client, db):
+        """A proxy on the same host makes every client look local."""
+        response = client.get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9")
+
+        assert response.status_code == 403
+
+    def test_metrics_answer_a_local_scraper(self, client, db):
+        response = client.get("/metrics")
+
+        assert response.status_code == 200
+        assert b"usersvc_" in response.content
+
+    def test_metrics_answer_a_scraper_with_the_token_from_anywhere(self, client, db, settings):
+        settings.METRICS_TOKEN = "s3cret-scrape-token-0123456789"
+        refused = client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer no")
+        allowed = client.get(
+            "/metrics",
+            REMOTE_ADDR="203.0.113.9",
+            HTTP_AUTHORIZATION="Bearer s3cret-scrape-token-0123456789",
+        )
+
+        assert (refused.status_code, allowed.status_code) == (403, 200)
+
+    def test_readiness_tells_a_remote_caller_only_its_status(self, client, db):
+        response = client.get("/readyz", REMOTE_ADDR="203.0.113.9")
+
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+    @pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/"])
+    def test_the_api_description_needs_a_login(self, client, reader_client, db, path):
+        assert client.get(path).status_code in {401, 403}
+        assert reader_client.get(path).status_code == 200

@@ -6,7 +6,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import cached_entry
-from users import cache, services
+from users import cache, entries, services
 from users.conf import user_cache_settings
 from users.models import User
 
@@ -14,7 +14,7 @@ from users.models import User
 def _create(**overrides) -> dict:
     fields = {"username": "alice", "email": "alice@example.com", "password": "a-Long-passphrase-7"}
     fields.update(overrides)
-    return services.user_create(**fields)
+    return services.user_create(actor=None, **fields)
 
 
 class TestUserGet:
@@ -31,7 +31,7 @@ class TestUserGet:
         assert result.value["username"] == "bob"
         stored = cached_entry(redis_client, user.id)
         assert stored["username"] == "bob"
-        assert stored["version"] == "1"
+        assert stored["version"] == str(User.objects.get(pk=user.id).version)
         ttl_ms = redis_client.pttl(key)
         assert 0.8 * user_cache_settings.TTL * 1000 < ttl_ms <= user_cache_settings.TTL * 1000
 
@@ -58,7 +58,7 @@ class TestUserGet:
         miss = services.user_get(user_id=user.id).value
         hit = services.user_get(user_id=user.id).value
 
-        assert set(miss) == set(services.PUBLIC_FIELDS)
+        assert set(miss) == set(entries.PUBLIC_FIELDS)
         assert hit == miss
         assert miss["id"] == user.id
         assert miss["is_active"] is True
@@ -120,13 +120,15 @@ class TestUserCreate:
         assert not User.objects.filter(pk=created["id"]).exists()
         assert redis_client.exists(cache.user_cache_key(created["id"])) == 0
 
-    def test_create_replaces_a_cached_absence(self, db, django_capture_on_commit_callbacks):
+    def test_create_replaces_a_cached_absence(
+        self, db, redis_client, django_capture_on_commit_callbacks
+    ):
         """No 404 after a 201: the negative entry for the new id is overwritten."""
         probe = User.objects.create(username="probe", email="probe@example.com")
         next_id = probe.id + 1
         probe.delete()
         key = cache.user_cache_key(next_id)
-        cache.write(key, services.absent_cache_fields(), 60_000)
+        redis_client.hset(key, mapping=entries.ABSENT_ENTRY)
 
         with django_capture_on_commit_callbacks(execute=True):
             created = _create()

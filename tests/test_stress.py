@@ -1,10 +1,13 @@
-"""Random reads, updates, deletes and re-creates on a handful of ids from several threads,
-against the real MySQL and Redis; afterwards every entry must equal MySQL.
+"""Random reads, creates, updates, deletes and re-creates on a handful of ids from
+several threads, against the real MySQL and Redis; afterwards every entry must
+equal MySQL.
 
 Every reader pauses for a random moment between its MySQL load and its Redis
-fill, which makes the stale-set race frequent. The same load with the
-protection switched off must leave stale entries: that is how we know the
-check can fail. STRESS_SECONDS sets the protected run's length (default 3).
+fill, and every write's after-commit cache step for a random moment before it
+runs, which makes the stale-set race and late after-commit steps frequent. The
+same load with the protection switched off must leave stale entries: that is
+how we know the check can fail. STRESS_SECONDS sets the protected run's length
+(default 3).
 """
 
 import os
@@ -13,13 +16,16 @@ import threading
 import time
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection
 
-from users import cache, services
+from users import cache, entries, outbox, services
 from users.models import User
 
 THREADS = 6
 IDS = 5
+# Creates stop adding ids at this many, so that reads keep meeting writes.
+MAX_IDS = 12
 STRESS_SECONDS = float(os.environ.get("STRESS_SECONDS", 3))
 
 
@@ -34,28 +40,49 @@ def widened_window():
     services.cache_fill_pending.disconnect(_widen_fill_window)
 
 
+@pytest.fixture
+def late_after_commit_steps(monkeypatch):
+    """Every write's after-commit cache step waits a random moment, so that the steps
+    of several writes reach Redis out of order."""
+    complete = outbox.complete
+
+    def late_complete(*args, **kwargs):
+        time.sleep(random.uniform(0, 0.03))
+        return complete(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "complete", late_complete)
+
+
 def _identity(user_id: int) -> dict:
     return {"username": f"s{user_id}", "email": f"s{user_id}@example.com"}
 
 
 def _worker(user_ids: list[int], stop: threading.Event, errors: list) -> None:
+    """``user_ids`` is shared: creates add the ids they get, so later operations of
+    every thread pick them too."""
     rng = random.Random()
     try:
         while not stop.is_set():
             user_id = rng.choice(user_ids)
             roll = rng.random()
             try:
-                if roll < 0.65:
+                if roll < 0.6:
                     services.user_get(user_id=user_id)
-                elif roll < 0.93:
+                elif roll < 0.85:
                     services.user_update(
-                        user_id=user_id, data={"first_name": f"n{rng.randrange(10**6)}"}
+                        actor=None, user_id=user_id, data={"first_name": f"n{rng.randrange(10**6)}"}
                     )
-                elif roll < 0.965:
-                    services.user_delete(user_id=user_id)
+                elif roll < 0.93:
+                    services.user_delete(actor=None, user_id=user_id)
+                elif roll < 0.96 or len(user_ids) >= MAX_IDS:
+                    services.user_save(actor=None, user=User(id=user_id, **_identity(user_id)))
                 else:
-                    services.user_save(user=User(id=user_id, **_identity(user_id)))
-            except (services.Http404, IntegrityError, services.WriteConflict):
+                    name = f"c{rng.randrange(10**9)}"
+                    created = services.user_create(
+                        actor=None, username=name, email=f"{name}@example.com"
+                    )
+                    user_ids.append(created["id"])
+            except (services.Http404, IntegrityError, services.WriteConflict, ValidationError):
                 pass  # deleting a deleted user, re-creating a live one, a 409
     except Exception as exc:  # surfaced by the test, not swallowed
         errors.append(exc)
@@ -85,15 +112,15 @@ def _stale_entries(redis_client, user_ids: list[int]) -> list[str]:
         if not raw:
             continue
         fields = {k.decode(): v.decode() for k, v in raw.items()}
-        row = User.objects.filter(pk=user_id).values(*services.CACHE_ROW_COLUMNS).first()
+        row = User.objects.filter(pk=user_id).values(*entries.CACHE_ROW_COLUMNS).first()
         if row is None:
-            if cache.ABSENT_FIELD not in fields:
+            if entries.ABSENT_FIELD not in fields:
                 stale.append(f"user {user_id} is deleted but cached")
-        elif cache.ABSENT_FIELD in fields:
+        elif entries.ABSENT_FIELD in fields:
             stale.append(f"user {user_id} exists but is cached as absent")
-        elif fields != services.row_to_cache_fields(row):
+        elif fields != entries.row_to_cache_fields(row):
             stale.append(
-                f"user {user_id}: cache v{fields[cache.VERSION_FIELD]} != mysql v{row['version']}"
+                f"user {user_id}: cache v{fields[entries.VERSION_FIELD]} != mysql v{row['version']}"
             )
     return stale
 
@@ -109,7 +136,7 @@ def user_ids(transactional_db) -> list[int]:
 
 @pytest.mark.parametrize("strategy", ["invalidate", "write-through"])
 def test_no_stale_entries_under_concurrent_load(
-    settings, strategy, widened_window, user_ids, redis_client
+    settings, strategy, widened_window, late_after_commit_steps, user_ids, redis_client
 ):
     settings.USERS_CACHE = {**settings.USERS_CACHE, "UPDATE_STRATEGY": strategy}
     rounds = 3

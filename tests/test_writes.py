@@ -6,7 +6,7 @@ from django.http import Http404
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import _token_client, cached_entry
-from users import cache, services
+from users import cache, entries, services
 from users.models import CacheInvalidation, User
 
 
@@ -34,7 +34,9 @@ class TestUserUpdate:
     ):
         updated = _commit(
             django_capture_on_commit_callbacks,
-            lambda: services.user_update(user_id=cached_user.id, data={"first_name": "New"}),
+            lambda: services.user_update(
+                actor=None, user_id=cached_user.id, data={"first_name": "New"}
+            ),
         )
 
         assert updated["first_name"] == "New"
@@ -46,7 +48,9 @@ class TestUserUpdate:
         settings.USERS_CACHE = {**settings.USERS_CACHE, "UPDATE_STRATEGY": "invalidate"}
         _commit(
             django_capture_on_commit_callbacks,
-            lambda: services.user_update(user_id=cached_user.id, data={"first_name": "New"}),
+            lambda: services.user_update(
+                actor=None, user_id=cached_user.id, data={"first_name": "New"}
+            ),
         )
         assert redis_client.exists(cache.user_cache_key(cached_user.id)) == 0
 
@@ -57,7 +61,9 @@ class TestUserUpdate:
         settings.USERS_CACHE = {**settings.USERS_CACHE, "UPDATE_STRATEGY": "write-through"}
         _commit(
             django_capture_on_commit_callbacks,
-            lambda: services.user_update(user_id=cached_user.id, data={"first_name": "New"}),
+            lambda: services.user_update(
+                actor=None, user_id=cached_user.id, data={"first_name": "New"}
+            ),
         )
         stored = cached_entry(redis_client, cached_user.id)
         assert stored["first_name"] == "New"
@@ -65,54 +71,68 @@ class TestUserUpdate:
         with django_assert_num_queries(0):
             assert services.user_get(user_id=cached_user.id).value["first_name"] == "New"
 
-    def test_write_through_never_replaces_a_newer_version(self, cached_user, redis_client):
+    def test_a_writes_fill_stands_only_while_its_lease_does(self, cached_user, redis_client):
+        """A later write takes the lease over; the earlier write's late fill then
+        deletes the entry instead of storing its older state."""
         key = cache.user_cache_key(cached_user.id)
         entry = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
-        first_name = cache.USER_FIELD_NAMES["first_name"]
-        cache.write(key, entry | {cache.VERSION_FIELD: "5", first_name: "Newer"}, 60_000)
-        older = entry | {cache.VERSION_FIELD: "4", first_name: "x"}
+        first_name = entries.USER_FIELD_NAMES["first_name"]
+        cache.take_lease(key, "earlier-write", 60_000)
+        cache.take_lease(key, "later-write", 60_000)
 
-        assert cache.write(key, older, 60_000) is False
-        assert cached_entry(redis_client, cached_user.id)["first_name"] == "Newer"
+        assert (
+            cache.fill_or_delete(key, "earlier-write", entry | {first_name: "x"}, 60_000) is False
+        )
+        assert redis_client.exists(key) == 0
+        assert cache.fill_or_delete(key, "later-write", entry | {first_name: "New"}, 60_000) is True
+        assert cached_entry(redis_client, cached_user.id)["first_name"] == "New"
+        assert redis_client.exists(cache.lease_key(key)) == 0
 
     def test_version_and_updated_at_grow(self, cached_user, django_capture_on_commit_callbacks):
         before = services.user_get(user_id=cached_user.id).value
         after = _commit(
             django_capture_on_commit_callbacks,
-            lambda: services.user_update(user_id=cached_user.id, data={"last_name": "L"}),
+            lambda: services.user_update(
+                actor=None, user_id=cached_user.id, data={"last_name": "L"}
+            ),
         )
         assert User.objects.get(pk=cached_user.id).version > cached_user.version
         assert after["updated_at"] > before["updated_at"]
 
     def test_unknown_id_is_http404(self, db):
         with pytest.raises(Http404):
-            services.user_update(user_id=987654321, data={"first_name": "x"})
+            services.user_update(actor=None, user_id=987654321, data={"first_name": "x"})
 
     def test_taken_email_is_a_validation_error(self, cached_user, make_user):
         other = make_user(username="other", email="other@example.com")
         with pytest.raises(ValidationError) as excinfo:
-            services.user_update(user_id=other.id, data={"email": "CACHED@example.com"})
+            services.user_update(actor=None, user_id=other.id, data={"email": "CACHED@example.com"})
         assert list(excinfo.value.message_dict) == ["email"]
 
     def test_keeping_ones_own_username_is_fine(self, cached_user):
-        updated = services.user_update(user_id=cached_user.id, data={"username": "cached"})
+        updated = services.user_update(
+            actor=None, user_id=cached_user.id, data={"username": "cached"}
+        )
         assert updated["username"] == "cached"
 
     def test_password_change_is_validated_and_hashed(self, cached_user):
         with pytest.raises(ValidationError):
-            services.user_update(user_id=cached_user.id, data={"password": "123"})
-        services.user_update(user_id=cached_user.id, data={"password": "another-Long-phrase-8"})
+            services.user_update(actor=None, user_id=cached_user.id, data={"password": "123"})
+        services.user_update(
+            actor=None, user_id=cached_user.id, data={"password": "another-Long-phrase-8"}
+        )
         assert User.objects.get(pk=cached_user.id).check_password("another-Long-phrase-8")
 
     def test_outbox_entry_is_recorded_and_then_cleared(
         self, cached_user, django_capture_on_commit_callbacks
     ):
+        before = CacheInvalidation.objects.count()
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
-            services.user_update(user_id=cached_user.id, data={"first_name": "New"})
-            assert CacheInvalidation.objects.count() == 1
+            services.user_update(actor=None, user_id=cached_user.id, data={"first_name": "New"})
+            assert CacheInvalidation.objects.count() == before + 1
         for callback in callbacks:
             callback()
-        assert CacheInvalidation.objects.count() == 0
+        assert CacheInvalidation.objects.count() == before
 
 
 class TestUserDelete:
@@ -121,26 +141,22 @@ class TestUserDelete:
     ):
         _commit(
             django_capture_on_commit_callbacks,
-            lambda: services.user_delete(user_id=cached_user.id),
+            lambda: services.user_delete(actor=None, user_id=cached_user.id),
         )
         result = services.user_get(user_id=cached_user.id)
         assert result.value is None
         assert not User.objects.filter(pk=cached_user.id).exists()
 
-    def test_write_through_leaves_a_versioned_tombstone(
+    def test_write_through_leaves_no_entry_behind_a_delete(
         self, settings, cached_user, redis_client, django_capture_on_commit_callbacks
     ):
         settings.USERS_CACHE = {**settings.USERS_CACHE, "UPDATE_STRATEGY": "write-through"}
-        key = cache.user_cache_key(cached_user.id)
-        old_entry = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
         _commit(
             django_capture_on_commit_callbacks,
-            lambda: services.user_delete(user_id=cached_user.id),
+            lambda: services.user_delete(actor=None, user_id=cached_user.id),
         )
-        tombstone = cached_entry(redis_client, cached_user.id)
-        assert tombstone.keys() == {"absent", "version"}
-        assert int(tombstone["version"]) > cached_user.version
-        assert cache.write(key, old_entry, 60_000) is False, "a late write must not resurrect"
+        assert redis_client.exists(cache.user_cache_key(cached_user.id)) == 0
+        assert services.user_get(user_id=cached_user.id).value is None
 
     def test_a_re_created_id_replaces_its_tombstone(
         self, settings, cached_user, redis_client, django_capture_on_commit_callbacks
@@ -148,16 +164,18 @@ class TestUserDelete:
         settings.USERS_CACHE = {**settings.USERS_CACHE, "UPDATE_STRATEGY": "write-through"}
         _commit(
             django_capture_on_commit_callbacks,
-            lambda: services.user_delete(user_id=cached_user.id),
+            lambda: services.user_delete(actor=None, user_id=cached_user.id),
         )
         reborn = User(id=cached_user.id, username="reborn", email="reborn@example.com")
-        _commit(django_capture_on_commit_callbacks, lambda: services.user_save(user=reborn))
+        _commit(
+            django_capture_on_commit_callbacks, lambda: services.user_save(actor=None, user=reborn)
+        )
 
         assert services.user_get(user_id=cached_user.id).value["username"] == "reborn"
 
     def test_unknown_id_is_http404(self, db):
         with pytest.raises(Http404):
-            services.user_delete(user_id=987654321)
+            services.user_delete(actor=None, user_id=987654321)
 
 
 class TestTokensFollowTheirUser:

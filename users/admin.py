@@ -1,17 +1,48 @@
-"""The Django admin for users. Every save and delete goes through ``users.services``,
-so an edit in the admin never leaves the cache stale; the cache column, the two
-cache actions and the overview page go through ``users.maintenance``."""
+"""The Django admin for users and their API tokens.
+
+Every save and delete goes through ``users.services``, and the cache follows
+every change of a user or a token whatever path makes it (``users.invalidation``);
+the cache column, the two cache actions and the overview page go through
+``users.maintenance``.
+
+Who may change whom follows ``users.permissions`` here as in the API: a staff
+account with ``change_user`` cannot edit, set the password of or delete a
+superuser or another staff account, and only a superuser grants privileges
+(staff status, superuser status, groups, permissions). An API token is its
+user's identity, so tokens follow the same rule, and their keys are shown only
+for the users the viewer may manage.
+"""
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminPasswordChangeForm, UserCreationForm
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.template.response import TemplateResponse
 from django.urls import path
+from rest_framework.authtoken.admin import TokenAdmin as DRFTokenAdmin
+from rest_framework.authtoken.models import TokenProxy
 
 from . import cache, maintenance, services
+from .entries import ABSENT_FIELD
 from .models import User
+from .permissions import may_write
+
+# The user list's filters, and nothing else a URL may ask the changelist to filter by
+# (Django's default takes any lookup on any field: a regex that MySQL refuses is
+# a 500, a prefix of a password hash an oracle).
+_LIST_LOOKUPS = frozenset(
+    {
+        "is_active__exact",
+        "is_staff__exact",
+        "is_superuser__exact",
+        "date_joined__gte",
+        "date_joined__lt",
+        "date_joined__isnull",
+    }
+)
+_PRIVILEGE_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
 
 
 class UserAddForm(UserCreationForm):
@@ -21,13 +52,14 @@ class UserAddForm(UserCreationForm):
 
 
 class UserPasswordChangeForm(AdminPasswordChangeForm):
-    """Saves through the service: a new password changes the row's version and
-    ``updated_at``, which the cached entry carries."""
+    """Saves through the service. The admin's view has just checked that the
+    logged-in user may change this one (``UserAdmin.has_change_permission``); the
+    form is given no request, so the save runs as the system."""
 
     def save(self, commit: bool = True) -> User:
         user = super().save(commit=False)
         if commit:
-            services.user_save(user=user)
+            services.user_save(actor=None, user=user)
         return user
 
 
@@ -78,6 +110,21 @@ class UserAdmin(DjangoUserAdmin):
 
     def get_changelist(self, request, **kwargs):
         return UserChangeList
+
+    def lookup_allowed(self, lookup, value, request=None) -> bool:
+        return lookup in _LIST_LOOKUPS and super().lookup_allowed(lookup, value, request)
+
+    def has_change_permission(self, request, obj: User | None = None) -> bool:
+        allowed = super().has_change_permission(request, obj)
+        return allowed and (obj is None or may_write(request.user, "change", obj))
+
+    def has_delete_permission(self, request, obj: User | None = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or may_write(request.user, "delete", obj))
+
+    def get_readonly_fields(self, request, obj: User | None = None) -> tuple:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if request.user.is_superuser else (*fields, *_PRIVILEGE_FIELDS)
 
     @admin.display(description="cache")
     def cache_state(self, user: User) -> str:
@@ -135,14 +182,54 @@ class UserAdmin(DjangoUserAdmin):
         return TemplateResponse(request, "admin/users/user/cache_overview.html", context)
 
     def save_model(self, request, obj: User, form, change: bool) -> None:
-        services.user_save(user=obj)
+        services.user_save(actor=request.user, user=obj)
 
     def delete_model(self, request, obj: User) -> None:
-        services.user_delete(user_id=obj.pk)
+        services.user_delete(actor=request.user, user_id=obj.pk)
 
     def delete_queryset(self, request, queryset) -> None:
         for user_id in queryset.values_list("pk", flat=True):
-            services.user_delete(user_id=user_id)
+            services.user_delete(actor=request.user, user_id=user_id)
+
+
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(TokenProxy)
+class TokenAdmin(DRFTokenAdmin):
+    """DRF's token admin, limited to the tokens of users the viewer may manage."""
+
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request)
+        if request.user.is_superuser:
+            return tokens
+        return tokens.filter(_manageable_users(request.user, prefix="user__"))
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = User.objects.filter(_manageable_users(request.user))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def has_change_permission(self, request, obj: TokenProxy | None = None) -> bool:
+        allowed = super().has_change_permission(request, obj)
+        return allowed and (obj is None or may_write(request.user, "change", obj.user))
+
+    def has_delete_permission(self, request, obj: TokenProxy | None = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or may_write(request.user, "change", obj.user))
+
+    def save_model(self, request, obj: TokenProxy, form, change: bool) -> None:
+        if not may_write(request.user, "change", obj.user):
+            raise PermissionDenied
+        super().save_model(request, obj, form, change)
+
+
+def _manageable_users(actor: User, prefix: str = "") -> Q:
+    """The users a staff account that is no superuser may act for: itself, and
+    those that are neither staff nor superusers."""
+    return Q(**{f"{prefix}pk": actor.pk}) | Q(
+        **{f"{prefix}is_staff": False, f"{prefix}is_superuser": False}
+    )
 
 
 def describe_cache_entry(entry: cache.EntryInfo | None) -> str:
@@ -153,7 +240,7 @@ def describe_cache_entry(entry: cache.EntryInfo | None) -> str:
         return "not cached"
     if entry.fields is None:
         return f"malformed ({entry.type})"
-    state = "absent" if cache.ABSENT_FIELD in entry.fields else "cached"
+    state = "absent" if ABSENT_FIELD in entry.fields else "cached"
     if entry.ttl_ms < 0:
         return f"{state}, no expiry"
     return f"{state}, {_duration(entry.ttl_ms / 1000)} left"

@@ -11,6 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import services
+from .entries import user_row_projection
+from .permissions import IsStaffOrReadOnly
 from .schema import (
     CONFLICT,
     FIELD_ERRORS,
@@ -37,8 +39,13 @@ _MAX_ID = 2**63 - 1
 class UserCreateSerializer(serializers.Serializer):
     username = serializers.CharField(max_length=150, validators=[UnicodeUsernameValidator()])
     email = serializers.EmailField(max_length=254)
+    # Spaces are part of a password, as Django's own forms keep them.
     password = serializers.CharField(
-        required=False, write_only=True, max_length=128, style={"input_type": "password"}
+        required=False,
+        write_only=True,
+        max_length=128,
+        trim_whitespace=False,
+        style={"input_type": "password"},
     )
     first_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
     last_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
@@ -50,20 +57,20 @@ class UserUpdateSerializer(UserCreateSerializer):
     is_active = serializers.BooleanField(required=False)
 
 
-class IsStaffOrReadOnly(permissions.BasePermission):
-    """Any authenticated active user may read; only staff may write."""
-
-    def has_permission(self, request: Request, view) -> bool:
-        if request.method in permissions.SAFE_METHODS:
-            return True
-        return bool(request.user.is_staff)
-
-
 class UserPagination(pagination.CursorPagination):
     ordering = "id"
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def decode_cursor(self, request: Request) -> pagination.Cursor | None:
+        """DRF's decoding, and a position that can be an id: any other position a
+        crafted cursor carries is the same 404 as an unreadable cursor."""
+        cursor = super().decode_cursor(request)
+        position = None if cursor is None else cursor.position
+        if position is not None and not _ID_PATTERN.fullmatch(position):
+            raise NotFound(self.invalid_cursor_message)
+        return cursor
 
 
 def parse_user_id(raw: str) -> int:
@@ -129,7 +136,7 @@ class UserViewSet(viewsets.ViewSet):
     def list(self, request: Request) -> Response:
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(services.user_list(), request, view=self)
-        return paginator.get_paginated_response([services.user_row_projection(row) for row in page])
+        return paginator.get_paginated_response([user_row_projection(row) for row in page])
 
     def user_to_read_ahead(self) -> int | None:
         """The user a GET of one user reads: token authentication reads it in the
@@ -154,7 +161,7 @@ class UserViewSet(viewsets.ViewSet):
     def create(self, request: Request) -> Response:
         serializer = UserCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        user = services.user_create(**serializer.validated_data)
+        user = services.user_create(actor=request.user, **serializer.validated_data)
         location = reverse("user-detail", kwargs={"pk": user["id"]})
         return Response(user, status=status.HTTP_201_CREATED, headers={"Location": location})
 
@@ -165,11 +172,15 @@ class UserViewSet(viewsets.ViewSet):
         return self._update(request, pk, partial=True)
 
     def destroy(self, request: Request, pk: str) -> Response:
-        services.user_delete(user_id=parse_user_id(pk))
+        services.user_delete(actor=request.user, user_id=parse_user_id(pk))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _update(self, request: Request, pk: str, *, partial: bool) -> Response:
         user_id = parse_user_id(pk)
         serializer = UserUpdateSerializer(data=request.data, partial=partial)
         serializer.is_valid(raise_exception=True)
-        return Response(services.user_update(user_id=user_id, data=serializer.validated_data))
+        return Response(
+            services.user_update(
+                actor=request.user, user_id=user_id, data=serializer.validated_data
+            )
+        )

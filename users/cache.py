@@ -4,10 +4,12 @@ This module knows how entries are laid out in Redis and nothing about when to
 read or write them; that algorithm lives in ``users.services``. Every entry is a
 Redis hash of strings. Two metadata fields ride along with the public data:
 
-* ``v``: the MySQL row version the entry was made from, so a write can refuse
-  to replace a newer state with an older one;
+* ``v``: the MySQL row version the entry was made from (the ETag, and how
+  ``check_user_cache`` tells an entry's age);
 * ``x``: present on an entry that records "no such row" (negative cache),
   which is how a cached absence is told apart from a miss.
+
+Their layout is ``users.entries``'.
 
 Keys carry a Redis Cluster hash tag (``{...}``) so that an entry and its lease
 always live in the same slot, as the Lua scripts require. The client is a
@@ -33,6 +35,7 @@ import dataclasses
 import enum
 import functools
 import json
+import random
 import re
 import secrets
 import threading
@@ -58,21 +61,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from . import metrics
 from .conf import user_cache_settings
 
-VERSION_FIELD = "v"
-ABSENT_FIELD = "x"
-# A cached user's fields: one letter each, since the names are stored in every
-# entry (``users.services`` converts rows and API representations to and from them).
-USER_FIELD_NAMES = {
-    "username": "u",
-    "email": "e",
-    "first_name": "f",
-    "last_name": "l",
-    "is_active": "a",
-    "date_joined": "j",
-    "updated_at": "t",
-}
-USER_ENTRY_FIELDS = frozenset({*USER_FIELD_NAMES.values(), VERSION_FIELD})
-
 T = TypeVar("T")
 
 
@@ -91,8 +79,9 @@ def user_cache_key(user_id: int) -> str:
     return f"{_namespace()}:user:{{{user_id}}}"
 
 
-def token_cache_key(token_digest: str) -> str:
-    return f"{_namespace()}:token:{{{token_digest}}}"
+def token_cache_key(token_mac: str) -> str:
+    """A token's entry, named by ``users.tokens.token_mac``, never by the key itself."""
+    return f"{_namespace()}:token:{{{token_mac}}}"
 
 
 def throttle_key(scope: str, ident: str) -> str:
@@ -219,30 +208,40 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
-# KEYS: entry, lease. ARGV: version, ttl (ms), field, value, ...
-# Write-through: replaces the entry unless it already holds this version or a
-# newer one, and revokes any reader's lease so its older load is refused.
-_WRITE = """
-redis.call('DEL', KEYS[2])
-local current = redis.call('HGET', KEYS[1], 'v')
-if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+# KEYS: entry, lease. ARGV: lease token, ttl (ms), field, value, ...
+# A write's after-commit step: stores the committed state while the write's own
+# lease (taken inside its transaction, under the row lock) still stands, and
+# otherwise deletes the entry. A later write replaces the lease, so a step that
+# arrives late can never leave an older state behind: at worst it drops a newer
+# one, which the next read loads again. Returns 1 (stored) or 0 (deleted).
+_FILL_OR_DELETE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+return 0
 """
 
 
 # KEYS: counter[, entry]. ARGV: window (ms). Counts a request in a fixed window
-# that starts with its first request; returns the count, the window's time left
-# and, when an entry is named too (in the counter's hash slot), its HGETALL: a
-# token lookup counts its request against the rate limit in the same round trip.
+# that starts with its first request; returns the count and the window's time
+# left. When an entry is named too (in the counter's hash slot), returns its
+# HGETALL as well, and counts only if the entry exists: a token lookup counts
+# its request in the same round trip, and a guessed token creates no counter.
+# A request not counted here (the reply's count is 0) is counted by the
+# throttle once authentication succeeds.
 _COUNT_IN_WINDOW = """
+local entry
+if KEYS[2] then
+  entry = redis.call('HGETALL', KEYS[2])
+  if #entry == 0 then return {0, 0, entry} end
+end
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-local reply = {count, redis.call('PTTL', KEYS[1])}
-if KEYS[2] then reply[3] = redis.call('HGETALL', KEYS[2]) end
-return reply
+return {count, redis.call('PTTL', KEYS[1]), entry}
 """
 
 
@@ -456,10 +455,23 @@ def release_lease(key: str, token: str) -> None:
     _run_script(_RELEASE, [key, lease_key(key)], [token])
 
 
-def write(key: str, fields: Mapping[str, str], ttl_ms: int) -> bool:
-    """Write-through of a committed state; refused when Redis holds the same or a newer one."""
-    args = [fields[VERSION_FIELD], ttl_ms, *_flatten(fields)]
-    return bool(_run_script(_WRITE, [key, lease_key(key)], args))
+def take_lease(key: str, token: str, lease_ms: int) -> None:
+    """Takes the entry's lease whoever holds it: a write does, inside its transaction,
+    so that every fill begun before it is refused (``users.invalidation``)."""
+    _call(lambda client: _execute(client, "SET", lease_key(key), token, "PX", lease_ms))
+
+
+def fill_or_delete(key: str, token: str, fields: Mapping[str, str], ttl_ms: int) -> bool:
+    """A write's after-commit step (see ``_FILL_OR_DELETE``); True when it stored."""
+    args = [token, ttl_ms, *_flatten(fields)]
+    return bool(_run_script(_FILL_OR_DELETE, [key, lease_key(key)], args))
+
+
+def jittered_ttl_ms(seconds: int) -> int:
+    """An entry's TTL: ``seconds`` shortened by up to ``TTL_JITTER``, so that entries
+    written together do not all expire together."""
+    jitter = user_cache_settings.TTL_JITTER
+    return int(seconds * 1000 * (1 - jitter * random.random()))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -473,8 +485,21 @@ class WindowCount:
 
 def count_in_window(key: str, window_ms: int) -> WindowCount:
     """Counts one request against a rate limit."""
-    count, ms_left = _run_script(_COUNT_IN_WINDOW, [key], [window_ms])
+    count, ms_left = _run_script(_COUNT_IN_WINDOW, [key], [window_ms])[:2]
     return WindowCount(count, ms_left)
+
+
+def window_count(key: str) -> WindowCount:
+    """Requests counted so far in a rate limit's window, without counting one."""
+
+    def peek(client: Redis | RedisCluster) -> list:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            return pipe.execute()
+
+    count, ms_left = _call(peek)
+    return WindowCount(int(count or 0), ms_left)
 
 
 def read_with(
@@ -485,7 +510,8 @@ def read_with(
     request as ``count_in_window`` does, in the same script call; with
     ``read_ahead``, it reads that key too (on a cluster, where it lives in another
     slot, in a round trip of its own). Returns the entry, the count (None without
-    ``count``) and the read-ahead entry (None when missing or not asked for)."""
+    ``count``, or when the entry is missing and the request was not counted) and the
+    read-ahead entry (None when missing or not asked for)."""
     script = _script(_COUNT_IN_WINDOW)
     first = (
         ("HGETALL", key) if count is None else ("EVALSHA", script.sha, 2, count[0], key, count[1])
@@ -507,7 +533,8 @@ def read_with(
     if count is None:
         return _hash_fields(replies[0]), None, ahead
     requests, ms_left, flat = replies[0]
-    return _decode_flat(flat) or None, WindowCount(requests, ms_left), ahead
+    counted = WindowCount(requests, ms_left) if requests else None
+    return _decode_flat(flat) or None, counted, ahead
 
 
 def invalidate(keys: Iterable[str]) -> None:

@@ -4,8 +4,10 @@ Shaped like DRF's ``api_settings``: one lazy object, attribute access, documente
 defaults, and a reload when a test overrides ``USERS_CACHE``.
 """
 
+import re
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
@@ -46,6 +48,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 UPDATE_STRATEGIES = ("invalidate", "write-through")
+# A key prefix goes into SCAN patterns, where * ? [ ] \ are wildcards that would
+# reach other applications' keys, and into Redis Cluster hash tags, where { }
+# would move entries to the wrong slot: letters, digits and . _ : - only.
+_KEY_PREFIX_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 class UserCacheSettings:
@@ -64,6 +70,12 @@ class UserCacheSettings:
             assert strategy in UPDATE_STRATEGIES, (
                 f"USERS_CACHE['UPDATE_STRATEGY'] is {strategy!r}; use one of {UPDATE_STRATEGIES}"
             )
+            prefix = self._user_settings.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
+            if not isinstance(prefix, str) or not _KEY_PREFIX_SHAPE.fullmatch(prefix):
+                raise ImproperlyConfigured(
+                    f"CACHE_KEY_PREFIX (USERS_CACHE['KEY_PREFIX']) is {prefix!r}: use 1 to 64 "
+                    "letters, digits, '.', '_', ':' or '-', starting with a letter or digit."
+                )
         return self._user_settings
 
     def __getattr__(self, name: str) -> Any:

@@ -29,16 +29,19 @@ from rest_framework.authtoken.models import Token
 
 from . import cache, metrics
 from .conf import user_cache_settings
-from .models import User
-from .services import (
-    CACHE_ENTRY_NAMES,
+from .entries import (
+    ABSENT_ENTRY,
+    ABSENT_FIELD,
     CACHE_ROW_COLUMNS,
-    absent_cache_fields,
-    cache_entry_values,
-    jittered_ttl_ms,
+    ENTRY_NAMES,
+    USER_ENTRY_FIELDS,
+    USER_FIELD_NAMES,
+    VERSION_FIELD,
+    bulk_entry_values,
     row_to_cache_fields,
-    token_digest,
 )
+from .models import User
+from .tokens import token_mac
 
 DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 10_000
@@ -205,10 +208,10 @@ def _lease_and_load(user_ids: list[int], *, missing_only: bool, contiguous: bool
         keys, token, user_cache_settings.LEASE_TTL_MS, only_missing=missing_only
     )
     leased_ids = [user_id for user_id, taken in zip(user_ids, leased, strict=True) if taken]
-    absent_fields = absent_cache_fields()
+    absent_fields = ABSENT_ENTRY
     loaded = _LoadedBatch(
         report=WarmReport(examined=len(user_ids), skipped=len(user_ids) - len(leased_ids)),
-        found=cache.FillBatch(token=token, names=CACHE_ENTRY_NAMES, keys=[], rows=[], ttls_ms=[]),
+        found=cache.FillBatch(token=token, names=ENTRY_NAMES, keys=[], rows=[], ttls_ms=[]),
         absent=cache.FillBatch(
             token=token, names=list(absent_fields), keys=[], rows=[], ttls_ms=[]
         ),
@@ -220,7 +223,7 @@ def _lease_and_load(user_ids: list[int], *, missing_only: bool, contiguous: bool
         if contiguous
         else User.objects.filter(id__in=leased_ids)
     )
-    values = dict(cache_entry_values(users))
+    values = dict(bulk_entry_values(users))
     for user_id in leased_ids:
         row = values.get(user_id)
         batch, ttl = (
@@ -230,7 +233,7 @@ def _lease_and_load(user_ids: list[int], *, missing_only: bool, contiguous: bool
         )
         batch.keys.append(cache.user_cache_key(user_id))
         batch.rows.append(row if row is not None else list(absent_fields.values()))
-        batch.ttls_ms.append(jittered_ttl_ms(ttl))
+        batch.ttls_ms.append(cache.jittered_ttl_ms(ttl))
     return loaded
 
 
@@ -317,7 +320,7 @@ def _user_key_pages(user_ids: Sequence[int], batch_size: int) -> Iterator[list[s
     for batch in _chunks(user_ids, batch_size):
         entry_keys = [cache.user_cache_key(user_id) for user_id in batch]
         token_keys = [
-            cache.token_cache_key(token_digest(key))
+            cache.token_cache_key(token_mac(key))
             for key in Token.objects.filter(user_id__in=batch).values_list("key", flat=True)
         ]
         candidates = [
@@ -359,10 +362,10 @@ class CheckReport:
 
 
 # The column each one-letter field of a cached user comes from, for messages.
-_FIELD_TITLES = {short: column for column, short in cache.USER_FIELD_NAMES.items()} | {
-    cache.VERSION_FIELD: "version"
+_FIELD_TITLES = {short: column for column, short in USER_FIELD_NAMES.items()} | {
+    VERSION_FIELD: "version"
 }
-_ABSENT_FIELDS = frozenset({cache.ABSENT_FIELD, cache.VERSION_FIELD})
+_ABSENT_FIELDS = frozenset({ABSENT_FIELD, VERSION_FIELD})
 # A write's cache change lands just after its commit; an entry read just before
 # the commit and a row read just after look stale for that moment. Suspects are
 # looked at again this much later, and only those still wrong are reported.
@@ -439,17 +442,14 @@ def _problem(
     if info.ttl_ms == -1:
         return ProblemKind.MALFORMED, "no expiry"
     names = set(info.fields)
-    if cache.ABSENT_FIELD in names:
+    if ABSENT_FIELD in names:
         if names != _ABSENT_FIELDS:
             return ProblemKind.MALFORMED, "an absent marker with other fields"
         if row is not None:
             return ProblemKind.STALE, "cached as absent, but the user exists"
         return None
-    if names != cache.USER_ENTRY_FIELDS:
-        missing, extra = (
-            sorted(cache.USER_ENTRY_FIELDS - names),
-            sorted(names - cache.USER_ENTRY_FIELDS),
-        )
+    if names != USER_ENTRY_FIELDS:
+        missing, extra = (sorted(USER_ENTRY_FIELDS - names), sorted(names - USER_ENTRY_FIELDS))
         return ProblemKind.MALFORMED, f"fields missing {missing}, unexpected {extra}"
     if row is None:
         return ProblemKind.ORPHANED, "the user no longer exists"
@@ -479,7 +479,7 @@ def user_cache_entries(*, user_ids: Sequence[int]) -> dict[int, cache.EntryInfo]
     for all of them; None when Redis is unavailable."""
     keys = [cache.user_cache_key(user_id) for user_id in user_ids]
     try:
-        infos = cache.inspect_many(keys, fields=(cache.ABSENT_FIELD,))
+        infos = cache.inspect_many(keys, fields=(ABSENT_FIELD,))
     except cache.CacheUnavailable:
         return None
     return dict(zip(user_ids, infos, strict=True))

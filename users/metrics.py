@@ -68,6 +68,22 @@ STALE_SETS_REJECTED = Counter(
     "Fills refused because a write revoked the reader's lease after its MySQL load.",
     ["entity"],
 )
+ENTRIES_REFUSED = Counter(
+    "usersvc_cache_entries_refused",
+    "Cached entries found in Redis that failed their check (a token entry whose "
+    "signature or expiry is wrong: written or kept by someone other than this "
+    "service), deleted and read again from MySQL, by entity.",
+    ["entity"],
+)
+LOGIN_FAILURES = Counter(
+    "usersvc_login_failures",
+    "Failed logins at the admin's and the browsable API's login forms.",
+)
+LOGIN_LOCKOUTS = Counter(
+    "usersvc_login_lockouts",
+    "Login attempts refused because the account or the client address is locked "
+    "out after too many failures.",
+)
 HTTP_REQUEST_SECONDS = Histogram(
     "usersvc_http_request_seconds",
     "Duration of HTTP requests by method, route (URL name) and status code.",

@@ -1,22 +1,64 @@
 """The user row in MySQL/TiDB, and the outbox that keeps Redis honest."""
 
+import time
+
+from django.apps import apps
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import UserManager as DjangoUserManager
+from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.db import models
+
+from . import identity
+
+
+class UserManager(DjangoUserManager):
+    @classmethod
+    def normalize_email(cls, email: str | None) -> str:
+        """Every path that makes or cleans a user (``create_user``, the admin's forms,
+        ``createsuperuser``, the services) goes through here: ``users.identity``."""
+        return identity.normalize_email(email or "")
+
+
+def next_version(current: int) -> int:
+    """The version a save gives the row: above the current one, and at least the
+    current time in microseconds.
+
+    Counting alone would restart at 1 when a deleted id is created again; the
+    clock keeps versions growing across a delete and re-create. Under the row
+    lock the services hold, ``current + 1`` keeps them growing whatever the
+    clocks of different hosts say.
+    """
+    return max(current + 1, time.time_ns() // 1000)
 
 
 class User(AbstractUser):
     """The project's ``AUTH_USER_MODEL``.
 
-    ``version`` grows on every write made through ``users.services`` (see
-    ``services._next_version``); the cache compares versions so that an older
-    state can never overwrite a newer one.
+    ``version`` grows on every save that changes a cached field, whoever saves
+    (the services, the admin, ``changepassword``): it is the row's ETag and what
+    tells a cached entry's age. Setting a password revokes the user's API tokens
+    on save, as a new password ends the user's sessions, on every path: a token
+    that leaked with the old password must not outlive it.
     """
 
+    username = models.CharField(
+        "username",
+        max_length=150,
+        unique=True,
+        help_text="Required. 150 characters or fewer. Letters of one script, digits and "
+        "@/./+/-/_ only.",
+        validators=[UnicodeUsernameValidator(), identity.SingleScriptValidator()],
+        error_messages={"unique": "A user with that username already exists."},
+    )
     email = models.EmailField("email address", unique=True)
     updated_at = models.DateTimeField(auto_now=True)
     version = models.PositiveBigIntegerField(default=1)
 
+    objects = UserManager()
+
     REQUIRED_FIELDS = ["email"]
+    # Saves limited to these fields (a login's last_login) change nothing cached.
+    UNCACHED_FIELDS = frozenset({"last_login"})
 
     class Meta:
         db_table = "users_user"
@@ -25,6 +67,30 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return self.username
+
+    @classmethod
+    def normalize_username(cls, username: str) -> str:
+        return identity.normalize_username(username)
+
+    def set_password(self, raw_password: str | None) -> None:
+        super().set_password(raw_password)
+        self._password_set = True
+
+    def set_unusable_password(self) -> None:
+        super().set_unusable_password()
+        self._password_set = True
+
+    def save(self, *args, **kwargs) -> None:
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or not set(update_fields) <= self.UNCACHED_FIELDS:
+            self.version = next_version(self.version)
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "version"}
+        revoke_tokens = getattr(self, "_password_set", False) and not self._state.adding
+        super().save(*args, **kwargs)
+        self._password_set = False
+        if revoke_tokens:
+            apps.get_model("authtoken", "Token").objects.filter(user_id=self.pk).delete()
 
 
 class CacheInvalidation(models.Model):

@@ -50,8 +50,15 @@ FIELD_ERRORS = OpenApiResponse(
     description="Invalid input: a list of messages per field (or `non_field_errors`); "
     "a body that is not valid JSON gets a `detail` instead.",
 )
-UNAUTHENTICATED = _error("No credentials, an unknown token, or an inactive user.")
-FORBIDDEN = _error("Only staff may write (or the session's CSRF check failed).")
+UNAUTHENTICATED = _error(
+    "No credentials, a token that is not 40 lowercase hex digits or is unknown, or an "
+    "inactive user."
+)
+FORBIDDEN = _error(
+    "Writing needs staff status and the model permission (add_user, change_user, "
+    "delete_user), and only a superuser may change a superuser or another staff account "
+    "(or the session's CSRF check failed)."
+)
 NOT_FOUND = _error("No user with this id (also for an id that is not a positive integer).")
 INVALID_CURSOR = _error("The `cursor` is not one this API handed out.")
 CONFLICT = _error("The user kept being changed concurrently; retry the request.")

@@ -1,9 +1,4 @@
-"""The cache-aside algorithm, and every read and write of a user.
-
-This is the only module that decides when Redis is read or written; views, the
-admin and management commands call the functions here, and ``users.maintenance``
-applies the same rules (leases, fills, TTLs) in bulk for operators. ``users.cache``
-is the store it drives (the layout of entries and the atomic scripts).
+"""The cache-aside algorithm's reads, and every write of a user.
 
 Reads (``user_get``, ``token_principal_get``):
   Redis hit -> served with no SQL. Miss -> take the entry's lease, load the row
@@ -11,58 +6,51 @@ Reads (``user_get``, ``token_principal_get``):
   cached as absent for a short while. Redis down -> served from MySQL, marked
   BYPASS, and nothing is written back.
 
-Writes (``user_create``, ``user_update``, ``user_save``, ``user_delete``): MySQL
-first, inside a transaction that also records the affected keys in the outbox;
-Redis only after the commit, so a rolled-back write never reaches the cache and
-an invalidation Redis missed is replayed later (``users.outbox``). After an
-update the entry is deleted or rewritten, as ``UPDATE_STRATEGY`` says; either
-way the write revokes any reader's lease, so no reader can store the old state.
+Writes (``user_create``, ``user_update``, ``user_save``, ``user_delete``) check the
+writer's permissions (``users.permissions``) and change MySQL inside a
+transaction, under the row lock; what the change does to Redis, and when, is
+``users.invalidation``'s, which every save and delete of a user or a token goes
+through, whoever makes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import enum
 import functools
-import hashlib
+import hmac
 import logging
 import operator
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 from django.contrib.auth.password_validation import validate_password
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import BigIntegerField, Count, Func, Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.dispatch import Signal
 from django.http import Http404
 from rest_framework.authtoken.models import Token
 
-from . import cache, metrics, outbox
+from . import cache, metrics, outbox, tokens
 from .conf import user_cache_settings
+from .entries import (
+    ABSENT_ENTRY,
+    CACHE_ROW_COLUMNS,
+    fields_to_user,
+    is_absent,
+    row_to_cache_fields,
+)
 from .models import User
+from .permissions import check_write
+from .tokens import Principal
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
-
-# The public projection: the API representation and the cached entry.
-PUBLIC_FIELDS = (
-    "id",
-    "username",
-    "email",
-    "first_name",
-    "last_name",
-    "is_active",
-    "date_joined",
-    "updated_at",
-)
-# The columns a cached entry is made from (``row_to_cache_fields``).
-CACHE_ROW_COLUMNS = (*PUBLIC_FIELDS, "version")
 
 # Sent between a reader's MySQL load and its Redis fill, with ``key``. A test
 # connects a receiver that blocks here to drive a race deterministically.
@@ -85,134 +73,6 @@ class CacheResult:
     source: Source
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller of a token request, built from the token cache.
-
-    Carries what authentication and permissions need, and no more; it is not a
-    model instance, so a token-authenticated hit never touches the database.
-    """
-
-    id: int
-    username: str
-    is_staff: bool
-    is_active: bool
-
-    is_authenticated = True
-    is_anonymous = False
-
-    @property
-    def pk(self) -> int:
-        return self.id
-
-    def __str__(self) -> str:
-        return self.username
-
-
-# Projection: MySQL row <-> cache fields <-> API representation.
-#
-# Every byte of a cached entry is paid once per cached user, so the hash is
-# compact: one-letter field names (``cache.USER_FIELD_NAMES``, spelled out in the
-# two functions below for speed), no id (the key has it), and both timestamps as
-# integer microseconds since the epoch, which Redis stores as 8-byte integers.
-# A user then stays in the hash's small listpack encoding at under 200 bytes
-# (README, Benchmarks); formatting the timestamps costs about a microsecond
-# each on a hit.
-
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_MICROSECOND = datetime.timedelta(microseconds=1)
-
-
-def _epoch_us(value: datetime.datetime) -> str:
-    return str((value - _EPOCH) // _MICROSECOND)
-
-
-def _format_epoch_us(value: str) -> str:
-    """ISO 8601 in UTC with microseconds, e.g. ``2026-11-25T23:41:48.463201Z``."""
-    seconds, micro = divmod(int(value), 1_000_000)
-    t = time.gmtime(seconds)
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 (the fastest way)
-        t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, micro,
-    )  # fmt: skip
-
-
-def row_to_cache_fields(row: dict) -> dict[str, str]:
-    """The cached entry of a row with ``CACHE_ROW_COLUMNS``: strings, and the version."""
-    return {
-        "u": row["username"],
-        "e": row["email"],
-        "f": row["first_name"],
-        "l": row["last_name"],
-        "a": "1" if row["is_active"] else "0",
-        "j": _epoch_us(row["date_joined"]),
-        "t": _epoch_us(row["updated_at"]),
-        cache.VERSION_FIELD: str(row["version"]),
-    }
-
-
-def _fields_to_user(user_id: int, fields: dict[str, str]) -> dict:
-    return {
-        "id": user_id,
-        "username": fields["u"],
-        "email": fields["e"],
-        "first_name": fields["f"],
-        "last_name": fields["l"],
-        "is_active": fields["a"] == "1",
-        "date_joined": _format_epoch_us(fields["j"]),
-        "updated_at": _format_epoch_us(fields["t"]),
-    }
-
-
-def user_row_projection(row: dict) -> dict:
-    """The public representation of a row from ``user_list`` (never its password)."""
-    return _fields_to_user(row["id"], row_to_cache_fields(row))
-
-
-# The names of a cached user's fields, in the order of ``cache_entry_values``.
-CACHE_ENTRY_NAMES = (*cache.USER_FIELD_NAMES.values(), cache.VERSION_FIELD)
-
-
-class _EpochMicroseconds(Func):
-    """A stored (UTC) datetime as integer microseconds since the epoch, as
-    ``_epoch_us`` computes it; plain calendar arithmetic, so the session's time zone
-    does not enter into it. MySQL, MariaDB and TiDB all have TIMESTAMPDIFF."""
-
-    template = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', %(expressions)s)"
-    output_field = BigIntegerField()
-
-
-def cache_entry_values(users: QuerySet) -> Iterator[tuple[int, tuple]]:
-    """``(id, values of CACHE_ENTRY_NAMES)`` for each of ``users``, for bulk fills.
-
-    The same entry as ``row_to_cache_fields``, but the database converts the
-    timestamps: parsing two DATETIME columns per row in mysqlclient costs more than
-    the rest of the row, and a warm of a million users reads a million rows.
-    """
-    rows = users.annotate(
-        _joined_us=_EpochMicroseconds("date_joined"), _updated_us=_EpochMicroseconds("updated_at")
-    ).values_list(
-        "id", "username", "email", "first_name", "last_name", "is_active",
-        "_joined_us", "_updated_us", "version",
-    )  # fmt: skip
-    for user_id, username, email, first, last, active, joined, updated, version in rows:
-        yield (
-            user_id,
-            (username, email, first, last, "1" if active else "0", joined, updated, version),
-        )
-
-
-def absent_cache_fields() -> dict[str, str]:
-    """The entry that records "no such row" (the negative cache)."""
-    return {cache.ABSENT_FIELD: "1", cache.VERSION_FIELD: "0"}
-
-
-def jittered_ttl_ms(seconds: int) -> int:
-    """An entry's TTL: ``seconds`` shortened by up to ``TTL_JITTER``, so that entries
-    written together do not all expire together."""
-    jitter = user_cache_settings.TTL_JITTER
-    return int(seconds * 1000 * (1 - jitter * random.random()))
-
-
 # The read-through algorithm, shared by users and tokens.
 
 
@@ -223,6 +83,8 @@ def _read_through(
     load: Callable[[], dict[str, str] | None],
     ttl: int,
     read: Callable[[str], dict[str, str] | None] = cache.read,
+    trusted: Callable[[dict[str, str]], bool] | None = None,
+    cache_absent: bool = True,
 ) -> tuple[dict[str, str] | None, Source]:
     """Cache-aside read of one entry; returns its fields (None when absent) and source.
 
@@ -231,10 +93,15 @@ def _read_through(
     revokes the lease, so a load made before that write is never stored.
     ``entity`` ("user", "token") labels the metrics; ``read`` is the first look at
     the entry (``cache.read``, or a read that does more in the same round trip).
+    An entry ``trusted`` refuses (a token entry whose signature fails) is deleted
+    and read again from MySQL. Without ``cache_absent``, a row found nowhere is
+    not remembered (token guesses must not fill Redis).
     """
     try:
         outbox.before_cached_read()
         fields = read(key)
+        if fields is not None and not _is_trusted(entity, key, fields, trusted):
+            fields = None
     except cache.CacheUnavailable:
         return _answered(entity, _timed_load(entity, load), Source.BYPASS)
     if fields is not None:
@@ -246,6 +113,8 @@ def _read_through(
     while True:
         try:
             state, fields = cache.read_or_lease(key, token, user_cache_settings.LEASE_TTL_MS)
+            if state is cache.ReadState.HIT and not _is_trusted(entity, key, fields, trusted):
+                state = cache.ReadState.BUSY
         except cache.CacheUnavailable:
             return _answered(entity, _timed_load(entity, load), Source.BYPASS)
         if state is cache.ReadState.HIT:
@@ -270,14 +139,33 @@ def _read_through(
             cache.release_lease(key, token)
         raise
     cache_fill_pending.send(sender=None, key=key)
-    if loaded is None:
-        stored, ttl_seconds = absent_cache_fields(), user_cache_settings.NEGATIVE_TTL
-    else:
-        stored, ttl_seconds = loaded, ttl
     with contextlib.suppress(cache.CacheUnavailable):
-        if not cache.fill(key, token, stored, jittered_ttl_ms(ttl_seconds)):
-            metrics.STALE_SETS_REJECTED.labels(entity).inc()
+        if loaded is None and not cache_absent:
+            cache.release_lease(key, token)
+        else:
+            stored, ttl_seconds = (
+                (loaded, ttl)
+                if loaded is not None
+                else (ABSENT_ENTRY, user_cache_settings.NEGATIVE_TTL)
+            )
+            if not cache.fill(key, token, stored, cache.jittered_ttl_ms(ttl_seconds)):
+                metrics.STALE_SETS_REJECTED.labels(entity).inc()
     return _answered(entity, loaded, Source.MISS)
+
+
+def _is_trusted(
+    entity: str,
+    key: str,
+    fields: dict[str, str],
+    trusted: Callable[[dict[str, str]], bool] | None,
+) -> bool:
+    """Whether a cached entry may be served; one that may not is deleted from Redis."""
+    if trusted is None or trusted(fields):
+        return True
+    logger.warning("refused a cached %s entry that fails its check: %s", entity, key)
+    metrics.ENTRIES_REFUSED.labels(entity).inc()
+    cache.invalidate([key])
+    return False
 
 
 def _timed_load(entity: str, load: Callable[[], T]) -> T:
@@ -296,7 +184,7 @@ def _answered(
 
 
 def _present(fields: dict[str, str]) -> dict[str, str] | None:
-    return None if cache.ABSENT_FIELD in fields else fields
+    return None if is_absent(fields) else fields
 
 
 # Users.
@@ -346,12 +234,12 @@ def user_get(*, user_id: int, read_ahead: ReadAhead | None = None) -> CacheResul
                 "duration_ms": duration_ms,
             },
         )
-    value = None if fields is None else _fields_to_user(user_id, fields)
+    value = None if fields is None else fields_to_user(user_id, fields)
     return CacheResult(value=value, source=source)
 
 
 def user_list() -> QuerySet:
-    """Every user's row, from MySQL, in id order; ``user_row_projection`` shapes each."""
+    """Every user's row, from MySQL, in id order; ``entries.user_row_projection`` shapes each."""
     return User.objects.order_by("id").values(*CACHE_ROW_COLUMNS)
 
 
@@ -396,94 +284,111 @@ def _retry_conflicts(write: Callable[..., T]) -> Callable[..., T]:
     return retrying
 
 
+def _writer(actor: User | Principal | None) -> User | None:
+    """The writing user as MySQL knows it now (its permissions included), or None for
+    the system. A token request's principal comes from the cache; what it may
+    write must not."""
+    if actor is None:
+        return None
+    writer = User.objects.filter(pk=actor.pk).first()
+    if writer is None:
+        raise PermissionDenied("You do not have permission to perform this action.")
+    return writer
+
+
 @_retry_conflicts
 def user_create(
     *,
+    actor: User | Principal | None,
     username: str,
     email: str,
     password: str | None = None,
     first_name: str = "",
     last_name: str = "",
 ) -> dict:
-    """Inserts a user and, once the insert commits, writes its cache entry.
+    """Inserts a user; its entry is written once the insert commits.
 
-    Raises ``ValidationError`` (per field) for a weak password or a taken
-    username or email, including when a concurrent create wins the race.
+    ``actor`` is who asks (None: the system). Raises ``PermissionDenied`` when the
+    actor may not add users, and ``ValidationError`` (per field) for a weak
+    password or a taken username or email, also when a concurrent create wins
+    the race.
     """
+    check_write(_writer(actor), "add")
+    username = User.normalize_username(username)
     email = User.objects.normalize_email(email)
     user = User(username=username, email=email, first_name=first_name, last_name=last_name)
+    _check_username(user)
     _check_unique(username=username, email=email)
     _set_password(user, password)
     with (
         _unique_violations_as_validation_errors(username=username, email=email),
         transaction.atomic(),
     ):
-        return _insert(user)
+        user.save(force_insert=True)
+    return fields_to_user(user.id, _instance_fields(user))
 
 
 UPDATABLE_FIELDS = ("username", "email", "first_name", "last_name", "is_active")
 
 
 @_retry_conflicts
-def user_update(*, user_id: int, data: dict) -> dict:
+def user_update(*, actor: User | Principal | None, user_id: int, data: dict) -> dict:
     """Changes some of a user's fields (``UPDATABLE_FIELDS`` and ``password``).
 
-    Raises ``Http404`` for an unknown id and ``ValidationError`` for a taken
-    username or email or a weak password.
+    Raises ``Http404`` for an unknown id, ``PermissionDenied`` when the actor may
+    not change this user, and ``ValidationError`` for a taken username or email
+    or a weak password. A new password revokes the user's tokens (``User.save``).
     """
     unknown = set(data) - {*UPDATABLE_FIELDS, "password"}
     assert not unknown, f"user_update cannot change {sorted(unknown)}"
-    email = User.objects.normalize_email(data["email"]) if "email" in data else None
+    data = dict(data)
+    if "username" in data:
+        data["username"] = User.normalize_username(data["username"])
+    if "email" in data:
+        data["email"] = User.objects.normalize_email(data["email"])
     with (
         _unique_violations_as_validation_errors(
-            username=data.get("username"), email=email, exclude_id=user_id
+            username=data.get("username"), email=data.get("email"), exclude_id=user_id
         ),
         transaction.atomic(),
     ):
         user = _locked_user(user_id)
+        check_write(_writer(actor), "change", user)
         for name in UPDATABLE_FIELDS:
             if name in data:
                 setattr(user, name, data[name])
-        if email is not None:
-            user.email = email
-        _check_unique(username=data.get("username"), email=email, exclude_id=user.id)
+        if "username" in data:
+            _check_username(user)
+        _check_unique(username=data.get("username"), email=data.get("email"), exclude_id=user.id)
         if "password" in data:
             _set_password(user, data["password"])
-        return _save_locked(user)
+        user.save()
+    return fields_to_user(user.id, _instance_fields(user))
 
 
 @_retry_conflicts
-def user_save(*, user: User) -> dict:
-    """Saves a new or changed instance (as the admin does) under the same cache rules."""
+def user_save(*, actor: User | None, user: User) -> dict:
+    """Saves a new or changed instance (as the admin does) under the same rules."""
     with transaction.atomic():
         if user._state.adding:
-            return _insert(user)
-        user.version = _locked_user(user.pk).version
-        return _save_locked(user)
+            check_write(_writer(actor), "add")
+            user.save(force_insert=True)
+        else:
+            current = _locked_user(user.pk)
+            check_write(_writer(actor), "change", current)
+            user.version = current.version
+            user.save()
+    return fields_to_user(user.id, _instance_fields(user))
 
 
 @_retry_conflicts
-def user_delete(*, user_id: int) -> None:
-    """Deletes a user; its tokens go with it. Raises ``Http404`` for an unknown id."""
+def user_delete(*, actor: User | Principal | None, user_id: int) -> None:
+    """Deletes a user; its tokens go with it. Raises ``Http404`` for an unknown id and
+    ``PermissionDenied`` when the actor may not delete this user."""
     with transaction.atomic():
         user = _locked_user(user_id)
-        tombstone = {
-            cache.ABSENT_FIELD: "1",
-            cache.VERSION_FIELD: str(_next_version(user.version)),
-        }
+        check_write(_writer(actor), "delete", user)
         user.delete()
-        key = cache.user_cache_key(user_id)
-        if user_cache_settings.UPDATE_STRATEGY == "write-through":
-
-            def apply() -> None:
-                cache.write(key, tombstone, jittered_ttl_ms(user_cache_settings.NEGATIVE_TTL))
-
-        else:
-
-            def apply() -> None:
-                cache.invalidate([key])
-
-        _sync_after_commit([key], apply)
 
 
 def _locked_user(user_id: int) -> User:
@@ -493,80 +398,16 @@ def _locked_user(user_id: int) -> User:
     return user
 
 
-def _next_version(current: int) -> int:
-    """The version a write gives the row: above the current one, and at least the
-    current time in microseconds.
-
-    Counting alone would restart at 1 when a deleted id is created again, below
-    the deleted row's tombstone, and the new row could not be cached; the clock
-    keeps versions growing across a delete and re-create. Under the row lock,
-    ``current + 1`` keeps them growing whatever the clocks of different hosts say.
-    """
-    return max(current + 1, time.time_ns() // 1000)
-
-
-def _insert(user: User) -> dict:
-    """Inserts the row and, after commit, writes its entry whatever the strategy:
-    that also replaces a cached absence of the new id (no 404 after a 201)."""
-    explicit_id = user.pk is not None
-    user.version = _next_version(0)
-    user.save(force_insert=True)
-    if explicit_id:
-        # The INSERT may have waited for a concurrent delete of this id, whose
-        # tombstone was versioned while we waited: stamp the version again, now
-        # that the row is ours, so the new row outranks that tombstone.
-        user.version = _next_version(user.version)
-        User.objects.filter(pk=user.pk).update(version=user.version)
-    fields = _instance_fields(user)
-    key = cache.user_cache_key(user.id)
-    _sync_after_commit([key], lambda: cache.write(key, fields, jittered_ttl_ms(_ttl())))
-    return _fields_to_user(user.id, fields)
-
-
-def _save_locked(user: User) -> dict:
-    """Saves a row locked by this transaction and schedules the cache change.
-
-    The version grows under the row lock, so versions follow commit order and a
-    write-through can never replace a newer entry with an older one. The user's
-    cached token lookups are dropped too: they carry ``is_active`` and ``is_staff``.
-    """
-    user.version = _next_version(user.version)
-    user.save()
-    fields = _instance_fields(user)
-    key = cache.user_cache_key(user.id)
-    token_keys = [
-        cache.token_cache_key(token_digest(token_key))
-        for token_key in Token.objects.filter(user_id=user.id).values_list("key", flat=True)
-    ]
-    if user_cache_settings.UPDATE_STRATEGY == "write-through":
-
-        def apply() -> None:
-            cache.write(key, fields, jittered_ttl_ms(_ttl()))
-            if token_keys:
-                cache.invalidate(token_keys)
-
-    else:
-
-        def apply() -> None:
-            cache.invalidate([key, *token_keys])
-
-    _sync_after_commit([key, *token_keys], apply)
-    return _fields_to_user(user.id, fields)
-
-
-def _sync_after_commit(keys: list[str], apply: Callable[[], object]) -> None:
-    """Records ``keys`` in the outbox within the current transaction, and runs
-    ``apply`` once it commits; if Redis misses it, the outbox replays it."""
-    entry_id = outbox.record(keys)
-    transaction.on_commit(lambda: outbox.complete(entry_id, apply))
-
-
 def _instance_fields(user: User) -> dict[str, str]:
     return row_to_cache_fields({name: getattr(user, name) for name in CACHE_ROW_COLUMNS})
 
 
-def _ttl() -> int:
-    return user_cache_settings.TTL
+def _check_username(user: User) -> None:
+    """The username's own validators (characters, one script), as the model runs them."""
+    try:
+        user.clean_fields(exclude=[f.name for f in User._meta.fields if f.name != "username"])
+    except ValidationError as exc:
+        raise ValidationError({"username": exc.message_dict["username"]}) from exc
 
 
 def _set_password(user: User, password: str | None) -> None:
@@ -621,28 +462,20 @@ def _taken_message(field: str) -> str:
     return f"A user with that {field} already exists."
 
 
-# Tokens: authentication goes through the same read-through machinery, keyed by
-# a digest so that Redis never holds a credential.
+# Tokens: authentication goes through the same read-through machinery, under the
+# keyed names and signed entries of ``users.tokens``.
 
 
-def token_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _load_token_fields(key: str) -> dict[str, str] | None:
+def _load_token_fields(key: str, mac: str) -> dict[str, str] | None:
     row = (
         Token.objects.filter(key=key)
-        .values("user_id", "user__username", "user__is_staff", "user__is_active")
+        .values("key", "user_id", "user__username", "user__is_staff", "user__is_active")
         .first()
     )
-    if row is None:
+    # MySQL compares keys case-insensitively: only the exact key is this token.
+    if row is None or not hmac.compare_digest(row["key"], key):
         return None
-    return {
-        "user_id": str(row["user_id"]),
-        "username": row["user__username"],
-        "is_staff": "1" if row["user__is_staff"] else "0",
-        "is_active": "1" if row["user__is_active"] else "0",
-    }
+    return tokens.encode_entry(mac, row, user_cache_settings.TOKEN_TTL)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -657,60 +490,65 @@ class ReadAhead:
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenLookup:
     """What a token lookup found: the principal (None for an unknown token), the
-    request's count against the rate limit (None when not counted) and the user the
-    request asks for, when it was read in the same round trip."""
+    token's name (``tokens.token_mac``, which its rate limit counts under), the
+    request's count against the rate limit (None when not counted yet) and the user
+    the request asks for, when it was read in the same round trip."""
 
     principal: Principal | None
+    token_mac: str
     counted: cache.WindowCount | None = None
     read_ahead: ReadAhead | None = None
 
 
 def token_principal_get(
-    *, key: str, counter: tuple[str, int] | None = None, read_ahead_id: int | None = None
+    *,
+    key: str,
+    counter: Callable[[str], tuple[str, int] | None] | None = None,
+    read_ahead_id: int | None = None,
+    before_load: Callable[[], None] | None = None,
 ) -> TokenLookup:
-    """The principal a token authenticates, from the token cache.
+    """The principal a well-formed token key (``tokens.is_well_formed``) authenticates.
 
-    With ``counter`` (key, window in ms), the request is counted against that rate
-    limit in the same round trip as the token's cache read; with ``read_ahead_id``
-    too, the cache entry of that user is read in it as well, so that a request for
-    one user costs a single round trip when both are cached (``user_get`` takes the
+    With ``counter`` (the token's name -> its rate-limit counter key and window in
+    ms), the request is counted against that limit in the same round trip as the
+    token's cache read, when the token is cached; with ``read_ahead_id`` too, the
+    cache entry of that user is read in it as well, so that a request for one
+    user costs a single round trip when both are cached (``user_get`` takes the
     read-ahead). Reading the user before the token is checked is harmless: the
-    request's view, which alone uses it, runs only once the token passed. Nothing
-    is counted or read ahead when Redis is down: rate limits fail open.
+    request's view, which alone uses it, runs only once the token passed.
+    ``before_load`` runs before any MySQL work (the failed-guess limit). Nothing is
+    counted or read ahead when Redis is down: rate limits fail open.
     """
-    entry_key = cache.token_cache_key(token_digest(key))
+    mac = tokens.token_mac(key)
+    entry_key = cache.token_cache_key(mac)
+    count = counter(mac) if counter is not None else None
     counted = read_ahead = None
     read = cache.read
-    if counter is not None or read_ahead_id is not None:
+    if count is not None or read_ahead_id is not None:
         ahead_key = None if read_ahead_id is None else cache.user_cache_key(read_ahead_id)
 
         def read(entry_key: str) -> dict[str, str] | None:
             nonlocal counted, read_ahead
-            fields, counted, ahead = cache.read_with(entry_key, count=counter, read_ahead=ahead_key)
+            fields, counted, ahead = cache.read_with(entry_key, count=count, read_ahead=ahead_key)
             if ahead_key is not None:
                 read_ahead = ReadAhead(read_ahead_id, ahead)
             return fields
 
+    def load() -> dict[str, str] | None:
+        if before_load is not None:
+            before_load()
+        return _load_token_fields(key, mac)
+
     fields, _source = _read_through(
         entity="token",
         key=entry_key,
-        load=lambda: _load_token_fields(key),
+        load=load,
         ttl=user_cache_settings.TOKEN_TTL,
         read=read,
+        trusted=lambda fields: tokens.decode_entry(mac, fields) is not None,
+        cache_absent=False,
     )
-    if fields is None:
-        return TokenLookup(principal=None, counted=counted)
-    principal = Principal(
-        id=int(fields["user_id"]),
-        username=fields["username"],
-        is_staff=fields["is_staff"] == "1",
-        is_active=fields["is_active"] == "1",
-    )
-    return TokenLookup(principal=principal, counted=counted, read_ahead=read_ahead)
-
-
-def token_cache_invalidate(*, key: str) -> None:
-    """Forgets a token's cached lookup once the surrounding transaction commits."""
-    keys = [cache.token_cache_key(token_digest(key))]
-    with transaction.atomic():
-        _sync_after_commit(keys, lambda: cache.invalidate(keys))
+    principal = None if fields is None else tokens.decode_entry(mac, fields)
+    if principal is None:
+        return TokenLookup(principal=None, token_mac=mac, counted=counted)
+    return TokenLookup(principal=principal, token_mac=mac, counted=counted, read_ahead=read_ahead)

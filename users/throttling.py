@@ -76,6 +76,8 @@ class UserRedisThrottle(RedisRateThrottle):
     scope = "user"
 
     def get_ident_for(self, request) -> str | None:
+        if isinstance(request.auth, TokenLookup):
+            return request.auth.token_mac
         if request.user and request.user.is_authenticated:
             return str(request.user.pk)
         return None
@@ -83,20 +85,34 @@ class UserRedisThrottle(RedisRateThrottle):
     def counted_already(self, request) -> cache.WindowCount | None:
         return request.auth.counted if isinstance(request.auth, TokenLookup) else None
 
-    def counter_for_token(self, digest: str) -> tuple[str, int] | None:
+    def counter_for_token(self, token_mac: str) -> tuple[str, int] | None:
         """The counter key (in the token entry's hash slot) and window (ms) for requests
-        made with the token of this digest; None while the scope is off."""
+        made with the token of this name (``tokens.token_mac``); None while the scope
+        is off."""
         if self.rate is None:
             return None
-        return cache.throttle_key(self.scope, digest), self.duration * 1000
+        return cache.throttle_key(self.scope, token_mac), self.duration * 1000
 
 
 class AuthFailureThrottle(RedisRateThrottle):
-    """Failed token checks, per client address: each guess costs a MySQL query and
-    a negative cache entry, so guessing is capped. Authentication calls it only
-    when a check fails, so it costs nothing on the success path."""
+    """Failed token checks, per client address: each guess costs a MySQL query, so
+    guessing is capped. Authentication counts a failure here only when a check
+    fails, and asks ``is_over`` before it queries MySQL for a token that is not
+    cached, so a client over the limit costs no query at all."""
 
     scope = "auth_failure"
 
     def get_ident_for(self, request) -> str | None:
         return self.get_ident(request)
+
+    def is_over(self, request) -> bool:
+        """Whether this client has used up its failures, without counting one."""
+        ident = None if self.rate is None else self.get_ident_for(request)
+        if ident is None:
+            return False
+        try:
+            counted = cache.window_count(cache.throttle_key(self.scope, ident))
+        except cache.CacheUnavailable:
+            return False
+        self.seconds_left = max(counted.ms_left, 0) / 1000
+        return counted.count >= self.num_requests

@@ -4,6 +4,7 @@ Every variable read here is listed, with its default, in the README's
 configuration table.
 """
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -69,6 +70,7 @@ DJANGO_APPS = [
     "django.contrib.staticfiles",
 ]
 THIRD_PARTY_APPS = [
+    "axes",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -82,6 +84,11 @@ INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 # AUTHENTICATION
 # ------------------------------------------------------------------------------
 AUTH_USER_MODEL = "users.User"
+# django-axes first: it refuses a locked-out login before any password is hashed.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -106,6 +113,8 @@ MIDDLEWARE = [
     "config.middleware.BrowserAuthenticationMiddleware",
     "config.middleware.BrowserMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Turns a login refused for too many failures into a 429 (users/logins.py).
+    "axes.middleware.AxesMiddleware",
 ]
 # /api/user and /api/user/ are both served without a redirect.
 APPEND_SLASH = False
@@ -149,7 +158,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -190,7 +199,45 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # The description names every operation and parameter: for authenticated
+    # callers unless API_DOCS_PUBLIC says otherwise.
+    "SERVE_PERMISSIONS": [
+        "rest_framework.permissions.AllowAny"
+        if env.bool("API_DOCS_PUBLIC", default=False)
+        else "rest_framework.permissions.IsAuthenticated"
+    ],
 }
+
+# LOGIN LIMITS (django-axes; users/logins.py)
+# ------------------------------------------------------------------------------
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_CACHE = "default"
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = env.int("LOGIN_LOCKOUT_MINUTES", default=15) / 60
+# Separately per account and per client address.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_USERNAME_CALLABLE = "users.logins.login_name"
+AXES_CLIENT_IP_CALLABLE = "users.logins.client_address"
+AXES_RESET_ON_SUCCESS = True
+# Attempts live in Redis only; the access log would be a row per login in MySQL.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = False
+AXES_VERBOSE = False
+LOGIN_REDIRECT_URL = "/api/user"
+
+# OPERATOR ENDPOINTS (config/probes.py)
+# ------------------------------------------------------------------------------
+# /metrics and the details of /readyz answer requests that come straight from
+# these networks (not through a proxy, which makes every client look local), or
+# that carry "Authorization: Bearer <METRICS_TOKEN>".
+try:
+    METRICS_ALLOWED_NETWORKS = [
+        ipaddress.ip_network(network)
+        for network in env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from None
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
 # BENCHMARKS
 # ------------------------------------------------------------------------------

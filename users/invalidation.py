@@ -1,0 +1,111 @@
+"""How a change to a user or a token reaches the cache, whoever makes it.
+
+The services save and delete through the ORM, and so do Django's and DRF's own
+paths that never call them: the admin's token pages, ``changepassword``,
+``createsuperuser``, ``drf_create_token -r``. The model signals below see every
+one of those writes, so each goes through the same steps (only
+``QuerySet.update()`` and SQL typed elsewhere pass by; ``check_user_cache``
+finds what they leave):
+
+1. Inside the write's transaction the affected keys are recorded in the outbox.
+2. After the commit, the token lookups and the leases are deleted, and the
+   user entry is either deleted (``UPDATE_STRATEGY`` "invalidate", and every
+   delete) or filled with the committed state (a create, so that a POST writes
+   Redis as the design says, and every save under "write-through").
+3. If Redis misses step 2, the outbox replays it as a deletion (``users.outbox``).
+
+A deletion is safe whenever it lands: a reader that loaded the old row finds
+its lease gone and its fill refused. A fill is not, by itself: the after-commit
+steps of two writes can reach Redis in either order. So a write that fills
+takes the entry's lease inside its transaction, under the row lock it holds,
+with a token of its own; the lease replaces any reader's and any older write's,
+and the write's fill stands only while its lease does. A later write replaces
+the lease in turn, and then the fill deletes the entry instead of storing: a
+late after-commit step never leaves a state older than the last committed one.
+
+A save outside a transaction (Django's commands run in autocommit) has already
+committed when its signal fires, with no row lock left to order it against
+other writes: its entry is only ever deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from django.db import connection, transaction
+from django.db.models.signals import post_delete, post_save
+from rest_framework.authtoken.models import Token, TokenProxy
+
+from . import cache, entries, outbox
+from .conf import user_cache_settings
+from .models import User
+from .tokens import token_mac
+
+
+def user_changed(user: User, *, created: bool = False, deleted: bool = False) -> None:
+    """Steps 1 to 3 for a user saved or deleted in the current transaction."""
+    key = cache.user_cache_key(user.pk)
+    token_keys = [] if deleted else _token_keys(user.pk)
+    keys = [key, *token_keys]
+    fill = not deleted and (created or user_cache_settings.UPDATE_STRATEGY == "write-through")
+    if not (fill and connection.in_atomic_block):
+        _after_commit(keys, lambda: cache.invalidate(keys))
+        return
+    lease = cache.new_lease_token()
+    with contextlib.suppress(cache.CacheUnavailable):
+        cache.take_lease(key, lease, user_cache_settings.LEASE_TTL_MS)
+    fields = entries.instance_fields(user)
+
+    def fill_or_delete() -> None:
+        if token_keys:
+            cache.invalidate(token_keys)
+        cache.fill_or_delete(key, lease, fields, cache.jittered_ttl_ms(user_cache_settings.TTL))
+
+    _after_commit(keys, fill_or_delete)
+
+
+def token_changed(token: Token) -> None:
+    """A token created, reassigned or deleted: its cached lookup goes."""
+    keys = [cache.token_cache_key(token_mac(token.key))]
+    _after_commit(keys, lambda: cache.invalidate(keys))
+
+
+def _token_keys(user_id: int) -> list[str]:
+    keys = Token.objects.filter(user_id=user_id).values_list("key", flat=True)
+    return [cache.token_cache_key(token_mac(key)) for key in keys]
+
+
+def _after_commit(keys: list[str], apply: Callable[[], object]) -> None:
+    """Records ``keys`` in the outbox within the current transaction, and runs
+    ``apply`` once it commits; if Redis misses it, the outbox replays it."""
+    with transaction.atomic():
+        entry_id = outbox.record(keys)
+        transaction.on_commit(lambda: outbox.complete(entry_id, apply))
+
+
+def _user_saved(sender, instance: User, created: bool, update_fields, **kwargs) -> None:
+    if update_fields is not None and set(update_fields) <= User.UNCACHED_FIELDS:
+        return
+    user_changed(instance, created=created)
+
+
+def _user_deleted(sender, instance: User, **kwargs) -> None:
+    user_changed(instance, deleted=True)
+
+
+def _token_saved_or_deleted(sender, instance: Token, **kwargs) -> None:
+    token_changed(instance)
+
+
+def connect() -> None:
+    """Called once, from ``UsersConfig.ready``. The admin edits tokens as
+    ``TokenProxy``, whose signals name the proxy, not ``Token``."""
+    post_save.connect(_user_saved, sender=User, dispatch_uid="users.user_saved")
+    post_delete.connect(_user_deleted, sender=User, dispatch_uid="users.user_deleted")
+    for model in (Token, TokenProxy):
+        name = model.__name__
+        post_save.connect(_token_saved_or_deleted, sender=model, dispatch_uid=f"users.{name}_saved")
+        post_delete.connect(
+            _token_saved_or_deleted, sender=model, dispatch_uid=f"users.{name}_deleted"
+        )

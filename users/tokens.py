@@ -1,0 +1,127 @@
+"""API tokens in the cache: which spellings are a key, where a token's entry lives in
+Redis, and why Redis alone can never vouch for one.
+
+* **One spelling.** DRF makes keys of 40 lowercase hex digits, and MySQL compares
+  them case-insensitively: ``ABC...`` finds the row of ``abc...``. So a presented
+  key must be exactly that shape (``is_well_formed``), checked before any I/O;
+  anything else is refused without a query and without a Redis key, and the
+  load compares the row's key exactly.
+* **Keyed names.** A token's entry, its rate-limit counter and its lease are
+  named by an HMAC of the key under a secret derived from ``SECRET_KEY``
+  (``token_mac``): Redis never holds a credential, and someone who can write to
+  Redis cannot compute where the entry of a token of their choosing would be.
+* **Signed entries.** The entry carries an HMAC, under a second derived secret,
+  of its own content, its name and its expiry (``encode_entry``): an entry
+  edited in Redis (a plain user's entry raised to staff), copied to another
+  token's name, or kept past its expiry fails the check and is read from MySQL
+  again (``decode_entry``). What a Redis writer can still do is replay an entry
+  it saved, to the same token, until that entry's expiry: a revocation can be
+  delayed by at most ``TOKEN_TTL``, never a privilege raised beyond what the
+  user held within that time.
+
+Rotating ``SECRET_KEY`` renames and re-signs every entry: each token is looked up
+in MySQL once more, old entries expire unread within ``TOKEN_TTL``, and
+per-token rate-limit windows start afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import hmac
+import re
+import time
+
+from django.conf import settings
+
+_KEY_SHAPE = re.compile(r"[0-9a-f]{40}")
+
+# The fields of a token's cached entry: who the token belongs to, as much as
+# authentication and the read-only permission need, and the signature.
+USER_ID, USERNAME, ACTIVE, STAFF, EXPIRES, SIGNATURE = "u", "n", "a", "s", "e", "m"
+
+
+def is_well_formed(key: str) -> bool:
+    """Exactly DRF's shape: 40 lowercase hex digits (ASCII only)."""
+    return _KEY_SHAPE.fullmatch(key) is not None
+
+
+@functools.cache
+def _secret(purpose: str, secret_key: str) -> bytes:
+    return hashlib.sha256(f"usersvc.tokens.{purpose}:{secret_key}".encode()).digest()
+
+
+def _mac(purpose: str, message: str) -> str:
+    secret = _secret(purpose, settings.SECRET_KEY)
+    return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
+
+
+def token_mac(key: str) -> str:
+    """The name of a token in Redis: an HMAC of its key, never the key itself."""
+    return _mac("name", key)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of a token request, built from the token's entry.
+
+    Carries what authentication and the read permission need, and no more; it is
+    not a model instance, so a token-authenticated hit never touches the
+    database. Writes read their caller's permissions from MySQL
+    (``users.permissions``).
+    """
+
+    id: int
+    username: str
+    is_staff: bool
+    is_active: bool
+
+    is_authenticated = True
+    is_anonymous = False
+
+    @property
+    def pk(self) -> int:
+        return self.id
+
+    def __str__(self) -> str:
+        return self.username
+
+
+def _signed_content(mac: str, fields: dict[str, str]) -> str:
+    return "\x1f".join(
+        (mac, fields[USER_ID], fields[USERNAME], fields[ACTIVE], fields[STAFF], fields[EXPIRES])
+    )
+
+
+def encode_entry(mac: str, row: dict, ttl_seconds: int) -> dict[str, str]:
+    """The cached entry of a token row (``user_id``, ``user__username``,
+    ``user__is_active``, ``user__is_staff``), signed, valid for ``ttl_seconds``."""
+    fields = {
+        USER_ID: str(row["user_id"]),
+        USERNAME: row["user__username"],
+        ACTIVE: "1" if row["user__is_active"] else "0",
+        STAFF: "1" if row["user__is_staff"] else "0",
+        EXPIRES: str(int(time.time()) + ttl_seconds),
+    }
+    fields[SIGNATURE] = _mac("entry", _signed_content(mac, fields))
+    return fields
+
+
+def decode_entry(mac: str, fields: dict[str, str]) -> Principal | None:
+    """The principal an entry names, or None when the entry is not one this server
+    signed for this token, or has expired."""
+    try:
+        signature = fields[SIGNATURE]
+        expected = _mac("entry", _signed_content(mac, fields))
+        expires = int(fields[EXPIRES])
+    except (KeyError, ValueError):
+        return None
+    if not hmac.compare_digest(signature, expected) or expires < time.time():
+        return None
+    return Principal(
+        id=int(fields[USER_ID]),
+        username=fields[USERNAME],
+        is_staff=fields[STAFF] == "1",
+        is_active=fields[ACTIVE] == "1",
+    )
