@@ -29,6 +29,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 BACKEND = "django_redis.cache.RedisCache"
 CLUSTER_CLIENT = "config.redis_cluster.RedisClusterClient"
@@ -105,6 +107,10 @@ def cache_from_env(env: environ.Env) -> dict:
         )
         options["SENTINEL_KWARGS"] = {
             **timeouts,
+            # No retries: finding the primary asks the next sentinel anyway, and
+            # redis-py's default retries with backoff would hold the request on a
+            # sentinel that is down or refuses the login, instead of bypassing.
+            "retry": Retry(NoBackoff(), 0),
             **{name.lower(): value for name, value in sentinel_credentials.items()},
             **tls_client_kwargs,
         }

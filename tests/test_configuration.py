@@ -181,6 +181,13 @@ class TestRedisCredentialsAndTls:
         assert "password" not in sentinel_kwargs
         assert sentinel_kwargs["socket_timeout"] == 0.1
 
+    def test_a_sentinel_is_asked_once_before_the_next(self):
+        sentinel_kwargs = cache_from_env(_env(REDIS_SENTINELS="10.0.0.1:26379"))["OPTIONS"][
+            "SENTINEL_KWARGS"
+        ]
+
+        assert sentinel_kwargs["retry"].get_retries() == 0
+
     @pytest.mark.parametrize(
         ("variables", "message"),
         [
