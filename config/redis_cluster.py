@@ -28,17 +28,23 @@ _clusters_lock = threading.Lock()
 
 
 class RedisClusterClient(DefaultClient):
-    """``LOCATION`` lists seed nodes (``host:port``); any one that answers is enough."""
+    """``LOCATION`` lists seed nodes (``host:port``); any one that answers is enough.
+
+    The options are django-redis' own: the timeouts, ``USERNAME`` and ``PASSWORD``,
+    and ``CONNECTION_POOL_KWARGS``, here the arguments of every node's connections
+    (the pool size, and TLS as ``ssl=True`` with redis-py's ``ssl_*`` arguments).
+    """
 
     def connect(self, index: int = 0) -> RedisCluster:
         # Every index names the same cluster: the LOCATION entries are seeds of
         # one cluster, not the primary and replicas DefaultClient takes them for.
-        pool_kwargs = self._options.get("CONNECTION_POOL_KWARGS", {})
         settings = (
             tuple(self._server),
             self._options.get("SOCKET_CONNECT_TIMEOUT"),
             self._options.get("SOCKET_TIMEOUT"),
-            pool_kwargs.get("max_connections"),
+            self._options.get("USERNAME"),
+            self._options.get("PASSWORD"),
+            tuple(sorted(self._options.get("CONNECTION_POOL_KWARGS", {}).items())),
         )
         with _clusters_lock:
             if settings not in _clusters:
@@ -50,16 +56,20 @@ def _connect(
     seeds: tuple[str, ...],
     connect_timeout: float | None,
     read_timeout: float | None,
-    max_connections: int | None,
+    username: str | None,
+    password: str | None,
+    connection_kwargs: tuple[tuple[str, object], ...],
 ) -> RedisCluster:
     return RedisCluster(
         startup_nodes=[ClusterNode(*host_and_port(seed)) for seed in seeds],
         socket_connect_timeout=connect_timeout,
         socket_timeout=read_timeout,
-        max_connections=max_connections,
+        username=username,
+        password=password,
         # One retry, after the client has re-read the slot map from a live node:
         # enough to reach a replica promoted after a failover. While a failover is
         # still in progress, failing fast lets the read bypass the cache instead
         # of waiting for it (redis-py's default is ten tries).
         retry=Retry(NoBackoff(), retries=1),
+        **dict(connection_kwargs),
     )

@@ -11,7 +11,6 @@ or ``REDIS_SENTINELS`` would in production.
 import copy
 import os
 from collections.abc import Iterable
-from unittest import mock
 from urllib.parse import urlsplit
 
 import environ
@@ -53,21 +52,30 @@ def redis_topology(tmp_path_factory):
 
 
 def _topology_cache(topology: RedisClusterServers | SentinelGroup) -> dict:
-    """The cache for ``topology`` as its environment variables would configure it,
-    with the run's own prefix and timeouts (config/settings/test.py)."""
+    """The cache for ``topology`` as its environment variables configure it."""
     if isinstance(topology, RedisClusterServers):
-        environment = {"REDIS_CLUSTER_NODES": ",".join(topology.seeds)}
-    else:
-        environment = {
+        return cache_from_variables({"REDIS_CLUSTER_NODES": ",".join(topology.seeds)})
+    return cache_from_variables(
+        {
             "REDIS_SENTINELS": ",".join(topology.sentinel_addresses),
             "REDIS_SENTINEL_SERVICE": topology.service,
         }
-    with mock.patch.dict(os.environ, environment):
-        default = cache_from_env(environ.Env())
-    default["KEY_PREFIX"] = settings.TEST_RUN_PREFIX
-    for timeout in ("SOCKET_CONNECT_TIMEOUT", "SOCKET_TIMEOUT"):
-        default["OPTIONS"][timeout] = settings.CACHES["default"]["OPTIONS"][timeout]
-    return default
+    )
+
+
+def cache_from_variables(variables: dict[str, str]) -> dict:
+    """``CACHES["default"]`` as ``config.redis`` builds it from the environment
+    ``variables`` and nothing else, plus the variables that give it this run's key
+    prefix and timeouts (config/settings/test.py)."""
+    options = settings.CACHES["default"]["OPTIONS"]
+    env = environ.Env()
+    env.ENVIRON = {
+        "CACHE_KEY_PREFIX": settings.TEST_RUN_PREFIX,
+        "REDIS_CONNECT_TIMEOUT_MS": str(round(options["SOCKET_CONNECT_TIMEOUT"] * 1000)),
+        "REDIS_READ_TIMEOUT_MS": str(round(options["SOCKET_TIMEOUT"] * 1000)),
+        **variables,
+    }
+    return cache_from_env(env)
 
 
 def _delete_run_keys() -> None:
@@ -79,17 +87,24 @@ def _delete_run_keys() -> None:
 
 def redis_environment() -> dict[str, str]:
     """The variables that point a child process (manage.py, gunicorn) at the Redis
-    this run's cache uses, whichever of the three it is."""
+    this run's cache uses, whichever of the three it is. TLS files come from this
+    process's environment, which the child inherits."""
     default = settings.CACHES["default"]
-    client_class = default["OPTIONS"]["CLIENT_CLASS"]
+    options = default["OPTIONS"]
+    # config.redis moves credentials out of REDIS_URL into these options.
+    credentials = {
+        f"REDIS_{name}": options[name] for name in ("USERNAME", "PASSWORD") if name in options
+    }
+    client_class = options["CLIENT_CLASS"]
     if client_class == CLUSTER_CLIENT:
-        return {"REDIS_CLUSTER_NODES": ",".join(default["LOCATION"])}
+        return {"REDIS_CLUSTER_NODES": ",".join(default["LOCATION"]), **credentials}
     if client_class == SENTINEL_CLIENT:
         return {
-            "REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in default["OPTIONS"]["SENTINELS"]),
+            "REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in options["SENTINELS"]),
             "REDIS_SENTINEL_SERVICE": urlsplit(default["LOCATION"]).hostname,
+            **credentials,
         }
-    return {"REDIS_URL": default["LOCATION"]}
+    return {"REDIS_URL": default["LOCATION"], **credentials}
 
 
 def one_server_caches(url: str) -> dict:
@@ -97,10 +112,17 @@ def one_server_caches(url: str) -> dict:
     topology: for tests that start, stop or pause a server of their own."""
     caches = copy.deepcopy(settings.CACHES)
     options = caches["default"]["OPTIONS"]
-    # Sentinel's options; django-redis' SentinelConnectionFactory also writes its
-    # pool class into the OPTIONS it is given.
-    for sentinel_only in ("CONNECTION_FACTORY", "CONNECTION_POOL_CLASS", "SENTINELS"):
-        options.pop(sentinel_only, None)
+    # Sentinel's options (django-redis' SentinelConnectionFactory also writes its
+    # pool class into the OPTIONS it is given), and credentials and TLS, which a
+    # test's own server does without.
+    for not_here in (
+        "CONNECTION_FACTORY", "CONNECTION_POOL_CLASS", "SENTINELS", "SENTINEL_KWARGS",
+        "USERNAME", "PASSWORD",
+    ):  # fmt: skip
+        options.pop(not_here, None)
+    options["CONNECTION_POOL_KWARGS"] = {
+        "max_connections": options["CONNECTION_POOL_KWARGS"]["max_connections"]
+    }
     options["CLIENT_CLASS"] = "django_redis.client.DefaultClient"
     caches["default"]["LOCATION"] = url
     return caches

@@ -8,13 +8,14 @@ Cluster and a Sentinel group are made of such servers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import MySQLdb
@@ -95,16 +96,131 @@ class ServerProcess:
             os.kill(self.process.pid, signal.SIGCONT)
 
 
+@dataclasses.dataclass(frozen=True)
+class Certificates:
+    """A throwaway certificate authority and what it signed, made with the openssl
+    CLI: the servers' certificate, which names 127.0.0.1 only, and a client's.
+    Each is a PEM file; a certificate's key is in the file of the same name."""
+
+    ca: Path
+    server: Path
+    client: Path
+
+    @classmethod
+    def make(cls, folder: Path) -> Certificates:
+        folder.mkdir(parents=True, exist_ok=True)
+        ca = _certificate(folder / "ca.crt", "/CN=usersvc test CA")
+        return cls(
+            ca=ca,
+            server=_certificate(
+                folder / "server.crt", "/CN=127.0.0.1", signer=ca,
+                extensions=["subjectAltName=IP:127.0.0.1"],
+            ),
+            client=_certificate(folder / "client.crt", "/CN=usersvc", signer=ca),
+        )  # fmt: skip
+
+    @staticmethod
+    def key(certificate: Path) -> Path:
+        return certificate.with_suffix(".key")
+
+
+def _certificate(
+    path: Path, subject: str, *, signer: Path | None = None, extensions: Sequence[str] = ()
+) -> Path:
+    """A new key and its certificate at ``path``: self-signed (openssl's defaults make
+    it a CA) without ``signer``, else a leaf certificate that ``signer`` signed."""
+    signing = (
+        ["-CA", str(signer), "-CAkey", str(Certificates.key(signer)),
+         "-addext", "basicConstraints=CA:FALSE"]
+        if signer else []
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "req", "-x509", "-new", "-nodes", "-days", "2", "-subj", subject,
+         "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-keyout", str(Certificates.key(path)), "-out", str(path), *signing,
+         *(argument for extension in extensions for argument in ("-addext", extension))],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisSecurity:
+    """How a test's redis-servers or sentinels are locked down, as production ones
+    would be: TLS only (no plain port), client certificates required, and ACL users.
+
+    ``admin`` may do anything; the fixtures connect as it, and so do replicas to
+    their primary and sentinels to the servers and to each other. ``users`` are the
+    others: name -> ACL rules, ``>password`` among them. The default user is off
+    unless ``users`` has rules for ``default``.
+    """
+
+    certificates: Certificates
+    users: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    ADMIN = "admin"
+    ADMIN_PASSWORD = "admin-secret"
+
+    def acl(self) -> str:
+        """The users, in the format of an ACL file."""
+        return "".join(
+            f"user {name} {rules}\n"
+            for name, rules in {
+                "default": "off",
+                self.ADMIN: f"on >{self.ADMIN_PASSWORD} ~* &* +@all",
+                **self.users,
+            }.items()
+        )
+
+    def directives(self, port: int, workdir: Path) -> list[tuple[str, str]]:
+        """The configuration of a redis-server or sentinel listening on ``port`` with
+        TLS only, its users in an ACL file in ``workdir``. Its own connections (to
+        a primary, to the cluster bus, a sentinel's) use TLS and ``admin`` too."""
+        aclfile = workdir / "users.acl"
+        aclfile.write_text(self.acl())
+        server = self.certificates.server
+        return [
+            ("port", "0"), ("tls-port", str(port)),
+            ("tls-cert-file", str(server)), ("tls-key-file", str(Certificates.key(server))),
+            ("tls-ca-cert-file", str(self.certificates.ca)), ("tls-auth-clients", "yes"),
+            ("tls-replication", "yes"), ("tls-cluster", "yes"),
+            ("aclfile", str(aclfile)),
+        ]  # fmt: skip
+
+    def client_kwargs(self) -> dict:
+        """redis-py's arguments for a client connecting as ``admin``."""
+        client = self.certificates.client
+        return {
+            "ssl": True, "ssl_ca_certs": str(self.certificates.ca),
+            "ssl_certfile": str(client), "ssl_keyfile": str(Certificates.key(client)),
+            "username": self.ADMIN, "password": self.ADMIN_PASSWORD,
+        }  # fmt: skip
+
+    def cli_arguments(self) -> list[str]:
+        """redis-cli's arguments for the same."""
+        client = self.certificates.client
+        return [
+            "--tls", "--cacert", str(self.certificates.ca),
+            "--cert", str(client), "--key", str(Certificates.key(client)),
+            "--user", self.ADMIN, "--pass", self.ADMIN_PASSWORD, "--no-auth-warning",
+        ]  # fmt: skip
+
+
 class _RedisProtocol:
-    """What a redis-server and a sentinel share: answering PING on their port."""
+    """What a redis-server and a sentinel share: answering PING on their port, with
+    TLS and as ``admin`` when ``security`` says so."""
 
     port: int
+    security: RedisSecurity | None
 
     def is_ready(self) -> bool:
         return self.client().ping()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5,
+            **(self.security.client_kwargs() if self.security else {}),
+        )  # fmt: skip
 
     @property
     def address(self) -> str:
@@ -114,30 +230,48 @@ class _RedisProtocol:
 class RedisServer(_RedisProtocol, ServerProcess):
     """``redis-server``: its data survives pause/resume, and also stop/start when
     ``persistent`` (an append-only file synced on every write). ``options`` are
-    more command-line options (a cluster node's, a replica's)."""
+    more command-line options (a cluster node's, a replica's); ``security`` puts
+    it behind TLS and ACL users."""
 
     name = "redis"
 
     def __init__(
-        self, workdir: Path, *, persistent: bool = False, options: Sequence[str] = ()
+        self,
+        workdir: Path,
+        *,
+        persistent: bool = False,
+        options: Sequence[str] = (),
+        security: RedisSecurity | None = None,
     ) -> None:
         super().__init__(workdir)
         self.persistent = persistent
         self.options = list(options)
+        self.security = security
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.security else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
         return [
             shutil.which("redis-server") or "/usr/bin/redis-server",
-            "--port", str(self.port), "--bind", "127.0.0.1",
+            *self._listening(), "--bind", "127.0.0.1",
             "--save", "", "--dir", str(self.workdir),
             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
               else ["--appendonly", "no"]),
             *self.options,
         ]  # fmt: skip
+
+    def _listening(self) -> list[str]:
+        if self.security is None:
+            return ["--port", str(self.port)]
+        # A replica (of a primary, or in a cluster after a failover) logs in as admin.
+        directives = [
+            *self.security.directives(self.port, self.workdir),
+            ("masteruser", RedisSecurity.ADMIN), ("masterauth", RedisSecurity.ADMIN_PASSWORD),
+        ]  # fmt: skip
+        return [argument for name, value in directives for argument in (f"--{name}", value)]
 
 
 def _subfolder(workdir: Path, name: str) -> Path:
@@ -157,11 +291,15 @@ class RedisClusterServers:
     PRIMARIES = 3
     NODE_TIMEOUT_MS = 1000
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, security: RedisSecurity | None = None) -> None:
+        self.security = security
         self.nodes = [
-            RedisServer(_subfolder(workdir, f"node-{index}"), options=self._node_options())
+            RedisServer(
+                _subfolder(workdir, f"node-{index}"), options=self._node_options(),
+                security=security,
+            )
             for index in range(self.PRIMARIES * 2)
-        ]
+        ]  # fmt: skip
 
     def _node_options(self) -> list[str]:
         # The bus port is chosen too: the default, port + 10000, can exceed 65535.
@@ -179,8 +317,8 @@ class RedisClusterServers:
         for node in self.nodes:
             node.start()
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *self.seeds, "--cluster-replicas", "1",
-             "--cluster-yes"],
+            ["redis-cli", *(self.security.cli_arguments() if self.security else []),
+             "--cluster", "create", *self.seeds, "--cluster-replicas", "1", "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         _wait(self.is_healthy, "the Redis Cluster", timeout=30)
@@ -252,15 +390,36 @@ class SentinelServer(_RedisProtocol, ServerProcess):
     name = "sentinel"
     DOWN_AFTER_MS = 1000
 
-    def __init__(self, workdir: Path, *, service: str, primary: RedisServer, quorum: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        service: str,
+        primary: RedisServer,
+        quorum: int,
+        security: RedisSecurity | None = None,
+    ) -> None:
         super().__init__(workdir)
+        self.security = security
+        directives = [
+            *(security.directives(self.port, workdir) if security else [("port", str(self.port))]),
+            ("bind", "127.0.0.1"), ("dir", str(workdir)),
+            ("sentinel monitor", f"{service} 127.0.0.1 {primary.port} {quorum}"),
+            ("sentinel down-after-milliseconds", f"{service} {self.DOWN_AFTER_MS}"),
+            ("sentinel failover-timeout", f"{service} 10000"),
+        ]  # fmt: skip
+        if primary.security:
+            directives += [
+                ("sentinel auth-user", f"{service} {RedisSecurity.ADMIN}"),
+                ("sentinel auth-pass", f"{service} {RedisSecurity.ADMIN_PASSWORD}"),
+            ]
+        if security:
+            directives += [
+                ("sentinel sentinel-user", RedisSecurity.ADMIN),
+                ("sentinel sentinel-pass", RedisSecurity.ADMIN_PASSWORD),
+            ]
         self.config = workdir / "sentinel.conf"
-        self.config.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
-            f"sentinel monitor {service} 127.0.0.1 {primary.port} {quorum}\n"
-            f"sentinel down-after-milliseconds {service} {self.DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {service} 10000\n"
-        )
+        self.config.write_text("".join(f"{name} {value}\n" for name, value in directives))
 
     def command(self) -> list[str]:
         return [shutil.which("redis-server") or "/usr/bin/redis-server", str(self.config),
@@ -269,19 +428,28 @@ class SentinelServer(_RedisProtocol, ServerProcess):
 
 class SentinelGroup:
     """A primary, its replica and three sentinels (quorum two): Redis high
-    availability without sharding."""
+    availability without sharding. ``security`` locks down the two servers and
+    ``sentinel_security`` the sentinels, which keep users of their own."""
 
-    def __init__(self, workdir: Path, *, service: str = "usersvc-test") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        service: str = "usersvc-test",
+        security: RedisSecurity | None = None,
+        sentinel_security: RedisSecurity | None = None,
+    ) -> None:
         self.service = service
-        primary = RedisServer(_subfolder(workdir, "primary"))
+        primary = RedisServer(_subfolder(workdir, "primary"), security=security)
         replica = RedisServer(
-            _subfolder(workdir, "replica"), options=["--replicaof", "127.0.0.1", str(primary.port)]
-        )
+            _subfolder(workdir, "replica"), security=security,
+            options=["--replicaof", "127.0.0.1", str(primary.port)],
+        )  # fmt: skip
         self.servers = [primary, replica]
         self.sentinels = [
             SentinelServer(
                 _subfolder(workdir, f"sentinel-{index}"), service=service, primary=primary,
-                quorum=2,
+                quorum=2, security=sentinel_security,
             )
             for index in range(3)
         ]  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from config.redis import cache_from_env
+from tests.servers import Certificates
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,6 +87,142 @@ class TestRedis:
 
         assert caches["default"]["LOCATION"] == ["127.0.0.1:7000"]
         assert caches["default"]["OPTIONS"]["CLIENT_CLASS"].endswith("RedisClusterClient")
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> Certificates:
+    return Certificates.make(tmp_path_factory.mktemp("certificates"))
+
+
+def _tls_files(certificates: Certificates) -> dict[str, str]:
+    return {
+        "REDIS_TLS_CA_FILE": str(certificates.ca),
+        "REDIS_TLS_CERT_FILE": str(certificates.client),
+        "REDIS_TLS_KEY_FILE": str(Certificates.key(certificates.client)),
+    }
+
+
+def _tls_arguments(certificates: Certificates) -> dict:
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_ca_certs": str(certificates.ca),
+        "ssl_certfile": str(certificates.client),
+        "ssl_keyfile": str(Certificates.key(certificates.client)),
+        "ssl_check_hostname": True,
+    }
+
+
+class TestRedisCredentialsAndTls:
+    def test_credentials_leave_the_url_for_the_options(self, certificates):
+        """LOCATION is not hidden in Django's error reports; PASSWORD is."""
+        cache = cache_from_env(
+            _env(
+                REDIS_URL="rediss://usersvc:p%40ss@redis.internal:6380/0",
+                **_tls_files(certificates),
+            )
+        )
+
+        assert cache["LOCATION"] == "rediss://redis.internal:6380/0"
+        assert (cache["OPTIONS"]["USERNAME"], cache["OPTIONS"]["PASSWORD"]) == ("usersvc", "p@ss")
+        # rediss:// alone selects redis-py's TLS connection, which takes no ssl=True.
+        assert cache["OPTIONS"]["CONNECTION_POOL_KWARGS"] == {
+            "max_connections": 64,
+            **_tls_arguments(certificates),
+        }
+
+    def test_a_password_alone_is_the_default_users(self):
+        options = cache_from_env(_env(REDIS_PASSWORD="secret"))["OPTIONS"]
+
+        assert options["PASSWORD"] == "secret"
+        assert "USERNAME" not in options
+
+    def test_a_cluster_takes_tls_as_a_switch(self, certificates):
+        cache = cache_from_env(
+            _env(
+                REDIS_CLUSTER_NODES="10.0.0.1:7000", REDIS_TLS="true", REDIS_USERNAME="usersvc",
+                REDIS_PASSWORD="secret", REDIS_TLS_CHECK_HOSTNAME="false",
+                **_tls_files(certificates),
+            )
+        )  # fmt: skip
+
+        assert (cache["OPTIONS"]["USERNAME"], cache["OPTIONS"]["PASSWORD"]) == ("usersvc", "secret")
+        assert cache["OPTIONS"]["CONNECTION_POOL_KWARGS"] == {
+            "max_connections": 64,
+            "ssl": True,
+            **_tls_arguments(certificates),
+            "ssl_check_hostname": False,
+        }
+
+    def test_the_sentinels_get_their_own_credentials_and_the_same_tls(self, certificates):
+        options = cache_from_env(
+            _env(
+                REDIS_SENTINELS="10.0.0.1:26379", REDIS_TLS="true",
+                REDIS_USERNAME="usersvc", REDIS_PASSWORD="data-secret",
+                REDIS_SENTINEL_USERNAME="watcher", REDIS_SENTINEL_PASSWORD="sentinel-secret",
+                **_tls_files(certificates),
+            )
+        )["OPTIONS"]  # fmt: skip
+
+        assert (options["USERNAME"], options["PASSWORD"]) == ("usersvc", "data-secret")
+        assert options["CONNECTION_POOL_KWARGS"]["ssl"] is True
+        sentinel_kwargs = options["SENTINEL_KWARGS"]
+        assert (sentinel_kwargs["username"], sentinel_kwargs["password"]) == (
+            "watcher",
+            "sentinel-secret",
+        )
+        assert sentinel_kwargs["ssl"] is True
+        assert sentinel_kwargs.items() >= _tls_arguments(certificates).items()
+
+    def test_the_sentinels_never_get_the_data_password(self):
+        sentinel_kwargs = cache_from_env(
+            _env(REDIS_SENTINELS="10.0.0.1:26379", REDIS_PASSWORD="data-secret")
+        )["OPTIONS"]["SENTINEL_KWARGS"]
+
+        assert "password" not in sentinel_kwargs
+        assert sentinel_kwargs["socket_timeout"] == 0.1
+
+    def test_a_sentinel_is_asked_once_before_the_next(self):
+        sentinel_kwargs = cache_from_env(_env(REDIS_SENTINELS="10.0.0.1:26379"))["OPTIONS"][
+            "SENTINEL_KWARGS"
+        ]
+
+        assert sentinel_kwargs["retry"].get_retries() == 0
+
+    @pytest.mark.parametrize(
+        ("variables", "message"),
+        [
+            ({"REDIS_URL": "rediss://h:1/0", "REDIS_TLS_CA_FILE": "/nowhere/ca.pem"},
+             "REDIS_TLS_CA_FILE /nowhere/ca.pem: .*No such file"),
+            ({"REDIS_URL": "rediss://h:1/0", "REDIS_TLS_CERT_FILE": "{client}"}, "together"),
+            ({"REDIS_URL": "rediss://h:1/0", "REDIS_TLS_KEY_FILE": "{client_key}"}, "together"),
+            ({"REDIS_URL": "rediss://h:1/0", "REDIS_TLS_CERT_FILE": "{client}",
+              "REDIS_TLS_KEY_FILE": "{server_key}"}, "REDIS_TLS_CERT_FILE .*KEY_VALUES_MISMATCH"),
+            ({"REDIS_URL": "rediss://h:1/0", "REDIS_TLS_CA_FILE": "{client_key}"},
+             "REDIS_TLS_CA_FILE"),
+            ({"REDIS_TLS_CA_FILE": "{ca}"}, "need TLS"),
+            ({"REDIS_CLUSTER_NODES": "h:1", "REDIS_TLS_CA_FILE": "{ca}"}, "need TLS"),
+            ({"REDIS_TLS": "true"}, "REDIS_URL is not rediss://"),
+            ({"REDIS_URL": "redis://:secret@h:1/0", "REDIS_PASSWORD": "secret"}, "use one"),
+            ({"REDIS_URL": "redis://usersvc@h:1/0"}, "a user without a password"),
+            ({"REDIS_USERNAME": "usersvc"}, "REDIS_USERNAME is set without REDIS_PASSWORD"),
+            ({"REDIS_SENTINELS": "h:1", "REDIS_SENTINEL_USERNAME": "watcher"},
+             "REDIS_SENTINEL_USERNAME is set without REDIS_SENTINEL_PASSWORD"),
+        ],
+    )  # fmt: skip
+    def test_a_mistake_stops_the_start_up_in_one_line(self, certificates, variables, message):
+        files = {
+            "ca": certificates.ca,
+            "client": certificates.client,
+            "client_key": Certificates.key(certificates.client),
+            "server_key": Certificates.key(certificates.server),
+        }
+        with pytest.raises(ImproperlyConfigured, match=message) as stopped:
+            cache_from_env(
+                _env(**{name: value.format(**files) for name, value in variables.items()})
+            )
+
+        assert "\n" not in str(stopped.value)
+        assert "secret" not in str(stopped.value)
 
 
 class TestDatabase:
