@@ -36,6 +36,7 @@ from tests.servers import (
     WebService,
 )
 from users import cache, maintenance, services
+from users.entries import ABSENT_FIELD
 
 SERVICE_USER, SERVICE_PASSWORD = "usersvc", "usersvc-secret"
 SENTINEL_USER, SENTINEL_PASSWORD = "usersvc-sentinel", "sentinel-secret"
@@ -47,11 +48,12 @@ PASSWORDS = (SERVICE_PASSWORD, SENTINEL_PASSWORD, DEFAULT_PASSWORD, WRONG_PASSWO
 # What the service sends to the data nodes, the commands of its Lua scripts
 # included (Redis checks a script's calls against the caller's ACL too); the
 # README lists the same. COMMAND and CLUSTER SLOTS are the cluster client's: it
-# maps the slots and the commands' key positions with them.
+# maps the slots and the commands' key positions with them. EVAL and INCRBY are
+# django-redis' cache.incr(), with which the login limits count failures.
 SERVICE_COMMANDS = (
-    "evalsha", "script|load",
+    "evalsha", "eval", "script|load",
     "hgetall", "hmget", "hget", "hset", "get", "set", "del", "unlink", "exists",
-    "incr", "pexpire", "pttl", "type", "scan",
+    "incr", "incrby", "pexpire", "pttl", "type", "scan",
     "info", "ping",
     "cluster|slots", "command",
 )  # fmt: skip
@@ -197,13 +199,14 @@ def cache_configured_by(variables: dict[str, str]):
 
 
 def test_the_service_works_through_the_cache(
-    topology, make_user, staff_client, django_capture_on_commit_callbacks
+    topology, make_user, staff_client, client, django_capture_on_commit_callbacks
 ):
     """Every kind of call the service makes: the API's reads (the token lookup
     that counts the request, a miss, a hit), a write's invalidation and its
-    write-through, and the operator tools (warm, the admin's entry states, check,
-    overview, flush). No server logs a command it refused, not even one whose
-    failure the service would have shrugged off (a rate limit fails open)."""
+    write-through, failed logins (counted by django-axes in the cache), and the
+    operator tools (warm, the admin's entry states, check, overview, flush). No
+    server logs a command it refused, not even one whose failure the service
+    would have shrugged off (a rate limit fails open)."""
     for process in topology.processes:
         process.client().acl_log_reset()
     with cache_configured_by(topology.variables):
@@ -225,9 +228,13 @@ def test_the_service_works_through_the_cache(
             override_settings(USERS_CACHE=write_through),
             django_capture_on_commit_callbacks(execute=True),
         ):
-            services.user_update(user_id=user.id, data={"first_name": "Newer"})
+            services.user_update(actor=None, user_id=user.id, data={"first_name": "Newer"})
         written = services.user_get(user_id=user.id)
         assert (written.source, written.value["first_name"]) == (services.Source.HIT, "Newer")
+
+        for _ in range(2):  # the first failure adds the counter, the second increments it
+            login = client.post("/admin/login/", {"username": "tls", "password": "wrong"})
+            assert login.status_code == 200
 
         absent_id = user.id + 1000
         warmed = maintenance.cache_warm(user_ids=[user.id, absent_id], missing_only=True)
@@ -235,12 +242,12 @@ def test_the_service_works_through_the_cache(
         entries = maintenance.user_cache_entries(user_ids=[user.id, absent_id])
         assert entries[user.id].ttl_ms > 0
         assert entries[user.id].fields == {}
-        assert entries[absent_id].fields == {cache.ABSENT_FIELD: "1"}
+        assert entries[absent_id].fields == {ABSENT_FIELD: "1"}
         assert maintenance.cache_check().problems == 0
         overview = maintenance.cache_overview()
         assert overview.reachable, overview.error
         assert overview.keys[cache.KeyKind.USER] == 2
-        # The rate-limit counters the token lookups made.
+        # The rate-limit counters the token lookups made, the login failures.
         assert overview.keys[cache.KeyKind.OTHER] >= 1
 
         assert maintenance.cache_flush().removed >= 2
