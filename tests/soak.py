@@ -32,7 +32,7 @@ import MySQLdb
 import redis
 
 from tests.servers import MariaDBServer, RedisServer, WebService, service_stack
-from users.cache import ABSENT_FIELD, USER_FIELD_NAMES, VERSION_FIELD
+from users.entries import ABSENT_FIELD, USER_FIELD_NAMES, VERSION_FIELD
 
 FIRST_NAME = USER_FIELD_NAMES["first_name"]
 
