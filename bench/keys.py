@@ -9,7 +9,7 @@ import functools
 from django.conf import settings
 from redis import Redis
 
-from users import cache
+from users.cache import keys as cache_keys
 
 from .environment import KEY_PREFIX
 
@@ -30,7 +30,7 @@ def bench_client() -> Redis:
 
 
 def _user_key_stem() -> str:
-    sample = cache.user_cache_key(0)
+    sample = cache_keys.user_key(0)
     assert sample.endswith(":user:{0}"), f"unexpected user key shape: {sample}"
     return sample.removesuffix("{0}")
 

@@ -11,7 +11,8 @@ import time
 from django_redis import get_redis_connection
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from users import cache, services
+from users import reads
+from users.cache import keys as cache_keys
 
 from . import keys
 
@@ -35,23 +36,23 @@ class Timing:
 
 
 def time_user_get_and_hgetall(*, user_count: int, calls: int, seed: int) -> tuple[Timing, Timing]:
-    """``services.user_get`` on a hit, and a bare redis-py HGETALL of the same entries.
+    """``reads.user_get`` on a hit, and a bare redis-py HGETALL of the same entries.
 
     Both go through the same client and connection pool, so the difference is
     what the service adds to one round trip: the key, decoding, the projection.
     """
     client = get_redis_connection("default")
     user_ids = random.Random(seed).choices(range(1, user_count + 1), k=calls)
-    entry_keys = [cache.user_cache_key(user_id) for user_id in user_ids]
+    entry_keys = [cache_keys.user_key(user_id) for user_id in user_ids]
     user_get_ns: list[int] = []
     hgetall_ns: list[int] = []
     misses = 0
     for block in range(0, calls, _BLOCK_CALLS):
         for user_id in user_ids[block : block + _BLOCK_CALLS]:
             start = time.perf_counter_ns()
-            result = services.user_get(user_id=user_id)
+            result = reads.user_get(user_id=user_id)
             user_get_ns.append(time.perf_counter_ns() - start)
-            misses += result.source is services.Source.MISS
+            misses += result.source is reads.Source.MISS
         for key in entry_keys[block : block + _BLOCK_CALLS]:
             start = time.perf_counter_ns()
             # A stall past the read timeout is a sample too: user_get would have
@@ -73,7 +74,7 @@ def memory_usage_per_user(*, user_count: int, samples: int, seed: int) -> float:
     """The median ``MEMORY USAGE`` of cached users' entries (key, value and overhead)."""
     client = keys.bench_client()
     user_ids = random.Random(seed).sample(range(1, user_count + 1), k=min(samples, user_count))
-    sizes = [client.memory_usage(cache.user_cache_key(user_id), samples=0) for user_id in user_ids]
+    sizes = [client.memory_usage(keys.user_key(user_id), samples=0) for user_id in user_ids]
     missing = sizes.count(None)
     if missing:
         raise RuntimeError(f"{missing} of {len(sizes)} sampled users are not cached")

@@ -253,7 +253,7 @@ def markdown(passes: list[PassResult], options: Options, machine: dict[str, str]
             ["call", "median (µs)", "p99 (µs)"],
             "lrr",
             [
-                timing_row("`users.services.user_get`, hit", lambda one: one.user_get),
+                timing_row("`users.reads.user_get`, hit", lambda one: one.user_get),
                 timing_row("raw redis-py `HGETALL` round trip", lambda one: one.hgetall),
             ],
         ),

@@ -18,7 +18,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from users.services import WriteConflict
+from config.database import WriteConflict
 
 logger = logging.getLogger(__name__)
 

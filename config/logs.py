@@ -14,9 +14,15 @@ import re
 import time
 import uuid
 
-from users import metrics
+from prometheus_client import Histogram
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+HTTP_REQUEST_SECONDS = Histogram(
+    "usersvc_http_request_seconds",
+    "Duration of HTTP requests by method, route (URL name) and status code.",
+    ["method", "route", "status"],
+)
 
 # Letters, digits and a few separators, as load balancers and tracers generate them;
 # anything else (too long, spaces, control characters) is replaced, not logged.
@@ -39,7 +45,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         response = self.get_response(request)
         match = request.resolver_match
-        metrics.HTTP_REQUEST_SECONDS.labels(
+        HTTP_REQUEST_SECONDS.labels(
             request.method if request.method in _METHODS else "other",
             match.view_name if match else "unmatched",
             str(response.status_code),

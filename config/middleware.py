@@ -3,7 +3,7 @@ token-authenticated API requests.
 
 They serve the admin and the browsable API, which log in with a session. An API
 request that carries ``Authorization: Token ...`` is authenticated by DRF
-(``users.authentication``) and uses neither a session, ``request.user`` before
+(``users.access``) and uses neither a session, ``request.user`` before
 the view, nor messages; skipping the three saved about 90-140 µs of a request
 that costs 800-950 µs in process (measured side by side on the framework-floor
 endpoint), about a tenth of a cached read. Everything else, the admin included,

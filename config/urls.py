@@ -2,18 +2,10 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.routers import SimpleRouter
-
-from users.api import UserViewSet
-
-router = SimpleRouter()
-# Serve /api/user and /api/user/ alike, without a redirect.
-router.trailing_slash = "/?"
-router.register("user", UserViewSet, basename="user")
 
 # The API first: Django tries the patterns in order on every request.
 urlpatterns = [
-    path("api/", include(router.urls)),
+    path("api/", include("users.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),

@@ -8,9 +8,12 @@ configure the cache for it through ``config.redis``, as ``REDIS_CLUSTER_NODES``
 or ``REDIS_SENTINELS`` would in production.
 """
 
+import contextlib
 import copy
 import os
+import threading
 from collections.abc import Iterable
+from unittest import mock
 from urllib.parse import urlsplit
 
 import environ
@@ -26,7 +29,9 @@ from rest_framework.test import APIClient
 
 from config.redis import CLUSTER_CLIENT, SENTINEL_CLIENT, cache_from_env
 from tests.servers import RedisClusterServers, SentinelGroup
-from users import cache, entries
+from users import entries, reads
+from users.cache import keys, scripts, store, transport
+from users.cache.breaker import CircuitBreaker
 from users.models import User
 
 REDIS_TOPOLOGIES = {"cluster": RedisClusterServers, "sentinel": SentinelGroup}
@@ -45,7 +50,6 @@ def redis_topology(tmp_path_factory):
     try:  # stopped also when it failed to start: no server outlives the run
         topology.start()
         with override_settings(CACHES={"default": _topology_cache(topology)}):
-            cache.breaker.reset()
             yield topology
     finally:
         topology.stop()
@@ -138,6 +142,13 @@ def redis_nodes_holding(keys: Iterable[str]) -> int:
 
 
 @pytest.fixture(autouse=True)
+def _closed_breaker(monkeypatch):
+    """Each test starts with a breaker of its own, closed: one that an earlier test
+    opened (by stopping a Redis) does not fail this one's calls."""
+    monkeypatch.setattr(transport, "breaker", CircuitBreaker())
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(redis_topology):
     """Each test starts and ends with none of this run's keys; other data is untouched."""
     _delete_run_keys()
@@ -161,9 +172,8 @@ def blocked_user_inserts() -> int:
 def cached_entry(redis_client, user_id: int) -> dict[str, str]:
     """A user's cached hash with its fields named after their columns ("version" and
     "absent" for the metadata); empty when nothing is cached."""
-    titles = {short: column for column, short in entries.USER_FIELD_NAMES.items()}
-    titles |= {entries.VERSION_FIELD: "version", entries.ABSENT_FIELD: "absent"}
-    raw = redis_client.hgetall(cache.user_cache_key(user_id))
+    titles = {**entries.COLUMN_OF, entries.ABSENT_FIELD: "absent"}
+    raw = redis_client.hgetall(keys.user_key(user_id))
     return {titles[field.decode()]: value.decode() for field, value in raw.items()}
 
 
@@ -186,11 +196,14 @@ class RoundTrips:
 
 @pytest.fixture
 def redis_round_trips(monkeypatch) -> RoundTrips:
+    """Counts what the test's own threads send; not the outbox's background thread,
+    which an earlier test may have left retrying or sweeping."""
     counter = RoundTrips()
     send = AbstractConnection.send_packed_command
 
     def counting_send(self, command, check_health=True):
-        counter.count += 1
+        if threading.current_thread().name != "cache-outbox":
+            counter.count += 1
         return send(self, command, check_health)
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
@@ -200,7 +213,8 @@ def redis_round_trips(monkeypatch) -> RoundTrips:
         pack = packer.pack
 
         def counting_pack(self, *args, pack=pack):
-            counter.commands += 1
+            if threading.current_thread().name != "cache-outbox":
+                counter.commands += 1
             return pack(self, *args)
 
         monkeypatch.setattr(packer, "pack", counting_pack)
@@ -215,7 +229,7 @@ def make_user(db):
 
     def make(**fields) -> User:
         user = baker.make(User, **fields)
-        cache.invalidate([cache.user_cache_key(user.pk)])
+        store.invalidate([keys.user_key(user.pk)])
         return user
 
     return make
@@ -231,6 +245,25 @@ def _token_client(user: User) -> APIClient:
 @pytest.fixture
 def reader(make_user) -> User:
     return make_user(username="reader", email="reader@example.com")
+
+
+@contextlib.contextmanager
+def pausing_fills(hook):
+    """Runs ``hook(kind, loaded)`` in every reader between its MySQL load and its Redis
+    fill (``users.reads.fill``): how a test drives a race to the moment it needs."""
+    original = reads.fill
+
+    def fill(kind, token, loaded):
+        hook(kind, loaded)
+        return original(kind, token, loaded)
+
+    with mock.patch.object(reads, "fill", fill):
+        yield
+
+
+# The fill script without its lease check: what a naive cache-aside does, for the
+# tests that show the race is real.
+UNGUARDED_FILL = scripts.FILL.replace("if redis.call('GET', lease) == token then", "if true then")
 
 
 def grant_user_permissions(user: User, *codenames: str) -> User:

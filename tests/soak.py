@@ -32,9 +32,9 @@ import MySQLdb
 import redis
 
 from tests.servers import MariaDBServer, RedisServer, WebService, service_stack
-from users.entries import ABSENT_FIELD, USER_FIELD_NAMES, VERSION_FIELD
+from users.entries import ABSENT_FIELD, NAME_OF, VERSION
 
-FIRST_NAME = USER_FIELD_NAMES["first_name"]
+FIRST_NAME = NAME_OF["first_name"]
 
 # A write's effect is certain only when it was acknowledged; a write that failed
 # with a 5xx may or may not have committed, so its user is checked for cache
@@ -177,8 +177,8 @@ def _check_stores(web, mariadb, redis_server, workers) -> dict:
                 stale.append((user_id, "exists but is cached as absent", entry))
         elif row is None:
             stale.append((user_id, "is deleted but cached", entry))
-        elif int(entry[VERSION_FIELD]) != row["version"] or entry[FIRST_NAME] != row["first_name"]:
-            cached_version = entry[VERSION_FIELD]
+        elif int(entry[VERSION.name]) != row["version"] or entry[FIRST_NAME] != row["first_name"]:
+            cached_version = entry[VERSION.name]
             stale.append(
                 (user_id, f"is cached at v{cached_version}, MySQL has v{row['version']}", entry)
             )

@@ -6,7 +6,9 @@ import re
 import pytest
 
 from tests.conftest import cached_entry, one_server_caches, redis_nodes_holding
-from users import cache, entries, maintenance, services
+from users import entries, reads
+from users.cache import keys
+from users.maintenance import warm
 from users.models import User
 
 
@@ -20,7 +22,7 @@ def admin_client(client, make_user):
 @pytest.fixture
 def cached_user(make_user) -> User:
     user = make_user(username="cached", email="cached@example.com", first_name="Old")
-    services.user_get(user_id=user.id)
+    reads.user_get(user_id=user.id)
     return user
 
 
@@ -48,7 +50,7 @@ def test_admin_edit_updates_the_cache(
         )
     assert response.status_code == 302, response.content[:2000]
 
-    assert services.user_get(user_id=cached_user.id).value["first_name"] == "Edited"
+    assert reads.user_get(user_id=cached_user.id).value["first_name"] == "Edited"
     assert User.objects.get(pk=cached_user.id).version > cached_user.version
 
 
@@ -74,7 +76,7 @@ def test_admin_delete_clears_the_cache(
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_client.post(f"/admin/users/user/{cached_user.id}/delete/", {"post": "yes"})
     assert response.status_code == 302
-    assert services.user_get(user_id=cached_user.id).value is None
+    assert reads.user_get(user_id=cached_user.id).value is None
 
 
 def test_admin_bulk_delete_clears_the_cache(
@@ -86,14 +88,14 @@ def test_admin_bulk_delete_clears_the_cache(
             {"action": "delete_selected", "_selected_action": [cached_user.id], "post": "yes"},
         )
     assert response.status_code == 302
-    assert services.user_get(user_id=cached_user.id).value is None
+    assert reads.user_get(user_id=cached_user.id).value is None
 
 
 def test_admin_password_change_goes_through_the_service(
     admin_client, cached_user, redis_client, django_capture_on_commit_callbacks
 ):
     """A new password bumps the row's version and updated_at, which the entry carries."""
-    before = services.user_get(user_id=cached_user.id).value
+    before = reads.user_get(user_id=cached_user.id).value
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_client.post(
             f"/admin/users/user/{cached_user.id}/password/",
@@ -101,8 +103,8 @@ def test_admin_password_change_goes_through_the_service(
         )
     assert response.status_code == 302, response.content[:2000]
 
-    after = services.user_get(user_id=cached_user.id)
-    assert after.source is services.Source.MISS
+    after = reads.user_get(user_id=cached_user.id)
+    assert after.source is reads.Source.MISS
     assert after.value["updated_at"] > before["updated_at"]
     assert User.objects.get(pk=cached_user.id).check_password("a-New-passphrase-8")
 
@@ -130,8 +132,8 @@ def _cache_column(response) -> dict[int, str]:
 def test_list_shows_cache_state_from_one_round_trip_for_the_page(
     admin_client, many_users, redis_client, redis_round_trips
 ):
-    maintenance.cache_warm(user_ids=[user.id for user in many_users[:3]])
-    absent_key = cache.user_cache_key(many_users[3].id)
+    warm.cache_warm(user_ids=[user.id for user in many_users[:3]])
+    absent_key = keys.user_key(many_users[3].id)
     redis_client.hset(absent_key, mapping=entries.ABSENT_ENTRY)
     redis_client.pexpire(absent_key, 20_000)
     redis_round_trips.count = 0
@@ -139,7 +141,7 @@ def test_list_shows_cache_state_from_one_round_trip_for_the_page(
     response = admin_client.get("/admin/users/user/")
 
     assert response.status_code == 200
-    page_keys = [cache.user_cache_key(pk) for pk in User.objects.values_list("id", flat=True)]
+    page_keys = [keys.user_key(pk) for pk in User.objects.values_list("id", flat=True)]
     assert redis_round_trips.count == redis_nodes_holding(page_keys)  # 1 on one server
     column = _cache_column(response)
     assert len(column) == 31  # the 30 and the admin
@@ -151,10 +153,7 @@ def test_list_shows_cache_state_from_one_round_trip_for_the_page(
 
 def test_list_says_so_when_redis_is_unavailable(admin_client, many_users, settings):
     settings.CACHES = one_server_caches("redis://127.0.0.1:1/0")
-    try:
-        response = admin_client.get("/admin/users/user/")
-    finally:
-        cache.breaker.reset()
+    response = admin_client.get("/admin/users/user/")
     assert response.status_code == 200
     assert set(_cache_column(response).values()) == {"Redis unavailable"}
 
@@ -184,8 +183,8 @@ def test_warm_and_evict_actions(admin_client, many_users, redis_client):
         "/admin/users/user/", {"action": "warm_cache", "_selected_action": selected}, follow=True
     )
     assert "Cached 2 of 2 users." in warmed.content.decode()
-    assert all(redis_client.exists(cache.user_cache_key(user_id)) for user_id in selected)
-    assert not redis_client.exists(cache.user_cache_key(many_users[2].id))
+    assert all(redis_client.exists(keys.user_key(user_id)) for user_id in selected)
+    assert not redis_client.exists(keys.user_key(many_users[2].id))
 
     evicted = admin_client.post(
         "/admin/users/user/",
@@ -193,19 +192,16 @@ def test_warm_and_evict_actions(admin_client, many_users, redis_client):
         follow=True,
     )
     assert "Evicted 2 users: 2 keys removed." in evicted.content.decode()
-    assert not any(redis_client.exists(cache.user_cache_key(user_id)) for user_id in selected)
+    assert not any(redis_client.exists(keys.user_key(user_id)) for user_id in selected)
 
 
 def test_actions_report_an_unavailable_redis(admin_client, many_users, settings):
     settings.CACHES = one_server_caches("redis://127.0.0.1:1/0")
-    try:
-        response = admin_client.post(
-            "/admin/users/user/",
-            {"action": "warm_cache", "_selected_action": [many_users[0].id]},
-            follow=True,
-        )
-    finally:
-        cache.breaker.reset()
+    response = admin_client.post(
+        "/admin/users/user/",
+        {"action": "warm_cache", "_selected_action": [many_users[0].id]},
+        follow=True,
+    )
     assert "Redis is unavailable: ConnectionError" in response.content.decode()
 
 
@@ -213,8 +209,8 @@ def test_actions_report_an_unavailable_redis(admin_client, many_users, settings)
 
 
 def test_cache_overview(admin_client, many_users, redis_client):
-    maintenance.cache_warm(user_ids=[user.id for user in many_users[:5]])
-    services.user_get(user_id=many_users[0].id)
+    warm.cache_warm(user_ids=[user.id for user in many_users[:5]])
+    reads.user_get(user_id=many_users[0].id)
 
     response = admin_client.get("/admin/users/user/cache/")
 

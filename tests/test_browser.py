@@ -84,10 +84,15 @@ def test_admin_warm_cache_action_changes_the_users_cache_state(browser, live_ser
 
 
 def test_swagger_ui_renders_the_api(browser, live_server):
+    """The API description is for logged-in callers: log in, then land on it."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
 
-    browser.get(f"{live_server.url}/api/docs/")
+    User.objects.create_user("reader", "reader@example.com", PASSWORD)
+    browser.get(f"{live_server.url}/api-auth/login/?next=/api/docs/")
+    browser.find_element(By.NAME, "username").send_keys("reader")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
 
     _wait(browser).until(
         expected_conditions.text_to_be_present_in_element(

@@ -17,7 +17,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from tests.conftest import cached_entry, redis_environment
-from users import cache, services
+from users import reads
+from users.cache import keys
 from users.models import User
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def _run(*args: str) -> str:
 
 
 def _cached_ids(redis_client) -> set[int]:
-    return {user_id for user_id in IDS if redis_client.exists(cache.user_cache_key(user_id))}
+    return {user_id for user_id in IDS if redis_client.exists(keys.user_key(user_id))}
 
 
 class TestWarmUserCache:
@@ -125,8 +126,8 @@ class TestCheckUserCache:
         assert exit_info.value.code == 1
         lines = out.getvalue().splitlines()
         assert sorted(lines[:2]) == [  # in SCAN's order
-            f"orphaned  {cache.user_cache_key(600)}: the user no longer exists",
-            f"stale     {cache.user_cache_key(5)}: differs from MySQL in last_name",
+            f"orphaned  {keys.user_key(600)}: the user no longer exists",
+            f"stale     {keys.user_key(5)}: differs from MySQL in last_name",
         ]
         assert lines[2:] == [
             "Checked 4 cached users: 1 stale, 1 orphaned, 0 malformed. "
@@ -134,12 +135,12 @@ class TestCheckUserCache:
         ]
         fixed = _run("check_user_cache", "--all", "--fix")
         assert fixed.endswith("1 stale, 1 orphaned, 0 malformed; fixed 2.\n")
-        assert services.user_get(user_id=5).value["last_name"] == "changed-behind-the-cache"
+        assert reads.user_get(user_id=5).value["last_name"] == "changed-behind-the-cache"
         assert _run("check_user_cache").endswith("No problems.\n")
 
     def test_at_verbosity_1_a_long_list_is_cut(self, users, redis_client):
         for user_id in range(100, 125):
-            redis_client.set(cache.user_cache_key(user_id), "junk", ex=60)
+            redis_client.set(keys.user_key(user_id), "junk", ex=60)
         out = io.StringIO()
         with pytest.raises(SystemExit):
             call_command("check_user_cache", "--all", stdout=out)
@@ -202,7 +203,7 @@ def test_bad_arguments_give_one_line_and_exit_2(command, arguments, message, db)
 def stored_user(transactional_db) -> User:
     """A user in MySQL and in the cache, so that every command reads both stores."""
     user = User.objects.create(username="stored", email="stored@x.io")
-    services.user_get(user_id=user.id)
+    reads.user_get(user_id=user.id)
     return user
 
 

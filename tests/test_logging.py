@@ -62,7 +62,7 @@ class TestLookupLog:
         reader_client.get(f"/api/user/{reader.id}", HTTP_X_REQUEST_ID="req-2")
         reader_client.get("/api/user/987654", HTTP_X_REQUEST_ID="req-3")
 
-        lookups = [entry for entry in json_log() if entry["logger"] == "users.services"]
+        lookups = [entry for entry in json_log() if entry["logger"] == "users.reads"]
         assert [(e["request_id"], e["cache"], e["found"]) for e in lookups] == [
             ("req-1", "MISS", True),
             ("req-2", "HIT", True),

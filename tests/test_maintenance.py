@@ -8,8 +8,10 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import cached_entry, redis_nodes_holding
-from users import cache, entries, maintenance, services
+from users import entries, reads, services, tokens
+from users.cache import keys, scripts, store, transport
 from users.conf import user_cache_settings
+from users.maintenance import check, flush, overview, warm
 from users.models import User
 from users.tokens import token_mac
 
@@ -31,8 +33,15 @@ def sparse_users(db) -> list[User]:
 def scripts_loaded(redis_client):
     """The scripts known to the server, so that round-trip counts do not include a
     NOSCRIPT answer and the load that follows it."""
-    for source in (cache._FILL, cache._LEASE):
+    for source in (scripts.FILL, scripts.LEASE):
         redis_client.script_load(source)
+
+
+def _cache_token(token: Token) -> None:
+    """Caches a token's lookup, as its first request would."""
+    tokens.token_lookup(
+        key=token.key, counter=lambda _mac: None, read_ahead_id=None, before_load=lambda: None
+    )
 
 
 def _cached(redis_client, user_id: int) -> dict[str, str]:
@@ -45,7 +54,7 @@ class TestCacheWarm:
     ):
         # Three keyset queries for the ids (2, 2, then none) and one load per batch.
         with django_assert_num_queries(5):
-            report = maintenance.cache_warm(batch_size=2)
+            report = warm.cache_warm(batch_size=2)
 
         assert (report.examined, report.filled, report.refused) == (4, 4, 0)
         for user in sparse_users:
@@ -54,22 +63,22 @@ class TestCacheWarm:
     def test_each_batch_costs_two_round_trips(
         self, sparse_users, scripts_loaded, redis_round_trips
     ):
-        maintenance.cache_warm(batch_size=2)
+        warm.cache_warm(batch_size=2)
         # Lease and fill, for each of 2 batches; on a cluster, to each node of a batch.
         batches = [SPARSE_IDS[:2], SPARSE_IDS[2:]]
         assert redis_round_trips.count == sum(
-            2 * redis_nodes_holding(cache.user_cache_key(user_id) for user_id in batch)
+            2 * redis_nodes_holding(keys.user_key(user_id) for user_id in batch)
             for batch in batches
         )
 
     def test_warmed_entries_are_what_a_read_would_cache(self, sparse_users, redis_client):
         user_id = SPARSE_IDS[1]
-        maintenance.cache_warm(user_ids=[user_id])
+        warm.cache_warm(user_ids=[user_id])
         warmed = _cached(redis_client, user_id)
-        ttl_ms = redis_client.pttl(cache.user_cache_key(user_id))
-        cache.invalidate([cache.user_cache_key(user_id)])
+        ttl_ms = redis_client.pttl(keys.user_key(user_id))
+        store.invalidate([keys.user_key(user_id)])
 
-        assert services.user_get(user_id=user_id).source is services.Source.MISS
+        assert reads.user_get(user_id=user_id).source is reads.Source.MISS
         assert _cached(redis_client, user_id) == warmed
         assert ttl_ms > (1 - user_cache_settings.TTL_JITTER) * user_cache_settings.TTL * 1000
         assert ttl_ms <= user_cache_settings.TTL * 1000
@@ -80,54 +89,54 @@ class TestCacheWarm:
         user_id = SPARSE_IDS[0]
         moon_landing = datetime.datetime(1969, 7, 20, 20, 17, 40, 1, tzinfo=datetime.UTC)
         User.objects.filter(pk=user_id).update(date_joined=moon_landing)
-        maintenance.cache_warm(user_ids=[user_id])
+        warm.cache_warm(user_ids=[user_id])
         warmed = _cached(redis_client, user_id)
-        cache.invalidate([cache.user_cache_key(user_id)])
+        store.invalidate([keys.user_key(user_id)])
 
-        assert services.user_get(user_id=user_id).source is services.Source.MISS
+        assert reads.user_get(user_id=user_id).source is reads.Source.MISS
         assert _cached(redis_client, user_id) == warmed
-        assert services.user_get(user_id=user_id).value["date_joined"] == (
+        assert reads.user_get(user_id=user_id).value["date_joined"] == (
             "1969-07-20T20:17:40.000001Z"
         )
 
     def test_is_then_served_as_hits(self, sparse_users, django_assert_num_queries):
-        maintenance.cache_warm()
+        warm.cache_warm()
         with django_assert_num_queries(0):
-            results = [services.user_get(user_id=user_id) for user_id in SPARSE_IDS]
-        assert {result.source for result in results} == {services.Source.HIT}
+            results = [reads.user_get(user_id=user_id) for user_id in SPARSE_IDS]
+        assert {result.source for result in results} == {reads.Source.HIT}
 
     def test_refreshes_present_entries_unless_missing_only(self, sparse_users, redis_client):
         user_id = SPARSE_IDS[0]
-        maintenance.cache_warm(user_ids=[user_id])
+        warm.cache_warm(user_ids=[user_id])
         User.objects.filter(pk=user_id).update(first_name="changed-behind-the-cache")
 
-        skipped = maintenance.cache_warm(user_ids=[user_id], missing_only=True)
+        skipped = warm.cache_warm(user_ids=[user_id], missing_only=True)
         assert (skipped.skipped, skipped.filled) == (1, 0)
         assert _cached(redis_client, user_id)["first_name"] == ""
 
-        refreshed = maintenance.cache_warm(user_ids=[user_id])
+        refreshed = warm.cache_warm(user_ids=[user_id])
         assert refreshed.filled == 1
         assert _cached(redis_client, user_id)["first_name"] == "changed-behind-the-cache"
 
     def test_missing_only_fills_what_is_missing(self, sparse_users, redis_client):
-        maintenance.cache_warm(user_ids=SPARSE_IDS[:2])
-        report = maintenance.cache_warm(missing_only=True)
+        warm.cache_warm(user_ids=SPARSE_IDS[:2])
+        report = warm.cache_warm(missing_only=True)
         assert (report.examined, report.skipped, report.filled) == (4, 2, 2)
 
     def test_given_ids_without_a_row_are_cached_as_absent(self, sparse_users, redis_client):
-        report = maintenance.cache_warm(user_ids=[SPARSE_IDS[0], 424242])
+        report = warm.cache_warm(user_ids=[SPARSE_IDS[0], 424242])
 
         assert (report.filled, report.absent) == (1, 1)
         assert _cached(redis_client, 424242) == {"absent": "1", "version": "0"}
-        ttl_ms = redis_client.pttl(cache.user_cache_key(424242))
+        ttl_ms = redis_client.pttl(keys.user_key(424242))
         assert 0 < ttl_ms <= user_cache_settings.NEGATIVE_TTL * 1000
-        assert services.user_get(user_id=424242).value is None
+        assert reads.user_get(user_id=424242).value is None
 
     def test_since_selects_users_changed_at_or_after(self, sparse_users, redis_client):
         long_ago = timezone.now() - datetime.timedelta(days=30)
         User.objects.filter(pk__in=SPARSE_IDS[:2]).update(updated_at=long_ago)
 
-        report = maintenance.cache_warm(since=timezone.now() - datetime.timedelta(days=1))
+        report = warm.cache_warm(since=timezone.now() - datetime.timedelta(days=1))
 
         assert report.filled == 2
         assert [bool(_cached(redis_client, user_id)) for user_id in SPARSE_IDS] == [
@@ -143,44 +152,44 @@ class TestCacheWarm:
         """The stale-set rule: a write that commits after the warm loaded the row
         revokes the lease, so the warm cannot store the older row."""
         user_id = SPARSE_IDS[0]
-        load = maintenance.bulk_entry_values
+        load = entries.load
 
         def load_then_write(users):
-            rows = list(load(users))
+            rows = load(users)
             with django_capture_on_commit_callbacks(execute=True):
                 services.user_update(actor=None, user_id=user_id, data={"first_name": "newer"})
             return rows
 
-        monkeypatch.setattr(maintenance, "bulk_entry_values", load_then_write)
-        report = maintenance.cache_warm(user_ids=[user_id])
+        monkeypatch.setattr(entries, "load", load_then_write)
+        report = warm.cache_warm(user_ids=[user_id])
 
         assert (report.refused, report.filled) == (1, 0)
-        assert services.user_get(user_id=user_id).value["first_name"] == "newer"
+        assert reads.user_get(user_id=user_id).value["first_name"] == "newer"
 
     def test_a_redis_blip_costs_a_retry_not_the_run(self, sparse_users, redis_client, monkeypatch):
-        fill_many, failures = cache.fill_many, []
+        fill_many, failures = store.fill_many, []
 
         def fail_once(fills):
             if not failures:
                 failures.append(1)
-                raise cache.CacheUnavailable("TimeoutError: Timeout reading from socket")
+                raise transport.CacheUnavailable("TimeoutError: Timeout reading from socket")
             return fill_many(fills)
 
-        monkeypatch.setattr(cache, "fill_many", fail_once)
-        report = maintenance.cache_warm(batch_size=2)
+        monkeypatch.setattr(store, "fill_many", fail_once)
+        report = warm.cache_warm(batch_size=2)
 
         assert failures and (report.examined, report.filled) == (4, 4)
         assert all(_cached(redis_client, user_id) for user_id in SPARSE_IDS)
 
     def test_is_idempotent(self, sparse_users, redis_client):
-        maintenance.cache_warm()
+        warm.cache_warm()
         first = {user_id: _cached(redis_client, user_id) for user_id in SPARSE_IDS}
-        maintenance.cache_warm()
+        warm.cache_warm()
         assert {user_id: _cached(redis_client, user_id) for user_id in SPARSE_IDS} == first
 
     def test_counts_what_it_will_go_through(self, sparse_users):
-        assert maintenance.cache_warm_count() == 4
-        assert maintenance.cache_warm_count(user_ids=[1, 1, 2]) == 2
+        assert warm.cache_warm_count() == 4
+        assert warm.cache_warm_count(user_ids=[1, 1, 2]) == 2
 
 
 @pytest.fixture
@@ -204,18 +213,18 @@ class TestCacheFlush:
         self, sparse_users, redis_client, foreign_keys
     ):
         token = Token.objects.create(user=sparse_users[0])
-        maintenance.cache_warm()
-        services.token_principal_get(key=token.key)
-        redis_client.set(cache.lease_key(cache.user_cache_key(1)), "t", px=60_000)
+        warm.cache_warm()
+        _cache_token(token)
+        redis_client.set(keys.lease_key(keys.user_key(1)), "t", px=60_000)
         redis_client.hset(f"{settings.TEST_RUN_PREFIX}:v0:user:{{9}}", "old", "schema")
 
-        report = maintenance.cache_flush(batch_size=2)
+        report = flush.cache_flush(batch_size=2)
 
         assert report.matched == {
-            cache.KeyKind.USER: 5,
-            cache.KeyKind.TOKEN: 1,
-            cache.KeyKind.LEASE: 1,
-            cache.KeyKind.OTHER: 2,
+            keys.KeyKind.USER: 5,
+            keys.KeyKind.TOKEN: 1,
+            keys.KeyKind.LEASE: 1,
+            keys.KeyKind.OTHER: 2,
         }
         assert report.removed == 7
         remaining = set(redis_client.scan_iter(match=f"{settings.TEST_RUN_PREFIX}*"))
@@ -223,18 +232,18 @@ class TestCacheFlush:
 
     def test_an_entry_and_its_lease_go_together(self, sparse_users, redis_client):
         """They share a hash slot, so one UNLINK names both, on a cluster too."""
-        maintenance.cache_warm()
-        key = cache.user_cache_key(SPARSE_IDS[0])
-        redis_client.set(cache.lease_key(key), "t", px=60_000)
+        warm.cache_warm()
+        key = keys.user_key(SPARSE_IDS[0])
+        redis_client.set(keys.lease_key(key), "t", px=60_000)
 
-        report = maintenance.cache_flush(user_ids=[SPARSE_IDS[0]])
+        report = flush.cache_flush(user_ids=[SPARSE_IDS[0]])
 
         assert report.removed == 2
-        assert redis_client.exists(key, cache.lease_key(key)) == 0
+        assert redis_client.exists(key, keys.lease_key(key)) == 0
 
     def test_dry_run_counts_and_removes_nothing(self, sparse_users, redis_client):
-        maintenance.cache_warm()
-        report = maintenance.cache_flush(dry_run=True)
+        warm.cache_warm()
+        report = flush.cache_flush(dry_run=True)
         assert (report.total, report.removed) == (4, 0)
         assert all(_cached(redis_client, user_id) for user_id in SPARSE_IDS)
 
@@ -242,78 +251,78 @@ class TestCacheFlush:
         self, sparse_users, redis_client, foreign_keys
     ):
         tokens = [Token.objects.create(user=user) for user in sparse_users[:2]]
-        maintenance.cache_warm()
+        warm.cache_warm()
         for token in tokens:
-            services.token_principal_get(key=token.key)
+            _cache_token(token)
 
-        report = maintenance.cache_flush(user_ids=[SPARSE_IDS[0], 777])
+        report = flush.cache_flush(user_ids=[SPARSE_IDS[0], 777])
 
-        assert report.matched[cache.KeyKind.USER] == 1
-        assert report.matched[cache.KeyKind.TOKEN] == 1
+        assert report.matched[keys.KeyKind.USER] == 1
+        assert report.matched[keys.KeyKind.TOKEN] == 1
         assert report.removed == 2
         assert not _cached(redis_client, SPARSE_IDS[0])
         assert _cached(redis_client, SPARSE_IDS[1])
-        assert redis_client.exists(cache.token_cache_key(token_mac(tokens[1].key)))
+        assert redis_client.exists(keys.token_key(token_mac(tokens[1].key)))
         assert all(redis_client.exists(key) for key in foreign_keys)
 
 
 class TestCacheCheck:
     def test_a_faithful_cache_has_no_problems(self, sparse_users):
-        maintenance.cache_warm(user_ids=[*SPARSE_IDS, 55])
-        report = maintenance.cache_check()
+        warm.cache_warm(user_ids=[*SPARSE_IDS, 55])
+        report = check.cache_check()
         assert (report.examined, report.problems) == (5, 0)
 
     def test_finds_stale_orphaned_and_malformed_entries(self, sparse_users, redis_client):
-        maintenance.cache_warm()
+        warm.cache_warm()
         stale, orphaned, falsely_absent, no_expiry = SPARSE_IDS
         User.objects.filter(pk=stale).update(first_name="changed-behind-the-cache")
         User.objects.filter(pk=orphaned).delete()
-        redis_client.hset(cache.user_cache_key(falsely_absent), entries.ABSENT_FIELD, "1")
-        redis_client.hdel(cache.user_cache_key(falsely_absent), *"uefl")
-        redis_client.persist(cache.user_cache_key(no_expiry))
-        redis_client.set(cache.user_cache_key(12), "not a hash", ex=60)
-        redis_client.hset(cache.user_cache_key(13), mapping={"id": "13"})
-        redis_client.expire(cache.user_cache_key(13), 60)
-        nameless = f"{cache.user_cache_key(0)[:-3]}{{abc}}"
+        redis_client.hset(keys.user_key(falsely_absent), entries.ABSENT_FIELD, "1")
+        redis_client.hdel(keys.user_key(falsely_absent), *"uefl")
+        redis_client.persist(keys.user_key(no_expiry))
+        redis_client.set(keys.user_key(12), "not a hash", ex=60)
+        redis_client.hset(keys.user_key(13), mapping={"id": "13"})
+        redis_client.expire(keys.user_key(13), 60)
+        nameless = f"{keys.user_key(0)[:-3]}{{abc}}"
         redis_client.hset(nameless, "x", "1")
-        redis_client.set(cache.lease_key(cache.user_cache_key(14)), "t", px=60_000)
+        redis_client.set(keys.lease_key(keys.user_key(14)), "t", px=60_000)
         seen = []
 
-        report = maintenance.cache_check(sample=None, on_problem=seen.append)
+        report = check.cache_check(sample=None, on_problem=seen.append)
 
         assert report.found == {
-            maintenance.ProblemKind.STALE: 1,
-            maintenance.ProblemKind.ORPHANED: 1,
-            maintenance.ProblemKind.MALFORMED: 5,
+            check.ProblemKind.STALE: 1,
+            check.ProblemKind.ORPHANED: 1,
+            check.ProblemKind.MALFORMED: 5,
         }
         details = {problem.key: (problem.kind, problem.detail) for problem in seen}
-        assert details[cache.user_cache_key(stale)] == ("stale", "differs from MySQL in first_name")
-        assert details[cache.user_cache_key(orphaned)][0] == "orphaned"
-        assert details[cache.user_cache_key(no_expiry)] == ("malformed", "no expiry")
-        assert details[cache.user_cache_key(12)] == ("malformed", "a string, not a hash")
+        assert details[keys.user_key(stale)] == ("stale", "differs from MySQL in first_name")
+        assert details[keys.user_key(orphaned)][0] == "orphaned"
+        assert details[keys.user_key(no_expiry)] == ("malformed", "no expiry")
+        assert details[keys.user_key(12)] == ("malformed", "a string, not a hash")
         assert details[nameless] == ("malformed", "the key names no user id")
-        assert cache.lease_key(cache.user_cache_key(14)) not in details
+        assert keys.lease_key(keys.user_key(14)) not in details
 
     def test_an_absence_of_a_user_who_exists_is_stale(self, sparse_users, redis_client):
-        key = cache.user_cache_key(SPARSE_IDS[0])
+        key = keys.user_key(SPARSE_IDS[0])
         redis_client.hset(key, mapping=entries.ABSENT_ENTRY)
         redis_client.expire(key, 30)
         seen = []
-        maintenance.cache_check(on_problem=seen.append)
+        check.cache_check(on_problem=seen.append)
         assert [(p.kind, p.detail) for p in seen] == [
             ("stale", "cached as absent, but the user exists")
         ]
 
     def test_fix_repairs_every_problem(self, sparse_users, redis_client):
-        maintenance.cache_warm()
+        warm.cache_warm()
         User.objects.filter(pk=SPARSE_IDS[0]).update(first_name="changed-behind-the-cache")
         User.objects.filter(pk=SPARSE_IDS[1]).delete()
-        redis_client.set(cache.user_cache_key(SPARSE_IDS[2]), "not a hash", ex=60)
-        nameless = f"{cache.user_cache_key(0)[:-3]}{{abc}}"
+        redis_client.set(keys.user_key(SPARSE_IDS[2]), "not a hash", ex=60)
+        nameless = f"{keys.user_key(0)[:-3]}{{abc}}"
         redis_client.hset(nameless, "x", "1")
 
-        fixed = maintenance.cache_check(fix=True)
-        again = maintenance.cache_check()
+        fixed = check.cache_check(fix=True)
+        again = check.cache_check()
 
         assert (fixed.problems, fixed.fixed) == (4, 4)
         assert again.problems == 0
@@ -322,18 +331,18 @@ class TestCacheCheck:
         assert not redis_client.exists(nameless)
 
     def test_sample_stops_after_that_many_entries(self, sparse_users):
-        maintenance.cache_warm()
-        assert maintenance.cache_check(sample=3, batch_size=2).examined == 3
+        warm.cache_warm()
+        assert check.cache_check(sample=3, batch_size=2).examined == 3
 
 
 class TestUserCacheEntries:
     def test_one_round_trip_for_any_number_of_users(self, sparse_users, redis_round_trips):
-        maintenance.cache_warm(user_ids=SPARSE_IDS[:2])
+        warm.cache_warm(user_ids=SPARSE_IDS[:2])
         redis_round_trips.count = 0
 
-        entries = maintenance.user_cache_entries(user_ids=[*SPARSE_IDS, 31337])
+        listed = overview.user_cache_entries(user_ids=[*SPARSE_IDS, 31337])
 
-        keys = [cache.user_cache_key(user_id) for user_id in [*SPARSE_IDS, 31337]]
-        assert redis_round_trips.count == redis_nodes_holding(keys)
-        assert [entry.exists for entry in entries.values()] == [True, True, False, False, False]
-        assert entries[SPARSE_IDS[0]].ttl_ms > 0
+        entry_keys = [keys.user_key(user_id) for user_id in [*SPARSE_IDS, 31337]]
+        assert redis_round_trips.count == redis_nodes_holding(entry_keys)
+        assert [entry.exists for entry in listed.values()] == [True, True, False, False, False]
+        assert listed[SPARSE_IDS[0]].ttl_ms > 0

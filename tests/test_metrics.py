@@ -8,9 +8,10 @@ import pytest
 from django.conf import settings
 from prometheus_client import REGISTRY
 
-from tests.conftest import one_server_caches, redis_environment
+from tests.conftest import one_server_caches, pausing_fills, redis_environment
 from tests.servers import RedisServer, WebService
-from users import cache, services
+from users import reads, services
+from users.cache import keys
 from users.models import User
 
 
@@ -43,10 +44,10 @@ def user(make_user) -> User:
 
 def test_lookups_are_counted_by_result(user):
     with _lookups("miss") as miss, _lookups("hit") as hit, _lookups("negative_hit") as negative:
-        services.user_get(user_id=user.id)
-        services.user_get(user_id=user.id)
-        services.user_get(user_id=999_999)
-        services.user_get(user_id=999_999)
+        reads.user_get(user_id=user.id)
+        reads.user_get(user_id=user.id)
+        reads.user_get(user_id=999_999)
+        reads.user_get(user_id=999_999)
     assert (miss.value, hit.value, negative.value) == (2, 1, 1)
 
 
@@ -62,38 +63,37 @@ def test_cache_and_database_latencies_are_observed(user):
         Delta("usersvc_redis_call_seconds_count") as redis_calls,
         Delta("usersvc_database_load_seconds_count", entity="user") as loads,
     ):
-        services.user_get(user_id=user.id)  # read, read-or-lease, fill
-        services.user_get(user_id=user.id)  # read
+        reads.user_get(user_id=user.id)  # read, read-or-lease, fill
+        reads.user_get(user_id=user.id)  # read
     assert (redis_calls.value, loads.value) == (4, 1)
 
 
 def test_a_hit_is_one_round_trip_and_no_query(user, redis_round_trips, django_assert_num_queries):
-    services.user_get(user_id=user.id)
+    reads.user_get(user_id=user.id)
     redis_round_trips.count = 0
     with django_assert_num_queries(0):
-        services.user_get(user_id=user.id)
+        reads.user_get(user_id=user.id)
     assert redis_round_trips.count == 1
 
 
 def test_stampede_waits_are_counted(user, redis_client, settings):
     settings.USERS_CACHE = {**settings.USERS_CACHE, "LEASE_WAIT_MS": 20}
-    redis_client.set(cache.lease_key(cache.user_cache_key(user.id)), "someone-else", px=5000)
+    redis_client.set(keys.lease_key(keys.user_key(user.id)), "someone-else", px=5000)
     with Delta("usersvc_cache_stampede_waits_total", entity="user", outcome="timed_out") as waits:
-        assert services.user_get(user_id=user.id).source is services.Source.MISS
+        assert reads.user_get(user_id=user.id).source is reads.Source.MISS
     assert waits.value == 1
 
 
 def test_rejected_stale_sets_are_counted(user, django_capture_on_commit_callbacks):
-    def write_meanwhile(sender, key: str, **kwargs) -> None:
+    def write_meanwhile(kind, loaded) -> None:
         with django_capture_on_commit_callbacks(execute=True):
             services.user_update(actor=None, user_id=user.id, data={"first_name": "newer"})
 
-    services.cache_fill_pending.connect(write_meanwhile)
-    try:
-        with Delta("usersvc_cache_stale_sets_rejected_total", entity="user") as rejected:
-            services.user_get(user_id=user.id)
-    finally:
-        services.cache_fill_pending.disconnect(write_meanwhile)
+    with (
+        pausing_fills(write_meanwhile),
+        Delta("usersvc_cache_stale_sets_rejected_total", entity="user") as rejected,
+    ):
+        reads.user_get(user_id=user.id)
     assert rejected.value == 1
 
 
@@ -102,10 +102,8 @@ def stopped_redis(tmp_path, settings):
     server = RedisServer(tmp_path)
     server.start()
     settings.CACHES = one_server_caches(server.url)
-    cache.breaker.reset()
     server.stop()
     yield server
-    cache.breaker.reset()
 
 
 def test_redis_errors_and_bypasses_are_counted(user, stopped_redis):
@@ -113,12 +111,12 @@ def test_redis_errors_and_bypasses_are_counted(user, stopped_redis):
         Delta("usersvc_redis_errors_total", error="ConnectionError") as errors,
         _lookups("bypass") as bypasses,
     ):
-        services.user_get(user_id=user.id)
+        reads.user_get(user_id=user.id)
     assert (errors.value, bypasses.value) == (1, 1)
 
 
 def test_metrics_endpoint_serves_the_text_format(client, user):
-    services.user_get(user_id=user.id)
+    reads.user_get(user_id=user.id)
     response = client.get("/metrics", HTTP_HOST="10.1.2.3:8000")  # a pod IP, as scraped
 
     assert response.status_code == 200

@@ -5,6 +5,8 @@ The test runs its own mariadbd and redis-server, and the service itself under
 gunicorn with the production settings, then stops and restarts mariadbd.
 """
 
+import time
+
 import pytest
 
 from tests.servers import WebService, service_stack
@@ -35,7 +37,7 @@ def test_mysql_outage_serves_hits_refuses_the_rest_and_recovers(stack):
     web.manage(
         "shell",
         "-c",
-        f"from users import cache; cache.invalidate([cache.user_cache_key({other['id']})])",
+        f"from users.cache import keys, store; store.invalidate([keys.user_key({other['id']})])",
     )
 
     mariadb.stop()
@@ -58,3 +60,32 @@ def test_mysql_outage_serves_hits_refuses_the_rest_and_recovers(stack):
     patched = web.request("PATCH", f"/api/user/{cached['id']}", {"first_name": "back"})
     assert patched[0] == 200
     assert web.request("GET", f"/api/user/{cached['id']}")[2]["first_name"] == "back"
+
+
+def test_a_pending_invalidation_does_not_make_cached_reads_need_mysql(tmp_path):
+    """A write whose invalidation Redis missed leaves it pending in its process; that
+    process drops the entry before its next cached read, and must manage without
+    MySQL, or a read Redis can answer becomes a 503 while MySQL is away."""
+    with service_stack(tmp_path, WEB_CONCURRENCY="1") as (mariadb, redis_server, web):
+        web.start()
+        changed, untouched = _create(web, "changed"), _create(web, "untouched")
+        for user in (changed, untouched):
+            assert web.request("GET", f"/api/user/{user['id']}")[1]["x-cache"] == "HIT"
+
+        redis_server.pause()
+        try:
+            patched = web.request("PATCH", f"/api/user/{changed['id']}", {"first_name": "new"})
+            assert patched[0] == 200  # committed; the invalidation is pending
+            mariadb.stop()
+        finally:
+            redis_server.resume()
+        time.sleep(1)  # past the circuit breaker's cooldown
+
+        status, headers, body = web.request("GET", f"/api/user/{untouched['id']}")
+        assert (status, headers.get("x-cache"), body) == (200, "HIT", untouched)
+        # The changed user's stale entry is gone: without MySQL there is no answer.
+        assert web.request("GET", f"/api/user/{changed['id']}")[0] == 503
+
+        mariadb.start()
+        status, _, body = web.request("GET", f"/api/user/{changed['id']}")
+        assert (status, body["first_name"]) == (200, "new")

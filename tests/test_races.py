@@ -15,8 +15,9 @@ import time
 import pytest
 from django.db import connection
 
-from tests.conftest import blocked_user_inserts, cached_entry
-from users import cache, services
+from tests.conftest import UNGUARDED_FILL, blocked_user_inserts, cached_entry, pausing_fills
+from users import reads, services
+from users.cache import keys, scripts
 from users.models import User
 
 
@@ -27,8 +28,8 @@ def strategy(request, settings):
 
 
 @pytest.fixture
-def protection_off(settings):
-    settings.USERS_CACHE = {**settings.USERS_CACHE, "STALE_SET_PROTECTION": False}
+def protection_off(monkeypatch):
+    monkeypatch.setattr(scripts, "FILL", UNGUARDED_FILL)
 
 
 class PausedReader:
@@ -38,22 +39,23 @@ class PausedReader:
         self.user_id = user_id
         self.loaded = threading.Event()
         self.release = threading.Event()
-        self.result: services.CacheResult | None = None
+        self.result: reads.UserRead | None = None
         self.thread = threading.Thread(target=self._run)
 
-    def _pause(self, sender, key: str, **kwargs) -> None:
+    def _pause(self, kind, loaded) -> None:
         if threading.current_thread() is self.thread:
             self.loaded.set()
             assert self.release.wait(timeout=30)
 
     def _run(self) -> None:
         try:
-            self.result = services.user_get(user_id=self.user_id)
+            self.result = reads.user_get(user_id=self.user_id)
         finally:
             connection.close()
 
     def __enter__(self) -> "PausedReader":
-        services.cache_fill_pending.connect(self._pause, weak=False)
+        self._pausing = pausing_fills(self._pause)
+        self._pausing.__enter__()
         self.thread.start()
         assert self.loaded.wait(timeout=30), "the reader never reached its fill"
         return self
@@ -61,7 +63,7 @@ class PausedReader:
     def __exit__(self, *exc_info) -> None:
         self.release.set()
         self.thread.join(timeout=30)
-        services.cache_fill_pending.disconnect(self._pause)
+        self._pausing.__exit__(*exc_info)
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ class TestUpdateRace:
 
         assert reader.result.value["first_name"] == "v1"
         assert _cached_first_name(redis_client, user.id) in {None, b"v2"}
-        assert services.user_get(user_id=user.id).value["first_name"] == "v2"
+        assert reads.user_get(user_id=user.id).value["first_name"] == "v2"
 
     def test_without_protection_the_race_leaves_the_cache_stale(
         self, strategy, protection_off, user, redis_client
@@ -90,7 +92,7 @@ class TestUpdateRace:
             services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
 
         assert _cached_first_name(redis_client, user.id) == b"v1"
-        assert services.user_get(user_id=user.id).value["first_name"] == "v1"
+        assert reads.user_get(user_id=user.id).value["first_name"] == "v1"
 
 
 class TestDeleteRace:
@@ -100,7 +102,7 @@ class TestDeleteRace:
 
         assert reader.result.value["username"] == "racer"
         assert _cached_first_name(redis_client, user.id) is None
-        assert services.user_get(user_id=user.id).value is None
+        assert reads.user_get(user_id=user.id).value is None
 
     def test_without_protection_the_deleted_user_comes_back(
         self, strategy, protection_off, user, redis_client
@@ -108,7 +110,7 @@ class TestDeleteRace:
         with PausedReader(user.id):
             services.user_delete(actor=None, user_id=user.id)
 
-        assert services.user_get(user_id=user.id).value["username"] == "racer"
+        assert reads.user_get(user_id=user.id).value["username"] == "racer"
 
 
 class TestCreateRace:
@@ -121,7 +123,7 @@ class TestCreateRace:
 
         assert reader.result.value is None
         assert created["id"] == next_id
-        assert services.user_get(user_id=next_id).value == created
+        assert reads.user_get(user_id=next_id).value == created
 
 
 class TestRecreateRace:
@@ -165,7 +167,7 @@ class TestRecreateRace:
         creator.join(timeout=30)
 
         assert User.objects.get(pk=user.id).username == "reborn"
-        assert services.user_get(user_id=user.id).value["username"] == "reborn"
+        assert reads.user_get(user_id=user.id).value["username"] == "reborn"
 
 
 class TestLateAfterCommitSteps:
@@ -191,7 +193,7 @@ class TestLateAfterCommitSteps:
         for step in create_steps:
             step()
 
-        assert services.user_get(user_id=created["id"]).value is None
+        assert reads.user_get(user_id=created["id"]).value is None
 
     def test_an_older_update_landing_on_an_absent_entry_is_not_stored(
         self, strategy, db, steps, redis_client
@@ -201,12 +203,12 @@ class TestLateAfterCommitSteps:
             services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
         with steps(execute=True):
             services.user_update(actor=None, user_id=user.id, data={"first_name": "v3"})
-        redis_client.delete(cache.user_cache_key(user.id))  # evicted, expired or flushed
+        redis_client.delete(keys.user_key(user.id))  # evicted, expired or flushed
 
         for step in older:
             step()
 
-        assert services.user_get(user_id=user.id).value["first_name"] == "v3"
+        assert reads.user_get(user_id=user.id).value["first_name"] == "v3"
 
     def test_an_older_update_landing_after_a_delete_does_not_bring_the_user_back(
         self, strategy, db, steps
@@ -220,4 +222,4 @@ class TestLateAfterCommitSteps:
         for step in update_steps:
             step()
 
-        assert services.user_get(user_id=user.id).value is None
+        assert reads.user_get(user_id=user.id).value is None

@@ -23,7 +23,7 @@ from redis.sentinel import SentinelConnectionPool
 
 from tests.conftest import _token_client
 from tests.servers import RedisClusterServers
-from users import cache
+from users.cache import keys
 from users.models import User
 
 pytestmark = pytest.mark.slow
@@ -123,7 +123,7 @@ def test_a_primary_killed_under_load(topology, unthrottled, transactional_db, st
     client = _token_client(staff)
     for user_id in user_ids:
         client.get(f"/api/user/{user_id}")
-    watched_key = cache.user_cache_key(user_ids[0])
+    watched_key = keys.user_key(user_ids[0])
 
     with Load(staff, user_ids) as load:
         time.sleep(0.3)

@@ -11,7 +11,9 @@ import pytest
 
 from tests.conftest import _token_client, cached_entry, one_server_caches
 from tests.servers import RedisServer
-from users import cache, outbox, services
+from users import outbox, reads, services
+from users.cache import keys, store, transport
+from users.conf import user_cache_settings
 from users.models import CacheInvalidation, User
 
 
@@ -21,11 +23,8 @@ def _serve_cache_from(server: RedisServer, settings):
     caches = one_server_caches(server.url)
     caches["default"]["OPTIONS"].update(SOCKET_CONNECT_TIMEOUT=0.25, SOCKET_TIMEOUT=0.25)
     settings.CACHES = caches
-    cache.breaker.reset()
     yield server
     server.stop()
-    cache.breaker.reset()
-    outbox._pending.clear()
 
 
 @pytest.fixture
@@ -48,20 +47,20 @@ def test_reads_bypass_a_stopped_redis(own_redis, user, django_assert_num_queries
     own_redis.stop()
 
     with django_assert_num_queries(1):
-        result = services.user_get(user_id=user.id)
+        result = reads.user_get(user_id=user.id)
 
-    assert result.source is services.Source.BYPASS
+    assert result.source is reads.Source.BYPASS
     assert result.value["first_name"] == "v1"
 
 
 def test_reads_bypass_a_paused_redis_and_never_write_back(own_redis, user):
     own_redis.pause()
-    result = services.user_get(user_id=user.id)
+    result = reads.user_get(user_id=user.id)
     own_redis.resume()
 
-    assert result.source is services.Source.BYPASS
+    assert result.source is reads.Source.BYPASS
     assert result.value["first_name"] == "v1"
-    assert _raw(own_redis).exists(cache.user_cache_key(user.id)) == 0
+    assert _raw(own_redis).exists(keys.user_key(user.id)) == 0
 
 
 def test_the_api_answers_bypass_not_5xx(own_redis, user):
@@ -79,11 +78,11 @@ def test_the_breaker_opens_and_then_fails_fast(settings, own_redis, user):
     own_redis.pause()
     try:
         for _ in range(2):
-            with pytest.raises(cache.CacheUnavailable, match="Timeout"):
-                cache.read("any-key")
-        assert cache.breaker.is_open
-        with pytest.raises(cache.CacheUnavailable, match="circuit breaker open"):
-            cache.read("any-key")
+            with pytest.raises(transport.CacheUnavailable, match="Timeout"):
+                store.read_many(["any-key"])
+        assert transport.breaker.is_open
+        with pytest.raises(transport.CacheUnavailable, match="circuit breaker open"):
+            store.read_many(["any-key"])
     finally:
         own_redis.resume()
 
@@ -93,19 +92,19 @@ def test_the_breaker_closes_by_itself_when_redis_returns(settings, own_redis, us
         **settings.USERS_CACHE, "BREAKER_FAILURES": 1, "BREAKER_COOLDOWN_MS": 200
     }  # fmt: skip
     own_redis.stop()
-    assert services.user_get(user_id=user.id).source is services.Source.BYPASS
-    assert cache.breaker.is_open
+    assert reads.user_get(user_id=user.id).source is reads.Source.BYPASS
+    assert transport.breaker.is_open
     own_redis.start()
 
     deadline = time.monotonic() + 5
     sources = []
     while time.monotonic() < deadline:
-        sources.append(services.user_get(user_id=user.id).source)
-        if sources[-1] is services.Source.HIT:
+        sources.append(reads.user_get(user_id=user.id).source)
+        if sources[-1] is reads.Source.HIT:
             break
         time.sleep(0.05)
-    assert sources[-1] is services.Source.HIT
-    assert not cache.breaker.is_open
+    assert sources[-1] is reads.Source.HIT
+    assert not transport.breaker.is_open
 
 
 def test_writes_during_an_outage_commit_and_are_acknowledged(own_redis, user):
@@ -120,13 +119,13 @@ def test_writes_during_an_outage_commit_and_are_acknowledged(own_redis, user):
 
 def test_after_a_pause_reads_return_the_new_state(own_redis, user):
     """SIGSTOP keeps the old entry in Redis while the update commits."""
-    services.user_get(user_id=user.id)
+    reads.user_get(user_id=user.id)
     own_redis.pause()
     services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
     assert CacheInvalidation.objects.count() == 1
     own_redis.resume()
 
-    assert services.user_get(user_id=user.id).value["first_name"] == "v2"
+    assert reads.user_get(user_id=user.id).value["first_name"] == "v2"
 
 
 @pytest.fixture
@@ -138,28 +137,30 @@ def persistent_redis(tmp_path, settings):
 
 class TestInvalidationsSurviveAnOutage:
     def _update_during_outage(self, redis_server, user) -> None:
-        assert services.user_get(user_id=user.id).source is services.Source.MISS
-        assert _raw(redis_server).exists(cache.user_cache_key(user.id))
+        assert reads.user_get(user_id=user.id).source is reads.Source.MISS
+        assert _raw(redis_server).exists(keys.user_key(user.id))
         redis_server.stop()
         services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
         assert CacheInvalidation.objects.count() == 1
-        assert outbox.has_pending()
+        assert outbox.outbox.pending
         redis_server.start()
 
     def test_the_writing_process_replays_before_its_next_cached_read(
         self, settings, persistent_redis, user
     ):
-        """The background retry is pushed far away, so only the read can replay."""
+        """The background retry is pushed far away, so only the read can drop the
+        entry: from the keys this process kept, with no query; the outbox row stays
+        for the background replay."""
         settings.USERS_CACHE = {**settings.USERS_CACHE, "OUTBOX_RETRY_MS": 60_000}
         self._update_during_outage(persistent_redis, user)
         stale = cached_entry(_raw(persistent_redis), user.id).get("first_name")
         assert stale == "v1", "the restarted Redis should still hold the old entry"
 
-        result = services.user_get(user_id=user.id)
+        result = reads.user_get(user_id=user.id)
 
         assert result.value["first_name"] == "v2"
-        assert result.source is services.Source.MISS
-        assert CacheInvalidation.objects.count() == 0
+        assert result.source is reads.Source.MISS
+        assert CacheInvalidation.objects.count() == 1
 
     def test_the_background_replay_clears_it_for_every_process(self, persistent_redis, user):
         """No read from this process: the outbox thread alone must remove the stale
@@ -167,7 +168,7 @@ class TestInvalidationsSurviveAnOutage:
         documented bound (breaker cooldown + one retry)."""
         self._update_during_outage(persistent_redis, user)
         back = time.monotonic()
-        key = cache.user_cache_key(user.id)
+        key = keys.user_key(user.id)
 
         def replayed() -> bool:
             return not _raw(persistent_redis).exists(key) and not CacheInvalidation.objects.exists()
@@ -177,8 +178,7 @@ class TestInvalidationsSurviveAnOutage:
 
         assert _raw(persistent_redis).exists(key) == 0
         bound = (
-            services.user_cache_settings.BREAKER_COOLDOWN_MS
-            + services.user_cache_settings.OUTBOX_RETRY_MS
+            user_cache_settings.BREAKER_COOLDOWN_MS + user_cache_settings.OUTBOX_RETRY_MS
         ) / 1000
         assert time.monotonic() - back < bound + 0.5
         assert CacheInvalidation.objects.count() == 0
@@ -189,25 +189,24 @@ class TestInvalidationsSurviveAnOutage:
         probe = User.objects.create(username="probe", email="probe@example.com")
         next_id = probe.id + 1
         probe.delete()
-        assert services.user_get(user_id=next_id).value is None
+        assert reads.user_get(user_id=next_id).value is None
         persistent_redis.stop()
         created = services.user_create(actor=None, username="during", email="during@example.com")
         persistent_redis.start()
 
         assert created["id"] == next_id
-        assert services.user_get(user_id=next_id).value == created
+        assert reads.user_get(user_id=next_id).value == created
 
 
 def test_a_process_sweep_replays_what_a_crashed_writer_left(settings, own_redis, user):
     """A row left in the outbox with no process pending on it (its writer died) is
     replayed by the periodic sweep of any process."""
-    services.user_get(user_id=user.id)
-    key = cache.user_cache_key(user.id)
+    reads.user_get(user_id=user.id)
+    key = keys.user_key(user.id)
     CacheInvalidation.objects.create(keys=[key])
     settings.USERS_CACHE = {**settings.USERS_CACHE, "OUTBOX_SWEEP_SECONDS": 0.2}
 
-    outbox.before_cached_read()  # starts the thread in a fresh process
-    outbox._wake.set()  # an earlier test's thread re-reads the changed setting
+    outbox.Outbox().before_cached_read()  # a process of its own, whose thread sweeps
     deadline = time.monotonic() + 5
     while CacheInvalidation.objects.exists() and time.monotonic() < deadline:
         time.sleep(0.05)

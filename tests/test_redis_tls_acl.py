@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -35,8 +36,12 @@ from tests.servers import (
     SentinelGroup,
     WebService,
 )
-from users import cache, maintenance, services
+from users import reads, services
+from users.cache import cluster as cache_cluster
+from users.cache import keys, transport
+from users.cache.breaker import CircuitBreaker
 from users.entries import ABSENT_FIELD
+from users.maintenance import check, flush, overview, warm
 
 SERVICE_USER, SERVICE_PASSWORD = "usersvc", "usersvc-secret"
 SENTINEL_USER, SENTINEL_PASSWORD = "usersvc-sentinel", "sentinel-secret"
@@ -190,12 +195,11 @@ def _own_pools(monkeypatch):
 @contextlib.contextmanager
 def cache_configured_by(variables: dict[str, str]):
     """The ``default`` cache as these environment variables configure it."""
-    with override_settings(CACHES={"default": cache_from_variables(variables)}):
-        cache.breaker.reset()
-        try:
-            yield
-        finally:
-            cache.breaker.reset()
+    with (
+        override_settings(CACHES={"default": cache_from_variables(variables)}),
+        mock.patch.object(transport, "breaker", CircuitBreaker()),
+    ):
+        yield
 
 
 def test_the_service_works_through_the_cache(
@@ -229,29 +233,29 @@ def test_the_service_works_through_the_cache(
             django_capture_on_commit_callbacks(execute=True),
         ):
             services.user_update(actor=None, user_id=user.id, data={"first_name": "Newer"})
-        written = services.user_get(user_id=user.id)
-        assert (written.source, written.value["first_name"]) == (services.Source.HIT, "Newer")
+        written = reads.user_get(user_id=user.id)
+        assert (written.source, written.value["first_name"]) == (reads.Source.HIT, "Newer")
 
         for _ in range(2):  # the first failure adds the counter, the second increments it
             login = client.post("/admin/login/", {"username": "tls", "password": "wrong"})
             assert login.status_code == 200
 
         absent_id = user.id + 1000
-        warmed = maintenance.cache_warm(user_ids=[user.id, absent_id], missing_only=True)
+        warmed = warm.cache_warm(user_ids=[user.id, absent_id], missing_only=True)
         assert (warmed.skipped, warmed.absent) == (1, 1)
-        entries = maintenance.user_cache_entries(user_ids=[user.id, absent_id])
-        assert entries[user.id].ttl_ms > 0
-        assert entries[user.id].fields == {}
-        assert entries[absent_id].fields == {ABSENT_FIELD: "1"}
-        assert maintenance.cache_check().problems == 0
-        overview = maintenance.cache_overview()
-        assert overview.reachable, overview.error
-        assert overview.keys[cache.KeyKind.USER] == 2
+        listed = overview.user_cache_entries(user_ids=[user.id, absent_id])
+        assert listed[user.id].ttl_ms > 0
+        assert listed[user.id].fields == {}
+        assert listed[absent_id].fields == {ABSENT_FIELD: "1"}
+        assert check.cache_check().problems == 0
+        state = overview.cache_overview()
+        assert state.reachable, state.error
+        assert state.keys[keys.KeyKind.USER] == 2
         # The rate-limit counters the token lookups made, the login failures.
-        assert overview.keys[cache.KeyKind.OTHER] >= 1
+        assert state.keys[keys.KeyKind.OTHER] >= 1
 
-        assert maintenance.cache_flush().removed >= 2
-        assert services.user_get(user_id=user.id).source is services.Source.MISS
+        assert flush.cache_flush().removed >= 2
+        assert reads.user_get(user_id=user.id).source is reads.Source.MISS
 
     assert [entry for process in topology.processes for entry in process.client().acl_log()] == []
 
@@ -298,8 +302,8 @@ def test_the_servers_refuse(topology, mistake, client, db, caplog):
     readiness says so by the error's class, with no password in it or in the logs."""
     broken, says = MISTAKES[mistake]
     with cache_configured_by(broken(topology.variables)):
-        with pytest.raises(cache.CacheUnavailable, match=says) as refused:
-            cache.ping()
+        with pytest.raises(transport.CacheUnavailable, match=says) as refused:
+            cache_cluster.ping()
         readiness = client.get("/readyz")
 
     assert readiness.json()["checks"]["redis"]["status"] == "unavailable"
@@ -311,9 +315,9 @@ def test_the_sentinels_refuse_the_wrong_sentinel_password(request, certificates)
     variables = _sentinel_group(request, certificates).variables
     with (
         cache_configured_by(_replaced(variables, SENTINEL_PASSWORD, WRONG_PASSWORD)),
-        pytest.raises(cache.CacheUnavailable, match="MasterNotFoundError") as refused,
+        pytest.raises(transport.CacheUnavailable, match="MasterNotFoundError") as refused,
     ):
-        cache.ping()
+        cache_cluster.ping()
     assert "AuthenticationError" in str(refused.value)
     _assert_no_password_in(str(refused.value))
 
@@ -331,8 +335,8 @@ def test_a_password_alone_logs_in_as_the_default_user(one_server, certificates, 
     }
     user = make_user()
     with cache_configured_by(variables):
-        sources = [services.user_get(user_id=user.id).source for _ in range(2)]
-    assert sources == [services.Source.MISS, services.Source.HIT]
+        sources = [reads.user_get(user_id=user.id).source for _ in range(2)]
+    assert sources == [reads.Source.MISS, reads.Source.HIT]
 
 
 class TestServerCertificates:
@@ -343,23 +347,23 @@ class TestServerCertificates:
         variables = _one_server_variables(one_server, certificates)
         with (
             cache_configured_by({**variables, "REDIS_TLS_CA_FILE": str(stranger.ca)}),
-            pytest.raises(cache.CacheUnavailable, match="certificate verify failed"),
+            pytest.raises(transport.CacheUnavailable, match="certificate verify failed"),
         ):
-            cache.ping()
+            cache_cluster.ping()
 
     def test_one_that_does_not_name_the_host_is_refused(self, one_server, certificates):
         """The certificate names 127.0.0.1, not localhost."""
         variables = _one_server_variables(one_server, certificates, host="localhost")
         with (
             cache_configured_by(variables),
-            pytest.raises(cache.CacheUnavailable, match="certificate verify failed"),
+            pytest.raises(transport.CacheUnavailable, match="certificate verify failed"),
         ):
-            cache.ping()
+            cache_cluster.ping()
 
     def test_unless_the_name_check_is_off(self, one_server, certificates):
         variables = _one_server_variables(one_server, certificates, host="localhost")
         with cache_configured_by({**variables, "REDIS_TLS_CHECK_HOSTNAME": "false"}):
-            assert cache.ping() > 0
+            assert cache_cluster.ping() > 0
 
 
 def _one_server_variables(

@@ -6,7 +6,8 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import cached_entry
-from users import cache, entries, services
+from users import entries, reads, services
+from users.cache import keys
 from users.conf import user_cache_settings
 from users.models import User
 
@@ -22,12 +23,12 @@ class TestUserGet:
         self, make_user, redis_client, django_assert_num_queries
     ):
         user = make_user(username="bob", email="bob@example.com")
-        key = cache.user_cache_key(user.id)
+        key = keys.user_key(user.id)
 
         with django_assert_num_queries(1):
-            result = services.user_get(user_id=user.id)
+            result = reads.user_get(user_id=user.id)
 
-        assert result.source is services.Source.MISS
+        assert result.source is reads.Source.MISS
         assert result.value["username"] == "bob"
         stored = cached_entry(redis_client, user.id)
         assert stored["username"] == "bob"
@@ -37,26 +38,26 @@ class TestUserGet:
 
     def test_hit_is_served_from_redis_without_sql(self, make_user, django_assert_num_queries):
         user = make_user(username="bob", email="bob@example.com")
-        miss = services.user_get(user_id=user.id)
+        miss = reads.user_get(user_id=user.id)
 
         with django_assert_num_queries(0):
-            hit = services.user_get(user_id=user.id)
+            hit = reads.user_get(user_id=user.id)
 
-        assert hit.source is services.Source.HIT
+        assert hit.source is reads.Source.HIT
         assert hit.value == miss.value
 
     def test_hit_does_not_see_the_database(self, make_user):
         """Proves the hit came from Redis: a change that bypasses the service is not seen."""
         user = make_user(username="bob", email="bob@example.com")
-        services.user_get(user_id=user.id)
+        reads.user_get(user_id=user.id)
         User.objects.filter(pk=user.id).update(first_name="changed-behind-the-cache")
 
-        assert services.user_get(user_id=user.id).value["first_name"] == ""
+        assert reads.user_get(user_id=user.id).value["first_name"] == ""
 
     def test_projection_has_exactly_the_public_fields(self, make_user):
         user = make_user(username="bob", email="bob@example.com", password="secret-hash")
-        miss = services.user_get(user_id=user.id).value
-        hit = services.user_get(user_id=user.id).value
+        miss = reads.user_get(user_id=user.id).value
+        hit = reads.user_get(user_id=user.id).value
 
         assert set(miss) == set(entries.PUBLIC_FIELDS)
         assert hit == miss
@@ -68,21 +69,21 @@ class TestUserGet:
         self, db, redis_client, django_assert_num_queries
     ):
         with django_assert_num_queries(1):
-            first = services.user_get(user_id=987654321)
+            first = reads.user_get(user_id=987654321)
         with django_assert_num_queries(0):
-            second = services.user_get(user_id=987654321)
+            second = reads.user_get(user_id=987654321)
 
-        assert first.value is None and first.source is services.Source.MISS
-        assert second.value is None and second.source is services.Source.HIT
-        key = cache.user_cache_key(987654321)
+        assert first.value is None and first.source is reads.Source.MISS
+        assert second.value is None and second.source is reads.Source.HIT
+        key = keys.user_key(987654321)
         assert cached_entry(redis_client, 987654321)["absent"] == "1"
         assert 0 < redis_client.pttl(key) <= user_cache_settings.NEGATIVE_TTL * 1000
 
     def test_keys_carry_prefix_schema_version_and_hash_tag(self, settings):
-        key = cache.user_cache_key(42)
-        schema = user_cache_settings.SCHEMA_VERSION
+        key = keys.user_key(42)
+        schema = entries.SCHEMA_VERSION
         assert key == f"{settings.TEST_RUN_PREFIX}:v{schema}:user:{{42}}"
-        assert cache.lease_key(key).startswith(key)
+        assert keys.lease_key(key).startswith(key)
 
 
 class TestUserCreate:
@@ -96,7 +97,7 @@ class TestUserCreate:
         row = User.objects.get(pk=created["id"])
         assert row.check_password("a-Long-passphrase-7")
         assert cached_entry(redis_client, created["id"])["email"] == "alice@example.com"
-        assert redis_client.pttl(cache.user_cache_key(created["id"])) > 0
+        assert redis_client.pttl(keys.user_key(created["id"])) > 0
 
     def test_created_user_is_a_hit_with_no_sql(
         self, db, django_capture_on_commit_callbacks, django_assert_num_queries
@@ -105,8 +106,8 @@ class TestUserCreate:
             created = _create()
 
         with django_assert_num_queries(0):
-            result = services.user_get(user_id=created["id"])
-        assert result.source is services.Source.HIT
+            result = reads.user_get(user_id=created["id"])
+        assert result.source is reads.Source.HIT
         assert result.value == created
 
     def test_rolled_back_create_writes_neither_store(self, transactional_db, redis_client):
@@ -118,7 +119,7 @@ class TestUserCreate:
             raise Abort
 
         assert not User.objects.filter(pk=created["id"]).exists()
-        assert redis_client.exists(cache.user_cache_key(created["id"])) == 0
+        assert redis_client.exists(keys.user_key(created["id"])) == 0
 
     def test_create_replaces_a_cached_absence(
         self, db, redis_client, django_capture_on_commit_callbacks
@@ -127,14 +128,14 @@ class TestUserCreate:
         probe = User.objects.create(username="probe", email="probe@example.com")
         next_id = probe.id + 1
         probe.delete()
-        key = cache.user_cache_key(next_id)
+        key = keys.user_key(next_id)
         redis_client.hset(key, mapping=entries.ABSENT_ENTRY)
 
         with django_capture_on_commit_callbacks(execute=True):
             created = _create()
 
         assert created["id"] == next_id
-        assert services.user_get(user_id=created["id"]).value == created
+        assert reads.user_get(user_id=created["id"]).value == created
 
     def test_password_is_optional_and_then_unusable(self, db):
         created = _create(password=None)
@@ -178,9 +179,9 @@ class TestExpiry:
     def test_users_filled_together_get_spread_ttls(self, make_user, redis_client):
         users = [make_user(username=f"j{n}", email=f"j{n}@example.com") for n in range(20)]
         for user in users:
-            services.user_get(user_id=user.id)
+            reads.user_get(user_id=user.id)
 
-        ttls = [redis_client.pttl(cache.user_cache_key(user.id)) for user in users]
+        ttls = [redis_client.pttl(keys.user_key(user.id)) for user in users]
 
         full = user_cache_settings.TTL * 1000
         assert all(full * (1 - user_cache_settings.TTL_JITTER) - 1000 < ttl <= full for ttl in ttls)
@@ -188,15 +189,15 @@ class TestExpiry:
 
     def test_an_expired_entry_is_fetched_again(self, make_user, redis_client):
         user = make_user(username="old", email="old@example.com")
-        services.user_get(user_id=user.id)
+        reads.user_get(user_id=user.id)
         User.objects.filter(pk=user.id).update(first_name="changed-meanwhile")
-        key = cache.user_cache_key(user.id)
+        key = keys.user_key(user.id)
         redis_client.pexpire(key, 1)
         while redis_client.exists(key):
             pass
 
-        result = services.user_get(user_id=user.id)
+        result = reads.user_get(user_id=user.id)
 
-        assert result.source is services.Source.MISS
+        assert result.source is reads.Source.MISS
         assert result.value["first_name"] == "changed-meanwhile"
         assert redis_client.pttl(key) > 0

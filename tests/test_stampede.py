@@ -7,7 +7,9 @@ import time
 import pytest
 from django.db import connection
 
-from users import cache, services
+from tests.conftest import pausing_fills
+from users import reads
+from users.cache import keys, scripts, store
 from users.models import User
 
 READERS = 50
@@ -41,7 +43,7 @@ def _concurrent_reads(user_id: int, readers: int, counter: UserQueryCounter) -> 
             with connection.execute_wrapper(counter):
                 barrier.wait()
                 started = time.monotonic()
-                result = services.user_get(user_id=user_id)
+                result = reads.user_get(user_id=user_id)
                 results.append((result, time.monotonic() - started))
         finally:
             connection.close()
@@ -66,8 +68,8 @@ def test_fifty_concurrent_misses_load_the_user_at_most_twice(settings, user):
     assert counter.count <= 2
     assert {result.value["username"] for result, _ in results} == {"hot"}
     sources = [result.source for result, _ in results]
-    assert sources.count(services.Source.MISS) <= 2
-    assert services.user_get(user_id=user.id).source is services.Source.HIT
+    assert sources.count(reads.Source.MISS) <= 2
+    assert reads.user_get(user_id=user.id).source is reads.Source.HIT
 
 
 def test_a_slow_lease_holder_makes_others_wait_no_longer_than_the_bound(settings, user):
@@ -75,16 +77,13 @@ def test_a_slow_lease_holder_makes_others_wait_no_longer_than_the_bound(settings
     settings.USERS_CACHE = {**settings.USERS_CACHE, "LEASE_WAIT_MS": 100}
     stalled = threading.Event()
 
-    def stall_the_first_filler(sender, key, **kwargs):
+    def stall_the_first_filler(kind, loaded):
         if not stalled.is_set():
             stalled.set()
             time.sleep(1.0)
 
-    services.cache_fill_pending.connect(stall_the_first_filler, weak=False)
-    try:
+    with pausing_fills(stall_the_first_filler):
         results = _concurrent_reads(user.id, 10, UserQueryCounter())
-    finally:
-        services.cache_fill_pending.disconnect(stall_the_first_filler)
 
     waits = sorted(elapsed for _, elapsed in results)
     assert all(result.value["username"] == "hot" for result, _ in results)
@@ -94,14 +93,14 @@ def test_a_slow_lease_holder_makes_others_wait_no_longer_than_the_bound(settings
 
 def test_a_dead_lease_holder_is_replaced_once_its_lease_expires(settings, user):
     settings.USERS_CACHE = {**settings.USERS_CACHE, "LEASE_TTL_MS": 300, "LEASE_WAIT_MS": 50}
-    key = cache.user_cache_key(user.id)
-    state, _ = cache.read_or_lease(key, "crashed-reader", 300)
-    assert state is cache.ReadState.LEASED
+    key = keys.user_key(user.id)
+    [(state, _)] = store.lease_many([key], "crashed-reader", 300, mode="read")
+    assert state == scripts.LEASED
 
-    during = services.user_get(user_id=user.id)
-    assert during.value["username"] == "hot" and during.source is services.Source.MISS
-    assert cache.read(key) is None, "a reader without the lease must not fill"
+    during = reads.user_get(user_id=user.id)
+    assert during.value["username"] == "hot" and during.source is reads.Source.MISS
+    assert store.read_many([key]) == [None], "a reader without the lease must not fill"
 
     time.sleep(0.35)
-    assert services.user_get(user_id=user.id).source is services.Source.MISS
-    assert services.user_get(user_id=user.id).source is services.Source.HIT
+    assert reads.user_get(user_id=user.id).source is reads.Source.MISS
+    assert reads.user_get(user_id=user.id).source is reads.Source.HIT

@@ -18,8 +18,12 @@ import time
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection
+from django.http import Http404
 
-from users import cache, entries, outbox, services
+from config.database import WriteConflict
+from tests.conftest import UNGUARDED_FILL, pausing_fills
+from users import entries, outbox, reads, services
+from users.cache import keys, scripts
 from users.models import User
 
 THREADS = 6
@@ -29,28 +33,27 @@ MAX_IDS = 12
 STRESS_SECONDS = float(os.environ.get("STRESS_SECONDS", 3))
 
 
-def _widen_fill_window(sender, key: str, **kwargs) -> None:
+def _widen_fill_window(kind, loaded) -> None:
     time.sleep(random.uniform(0, 0.002))
 
 
 @pytest.fixture
 def widened_window():
-    services.cache_fill_pending.connect(_widen_fill_window, weak=False)
-    yield
-    services.cache_fill_pending.disconnect(_widen_fill_window)
+    with pausing_fills(_widen_fill_window):
+        yield
 
 
 @pytest.fixture
 def late_after_commit_steps(monkeypatch):
     """Every write's after-commit cache step waits a random moment, so that the steps
     of several writes reach Redis out of order."""
-    complete = outbox.complete
+    complete = outbox.outbox.complete
 
     def late_complete(*args, **kwargs):
         time.sleep(random.uniform(0, 0.03))
         return complete(*args, **kwargs)
 
-    monkeypatch.setattr(outbox, "complete", late_complete)
+    monkeypatch.setattr(outbox.outbox, "complete", late_complete)
 
 
 def _identity(user_id: int) -> dict:
@@ -67,7 +70,7 @@ def _worker(user_ids: list[int], stop: threading.Event, errors: list) -> None:
             roll = rng.random()
             try:
                 if roll < 0.6:
-                    services.user_get(user_id=user_id)
+                    reads.user_get(user_id=user_id)
                 elif roll < 0.85:
                     services.user_update(
                         actor=None, user_id=user_id, data={"first_name": f"n{rng.randrange(10**6)}"}
@@ -82,7 +85,7 @@ def _worker(user_ids: list[int], stop: threading.Event, errors: list) -> None:
                         actor=None, username=name, email=f"{name}@example.com"
                     )
                     user_ids.append(created["id"])
-            except (services.Http404, IntegrityError, services.WriteConflict, ValidationError):
+            except (Http404, IntegrityError, WriteConflict, ValidationError):
                 pass  # deleting a deleted user, re-creating a live one, a 409
     except Exception as exc:  # surfaced by the test, not swallowed
         errors.append(exc)
@@ -108,20 +111,19 @@ def _stale_entries(redis_client, user_ids: list[int]) -> list[str]:
     """Entries that differ from MySQL: a wrong state, a deleted user, a false absence."""
     stale = []
     for user_id in user_ids:
-        raw = redis_client.hgetall(cache.user_cache_key(user_id))
+        raw = redis_client.hgetall(keys.user_key(user_id))
         if not raw:
             continue
         fields = {k.decode(): v.decode() for k, v in raw.items()}
-        row = User.objects.filter(pk=user_id).values(*entries.CACHE_ROW_COLUMNS).first()
+        row = entries.load(User.objects.filter(pk=user_id)).get(user_id)
         if row is None:
             if entries.ABSENT_FIELD not in fields:
                 stale.append(f"user {user_id} is deleted but cached")
         elif entries.ABSENT_FIELD in fields:
             stale.append(f"user {user_id} exists but is cached as absent")
-        elif fields != entries.row_to_cache_fields(row):
-            stale.append(
-                f"user {user_id}: cache v{fields[entries.VERSION_FIELD]} != mysql v{row['version']}"
-            )
+        elif fields != row:
+            version = entries.VERSION.name
+            stale.append(f"user {user_id}: cache v{fields[version]} != mysql v{row[version]}")
     return stale
 
 
@@ -146,9 +148,9 @@ def test_no_stale_entries_under_concurrent_load(
 
 
 def test_the_same_load_without_protection_finds_stale_entries(
-    settings, widened_window, user_ids, redis_client
+    monkeypatch, widened_window, user_ids, redis_client
 ):
-    settings.USERS_CACHE = {**settings.USERS_CACHE, "STALE_SET_PROTECTION": False}
+    monkeypatch.setattr(scripts, "FILL", UNGUARDED_FILL)
     found: list[str] = []
     # Up to 30 s: the race is likely, not certain, in any half second.
     for _ in range(60):

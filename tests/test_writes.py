@@ -6,7 +6,8 @@ from django.http import Http404
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import _token_client, cached_entry
-from users import cache, entries, services
+from users import entries, reads, services
+from users.cache import keys, store
 from users.models import CacheInvalidation, User
 
 
@@ -19,7 +20,7 @@ def strategy(request, settings):
 @pytest.fixture
 def cached_user(make_user) -> User:
     user = make_user(username="cached", email="cached@example.com", first_name="Old")
-    assert services.user_get(user_id=user.id).source is services.Source.MISS
+    assert reads.user_get(user_id=user.id).source is reads.Source.MISS
     return user
 
 
@@ -40,7 +41,7 @@ class TestUserUpdate:
         )
 
         assert updated["first_name"] == "New"
-        assert services.user_get(user_id=cached_user.id).value == updated
+        assert reads.user_get(user_id=cached_user.id).value == updated
 
     def test_invalidate_deletes_the_entry(
         self, settings, cached_user, redis_client, django_capture_on_commit_callbacks
@@ -52,7 +53,7 @@ class TestUserUpdate:
                 actor=None, user_id=cached_user.id, data={"first_name": "New"}
             ),
         )
-        assert redis_client.exists(cache.user_cache_key(cached_user.id)) == 0
+        assert redis_client.exists(keys.user_key(cached_user.id)) == 0
 
     def test_write_through_stores_the_new_version_at_once(
         self, settings, cached_user, redis_client, django_capture_on_commit_callbacks,
@@ -69,27 +70,27 @@ class TestUserUpdate:
         assert stored["first_name"] == "New"
         assert int(stored["version"]) == User.objects.get(pk=cached_user.id).version > 1
         with django_assert_num_queries(0):
-            assert services.user_get(user_id=cached_user.id).value["first_name"] == "New"
+            assert reads.user_get(user_id=cached_user.id).value["first_name"] == "New"
 
     def test_a_writes_fill_stands_only_while_its_lease_does(self, cached_user, redis_client):
         """A later write takes the lease over; the earlier write's late fill then
         deletes the entry instead of storing its older state."""
-        key = cache.user_cache_key(cached_user.id)
+        key = keys.user_key(cached_user.id)
         entry = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
-        first_name = entries.USER_FIELD_NAMES["first_name"]
-        cache.take_lease(key, "earlier-write", 60_000)
-        cache.take_lease(key, "later-write", 60_000)
+        first_name = entries.NAME_OF["first_name"]
+        store.take_lease(key, "earlier-write", 60_000)
+        store.take_lease(key, "later-write", 60_000)
 
         assert (
-            cache.fill_or_delete(key, "earlier-write", entry | {first_name: "x"}, 60_000) is False
+            store.fill_or_delete(key, "earlier-write", entry | {first_name: "x"}, 60_000) is False
         )
         assert redis_client.exists(key) == 0
-        assert cache.fill_or_delete(key, "later-write", entry | {first_name: "New"}, 60_000) is True
+        assert store.fill_or_delete(key, "later-write", entry | {first_name: "New"}, 60_000) is True
         assert cached_entry(redis_client, cached_user.id)["first_name"] == "New"
-        assert redis_client.exists(cache.lease_key(key)) == 0
+        assert redis_client.exists(keys.lease_key(key)) == 0
 
     def test_version_and_updated_at_grow(self, cached_user, django_capture_on_commit_callbacks):
-        before = services.user_get(user_id=cached_user.id).value
+        before = reads.user_get(user_id=cached_user.id).value
         after = _commit(
             django_capture_on_commit_callbacks,
             lambda: services.user_update(
@@ -143,7 +144,7 @@ class TestUserDelete:
             django_capture_on_commit_callbacks,
             lambda: services.user_delete(actor=None, user_id=cached_user.id),
         )
-        result = services.user_get(user_id=cached_user.id)
+        result = reads.user_get(user_id=cached_user.id)
         assert result.value is None
         assert not User.objects.filter(pk=cached_user.id).exists()
 
@@ -155,8 +156,8 @@ class TestUserDelete:
             django_capture_on_commit_callbacks,
             lambda: services.user_delete(actor=None, user_id=cached_user.id),
         )
-        assert redis_client.exists(cache.user_cache_key(cached_user.id)) == 0
-        assert services.user_get(user_id=cached_user.id).value is None
+        assert redis_client.exists(keys.user_key(cached_user.id)) == 0
+        assert reads.user_get(user_id=cached_user.id).value is None
 
     def test_a_re_created_id_replaces_its_tombstone(
         self, settings, cached_user, redis_client, django_capture_on_commit_callbacks
@@ -171,7 +172,7 @@ class TestUserDelete:
             django_capture_on_commit_callbacks, lambda: services.user_save(actor=None, user=reborn)
         )
 
-        assert services.user_get(user_id=cached_user.id).value["username"] == "reborn"
+        assert reads.user_get(user_id=cached_user.id).value["username"] == "reborn"
 
     def test_unknown_id_is_http404(self, db):
         with pytest.raises(Http404):

@@ -24,8 +24,13 @@ from django.urls import path
 from rest_framework.authtoken.admin import TokenAdmin as DRFTokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
-from . import cache, maintenance, services
+from . import services
+from .cache.store import EntryInfo
+from .cache.transport import CacheUnavailable
 from .entries import ABSENT_FIELD
+from .maintenance.flush import cache_flush
+from .maintenance.overview import cache_overview, user_cache_entries
+from .maintenance.warm import cache_warm
 from .models import User
 from .permissions import may_write
 
@@ -71,7 +76,7 @@ class UserChangeList(ChangeList):
         super().get_results(request)
         # Evaluates the page's queryset; the template then iterates this same result.
         users = list(self.result_list)
-        entries = maintenance.user_cache_entries(user_ids=[user.pk for user in users])
+        entries = user_cache_entries(user_ids=[user.pk for user in users])
         for user in users:
             user.cache_entry = None if entries is None else entries[user.pk]
 
@@ -133,7 +138,7 @@ class UserAdmin(DjangoUserAdmin):
     @admin.action(description="Warm cache", permissions=["change"])
     def warm_cache(self, request, queryset) -> None:
         user_ids = list(queryset.values_list("pk", flat=True))
-        report = self._on_cache(request, lambda: maintenance.cache_warm(user_ids=user_ids))
+        report = self._on_cache(request, lambda: cache_warm(user_ids=user_ids))
         if report is None:
             return
         message = f"Cached {report.filled} of {len(user_ids)} users."
@@ -144,7 +149,7 @@ class UserAdmin(DjangoUserAdmin):
     @admin.action(description="Evict from cache", permissions=["change"])
     def evict_from_cache(self, request, queryset) -> None:
         user_ids = list(queryset.values_list("pk", flat=True))
-        report = self._on_cache(request, lambda: maintenance.cache_flush(user_ids=user_ids))
+        report = self._on_cache(request, lambda: cache_flush(user_ids=user_ids))
         if report is None:
             return
         self.message_user(
@@ -157,7 +162,7 @@ class UserAdmin(DjangoUserAdmin):
         """Runs a bulk cache action; None, after telling the operator, when Redis is away."""
         try:
             return action()
-        except cache.CacheUnavailable as exc:
+        except CacheUnavailable as exc:
             self.message_user(request, f"Redis is unavailable: {exc}", messages.ERROR)
             return None
 
@@ -177,7 +182,7 @@ class UserAdmin(DjangoUserAdmin):
             **self.admin_site.each_context(request),
             "title": "User cache",
             "opts": self.opts,
-            "overview": maintenance.cache_overview(),
+            "overview": cache_overview(),
         }
         return TemplateResponse(request, "admin/users/user/cache_overview.html", context)
 
@@ -232,7 +237,7 @@ def _manageable_users(actor: User, prefix: str = "") -> Q:
     )
 
 
-def describe_cache_entry(entry: cache.EntryInfo | None) -> str:
+def describe_cache_entry(entry: EntryInfo | None) -> str:
     """The cache column's text: whether the user is cached, and for how long yet."""
     if entry is None:
         return "Redis unavailable"

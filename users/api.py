@@ -1,4 +1,5 @@
-"""The HTTP API: ``/api/user`` and ``/api/user/<id>``, each action a call into services."""
+"""The HTTP API: ``/api/user`` and ``/api/user/<id>``, each action a call into the
+reads (``users.reads``) or the writes (``users.services``)."""
 
 import re
 
@@ -10,8 +11,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from . import services
-from .entries import user_row_projection
+from . import access, entries, reads, services
 from .permissions import IsStaffOrReadOnly
 from .schema import (
     CONFLICT,
@@ -31,8 +31,9 @@ from .schema import (
     UserSerializer,
 )
 
-# A BIGINT UNSIGNED-safe positive id: at most 19 digits and at most 2**63 - 1.
-_ID_PATTERN = re.compile(r"[0-9]{1,19}")
+# A positive BIGINT id: at most 19 digits (the URL pattern) and at most 2**63 - 1.
+_ID_DIGITS = "[0-9]{1,19}"
+_ID_PATTERN = re.compile(_ID_DIGITS)
 _MAX_ID = 2**63 - 1
 
 
@@ -71,16 +72,6 @@ class UserPagination(pagination.CursorPagination):
         if position is not None and not _ID_PATTERN.fullmatch(position):
             raise NotFound(self.invalid_cursor_message)
         return cursor
-
-
-def parse_user_id(raw: str) -> int:
-    """The id from the URL, or a 404 for anything that cannot be a user id."""
-    if not _ID_PATTERN.fullmatch(raw):
-        raise NotFound("No user with this id.")
-    user_id = int(raw)
-    if not 1 <= user_id <= _MAX_ID:
-        raise NotFound("No user with this id.")
-    return user_id
 
 
 # Every status each operation answers; 429 comes from the throttles, 503 from
@@ -130,29 +121,31 @@ _USER = OpenApiResponse(UserSerializer, description="The user.")
 )
 class UserViewSet(viewsets.ViewSet):
     permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
-    lookup_value_regex = "[^/]+"
+    # Anything but digits is no user id: the URL does not match, a JSON 404.
+    lookup_value_regex = _ID_DIGITS
     pagination_class = UserPagination
+    # Token authentication reads the user this URL keyword names in the token's own
+    # Redis round trip (users.access), so that a cached GET costs one round trip.
+    read_ahead_kwarg = "pk"
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        """Makes the URL's id an int, once, before authentication reads it ahead:
+        ``self.kwargs`` is the dict the action is called with."""
+        if "pk" in self.kwargs:
+            user_id = int(self.kwargs["pk"])
+            if not 1 <= user_id <= _MAX_ID:
+                raise NotFound("No user with this id.")
+            self.kwargs["pk"] = user_id
+        super().initial(request, *args, **kwargs)
 
     def list(self, request: Request) -> Response:
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(services.user_list(), request, view=self)
-        return paginator.get_paginated_response([user_row_projection(row) for row in page])
+        page = paginator.paginate_queryset(reads.user_list(), request, view=self)
+        users = [entries.to_public(row["id"], entries.entry_of(row)) for row in page]
+        return paginator.get_paginated_response(users)
 
-    def user_to_read_ahead(self) -> int | None:
-        """The user a GET of one user reads: token authentication reads it in the
-        same Redis round trip as the token (``services.token_principal_get``)."""
-        if self.action != "retrieve":
-            return None
-        try:
-            return parse_user_id(self.kwargs.get("pk", ""))
-        except NotFound:
-            return None
-
-    def retrieve(self, request: Request, pk: str) -> Response:
-        lookup = request.auth if isinstance(request.auth, services.TokenLookup) else None
-        result = services.user_get(
-            user_id=parse_user_id(pk), read_ahead=lookup.read_ahead if lookup else None
-        )
+    def retrieve(self, request: Request, pk: int) -> Response:
+        result = reads.user_get(user_id=pk, first=access.read_ahead(request, pk))
         headers = {"X-Cache": result.source.value}
         if result.value is None:
             return Response({"detail": "No user with this id."}, status=404, headers=headers)
@@ -165,22 +158,18 @@ class UserViewSet(viewsets.ViewSet):
         location = reverse("user-detail", kwargs={"pk": user["id"]})
         return Response(user, status=status.HTTP_201_CREATED, headers={"Location": location})
 
-    def update(self, request: Request, pk: str) -> Response:
+    def update(self, request: Request, pk: int) -> Response:
         return self._update(request, pk, partial=False)
 
-    def partial_update(self, request: Request, pk: str) -> Response:
+    def partial_update(self, request: Request, pk: int) -> Response:
         return self._update(request, pk, partial=True)
 
-    def destroy(self, request: Request, pk: str) -> Response:
-        services.user_delete(actor=request.user, user_id=parse_user_id(pk))
+    def destroy(self, request: Request, pk: int) -> Response:
+        services.user_delete(actor=request.user, user_id=pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    def _update(self, request: Request, pk: str, *, partial: bool) -> Response:
-        user_id = parse_user_id(pk)
+    def _update(self, request: Request, pk: int, *, partial: bool) -> Response:
         serializer = UserUpdateSerializer(data=request.data, partial=partial)
         serializer.is_valid(raise_exception=True)
-        return Response(
-            services.user_update(
-                actor=request.user, user_id=user_id, data=serializer.validated_data
-            )
-        )
+        user = services.user_update(actor=request.user, user_id=pk, data=serializer.validated_data)
+        return Response(user)

@@ -13,8 +13,6 @@ from django.core.signals import setting_changed
 DEFAULTS: dict[str, Any] = {
     # Every Redis key this project writes starts with this prefix.
     "KEY_PREFIX": "usersvc",
-    # Bumped whenever the cached projection changes shape, so old entries are never read.
-    "SCHEMA_VERSION": 1,
     # Seconds a cached user lives.
     "TTL": 3600,
     # Each entry's TTL is shortened by a random fraction up to this, so users warmed
@@ -30,9 +28,6 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_WAIT_MS": 200,
     # Milliseconds between two looks at an entry another reader is filling.
     "LEASE_POLL_MS": 5,
-    # Refuse a reader's fill once a write has revoked its lease. Only the test that
-    # proves the protection can fail turns this off.
-    "STALE_SET_PROTECTION": True,
     # After a write commits: "invalidate" deletes the entry (the next read refills
     # it), "write-through" stores the new state at once (see the README).
     "UPDATE_STRATEGY": "invalidate",

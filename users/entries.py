@@ -1,61 +1,30 @@
-"""A cached user entry, described once: its fields, how a row or an instance becomes
-one (in Python, and in SQL for bulk loads), how one becomes the API's shape, and
-the marker of an absent user.
+"""A cached user, described once: its fields (``FIELDS``), and everything derived from
+them: the entry of a saved user, the entries of a query (the database converts
+the values, for bulk loads), the API's shape of an entry, and the marker of an
+absent user. Adding a field to the projection is a line in ``FIELDS`` and a bump
+of ``SCHEMA_VERSION``, beside the model and its migration and the API schema.
 
 Every byte of a cached entry is paid once per cached user, so the hash is
-compact: one-letter field names, no id (the key has it), and both timestamps as
-integer microseconds since the epoch, which Redis stores as 8-byte integers.
-A user then stays in the hash's small listpack encoding.
+compact: one-letter field names, no id (the key has it), booleans as "1"/"0"
+and timestamps as integer microseconds since the epoch, which Redis stores as
+8-byte integers. A user then stays in the hash's small listpack encoding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
-from django.db.models import BigIntegerField, Func, QuerySet
+from django.db.models import BigIntegerField, Case, CharField, F, Func, QuerySet, Value, When
 
-# The public projection: the API representation and what a cached entry holds.
-PUBLIC_FIELDS = (
-    "id",
-    "username",
-    "email",
-    "first_name",
-    "last_name",
-    "is_active",
-    "date_joined",
-    "updated_at",
-)
-# The columns an entry is made from.
-CACHE_ROW_COLUMNS = (*PUBLIC_FIELDS, "version")
-
-# Metadata fields: the row version the entry was made from, and the mark of an
-# entry that records "no such row" (the negative cache).
-VERSION_FIELD = "v"
-ABSENT_FIELD = "x"
-# A cached user's fields by column: one letter each, since the names are stored
-# in every entry.
-USER_FIELD_NAMES = {
-    "username": "u",
-    "email": "e",
-    "first_name": "f",
-    "last_name": "l",
-    "is_active": "a",
-    "date_joined": "j",
-    "updated_at": "t",
-}
-USER_ENTRY_FIELDS = frozenset({*USER_FIELD_NAMES.values(), VERSION_FIELD})
-# The names of an entry's fields, in the order of ``bulk_entry_values``.
-ENTRY_NAMES = (*USER_FIELD_NAMES.values(), VERSION_FIELD)
-ABSENT_ENTRY = {ABSENT_FIELD: "1", VERSION_FIELD: "0"}
+# Bumped whenever FIELDS change, so that an entry of an older shape is never read:
+# it is part of every key (``users.cache.keys``).
+SCHEMA_VERSION = 1
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
-
-
-def _epoch_us(value: datetime.datetime) -> str:
-    return str((value - _EPOCH) // _MICROSECOND)
 
 
 def _format_epoch_us(value: str) -> str:
@@ -67,72 +36,105 @@ def _format_epoch_us(value: str) -> str:
     )  # fmt: skip
 
 
-def row_to_cache_fields(row: dict) -> dict[str, str]:
-    """The cached entry of a row with ``CACHE_ROW_COLUMNS``: strings, and the version."""
-    return {
-        "u": row["username"],
-        "e": row["email"],
-        "f": row["first_name"],
-        "l": row["last_name"],
-        "a": "1" if row["is_active"] else "0",
-        "j": _epoch_us(row["date_joined"]),
-        "t": _epoch_us(row["updated_at"]),
-        VERSION_FIELD: str(row["version"]),
-    }
-
-
-def instance_fields(user) -> dict[str, str]:
-    """The cached entry of a saved ``User``."""
-    return row_to_cache_fields({name: getattr(user, name) for name in CACHE_ROW_COLUMNS})
-
-
-def fields_to_user(user_id: int, fields: dict[str, str]) -> dict:
-    """The API representation of a cached entry."""
-    return {
-        "id": user_id,
-        "username": fields["u"],
-        "email": fields["e"],
-        "first_name": fields["f"],
-        "last_name": fields["l"],
-        "is_active": fields["a"] == "1",
-        "date_joined": _format_epoch_us(fields["j"]),
-        "updated_at": _format_epoch_us(fields["t"]),
-    }
-
-
-def user_row_projection(row: dict) -> dict:
-    """The public representation of a row with ``CACHE_ROW_COLUMNS`` (never its password)."""
-    return fields_to_user(row["id"], row_to_cache_fields(row))
-
-
-def is_absent(fields: dict[str, str]) -> bool:
-    return ABSENT_FIELD in fields
-
-
 class _EpochMicroseconds(Func):
-    """A stored (UTC) datetime as integer microseconds since the epoch, as
-    ``_epoch_us`` computes it; plain calendar arithmetic, so the session's time zone
-    does not enter into it. MySQL, MariaDB and TiDB all have TIMESTAMPDIFF."""
+    """A stored (UTC) datetime as integer microseconds since the epoch, in SQL: plain
+    calendar arithmetic, so the session's time zone does not enter into it. MySQL,
+    MariaDB and TiDB all have TIMESTAMPDIFF. Parsing DATETIME columns in mysqlclient
+    costs more than the rest of a row, and a warm reads millions of rows."""
 
     template = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', %(expressions)s)"
     output_field = BigIntegerField()
 
 
-def bulk_entry_values(users: QuerySet) -> Iterator[tuple[int, tuple]]:
-    """``(id, values of ENTRY_NAMES)`` for each of ``users``, for bulk fills.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Kind:
+    """How a column's value is stored in an entry and shown in the API."""
 
-    The same entry as ``row_to_cache_fields``, but the database converts the
-    timestamps: parsing two DATETIME columns per row in mysqlclient costs more than
-    the rest of the row, and a warm of a million users reads a million rows.
-    """
-    rows = users.annotate(
-        _joined_us=_EpochMicroseconds("date_joined"), _updated_us=_EpochMicroseconds("updated_at")
-    ).values_list(
-        "id", "username", "email", "first_name", "last_name", "is_active",
-        "_joined_us", "_updated_us", "version",
-    )  # fmt: skip
-    for user_id, username, email, first, last, active, joined, updated, version in rows:
-        yield (
-            user_id,
-            (username, email, first, last, "1" if active else "0", joined, updated, version),
-        )
+    encode: Callable[[object], str]
+    decode: Callable[[str], object]
+    # The column as the database should select it for a bulk load.
+    select: Callable[[str], object]
+
+
+TEXT = Kind(encode=str, decode=str, select=F)
+FLAG = Kind(
+    encode=lambda value: "1" if value else "0",
+    decode=lambda stored: stored == "1",
+    select=lambda column: Case(
+        When(**{column: True}, then=Value("1")), default=Value("0"), output_field=CharField()
+    ),
+)
+TIMESTAMP = Kind(
+    encode=lambda value: str((value - _EPOCH) // _MICROSECOND),
+    decode=_format_epoch_us,
+    select=_EpochMicroseconds,
+)
+INTEGER = Kind(encode=str, decode=int, select=F)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Field:
+    column: str
+    # The name in the Redis hash.
+    name: str
+    kind: Kind
+
+
+# The public projection, in the API's order after the id.
+FIELDS = (
+    Field("username", "u", TEXT),
+    Field("email", "e", TEXT),
+    Field("first_name", "f", TEXT),
+    Field("last_name", "l", TEXT),
+    Field("is_active", "a", FLAG),
+    Field("date_joined", "j", TIMESTAMP),
+    Field("updated_at", "t", TIMESTAMP),
+)
+# The row version the entry was made from: the ETag, and how check_user_cache
+# tells an entry's age. Not part of the API's shape.
+VERSION = Field("version", "v", INTEGER)
+# Present on an entry that records "no such row" (the negative cache): how a
+# cached absence is told apart from a miss.
+ABSENT_FIELD = "x"
+ABSENT_ENTRY = {ABSENT_FIELD: "1", VERSION.name: "0"}
+
+PUBLIC_FIELDS = ("id", *(field.column for field in FIELDS))
+_STORED = (*FIELDS, VERSION)
+# The fields of an entry, by name; every user entry has exactly these.
+ENTRY_NAMES = tuple(field.name for field in _STORED)
+COLUMN_OF = {field.name: field.column for field in _STORED}
+NAME_OF = {field.column: field.name for field in _STORED}
+
+
+def is_absent(entry: dict[str, str]) -> bool:
+    return ABSENT_FIELD in entry
+
+
+def encode(user) -> dict[str, str]:
+    """The entry of a saved ``User`` instance."""
+    return {field.name: field.kind.encode(getattr(user, field.column)) for field in _STORED}
+
+
+def select_entries(users: QuerySet) -> QuerySet:
+    """``users`` as rows of their id and their entry's values, converted by the
+    database (``entry_of`` makes each an entry)."""
+    selected = {f"_{field.name}": field.kind.select(field.column) for field in _STORED}
+    return users.annotate(**selected).values("id", *selected)
+
+
+def entry_of(row: dict) -> dict[str, str]:
+    """The entry of a row of ``select_entries``."""
+    return {name: str(row[f"_{name}"]) for name in ENTRY_NAMES}
+
+
+def load(users: QuerySet) -> dict[int, dict[str, str]]:
+    """The entries of ``users`` by id, in one query."""
+    return {row["id"]: entry_of(row) for row in select_entries(users)}
+
+
+def to_public(user_id: int, entry: dict[str, str]) -> dict:
+    """The API's shape of a user's entry."""
+    public = {"id": user_id}
+    for field in FIELDS:
+        public[field.column] = field.kind.decode(entry[field.name])
+    return public

@@ -37,43 +37,47 @@ from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
 from rest_framework.authtoken.models import Token, TokenProxy
 
-from . import cache, entries, outbox
+from . import entries
+from .cache import store
+from .cache.keys import token_key, user_key
+from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
 from .models import User
+from .outbox import outbox
 from .tokens import token_mac
 
 
 def user_changed(user: User, *, created: bool = False, deleted: bool = False) -> None:
     """Steps 1 to 3 for a user saved or deleted in the current transaction."""
-    key = cache.user_cache_key(user.pk)
+    key = user_key(user.pk)
     token_keys = [] if deleted else _token_keys(user.pk)
     keys = [key, *token_keys]
     fill = not deleted and (created or user_cache_settings.UPDATE_STRATEGY == "write-through")
     if not (fill and connection.in_atomic_block):
-        _after_commit(keys, lambda: cache.invalidate(keys))
+        _after_commit(keys, lambda: store.invalidate(keys))
         return
-    lease = cache.new_lease_token()
-    with contextlib.suppress(cache.CacheUnavailable):
-        cache.take_lease(key, lease, user_cache_settings.LEASE_TTL_MS)
-    fields = entries.instance_fields(user)
+    lease = store.new_lease_token()
+    with contextlib.suppress(CacheUnavailable):
+        store.take_lease(key, lease, user_cache_settings.LEASE_TTL_MS)
+    entry = entries.encode(user)
 
     def fill_or_delete() -> None:
         if token_keys:
-            cache.invalidate(token_keys)
-        cache.fill_or_delete(key, lease, fields, cache.jittered_ttl_ms(user_cache_settings.TTL))
+            store.invalidate(token_keys)
+        store.fill_or_delete(key, lease, entry, store.jittered_ttl_ms(user_cache_settings.TTL))
 
     _after_commit(keys, fill_or_delete)
 
 
 def token_changed(token: Token) -> None:
     """A token created, reassigned or deleted: its cached lookup goes."""
-    keys = [cache.token_cache_key(token_mac(token.key))]
-    _after_commit(keys, lambda: cache.invalidate(keys))
+    keys = [token_key(token_mac(token.key))]
+    _after_commit(keys, lambda: store.invalidate(keys))
 
 
 def _token_keys(user_id: int) -> list[str]:
     keys = Token.objects.filter(user_id=user_id).values_list("key", flat=True)
-    return [cache.token_cache_key(token_mac(key)) for key in keys]
+    return [token_key(token_mac(key)) for key in keys]
 
 
 def _after_commit(keys: list[str], apply: Callable[[], object]) -> None:
@@ -81,7 +85,7 @@ def _after_commit(keys: list[str], apply: Callable[[], object]) -> None:
     ``apply`` once it commits; if Redis misses it, the outbox replays it."""
     with transaction.atomic():
         entry_id = outbox.record(keys)
-        transaction.on_commit(lambda: outbox.complete(entry_id, apply))
+        transaction.on_commit(lambda: outbox.complete(entry_id, keys, apply))
 
 
 def _user_saved(sender, instance: User, created: bool, update_fields, **kwargs) -> None:

@@ -1,4 +1,5 @@
-"""The service's Prometheus metrics, all defined here and served at ``/metrics``.
+"""The user cache's Prometheus metrics, served at ``/metrics`` with the request
+durations (``config.logs``).
 
 Recording one is an in-process operation: no request pays a network round trip
 for it. Under gunicorn every worker writes its samples to memory-mapped files in
@@ -34,10 +35,17 @@ LOOKUPS = Counter(
 
 
 @functools.cache
-def lookup_counter(entity: str, result: str) -> Counter:
+def _lookup_counter(entity: str, result: str) -> Counter:
     """``LOOKUPS`` for these labels, resolved once: ``labels()`` takes a lock and builds
     its key on every call, and every read, hit or not, counts itself here."""
     return LOOKUPS.labels(entity, result)
+
+
+def count_lookup(entity: str, source: str, *, found: bool) -> None:
+    """Counts a lookup by where it was answered; a hit on a cached absence is a
+    negative hit."""
+    result = "negative_hit" if source == "HIT" and not found else source.lower()
+    _lookup_counter(entity, result).inc()
 
 
 REDIS_SECONDS = Histogram(
@@ -83,11 +91,6 @@ LOGIN_LOCKOUTS = Counter(
     "usersvc_login_lockouts",
     "Login attempts refused because the account or the client address is locked "
     "out after too many failures.",
-)
-HTTP_REQUEST_SECONDS = Histogram(
-    "usersvc_http_request_seconds",
-    "Duration of HTTP requests by method, route (URL name) and status code.",
-    ["method", "route", "status"],
 )
 
 

@@ -101,10 +101,10 @@ RETRY_AFTER = OpenApiParameter(
 )
 
 
-class CachedTokenScheme(OpenApiAuthenticationExtension):
-    """``CachedTokenAuthentication`` takes DRF's tokens, looked up through the cache."""
+class TokenScheme(OpenApiAuthenticationExtension):
+    """``TokenAuthentication`` takes DRF's tokens, looked up through the cache."""
 
-    target_class = "users.authentication.CachedTokenAuthentication"
+    target_class = "users.access.TokenAuthentication"
     name = "tokenAuth"
 
     def get_security_definition(self, auto_schema) -> dict:

@@ -1,26 +1,16 @@
-"""The cache-aside algorithm's reads, and every write of a user.
+"""Every write of a user: create, update, save (the admin's), delete.
 
-Reads (``user_get``, ``token_principal_get``):
-  Redis hit -> served with no SQL. Miss -> take the entry's lease, load the row
-  from MySQL, fill the entry under the lease, serve it. An id found nowhere is
-  cached as absent for a short while. Redis down -> served from MySQL, marked
-  BYPASS, and nothing is written back.
-
-Writes (``user_create``, ``user_update``, ``user_save``, ``user_delete``) check the
-writer's permissions (``users.permissions``) and change MySQL inside a
-transaction, under the row lock; what the change does to Redis, and when, is
-``users.invalidation``'s, which every save and delete of a user or a token goes
-through, whoever makes it.
+Each checks who writes (``users.permissions``, with the writer's permissions read
+from MySQL) and changes MySQL inside a transaction, under the row lock. What the
+change does to Redis, and when, is ``users.invalidation``'s: every save and
+delete of a user or a token goes through it, whoever makes it. Reads are
+``users.reads``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import functools
-import hmac
-import logging
 import operator
 import random
 import time
@@ -30,240 +20,29 @@ from typing import TypeVar
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import Count, Q, QuerySet
-from django.dispatch import Signal
+from django.db.models import Count, Q
 from django.http import Http404
-from rest_framework.authtoken.models import Token
 
-from . import cache, metrics, outbox, tokens
-from .conf import user_cache_settings
-from .entries import (
-    ABSENT_ENTRY,
-    CACHE_ROW_COLUMNS,
-    fields_to_user,
-    is_absent,
-    row_to_cache_fields,
-)
+from config.database import WriteConflict, is_conflict
+
+from . import entries
 from .models import User
 from .permissions import check_write
 from .tokens import Principal
 
 T = TypeVar("T")
 
-logger = logging.getLogger(__name__)
-
-# Sent between a reader's MySQL load and its Redis fill, with ``key``. A test
-# connects a receiver that blocks here to drive a race deterministically.
-cache_fill_pending = Signal()
-
-
-class Source(enum.StrEnum):
-    """Where a read was answered from; the API sends it as ``X-Cache``."""
-
-    HIT = "HIT"
-    MISS = "MISS"
-    BYPASS = "BYPASS"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CacheResult:
-    """A read's answer: the value (None when the row does not exist) and its source."""
-
-    value: dict | None
-    source: Source
-
-
-# The read-through algorithm, shared by users and tokens.
-
-
-def _read_through(
-    *,
-    entity: str,
-    key: str,
-    load: Callable[[], dict[str, str] | None],
-    ttl: int,
-    read: Callable[[str], dict[str, str] | None] = cache.read,
-    trusted: Callable[[dict[str, str]], bool] | None = None,
-    cache_absent: bool = True,
-) -> tuple[dict[str, str] | None, Source]:
-    """Cache-aside read of one entry; returns its fields (None when absent) and source.
-
-    A miss takes the entry's lease before it loads, so of many concurrent misses
-    one loads from MySQL while the others wait briefly for its fill; and a write
-    revokes the lease, so a load made before that write is never stored.
-    ``entity`` ("user", "token") labels the metrics; ``read`` is the first look at
-    the entry (``cache.read``, or a read that does more in the same round trip).
-    An entry ``trusted`` refuses (a token entry whose signature fails) is deleted
-    and read again from MySQL. Without ``cache_absent``, a row found nowhere is
-    not remembered (token guesses must not fill Redis).
-    """
-    try:
-        outbox.before_cached_read()
-        fields = read(key)
-        if fields is not None and not _is_trusted(entity, key, fields, trusted):
-            fields = None
-    except cache.CacheUnavailable:
-        return _answered(entity, _timed_load(entity, load), Source.BYPASS)
-    if fields is not None:
-        return _answered(entity, _present(fields), Source.HIT)
-
-    token = cache.new_lease_token()
-    deadline = time.monotonic() + user_cache_settings.LEASE_WAIT_MS / 1000
-    waited = False
-    while True:
-        try:
-            state, fields = cache.read_or_lease(key, token, user_cache_settings.LEASE_TTL_MS)
-            if state is cache.ReadState.HIT and not _is_trusted(entity, key, fields, trusted):
-                state = cache.ReadState.BUSY
-        except cache.CacheUnavailable:
-            return _answered(entity, _timed_load(entity, load), Source.BYPASS)
-        if state is cache.ReadState.HIT:
-            if waited:
-                metrics.STAMPEDE_WAITS.labels(entity, "filled").inc()
-            return _answered(entity, _present(fields), Source.HIT)
-        if state is cache.ReadState.LEASED:
-            if waited:
-                metrics.STAMPEDE_WAITS.labels(entity, "leased").inc()
-            break
-        if time.monotonic() >= deadline:
-            # The lease holder is slow or gone: answer from MySQL without filling.
-            metrics.STAMPEDE_WAITS.labels(entity, "timed_out").inc()
-            return _answered(entity, _timed_load(entity, load), Source.MISS)
-        waited = True
-        time.sleep(user_cache_settings.LEASE_POLL_MS / 1000)
-
-    try:
-        loaded = _timed_load(entity, load)
-    except Exception:
-        with contextlib.suppress(cache.CacheUnavailable):
-            cache.release_lease(key, token)
-        raise
-    cache_fill_pending.send(sender=None, key=key)
-    with contextlib.suppress(cache.CacheUnavailable):
-        if loaded is None and not cache_absent:
-            cache.release_lease(key, token)
-        else:
-            stored, ttl_seconds = (
-                (loaded, ttl)
-                if loaded is not None
-                else (ABSENT_ENTRY, user_cache_settings.NEGATIVE_TTL)
-            )
-            if not cache.fill(key, token, stored, cache.jittered_ttl_ms(ttl_seconds)):
-                metrics.STALE_SETS_REJECTED.labels(entity).inc()
-    return _answered(entity, loaded, Source.MISS)
-
-
-def _is_trusted(
-    entity: str,
-    key: str,
-    fields: dict[str, str],
-    trusted: Callable[[dict[str, str]], bool] | None,
-) -> bool:
-    """Whether a cached entry may be served; one that may not is deleted from Redis."""
-    if trusted is None or trusted(fields):
-        return True
-    logger.warning("refused a cached %s entry that fails its check: %s", entity, key)
-    metrics.ENTRIES_REFUSED.labels(entity).inc()
-    cache.invalidate([key])
-    return False
-
-
-def _timed_load(entity: str, load: Callable[[], T]) -> T:
-    with metrics.DATABASE_SECONDS.labels(entity).time():
-        return load()
-
-
-def _answered(
-    entity: str, fields: dict[str, str] | None, source: Source
-) -> tuple[dict[str, str] | None, Source]:
-    """Counts a lookup by its result; a hit on a cached absence is a negative hit."""
-    negative_hit = source is Source.HIT and fields is None
-    result = "negative_hit" if negative_hit else source.value.lower()
-    metrics.lookup_counter(entity, result).inc()
-    return fields, source
-
-
-def _present(fields: dict[str, str]) -> dict[str, str] | None:
-    return None if is_absent(fields) else fields
-
-
-# Users.
-
-
-def _load_user_fields(user_id: int) -> dict[str, str] | None:
-    row = User.objects.filter(pk=user_id).values(*CACHE_ROW_COLUMNS).first()
-    return None if row is None else row_to_cache_fields(row)
-
-
-def user_get(*, user_id: int, read_ahead: ReadAhead | None = None) -> CacheResult:
-    """One user by id, Redis first; ``value`` is None when no such user exists.
-
-    ``read_ahead``, the user's entry as another lookup of this request already read
-    it (``token_principal_get``), stands for the first Redis read.
-
-    Logs the lookup at DEBUG: a line per lookup at INFO would double the log volume
-    of the busiest path for what ``X-Cache`` and the metrics already say; DEBUG
-    (``LOG_LEVEL=DEBUG``) is for following single requests by their request id.
-    """
-    started = time.perf_counter()
-    read = cache.read
-    if read_ahead is not None and read_ahead.user_id == user_id:
-
-        def read(_key: str) -> dict[str, str] | None:
-            return read_ahead.fields
-
-    fields, source = _read_through(
-        entity="user",
-        key=cache.user_cache_key(user_id),
-        load=lambda: _load_user_fields(user_id),
-        ttl=user_cache_settings.TTL,
-        read=read,
-    )
-    if logger.isEnabledFor(logging.DEBUG):
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        logger.debug(
-            "user lookup %s: %s%s in %.3f ms",
-            user_id,
-            source.value,
-            "" if fields is not None else " (no such user)",
-            duration_ms,
-            extra={
-                "user_id": user_id,
-                "cache": source.value,
-                "found": fields is not None,
-                "duration_ms": duration_ms,
-            },
-        )
-    value = None if fields is None else fields_to_user(user_id, fields)
-    return CacheResult(value=value, source=source)
-
-
-def user_list() -> QuerySet:
-    """Every user's row, from MySQL, in id order; ``entries.user_row_projection`` shapes each."""
-    return User.objects.order_by("id").values(*CACHE_ROW_COLUMNS)
-
-
-class WriteConflict(Exception):
-    """A write kept losing to concurrent ones (deadlock, lock wait timeout, or a TiDB
-    write conflict) after ``WRITE_ATTEMPTS`` tries; the client may retry."""
-
-
-# Errors for which the database says the whole transaction may simply run again
-# (Django's atomic() has rolled it back by the time the retry starts). MySQL and
-# TiDB: lock wait timeout (1205), deadlock (1213). TiDB: a conflict at commit in an
-# optimistic transaction, with SELECT FOR UPDATE (8002) or without (8005, 9007); a
-# commit that failed and was rolled back (8022); a table whose schema changed
-# during the transaction (8028). Any other database error is a 503 (config/exceptions.py).
-_CONFLICT_ERROR_CODES = frozenset({1205, 1213, 8002, 8005, 8022, 8028, 9007})
 WRITE_ATTEMPTS = 3
+UPDATABLE_FIELDS = ("username", "email", "first_name", "last_name", "is_active")
 
 
 def _retry_conflicts(write: Callable[..., T]) -> Callable[..., T]:
-    """Runs a write service again when the database rolled it back for a conflict.
+    """Runs a write again when the database rolled it back for a conflict
+    (``config.database``), then gives up with ``WriteConflict``.
 
-    The database has undone the whole transaction, and with it the outbox row
-    and the after-commit cache change, so a retry starts clean. Inside a
-    caller's transaction there is nothing safe to retry, so the error goes up.
+    The database has undone the whole transaction, and with it the outbox row and
+    the after-commit cache change, so a retry starts clean. Inside a caller's
+    transaction there is nothing safe to retry, so the error goes up.
     """
 
     @functools.wraps(write)
@@ -274,7 +53,7 @@ def _retry_conflicts(write: Callable[..., T]) -> Callable[..., T]:
             try:
                 return write(**kwargs)
             except OperationalError as exc:
-                if exc.args[0] not in _CONFLICT_ERROR_CODES:
+                if not is_conflict(exc):
                     raise
                 if attempt == WRITE_ATTEMPTS:
                     raise WriteConflict(str(exc)) from exc
@@ -325,10 +104,7 @@ def user_create(
         transaction.atomic(),
     ):
         user.save(force_insert=True)
-    return fields_to_user(user.id, _instance_fields(user))
-
-
-UPDATABLE_FIELDS = ("username", "email", "first_name", "last_name", "is_active")
+    return entries.to_public(user.id, entries.encode(user))
 
 
 @_retry_conflicts
@@ -363,7 +139,7 @@ def user_update(*, actor: User | Principal | None, user_id: int, data: dict) -> 
         if "password" in data:
             _set_password(user, data["password"])
         user.save()
-    return fields_to_user(user.id, _instance_fields(user))
+    return entries.to_public(user.id, entries.encode(user))
 
 
 @_retry_conflicts
@@ -378,7 +154,7 @@ def user_save(*, actor: User | None, user: User) -> dict:
             check_write(_writer(actor), "change", current)
             user.version = current.version
             user.save()
-    return fields_to_user(user.id, _instance_fields(user))
+    return entries.to_public(user.id, entries.encode(user))
 
 
 @_retry_conflicts
@@ -396,10 +172,6 @@ def _locked_user(user_id: int) -> User:
     if user is None:
         raise Http404("No user with this id.")
     return user
-
-
-def _instance_fields(user: User) -> dict[str, str]:
-    return row_to_cache_fields({name: getattr(user, name) for name in CACHE_ROW_COLUMNS})
 
 
 def _check_username(user: User) -> None:
@@ -460,95 +232,3 @@ def _unique_violations_as_validation_errors(
 
 def _taken_message(field: str) -> str:
     return f"A user with that {field} already exists."
-
-
-# Tokens: authentication goes through the same read-through machinery, under the
-# keyed names and signed entries of ``users.tokens``.
-
-
-def _load_token_fields(key: str, mac: str) -> dict[str, str] | None:
-    row = (
-        Token.objects.filter(key=key)
-        .values("key", "user_id", "user__username", "user__is_staff", "user__is_active")
-        .first()
-    )
-    # MySQL compares keys case-insensitively: only the exact key is this token.
-    if row is None or not hmac.compare_digest(row["key"], key):
-        return None
-    return tokens.encode_entry(mac, row, user_cache_settings.TOKEN_TTL)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReadAhead:
-    """A user's entry read earlier in the same request, in another lookup's round
-    trip: its fields, or None when it was not cached."""
-
-    user_id: int
-    fields: dict[str, str] | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TokenLookup:
-    """What a token lookup found: the principal (None for an unknown token), the
-    token's name (``tokens.token_mac``, which its rate limit counts under), the
-    request's count against the rate limit (None when not counted yet) and the user
-    the request asks for, when it was read in the same round trip."""
-
-    principal: Principal | None
-    token_mac: str
-    counted: cache.WindowCount | None = None
-    read_ahead: ReadAhead | None = None
-
-
-def token_principal_get(
-    *,
-    key: str,
-    counter: Callable[[str], tuple[str, int] | None] | None = None,
-    read_ahead_id: int | None = None,
-    before_load: Callable[[], None] | None = None,
-) -> TokenLookup:
-    """The principal a well-formed token key (``tokens.is_well_formed``) authenticates.
-
-    With ``counter`` (the token's name -> its rate-limit counter key and window in
-    ms), the request is counted against that limit in the same round trip as the
-    token's cache read, when the token is cached; with ``read_ahead_id`` too, the
-    cache entry of that user is read in it as well, so that a request for one
-    user costs a single round trip when both are cached (``user_get`` takes the
-    read-ahead). Reading the user before the token is checked is harmless: the
-    request's view, which alone uses it, runs only once the token passed.
-    ``before_load`` runs before any MySQL work (the failed-guess limit). Nothing is
-    counted or read ahead when Redis is down: rate limits fail open.
-    """
-    mac = tokens.token_mac(key)
-    entry_key = cache.token_cache_key(mac)
-    count = counter(mac) if counter is not None else None
-    counted = read_ahead = None
-    read = cache.read
-    if count is not None or read_ahead_id is not None:
-        ahead_key = None if read_ahead_id is None else cache.user_cache_key(read_ahead_id)
-
-        def read(entry_key: str) -> dict[str, str] | None:
-            nonlocal counted, read_ahead
-            fields, counted, ahead = cache.read_with(entry_key, count=count, read_ahead=ahead_key)
-            if ahead_key is not None:
-                read_ahead = ReadAhead(read_ahead_id, ahead)
-            return fields
-
-    def load() -> dict[str, str] | None:
-        if before_load is not None:
-            before_load()
-        return _load_token_fields(key, mac)
-
-    fields, _source = _read_through(
-        entity="token",
-        key=entry_key,
-        load=load,
-        ttl=user_cache_settings.TOKEN_TTL,
-        read=read,
-        trusted=lambda fields: tokens.decode_entry(mac, fields) is not None,
-        cache_absent=False,
-    )
-    principal = None if fields is None else tokens.decode_entry(mac, fields)
-    if principal is None:
-        return TokenLookup(principal=None, token_mac=mac, counted=counted)
-    return TokenLookup(principal=principal, token_mac=mac, counted=counted, read_ahead=read_ahead)

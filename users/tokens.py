@@ -32,8 +32,17 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Callable
 
 from django.conf import settings
+from rest_framework.authtoken.models import Token
+
+from .cache import counters
+from .cache.keys import token_key, user_key
+from .cache.transport import CacheUnavailable
+from .conf import user_cache_settings
+from .outbox import outbox
+from .reads import Entry, EntryKind, Source, read_through
 
 _KEY_SHAPE = re.compile(r"[0-9a-f]{40}")
 
@@ -125,3 +134,74 @@ def decode_entry(mac: str, fields: dict[str, str]) -> Principal | None:
         is_staff=fields[STAFF] == "1",
         is_active=fields[ACTIVE] == "1",
     )
+
+
+def _load(key: str, mac: str, before_load: Callable[[], None]) -> dict[str, Entry]:
+    before_load()
+    row = (
+        Token.objects.filter(key=key)
+        .values("key", "user_id", "user__username", "user__is_staff", "user__is_active")
+        .first()
+    )
+    # MySQL compares keys case-insensitively: only the exact key is this token.
+    if row is None or not hmac.compare_digest(row["key"], key):
+        return {}
+    return {key: encode_entry(mac, row, user_cache_settings.TOKEN_TTL)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenRead:
+    """What one request's token lookup read, in one Redis round trip when all was
+    cached: the principal (None for an unknown token), the token's name (its rate
+    limit counts under it), the request's count against that limit (None when not
+    counted yet: the token was not cached), and the user the request names, when
+    its entry was read ahead (``{user_id: entry or None}``)."""
+
+    principal: Principal | None
+    token_mac: str
+    counted: counters.WindowCount | None
+    read_ahead: dict[int, Entry | None] | None
+
+
+def token_lookup(
+    *,
+    key: str,
+    counter: Callable[[str], tuple[str, int] | None],
+    read_ahead_id: int | None,
+    before_load: Callable[[], None],
+) -> TokenRead:
+    """The principal a well-formed key (``is_well_formed``) authenticates, through the
+    token cache (``users.reads.read_through``: the token is an entry like a user).
+
+    The first round trip reads the token's entry, counts the request against the
+    limit ``counter(token_mac)`` names (when the token is cached), and reads the
+    entry of user ``read_ahead_id`` (reading it before the token is checked is
+    harmless: only the request's view uses it, once the token passed).
+    ``before_load`` runs before any MySQL work (the failed-guess limit). Nothing is
+    counted or read ahead when Redis is down: rate limits fail open.
+    """
+    mac = token_mac(key)
+    entry_key = token_key(mac)
+    kind = EntryKind(
+        entity="token",
+        key=lambda _key: entry_key,
+        load=lambda _keys: _load(key, mac, before_load),
+        ttl=lambda: user_cache_settings.TOKEN_TTL,
+        cache_absent=False,
+        trusted=lambda entry: decode_entry(mac, entry) is not None,
+    )
+    ahead_key = None if read_ahead_id is None else user_key(read_ahead_id)
+    try:
+        outbox.before_cached_read()
+        entry, counted, ahead = counters.read_counted(
+            entry_key, counter=counter(mac), also=ahead_key
+        )
+        first = {key: entry}
+    except CacheUnavailable:
+        first = counted = ahead = None
+    read = read_through(kind, [key], first=first)[key]
+    principal = None if read.entry is None else decode_entry(mac, read.entry)
+    read_ahead = None
+    if ahead_key is not None and read.source is not Source.BYPASS and first is not None:
+        read_ahead = {read_ahead_id: ahead}
+    return TokenRead(principal, mac, counted, read_ahead)

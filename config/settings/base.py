@@ -99,8 +99,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # MIDDLEWARE
 # ------------------------------------------------------------------------------
 MIDDLEWARE = [
-    # /healthz, /readyz and /metrics, answered before the host check (config/probes.py).
-    "config.probes.ProbesMiddleware",
+    # /healthz, /readyz and /metrics, answered before the host check (users/probes.py).
+    "users.probes.ProbesMiddleware",
     # The request id for the logs, and the request duration for the metrics.
     "config.logs.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -154,7 +154,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 102
 # ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "users.authentication.CachedTokenAuthentication",
+        "users.access.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -165,8 +165,8 @@ REST_FRAMEWORK = {
     ],
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": [
-        "users.throttling.AnonRedisThrottle",
-        "users.throttling.UserRedisThrottle",
+        "users.access.AnonRateThrottle",
+        "users.access.UserRateThrottle",
     ],
     # "off" turns a scope off. auth_failure caps failed token checks per address.
     "DEFAULT_THROTTLE_RATES": {
@@ -225,7 +225,7 @@ AXES_ENABLE_ACCESS_FAILURE_LOG = False
 AXES_VERBOSE = False
 LOGIN_REDIRECT_URL = "/api/user"
 
-# OPERATOR ENDPOINTS (config/probes.py)
+# OPERATOR ENDPOINTS (users/probes.py)
 # ------------------------------------------------------------------------------
 # /metrics and the details of /readyz answer requests that come straight from
 # these networks (not through a proxy, which makes every client look local), or

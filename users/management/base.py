@@ -7,7 +7,7 @@ import datetime
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import InterfaceError, OperationalError
 
-from users.cache import CacheUnavailable
+from users.cache.transport import CacheUnavailable
 
 
 def positive_int(raw: str) -> int:

@@ -1,6 +1,6 @@
 import sys
 
-from users import maintenance
+from users.maintenance.check import Problem, cache_check
 from users.management.base import CacheCommand, positive_int
 
 # Problems listed at verbosity 1; -v 2 lists every one.
@@ -34,13 +34,13 @@ class Command(CacheCommand):
         verbosity = options["verbosity"]
         listed = 0
 
-        def on_problem(problem: maintenance.Problem) -> None:
+        def on_problem(problem: Problem) -> None:
             nonlocal listed
             listed += 1
             if verbosity >= 2 or (verbosity == 1 and listed <= _LISTED):
                 self.stdout.write(f"{problem.kind:<9} {problem.key}: {problem.detail}")
 
-        report = maintenance.cache_check(
+        report = cache_check(
             sample=None if options["all"] else options["sample"],
             fix=options["fix"],
             on_problem=on_problem,

@@ -1,6 +1,6 @@
-from users import maintenance
-from users.cache import KeyKind
+from users.cache.keys import KeyKind
 from users.conf import user_cache_settings
+from users.maintenance.flush import cache_flush
 from users.management.base import CacheCommand, positive_int
 
 
@@ -33,7 +33,7 @@ class Command(CacheCommand):
 
     def handle(self, *args, **options):
         dry_run = options["dry_run"]
-        report = maintenance.cache_flush(user_ids=options["ids"], dry_run=dry_run)
+        report = cache_flush(user_ids=options["ids"], dry_run=dry_run)
         if options["verbosity"] < 1:
             return
         kinds = ", ".join(

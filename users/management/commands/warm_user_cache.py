@@ -4,7 +4,7 @@ import time
 from django.core.management.base import CommandError
 from tqdm import tqdm
 
-from users import maintenance
+from users.maintenance import warm
 from users.management.base import CacheCommand, positive_int, utc_date_or_datetime
 
 
@@ -34,10 +34,10 @@ class Command(CacheCommand):
         parser.add_argument(
             "--batch-size",
             type=positive_int,
-            default=maintenance.DEFAULT_BATCH_SIZE,
+            default=warm.DEFAULT_BATCH_SIZE,
             metavar="N",
             help=f"Users per MySQL query and Redis round trip (default "
-            f"{maintenance.DEFAULT_BATCH_SIZE}, at most {maintenance.MAX_BATCH_SIZE}).",
+            f"{warm.DEFAULT_BATCH_SIZE}, at most {warm.MAX_BATCH_SIZE}).",
         )
         parser.add_argument(
             "--missing-only",
@@ -46,25 +46,25 @@ class Command(CacheCommand):
         )
 
     def handle(self, *args, **options):
-        if options["batch_size"] > maintenance.MAX_BATCH_SIZE:
-            raise CommandError(f"--batch-size is at most {maintenance.MAX_BATCH_SIZE}.")
+        if options["batch_size"] > warm.MAX_BATCH_SIZE:
+            raise CommandError(f"--batch-size is at most {warm.MAX_BATCH_SIZE}.")
         verbosity = options["verbosity"]
         selection = {"user_ids": options["ids"], "since": options["since"]}
         show_bar = verbosity >= 1 and sys.stderr.isatty()
-        total = maintenance.cache_warm_count(**selection) if show_bar else None
+        total = warm.cache_warm_count(**selection) if show_bar else None
         started = time.monotonic()
         done = 0
 
         with tqdm(total=total, disable=not show_bar, unit=" users", dynamic_ncols=True) as bar:
 
-            def on_batch(batch: maintenance.WarmReport) -> None:
+            def on_batch(batch: warm.WarmReport) -> None:
                 nonlocal done
                 done += batch.examined
                 bar.update(batch.examined)
                 if verbosity >= 2 and not show_bar:
                     self.stdout.write(f"{done} users so far, {self._rate(done, started)}")
 
-            report = maintenance.cache_warm(
+            report = warm.cache_warm(
                 **selection,
                 batch_size=options["batch_size"],
                 missing_only=options["missing_only"],

@@ -19,7 +19,9 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpResponse, JsonResponse
 
-from users import cache, metrics
+from . import metrics
+from .cache import cluster
+from .cache.transport import CacheUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ def healthz(request) -> HttpResponse:
 def readyz(request) -> HttpResponse:
     """Readiness, per dependency. MySQL down: 503, take the instance out of rotation.
     Redis down: 200 "degraded", since reads bypass the cache and writes still commit."""
-    checks = {"mysql": _check(_ping_mysql), "redis": _check(cache.ping)}
+    checks = {"mysql": _check(_ping_mysql), "redis": _check(cluster.ping)}
     if checks["mysql"]["status"] != "ok":
         status, http_status = "unavailable", 503
     elif checks["redis"]["status"] != "ok":
@@ -82,7 +84,7 @@ def _ping_mysql() -> float:
 def _check(ping) -> dict:
     try:
         seconds = ping()
-    except (DatabaseError, cache.CacheUnavailable) as exc:
+    except (DatabaseError, CacheUnavailable) as exc:
         logger.warning("readiness check failed: %s", exc)
         # The error's class only: the message can name hosts and this answer is
         # unauthenticated. For Redis, the class of redis-py's error underneath.

@@ -1,0 +1,219 @@
+"""What spans every node: a batch's script calls grouped by hash slot and pipelined
+per node, SCAN over every primary, UNLINK per slot, INFO and PING.
+
+On one server a script or an UNLINK names all of a batch's keys at once; on a
+Redis Cluster a command may only name keys of one hash slot, so a batch becomes
+one call per slot, pipelined to each node that holds some of them.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from redis import Redis
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ..conf import user_cache_settings
+from . import keys as cache_keys
+from .transport import UNAVAILABLE, CacheUnavailable, call, client, script
+
+# A script holds Redis for its whole run, 10-25 µs per entry here: 250 entries
+# keep a call to a few milliseconds, well inside the API's read timeout, whatever
+# the batch size of a bulk run.
+ENTRIES_PER_SCRIPT_CALL = 250
+
+
+def eval_grouped(
+    source: str, keys: Sequence[str], call_for: Callable[[Sequence[int]], tuple[list, list]]
+) -> list:
+    """Runs a per-entry script (one reply per entry) over all of ``keys`` in as few
+    calls as the server allows: on a single server one per
+    ``ENTRIES_PER_SCRIPT_CALL`` entries; on a cluster one per hash slot.
+    ``call_for(group)`` makes the keys and arguments of the call for the entries
+    at those indexes of ``keys``. Returns the replies in the order of ``keys``."""
+    groups: list[list[int]] = []
+
+    def calls_for(redis: Redis | RedisCluster) -> list[tuple[list, list]]:
+        groups[:] = [
+            group[start : start + ENTRIES_PER_SCRIPT_CALL]
+            for group in slot_groups(redis, keys)
+            for start in range(0, len(group), ENTRIES_PER_SCRIPT_CALL)
+        ]
+        return [call_for(group) for group in groups]
+
+    replies = eval_many(source, calls_for)
+    per_entry: list = [None] * len(keys)
+    for group, reply in zip(groups, replies, strict=True):
+        for index, value in zip(group, reply, strict=True):
+            per_entry[index] = value
+    return per_entry
+
+
+def slot_groups(redis: Redis | RedisCluster, keys: Sequence[str]) -> list[list[int]]:
+    """Indexes of ``keys`` that one command may name together."""
+    if not keys:
+        return []
+    if not isinstance(redis, RedisCluster):
+        return [list(range(len(keys)))]
+    by_slot = collections.defaultdict(list)
+    for index, key in enumerate(keys):
+        by_slot[redis.keyslot(key)].append(index)
+    return list(by_slot.values())
+
+
+def eval_many(
+    source: str, calls_for: Callable[[Redis | RedisCluster], Sequence[tuple[list, list]]]
+) -> list:
+    """EVALSHA of one script per (keys, args) of ``calls_for(client)``, pipelined
+    without a transaction.
+
+    A server that does not know the script yet answers NOSCRIPT: the script is
+    loaded and only those calls are sent again. redis-py refuses scripts in a
+    cluster pipeline, so on a cluster the calls are pipelined per node, on each
+    node's own connection; each call's keys share a slot. Calls that a node
+    redirects (MOVED, ASK: the slot map is out of date after a failover or
+    resharding) or that a node could not take go one at a time through the
+    cluster client, which follows redirections and reads the map again.
+    """
+    loaded = script(source)
+
+    def send(redis: Redis, batch: Sequence[tuple[list, list]]) -> list:
+        with redis.pipeline(transaction=False) as pipe:
+            for keys, args in batch:
+                pipe.evalsha(loaded.sha, len(keys), *keys, *args)
+            return pipe.execute(raise_on_error=False)
+
+    def run(redis: Redis, calls: Sequence[tuple[list, list]]) -> list:
+        replies = send(redis, calls)
+        unknown = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:
+            redis.script_load(loaded.script)
+            retried = send(redis, [calls[index] for index in unknown])
+            for index, reply in zip(unknown, retried, strict=True):
+                replies[index] = reply
+        return replies
+
+    def run_on_cluster(redis: RedisCluster, calls: Sequence[tuple[list, list]]) -> list:
+        by_node = collections.defaultdict(list)
+        for index, (keys, _args) in enumerate(calls):
+            by_node[redis.get_node_from_key(keys[0]).name].append(index)
+        replies: list = [None] * len(calls)
+        redirected = []
+        for name, indexes in by_node.items():
+            node = redis.get_redis_connection(redis.get_node(node_name=name))
+            try:
+                node_replies = run(node, [calls[index] for index in indexes])
+            except RedisConnectionError:
+                redirected.extend(indexes)
+                continue
+            for index, reply in zip(indexes, node_replies, strict=True):
+                if isinstance(reply, AskError):  # MOVED or ASK
+                    redirected.append(index)
+                else:
+                    replies[index] = reply
+        for index in redirected:
+            keys, args = calls[index]
+            replies[index] = loaded(keys=keys, args=args, client=redis)
+        return replies
+
+    def run_anywhere(redis: Redis | RedisCluster) -> list:
+        calls = calls_for(redis)
+        if isinstance(redis, RedisCluster):
+            replies = run_on_cluster(redis, calls)
+        else:
+            replies = run(redis, calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    return call(run_anywhere)
+
+
+def scan_project_keys(pattern: str | None = None, *, count: int = 1000) -> Iterator[list[str]]:
+    """Every key matching ``pattern`` (by default all of this project's), a SCAN page at
+    a time: one round trip per page, never KEYS, and never a key outside the prefix.
+    On a cluster every primary is scanned in turn, each with its own cursor."""
+    pattern = pattern or cache_keys.project_pattern()
+    assert pattern.startswith(f"{user_cache_settings.KEY_PREFIX}:"), (
+        f"{pattern!r} reaches outside this project's prefix {user_cache_settings.KEY_PREFIX!r}"
+    )
+    for server in call(_servers_to_scan):
+        cursor = 0
+        while True:
+            cursor, found = call(
+                lambda _redis, server=server, cursor=cursor: server.scan(
+                    cursor, match=pattern, count=count
+                )
+            )
+            if found:
+                yield [key.decode() for key in found]
+            if cursor == 0:
+                break
+
+
+def _servers_to_scan(redis: Redis | RedisCluster) -> list[Redis]:
+    """The server, or each primary of a cluster (through its own connection)."""
+    if isinstance(redis, RedisCluster):
+        return [redis.get_redis_connection(node) for node in redis.get_primaries()]
+    return [redis]
+
+
+def unlink_many(keys: Sequence[str]) -> int:
+    """UNLINKs the keys, one round trip; returns how many existed.
+
+    One UNLINK names many keys: Redis spends about a microsecond on each, and the
+    client far less than on a command per key. On a cluster, one UNLINK per hash
+    slot, pipelined per node.
+    """
+
+    def unlink_all(redis: Redis | RedisCluster) -> list:
+        with redis.pipeline(transaction=False) as pipe:
+            for group in slot_groups(redis, keys):
+                # execute_command: a cluster pipeline's unlink() refuses several keys
+                # even when they share a slot, which the command itself allows.
+                pipe.execute_command("UNLINK", *(keys[index] for index in group))
+            return pipe.execute()
+
+    return sum(call(unlink_all)) if keys else 0
+
+
+# Health and the admin's overview: the server's own word, past the breaker, so
+# that they show what Redis does now rather than what it did a moment ago.
+
+
+def ping() -> float:
+    """Seconds one PING took (to every node of a cluster); raises ``CacheUnavailable``
+    when Redis does not answer."""
+    started = time.perf_counter()
+    try:
+        client().ping()
+    except UNAVAILABLE as exc:
+        raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    return time.perf_counter() - started
+
+
+# INFO counters that a cluster's overview adds up over its primaries.
+_SUMMED_INFO = ("used_memory", "evicted_keys", "keyspace_hits", "keyspace_misses")
+
+
+def server_info() -> dict:
+    """Redis ``INFO`` (server, memory, stats, keyspace sections), parsed by redis-py.
+
+    On a cluster: one primary's, with memory, evictions and keyspace hits and
+    misses added up over every primary.
+    """
+    try:
+        redis = client()
+        if not isinstance(redis, RedisCluster):
+            return redis.info()
+        infos = [redis.get_redis_connection(node).info() for node in redis.get_primaries()]
+    except UNAVAILABLE as exc:
+        raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    info = {**infos[0], **{name: sum(each.get(name, 0) for each in infos) for name in _SUMMED_INFO}}
+    info["used_memory_human"] = f"{info['used_memory'] / 2**20:.2f}M"
+    return info
