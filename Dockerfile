@@ -12,4 +12,4 @@ COPY . .
 RUN DJANGO_SETTINGS_MODULE=config.settings.local python manage.py collectstatic --no-input -v0
 
 EXPOSE 8000
-CMD ["sh", "-c", "python manage.py migrate --no-input && exec gunicorn -c config/gunicorn.py config.wsgi"]
+CMD ["sh", "-c", "python manage.py migrate --no-input && exec gunicorn config.wsgi"]

@@ -430,7 +430,7 @@ class WebService(ServerProcess):
 
     def command(self) -> list[str]:
         gunicorn = str(Path(self.python).parent / "gunicorn")
-        return [gunicorn, "-c", "config/gunicorn.py", "config.wsgi"]
+        return [gunicorn, "config.wsgi"]
 
     def start(self) -> None:
         log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 (owned by the child)
