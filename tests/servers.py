@@ -7,12 +7,15 @@ Cluster and a Sentinel group are made of such servers.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -382,9 +385,40 @@ def _current_user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_python() -> str:
+    """The project's virtualenv's python (the one running, under ./scripts/test)."""
+    python = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "python"
+    return str(python) if python.exists() else shutil.which("python3") or "python3"
+
+
+@functools.cache
+def collected_static_files() -> Path:
+    """The static files, collected once per process into a folder of its own, as a
+    deployment does before it starts the service: under the production settings
+    a worker refuses to start without their manifest (config/checks.py)."""
+    folder = Path(tempfile.mkdtemp(prefix="usersvc-static-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    subprocess.run(
+        [project_python(), "manage.py", "collectstatic", "--no-input", "-v0"],
+        cwd=PROJECT_ROOT, check=True, capture_output=True,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.production",
+            "SECRET_KEY": "collectstatic-only",
+            "STATIC_ROOT": str(folder),
+        },
+    )  # fmt: skip
+    return folder
+
+
 class WebService(ServerProcess):
     """The service itself under gunicorn with the production settings, migrated,
-    with a staff user whose token ``token`` authenticates requests."""
+    with a staff user whose token ``token`` authenticates requests. It is started
+    as a deployment starts it, ``gunicorn config.wsgi`` in the project's root
+    (which reads gunicorn.conf.py), with the static files collected."""
 
     name = "web"
 
@@ -392,11 +426,8 @@ class WebService(ServerProcess):
         self, workdir: Path, *, database_url: str, redis_url: str | None = None, **env: str
     ) -> None:
         super().__init__(workdir)
-        root = Path(__file__).resolve().parent.parent
-        self.root = root
-        self.python = str(Path(os.environ.get("VIRTUAL_ENV", root / ".venv")) / "bin" / "python")
-        if not Path(self.python).exists():
-            self.python = shutil.which("python3") or "python3"
+        self.root = PROJECT_ROOT
+        self.python = project_python()
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings.production",
@@ -411,6 +442,7 @@ class WebService(ServerProcess):
             "GUNICORN_THREADS": "4",
             "SECURE_SSL_REDIRECT": "false",
             "SECURE_COOKIES": "false",
+            **({} if "STATIC_ROOT" in env else {"STATIC_ROOT": str(collected_static_files())}),
             **env,
         }
         self.token = ""
