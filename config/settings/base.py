@@ -84,6 +84,9 @@ INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 # AUTHENTICATION
 # ------------------------------------------------------------------------------
 AUTH_USER_MODEL = "users.User"
+# After /api-auth/login/ without ?next=, the browsable API (Django's default,
+# /accounts/profile/, is not a page here).
+LOGIN_REDIRECT_URL = "user-list"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
