@@ -123,8 +123,14 @@ ensure_browser() {
     || die "could not install chromium: run 'sudo apt-get install chromium chromium-driver'"
 }
 
+# Creates the database. scripts/create_database.py prints the DATABASE_URL to use:
+# the one given, or, where MariaDB lets root log in over its unix socket only, this
+# checkout's own account (saved in local.env; made when running as root or with
+# passwordless sudo, otherwise it says in one line what to run).
 ensure_database() {
-  "$VENV/bin/python" scripts/create_database.py
+  local url
+  url="$("$VENV/bin/python" scripts/create_database.py)" || exit 1
+  export DATABASE_URL="$url"
 }
 
 # The soak and the fuzz run start their own mariadbd and redis-server.

@@ -347,16 +347,18 @@ class MariaDBServer(ServerProcess):
     """A ``mariadbd`` with its own data folder; root has no password."""
 
     name = "mariadb"
+    # Root logs in with its password (none) over TCP too.
+    INSTALL_OPTIONS: tuple[str, ...] = ("--auth-root-authentication-method=normal",)
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
         self.datadir = workdir / "mariadb-data"
+        self.socket = workdir / "mariadb.sock"
         if not self.datadir.exists():
             subprocess.run(
                 [
                     "mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}",
-                    "--auth-root-authentication-method=normal", "--skip-test-db",
-                    f"--user={_current_user()}",
+                    *self.INSTALL_OPTIONS, "--skip-test-db", f"--user={_current_user()}",
                 ],
                 check=True, capture_output=True,
             )  # fmt: skip
@@ -365,7 +367,7 @@ class MariaDBServer(ServerProcess):
         return [
             shutil.which("mariadbd") or "/usr/sbin/mariadbd",
             "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
-            "--bind-address=127.0.0.1", f"--socket={self.workdir / 'mariadb.sock'}",
+            "--bind-address=127.0.0.1", f"--socket={self.socket}",
             f"--pid-file={self.workdir / 'mariadb.pid'}", f"--user={_current_user()}",
             "--skip-log-bin", "--innodb-buffer-pool-size=64M",
             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
@@ -377,6 +379,18 @@ class MariaDBServer(ServerProcess):
 
     def url(self, database: str) -> str:
         return f"mysql://root@127.0.0.1:{self.port}/{database}"
+
+
+class StockMariaDBServer(MariaDBServer):
+    """A ``mariadbd`` as ``mariadb-install-db`` makes it by default, and as Debian's
+    mariadb-server is: root, and the user who made it, log in over the unix socket
+    only, so root over TCP (``url``) is refused."""
+
+    INSTALL_OPTIONS = ()
+
+    def is_ready(self) -> bool:
+        MySQLdb.connect(unix_socket=str(self.socket), user=_current_user()).close()
+        return True
 
 
 def _current_user() -> str:

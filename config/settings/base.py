@@ -14,6 +14,10 @@ from config.redis import cache_from_env
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
+# This checkout's own database account, when scripts/create_database.py made one
+# on a MariaDB whose root logs in over its unix socket only (local.env, not in
+# git). The environment's own variables win.
+env.read_env(BASE_DIR / "local.env")
 
 # GENERAL
 # ------------------------------------------------------------------------------
