@@ -123,6 +123,18 @@ ensure_browser() {
     || die "could not install chromium: run 'sudo apt-get install chromium chromium-driver'"
 }
 
+# Optional: Debian's nginx, for the test of the proxy in front of gunicorn
+# (tests/test_proxy.py). .ci/run calls this; without it that test is skipped.
+ensure_nginx() {
+  if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then return; fi
+  command -v apt-get >/dev/null \
+    || die "the proxy test needs nginx: install it, or run without CI=true to skip it."
+  say "installing nginx for the proxy test"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    nginx >/dev/null \
+    || die "could not install nginx: run 'sudo apt-get install nginx'"
+}
+
 # Creates the database. scripts/create_database.py prints the DATABASE_URL to use:
 # the one given, or, where MariaDB lets root log in over its unix socket only, this
 # checkout's own account (saved in local.env; made when running as root or with

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import tempfile
 import time
@@ -400,6 +401,7 @@ def _current_user() -> str:
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def project_python() -> str:
@@ -547,3 +549,39 @@ def service_stack(
     finally:
         redis_server.stop()
         mariadb.stop()
+
+
+class NginxServer(ServerProcess):
+    """nginx in front of ``upstream`` (gunicorn's address) with the repository's
+    site and proxy configuration (deploy/nginx) as they are, in a main
+    configuration of its own that keeps its pid file, logs and buffers here."""
+
+    name = "nginx"
+
+    def __init__(self, workdir: Path, *, upstream: str) -> None:
+        super().__init__(workdir)
+        conf = _subfolder(workdir, "nginx")
+        _subfolder(conf, "snippets")
+        deploy = PROJECT_ROOT / "deploy" / "nginx"
+        shutil.copy(deploy / "usersvc-proxy.conf", conf / "snippets")
+        site = string.Template((deploy / "usersvc.conf.template").read_text())
+        (conf / "usersvc.conf").write_text(
+            site.substitute(USERSVC_UPSTREAM=upstream, USERSVC_LISTEN=f"127.0.0.1:{self.port}")
+        )
+        temp = "\n".join(
+            f"    {kind}_temp_path {_subfolder(conf, kind)};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        self.config = conf / "nginx.conf"
+        self.config.write_text(
+            f"user {_current_user()};\nworker_processes 1;\npid {conf / 'nginx.pid'};\n"
+            f"error_log {conf / 'error.log'};\nevents {{ worker_connections 1024; }}\n"
+            f"http {{\n    access_log off;\n{temp}\n    include usersvc.conf;\n}}\n"
+        )
+
+    def command(self) -> list[str]:
+        return [NGINX, "-e", "stderr", "-c", str(self.config), "-g", "daemon off;"]
+
+    def is_ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            return True
