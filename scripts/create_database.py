@@ -54,6 +54,9 @@ def main() -> int:
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except MySQLdb.MySQLError as error:
+        print(f"error: MySQL: {error.args[-1]}", file=sys.stderr)
+        return 1
     print(url)
     return 0
 
