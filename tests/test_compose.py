@@ -124,6 +124,13 @@ class TestComposeFile:
         assert mysql["REDIS_URL"] != tidb["REDIS_URL"]
         assert mysql["CACHE_KEY_PREFIX"] != tidb["CACHE_KEY_PREFIX"]
 
+    def test_redis_evicts_least_recently_used_keys_at_its_maxmemory(self, compose):
+        command = compose["services"]["redis"]["command"]
+        options = dict(zip(command[1::2], command[2::2], strict=True))
+
+        assert options["--maxmemory"] == "256mb"
+        assert options["--maxmemory-policy"] == "allkeys-lru"
+
     def test_clients_reach_nginx_and_only_nginx(self, compose):
         services = compose["services"]
         published = {name: service.get("ports", []) for name, service in services.items()}
