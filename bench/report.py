@@ -214,7 +214,7 @@ def markdown(passes: list[PassResult], options: Options, machine: dict[str, str]
         "",
         f"`./scripts/bench --users {options.users} --duration {options.duration_s:g}"
         f" --repeat {options.repeat} --connections {options.connections}`:"
-        f" {options.users:,} users; gunicorn with config/gunicorn.py and the production"
+        f" {options.users:,} users; gunicorn with gunicorn.conf.py and the production"
         f" settings; wrk with {WRK_THREADS} threads and {options.connections} connections"
         f" for {options.duration_s:g} s per scenario"
         + (

@@ -26,7 +26,8 @@ def free_loopback_port() -> int:
 
 
 class Gunicorn:
-    """``gunicorn -c config/gunicorn.py config.wsgi``, as scripts/run and the Dockerfile start it.
+    """``gunicorn config.wsgi`` in the project root (which reads gunicorn.conf.py), as
+    scripts/run and the Dockerfile start it.
 
     Used as a context manager: the server is stopped on leaving the block, whatever
     ends it (an error, Ctrl-C). It runs in a session of its own, so a Ctrl-C in the
@@ -57,7 +58,7 @@ class Gunicorn:
         gunicorn = Path(sys.executable).with_name("gunicorn")
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                [str(gunicorn), "-c", "config/gunicorn.py", "config.wsgi"],
+                [str(gunicorn), "config.wsgi"],
                 cwd=settings.BASE_DIR,
                 env=self._environment,
                 stdin=subprocess.DEVNULL,

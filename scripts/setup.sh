@@ -68,10 +68,14 @@ _wait_for() {
   die "$name did not start answering on $host:$port"
 }
 
-_docker_up() {
+# A development container of a store, on loopback (docker-compose.yml is the
+# deployment's: its stores are its own, and it needs the secrets of .env).
+_docker_run() {
+  local name="usersvc-dev-$1" port="$2" inside="$3"; shift 3
   command -v docker >/dev/null && docker info >/dev/null 2>&1 || return 1
-  say "starting $1 with docker compose"
-  docker compose up -d --wait "$1"
+  say "starting $name with docker"
+  docker start "$name" >/dev/null 2>&1 \
+    || docker run -d --name "$name" -p "127.0.0.1:$port:$inside" "$@" >/dev/null
 }
 
 _start_mariadb() {
@@ -79,7 +83,8 @@ _start_mariadb() {
     say "starting the local mariadbd"
     as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd && return 0
   fi
-  _docker_up mysql
+  _docker_run mysql "$1" 3306 -e MYSQL_ALLOW_EMPTY_PASSWORD=yes mysql:8.4 \
+    --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci
 }
 
 _start_redis() {
@@ -92,14 +97,14 @@ _start_redis() {
     redis-server --daemonize yes --bind 127.0.0.1 --port "$1" --save "" --appendonly no \
       --dir "${TMPDIR:-/tmp}" --logfile "${TMPDIR:-/tmp}/usersvc-redis.log" >/dev/null && return 0
   fi
-  _docker_up redis
+  _docker_run redis "$1" 6379 redis:7 redis-server --save "" --appendonly no
 }
 
 ensure_stores() {
   local host port
   read -r host port < <(_endpoint "$DATABASE_URL" 3306)
   if ! _answers "$host" "$port"; then
-    _start_mariadb || die "nothing answers on $host:$port and no MySQL could be started: \
+    _start_mariadb "$port" || die "nothing answers on $host:$port and no MySQL could be started: \
 install one ('sudo apt-get install mariadb-server') or Docker, or set DATABASE_URL."
     _wait_for MySQL "$host" "$port"
   fi
@@ -123,8 +128,26 @@ ensure_browser() {
     || die "could not install chromium: run 'sudo apt-get install chromium chromium-driver'"
 }
 
+# Optional: Debian's nginx, for the test of the proxy in front of gunicorn
+# (tests/test_proxy.py). .ci/run calls this; without it that test is skipped.
+ensure_nginx() {
+  if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then return; fi
+  command -v apt-get >/dev/null \
+    || die "the proxy test needs nginx: install it, or run without CI=true to skip it."
+  say "installing nginx for the proxy test"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    nginx >/dev/null \
+    || die "could not install nginx: run 'sudo apt-get install nginx'"
+}
+
+# Creates the database. scripts/create_database.py prints the DATABASE_URL to use:
+# the one given, or, where MariaDB lets root log in over its unix socket only, this
+# checkout's own account (saved in local.env; made when running as root or with
+# passwordless sudo, otherwise it says in one line what to run).
 ensure_database() {
-  "$VENV/bin/python" scripts/create_database.py
+  local url
+  url="$("$VENV/bin/python" scripts/create_database.py)" || exit 1
+  export DATABASE_URL="$url"
 }
 
 # The soak and the fuzz run start their own mariadbd and redis-server.

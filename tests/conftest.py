@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Iterable
 from unittest import mock
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import environ
 import pytest
@@ -109,6 +109,17 @@ def redis_environment() -> dict[str, str]:
             **credentials,
         }
     return {"REDIS_URL": default["LOCATION"], **credentials}
+
+
+def database_url() -> str:
+    """DATABASE_URL for a child process (gunicorn) that must see this run's test
+    database, with the credentials the run itself uses."""
+    database = settings.DATABASES["default"]
+    credentials = quote(database["USER"], safe="")
+    if database["PASSWORD"]:
+        credentials += ":" + quote(database["PASSWORD"], safe="")
+    host, port = database["HOST"] or "127.0.0.1", database["PORT"] or 3306
+    return f"mysql://{credentials}@{host}:{port}/{database['NAME']}"
 
 
 def one_server_caches(url: str) -> dict:

@@ -7,13 +7,17 @@ Cluster and a Sentinel group are made of such servers.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import signal
 import socket
+import string
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -512,16 +516,18 @@ class MariaDBServer(ServerProcess):
     """A ``mariadbd`` with its own data folder; root has no password."""
 
     name = "mariadb"
+    # Root logs in with its password (none) over TCP too.
+    INSTALL_OPTIONS: tuple[str, ...] = ("--auth-root-authentication-method=normal",)
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
         self.datadir = workdir / "mariadb-data"
+        self.socket = workdir / "mariadb.sock"
         if not self.datadir.exists():
             subprocess.run(
                 [
                     "mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}",
-                    "--auth-root-authentication-method=normal", "--skip-test-db",
-                    f"--user={_current_user()}",
+                    *self.INSTALL_OPTIONS, "--skip-test-db", f"--user={_current_user()}",
                 ],
                 check=True, capture_output=True,
             )  # fmt: skip
@@ -530,7 +536,7 @@ class MariaDBServer(ServerProcess):
         return [
             shutil.which("mariadbd") or "/usr/sbin/mariadbd",
             "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
-            "--bind-address=127.0.0.1", f"--socket={self.workdir / 'mariadb.sock'}",
+            "--bind-address=127.0.0.1", f"--socket={self.socket}",
             f"--pid-file={self.workdir / 'mariadb.pid'}", f"--user={_current_user()}",
             "--skip-log-bin", "--innodb-buffer-pool-size=64M",
             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
@@ -544,15 +550,59 @@ class MariaDBServer(ServerProcess):
         return f"mysql://root@127.0.0.1:{self.port}/{database}"
 
 
+class StockMariaDBServer(MariaDBServer):
+    """A ``mariadbd`` as ``mariadb-install-db`` makes it by default, and as Debian's
+    mariadb-server is: root, and the user who made it, log in over the unix socket
+    only, so root over TCP (``url``) is refused."""
+
+    INSTALL_OPTIONS = ()
+
+    def is_ready(self) -> bool:
+        MySQLdb.connect(unix_socket=str(self.socket), user=_current_user()).close()
+        return True
+
+
 def _current_user() -> str:
     import pwd
 
     return pwd.getpwuid(os.getuid()).pw_name
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def project_python() -> str:
+    """The project's virtualenv's python (the one running, under ./scripts/test)."""
+    python = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "python"
+    return str(python) if python.exists() else shutil.which("python3") or "python3"
+
+
+@functools.cache
+def collected_static_files() -> Path:
+    """The static files, collected once per process into a folder of its own, as a
+    deployment does before it starts the service: under the production settings
+    a worker refuses to start without their manifest (config/checks.py)."""
+    folder = Path(tempfile.mkdtemp(prefix="usersvc-static-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    subprocess.run(
+        [project_python(), "manage.py", "collectstatic", "--no-input", "-v0"],
+        cwd=PROJECT_ROOT, check=True, capture_output=True,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.production",
+            "SECRET_KEY": "collectstatic-only",
+            "STATIC_ROOT": str(folder),
+        },
+    )  # fmt: skip
+    return folder
+
+
 class WebService(ServerProcess):
     """The service itself under gunicorn with the production settings, migrated,
-    with a staff user whose token ``token`` authenticates requests."""
+    with a staff user whose token ``token`` authenticates requests. It is started
+    as a deployment starts it, ``gunicorn config.wsgi`` in the project's root
+    (which reads gunicorn.conf.py), with the static files collected."""
 
     name = "web"
 
@@ -560,11 +610,8 @@ class WebService(ServerProcess):
         self, workdir: Path, *, database_url: str, redis_url: str | None = None, **env: str
     ) -> None:
         super().__init__(workdir)
-        root = Path(__file__).resolve().parent.parent
-        self.root = root
-        self.python = str(Path(os.environ.get("VIRTUAL_ENV", root / ".venv")) / "bin" / "python")
-        if not Path(self.python).exists():
-            self.python = shutil.which("python3") or "python3"
+        self.root = PROJECT_ROOT
+        self.python = project_python()
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings.production",
@@ -579,6 +626,7 @@ class WebService(ServerProcess):
             "GUNICORN_THREADS": "4",
             "SECURE_SSL_REDIRECT": "false",
             "SECURE_COOKIES": "false",
+            **({} if "STATIC_ROOT" in env else {"STATIC_ROOT": str(collected_static_files())}),
             **env,
         }
         self.token = ""
@@ -598,7 +646,7 @@ class WebService(ServerProcess):
 
     def command(self) -> list[str]:
         gunicorn = str(Path(self.python).parent / "gunicorn")
-        return [gunicorn, "-c", "config/gunicorn.py", "config.wsgi"]
+        return [gunicorn, "config.wsgi"]
 
     def start(self) -> None:
         log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 (owned by the child)
@@ -672,3 +720,39 @@ def service_stack(
     finally:
         redis_server.stop()
         mariadb.stop()
+
+
+class NginxServer(ServerProcess):
+    """nginx in front of ``upstream`` (gunicorn's address) with the repository's
+    site and proxy configuration (deploy/nginx) as they are, in a main
+    configuration of its own that keeps its pid file, logs and buffers here."""
+
+    name = "nginx"
+
+    def __init__(self, workdir: Path, *, upstream: str) -> None:
+        super().__init__(workdir)
+        conf = _subfolder(workdir, "nginx")
+        _subfolder(conf, "snippets")
+        deploy = PROJECT_ROOT / "deploy" / "nginx"
+        shutil.copy(deploy / "usersvc-proxy.conf", conf / "snippets")
+        site = string.Template((deploy / "usersvc.conf.template").read_text())
+        (conf / "usersvc.conf").write_text(
+            site.substitute(USERSVC_UPSTREAM=upstream, USERSVC_LISTEN=f"127.0.0.1:{self.port}")
+        )
+        temp = "\n".join(
+            f"    {kind}_temp_path {_subfolder(conf, kind)};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        self.config = conf / "nginx.conf"
+        self.config.write_text(
+            f"user {_current_user()};\nworker_processes 1;\npid {conf / 'nginx.pid'};\n"
+            f"error_log {conf / 'error.log'};\nevents {{ worker_connections 1024; }}\n"
+            f"http {{\n    access_log off;\n{temp}\n    include usersvc.conf;\n}}\n"
+        )
+
+    def command(self) -> list[str]:
+        return [NGINX, "-e", "stderr", "-c", str(self.config), "-g", "daemon off;"]
+
+    def is_ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            return True

@@ -222,6 +222,19 @@ class TestAuthentication:
         assert response.status_code == 200
         assert b"target" in response.content
 
+    def test_logging_in_without_next_lands_on_the_browsable_api(self, client, db):
+        """Django's default destination, /accounts/profile/, is a 404 here."""
+        User.objects.create_user("visitor", "visitor@example.com", "a-Long-passphrase-7")
+
+        response = client.post(
+            "/api-auth/login/", {"username": "visitor", "password": "a-Long-passphrase-7"}
+        )
+        landing = client.get(response["Location"], HTTP_ACCEPT="text/html")
+
+        assert (response.status_code, response["Location"]) == (302, "/api/user")
+        assert landing.status_code == 200
+        assert landing["Content-Type"].startswith("text/html")
+
     def test_deleting_a_token_stops_it_at_once(
         self, transactional_db, make_user, django_capture_on_commit_callbacks
     ):

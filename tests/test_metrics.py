@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings
 from prometheus_client import REGISTRY
 
-from tests.conftest import one_server_caches, pausing_fills, redis_environment
+from tests.conftest import database_url, one_server_caches, pausing_fills, redis_environment
 from tests.servers import RedisServer, WebService
 from users import reads, services
 from users.cache import keys
@@ -147,13 +147,11 @@ def test_gunicorn_workers_add_up_and_recycled_ones_still_count(tmp_path, transac
     """Three workers, each recycled after 5 requests: 40 lookups spread over many
     processes, most of them gone by the scrape, must still add up to 40."""
     user = User.objects.create(username="counted", email="counted@example.com")
-    database = settings.DATABASES["default"]
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     web = WebService(
         tmp_path,
-        database_url=f"mysql://root@{database['HOST']}:{database['PORT'] or 3306}/"
-        f"{database['NAME']}",
+        database_url=database_url(),
         **redis_environment(),
         CACHE_KEY_PREFIX=settings.TEST_RUN_PREFIX,
         WEB_CONCURRENCY="3",

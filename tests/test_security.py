@@ -12,6 +12,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.conftest import _token_client, grant_user_permissions
+from tests.servers import collected_static_files
 from users.models import User
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,7 @@ class TestProductionSettings:
         result = _run_with_production_settings(
             "check", "--deploy", "--fail-level", "WARNING",
             SECRET_KEY="k" * 10 + "a-long-random-production-secret-0123456789",
+            STATIC_ROOT=str(collected_static_files()),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
 

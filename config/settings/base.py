@@ -15,6 +15,10 @@ from config.redis import cache_from_env
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
+# This checkout's own database account, when scripts/create_database.py made one
+# on a MariaDB whose root logs in over its unix socket only (local.env, not in
+# git). The environment's own variables win.
+env.read_env(BASE_DIR / "local.env")
 
 # GENERAL
 # ------------------------------------------------------------------------------
@@ -78,6 +82,8 @@ THIRD_PARTY_APPS = [
 ]
 LOCAL_APPS = [
     "users",
+    # The project's own system checks (config/checks.py).
+    "config",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
@@ -89,6 +95,9 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
+# After /api-auth/login/ without ?next=, the browsable API (Django's default,
+# /accounts/profile/, is not a page here).
+LOGIN_REDIRECT_URL = "user-list"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -141,7 +150,8 @@ TEMPLATES = [
     },
 ]
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic writes, and the production settings read the manifest from.
+STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
@@ -223,7 +233,6 @@ AXES_RESET_ON_SUCCESS = True
 AXES_DISABLE_ACCESS_LOG = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = False
 AXES_VERBOSE = False
-LOGIN_REDIRECT_URL = "/api/user"
 
 # OPERATOR ENDPOINTS (users/probes.py)
 # ------------------------------------------------------------------------------

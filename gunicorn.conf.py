@@ -1,8 +1,12 @@
 """gunicorn settings for the service; every value can be overridden from the environment.
 
+gunicorn reads this file by itself when it starts in the project's root, so a
+plain ``gunicorn config.wsgi`` (a platform's default command) runs with it.
+
 gthread workers: a request spends much of its time waiting on Redis or MySQL,
 and threads let those waits overlap inside one process while the process
-count, two per core, keeps both cores busy.
+count, two per CPU, keeps the CPUs busy. The CPUs are those this process may
+use: a container's CPU quota, not the node's cores (config/cpus.py).
 
 Measured on the 2-core machine of the benchmarks, 100,000 cached users, wrk with
 16 connections on GET hits, 8 s per configuration, two rounds in turns
@@ -11,17 +15,27 @@ Measured on the 2-core machine of the benchmarks, 100,000 cached users, wrk with
 two processes per core only adds context switches and a long tail; between the
 configurations at two per core the spread was within the machine's noise, and
 4 x 4 keeps a hung thread from stalling half of the server.
+
+Connections: each thread keeps its own MySQL connection (CONN_MAX_AGE), and each
+worker also runs the outbox thread, so one server holds up to
+workers x (threads + 1) MySQL connections, 20 with 4 x 4; every server, one-off
+command and migration counts against MySQL's max_connections (151 by default).
+docs/deployment.md, "Sizing", has the arithmetic for several servers.
+
+gunicorn must not face clients directly: a request that arrives slowly holds a
+thread until it is complete. Put the buffering proxy of deploy/nginx in front.
 """
 
 import glob
-import multiprocessing
 import os
 import shutil
 import tempfile
 
+from config.cpus import available_cpus
+
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+workers = int(os.environ.get("WEB_CONCURRENCY", available_cpus() * 2))
 threads = int(os.environ.get("GUNICORN_THREADS", 4))
 keepalive = 5
 timeout = 30
@@ -40,18 +54,27 @@ control_socket_disable = True
 
 # Prometheus multiprocess mode: every worker writes its metrics to files in this
 # folder, and /metrics adds them up. It must be set before a worker imports
-# prometheus_client, so here, in the master; each start begins with an empty one.
-_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-_metrics_dir_is_ours = not _metrics_dir
-if _metrics_dir_is_ours:
-    _metrics_dir = tempfile.mkdtemp(prefix="usersvc-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+# prometheus_client, so here, in the master, which the workers inherit it from;
+# each start begins with an empty one. Without it, each worker would count on its
+# own, and the workers refuse to start (config/checks.py).
+_own_metrics_dir: str | None = None
 
 
 def on_starting(server) -> None:
-    os.makedirs(_metrics_dir, exist_ok=True)
-    for stale in glob.glob(os.path.join(_metrics_dir, "*.db")):
+    global _own_metrics_dir
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        metrics_dir = _own_metrics_dir = tempfile.mkdtemp(prefix="usersvc-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.makedirs(metrics_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
         os.remove(stale)
+    server.log.info(
+        "%d workers x %d threads for %d CPUs",
+        server.cfg.workers,
+        server.cfg.threads,
+        available_cpus(),
+    )
 
 
 def child_exit(server, worker) -> None:
@@ -61,5 +84,5 @@ def child_exit(server, worker) -> None:
 
 
 def on_exit(server) -> None:
-    if _metrics_dir_is_ours:
-        shutil.rmtree(_metrics_dir, ignore_errors=True)
+    if _own_metrics_dir:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)

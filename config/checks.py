@@ -1,0 +1,72 @@
+"""Start-up checks for mistakes that would otherwise show only request by request.
+
+They run with Django's own checks: in ``manage.py check`` and ``migrate``, and in
+every gunicorn worker before it serves (config/wsgi.py), so a server that would
+answer 500s, or report one worker's metrics as the whole server's, stops at
+start with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+from django.contrib.staticfiles.storage import ManifestFilesMixin, staticfiles_storage
+from django.core.checks import Error, register
+
+
+@register()
+def static_files_manifest_check(app_configs, **kwargs) -> list[Error]:
+    """Without DEBUG, a manifest storage resolves every static file's URL through
+    the manifest ``collectstatic`` writes: without it, every page of the admin, the
+    browsable API and Swagger UI is a 500. (Not tagged ``staticfiles``: collectstatic
+    runs those checks first, and it is what writes the manifest.)"""
+    if settings.DEBUG or not isinstance(staticfiles_storage, ManifestFilesMixin):
+        return []
+    manifest = staticfiles_storage.manifest_name
+    if staticfiles_storage.exists(manifest):
+        return []
+    return [
+        Error(
+            f"No static files manifest at {staticfiles_storage.path(manifest)}:"
+            " the admin, the browsable API and Swagger UI would answer 500.",
+            hint="Run 'python manage.py collectstatic --no-input' before starting the service.",
+            id="usersvc.E001",
+        )
+    ]
+
+
+@register()
+def metrics_shared_by_workers_check(app_configs, **kwargs) -> list[Error]:
+    """Under gunicorn each worker process counts in a registry of its own unless
+    PROMETHEUS_MULTIPROC_DIR names a folder they share (gunicorn.conf.py makes
+    one), and /metrics would report whichever worker answers the scrape."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not _in_gunicorn():
+        return []
+    workers = _gunicorn_workers()
+    if workers < 2:
+        return []
+    return [
+        Error(
+            f"gunicorn runs {workers} workers without PROMETHEUS_MULTIPROC_DIR: each would"
+            " keep metrics of its own, and /metrics would show one worker's.",
+            hint="Start gunicorn in the project's root, where it reads gunicorn.conf.py,"
+            " or set PROMETHEUS_MULTIPROC_DIR to an empty folder the workers share.",
+            id="usersvc.E002",
+        )
+    ]
+
+
+def _in_gunicorn() -> bool:
+    # gunicorn's master sets it, and its workers inherit it.
+    return os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
+
+
+def _gunicorn_workers() -> int:
+    """The worker count gunicorn's master settled on. gunicorn does not hand its
+    configuration to the application, but a worker inherits everything it was
+    made from (the command line, GUNICORN_CMD_ARGS, the configuration file, the
+    environment), and gunicorn's own loader reads them again the same way."""
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    return WSGIApplication().cfg.workers
