@@ -21,7 +21,9 @@ COPY --from=build /venv /venv
 WORKDIR /app
 COPY . .
 # The static files and their manifest, without which the service refuses to start.
-RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --no-input -v0
+# The production settings refuse a weak key even here: a random one, used once.
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+    python manage.py collectstatic --no-input -v0
 
 USER usersvc
 EXPOSE 8000

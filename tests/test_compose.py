@@ -28,7 +28,7 @@ DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 WEB_ACCOUNT_SQL = PROJECT_ROOT / "deploy" / "mysql" / "initdb" / "10-web-account.sh"
 REQUIRED = re.compile(r"\$\{(\w+):\?[^}]+\}")
 ENVIRONMENT = {
-    "SECRET_KEY": "k" * 50,
+    "SECRET_KEY": "compose-test-only-0123456789abcdefghijklmnopqrstuvwxyz",
     "MYSQL_MIGRATE_PASSWORD": "migrate0secret",
     "MYSQL_WEB_PASSWORD": "web0secret",
 }
