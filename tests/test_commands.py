@@ -88,7 +88,7 @@ class TestFlushUserCache:
         _run("warm_user_cache", "--all")
         output = _run("flush_user_cache", "--all", "--dry-run")
         assert output == (
-            "Would remove 4 keys (4 user entries, 0 token lookups, 0 leases). "
+            "Would remove 4 keys (4 user entries, 0 token lookups, 0 name lookups, 0 leases). "
             f"Kept 1 other keys under {settings.TEST_RUN_PREFIX}:.\n"
         )
         assert _cached_ids(redis_client) == set(IDS)
@@ -96,14 +96,19 @@ class TestFlushUserCache:
     def test_all_removes_only_this_projects_entries(self, users, redis_client, other_keys):
         _run("warm_user_cache", "--all")
         output = _run("flush_user_cache", "--all")
-        assert output.startswith("Removed 4 keys (4 user entries, 0 token lookups, 0 leases).")
+        assert output.startswith(
+            "Removed 4 keys (4 user entries, 0 token lookups, 0 name lookups, 0 leases)."
+        )
         assert _cached_ids(redis_client) == set()
         assert all(redis_client.exists(key) for key in other_keys)
 
     def test_ids(self, users, redis_client):
         _run("warm_user_cache", "--all")
         output = _run("flush_user_cache", "--ids", "5", "600")
-        assert output == "Removed 2 keys (2 user entries, 0 token lookups, 0 leases).\n"
+        assert (
+            output
+            == "Removed 2 keys (2 user entries, 0 token lookups, 0 name lookups, 0 leases).\n"
+        )
         assert _cached_ids(redis_client) == set(IDS[2:])
 
 

@@ -40,7 +40,7 @@ def scripts_loaded(redis_client):
 def _cache_token(token: Token) -> None:
     """Caches a token's lookup, as its first request would."""
     tokens.token_lookup(
-        key=token.key, counter=lambda _mac: None, read_ahead_id=None, before_load=lambda: None
+        key=token.key, counter=lambda _mac: None, read_ahead_ids=(), before_load=lambda: None
     )
 
 
@@ -223,6 +223,7 @@ class TestCacheFlush:
         assert report.matched == {
             keys.KeyKind.USER: 5,
             keys.KeyKind.TOKEN: 1,
+            keys.KeyKind.NAME: 0,
             keys.KeyKind.LEASE: 1,
             keys.KeyKind.OTHER: 2,
         }

@@ -122,8 +122,8 @@ class TestCreateRace:
             created = services.user_create(actor=None, username="late", email="late@example.com")
 
         assert reader.result.value is None
-        assert created["id"] == next_id
-        assert reads.user_get(user_id=next_id).value == created
+        assert created.id == next_id
+        assert reads.user_get(user_id=next_id).value["username"] == created.username
 
 
 class TestRecreateRace:
@@ -188,12 +188,12 @@ class TestLateAfterCommitSteps:
         with steps() as create_steps:
             created = services.user_create(actor=None, username="late", email="late@example.com")
         with steps(execute=True):
-            services.user_delete(actor=None, user_id=created["id"])
+            services.user_delete(actor=None, user_id=created.id)
 
         for step in create_steps:
             step()
 
-        assert reads.user_get(user_id=created["id"]).value is None
+        assert reads.user_get(user_id=created.id).value is None
 
     def test_an_older_update_landing_on_an_absent_entry_is_not_stored(
         self, strategy, db, steps, redis_client

@@ -94,10 +94,10 @@ class TestUserCreate:
             created = _create()
 
         assert len(callbacks) == 1
-        row = User.objects.get(pk=created["id"])
+        row = User.objects.get(pk=created.id)
         assert row.check_password("a-Long-passphrase-7")
-        assert cached_entry(redis_client, created["id"])["email"] == "alice@example.com"
-        assert redis_client.pttl(keys.user_key(created["id"])) > 0
+        assert cached_entry(redis_client, created.id)["email"] == "alice@example.com"
+        assert redis_client.pttl(keys.user_key(created.id)) > 0
 
     def test_created_user_is_a_hit_with_no_sql(
         self, db, django_capture_on_commit_callbacks, django_assert_num_queries
@@ -106,9 +106,9 @@ class TestUserCreate:
             created = _create()
 
         with django_assert_num_queries(0):
-            result = reads.user_get(user_id=created["id"])
+            result = reads.user_get(user_id=created.id)
         assert result.source is reads.Source.HIT
-        assert result.value == created
+        assert result.value == entries.to_public(created.id, entries.encode(created))
 
     def test_rolled_back_create_writes_neither_store(self, transactional_db, redis_client):
         class Abort(Exception):
@@ -118,8 +118,8 @@ class TestUserCreate:
             created = _create()
             raise Abort
 
-        assert not User.objects.filter(pk=created["id"]).exists()
-        assert redis_client.exists(keys.user_key(created["id"])) == 0
+        assert not User.objects.filter(pk=created.id).exists()
+        assert redis_client.exists(keys.user_key(created.id)) == 0
 
     def test_create_replaces_a_cached_absence(
         self, db, redis_client, django_capture_on_commit_callbacks
@@ -134,12 +134,12 @@ class TestUserCreate:
         with django_capture_on_commit_callbacks(execute=True):
             created = _create()
 
-        assert created["id"] == next_id
-        assert reads.user_get(user_id=created["id"]).value == created
+        assert created.id == next_id
+        assert reads.user_get(user_id=created.id).value["username"] == created.username
 
     def test_password_is_optional_and_then_unusable(self, db):
         created = _create(password=None)
-        assert not User.objects.get(pk=created["id"]).has_usable_password()
+        assert not User.objects.get(pk=created.id).has_usable_password()
 
     def test_weak_password_is_rejected(self, db):
         with pytest.raises(ValidationError) as excinfo:
@@ -172,7 +172,7 @@ class TestUserCreate:
         assert all(step["type"] != "ALL" for step in plan), plan
 
     def test_email_domain_is_normalized(self, db):
-        assert _create(email="alice@EXAMPLE.com")["email"] == "alice@example.com"
+        assert _create(email="alice@EXAMPLE.com").email == "alice@example.com"
 
 
 class TestExpiry:

@@ -84,7 +84,7 @@ def _worker(user_ids: list[int], stop: threading.Event, errors: list) -> None:
                     created = services.user_create(
                         actor=None, username=name, email=f"{name}@example.com"
                     )
-                    user_ids.append(created["id"])
+                    user_ids.append(created.id)
             except (Http404, IntegrityError, WriteConflict, ValidationError):
                 pass  # deleting a deleted user, re-creating a live one, a 409
     except Exception as exc:  # surfaced by the test, not swallowed

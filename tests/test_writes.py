@@ -40,8 +40,8 @@ class TestUserUpdate:
             ),
         )
 
-        assert updated["first_name"] == "New"
-        assert reads.user_get(user_id=cached_user.id).value == updated
+        assert updated.first_name == "New"
+        assert reads.user_get(user_id=cached_user.id).value["first_name"] == "New"
 
     def test_invalidate_deletes_the_entry(
         self, settings, cached_user, redis_client, django_capture_on_commit_callbacks
@@ -98,7 +98,9 @@ class TestUserUpdate:
             ),
         )
         assert User.objects.get(pk=cached_user.id).version > cached_user.version
-        assert after["updated_at"] > before["updated_at"]
+        assert (
+            entries.to_public(after.id, entries.encode(after))["updated_at"] > before["updated_at"]
+        )
 
     def test_unknown_id_is_http404(self, db):
         with pytest.raises(Http404):
@@ -114,7 +116,7 @@ class TestUserUpdate:
         updated = services.user_update(
             actor=None, user_id=cached_user.id, data={"username": "cached"}
         )
-        assert updated["username"] == "cached"
+        assert updated.username == "cached"
 
     def test_password_change_is_validated_and_hashed(self, cached_user):
         with pytest.raises(ValidationError):

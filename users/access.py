@@ -4,10 +4,10 @@ the rate limits, counted in Redis.
 A token request whose token and user are cached costs one Redis round trip and
 no SQL: ``TokenAuthentication`` reads the token's entry, counts the request
 against the per-token rate limit and reads the user the URL names, all at once
-(``tokens.token_lookup``). A view says which URL keyword names that user with
-``read_ahead_kwarg``; what the lookup read stays with the request
-(``token_read``), where ``UserRateThrottle`` takes the count and the view the
-user (``read_ahead``).
+(``tokens.token_lookup``). A view says which users its request reads with
+``read_ahead_ids``, set before authentication; what the lookup read stays with
+the request (``token_read``), where ``UserRateThrottle`` takes the count and the
+view the users (``read_ahead``).
 
 The rate limits count in a fixed window (one Lua call: INCR, and PEXPIRE on the
 first request), which is the usual trade against DRF's sliding log: a client
@@ -19,6 +19,8 @@ let through: an outage of the cache must not become an outage of the API.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
@@ -29,7 +31,7 @@ from . import tokens
 from .cache import counters
 from .cache.keys import throttle_key
 from .cache.transport import CacheUnavailable
-from .reads import Entry
+from .readthrough import Entry
 from .tokens import Principal, TokenRead
 
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -40,13 +42,13 @@ def token_read(request: Request) -> TokenRead | None:
     return request.__dict__.get("_usersvc_token_read")
 
 
-def read_ahead(request: Request, user_id: int) -> dict[int, Entry | None] | None:
-    """The entry of user ``user_id`` as the token lookup read it, for
-    ``reads.user_get(first=...)``; None when it was not read ahead."""
+def read_ahead(request: Request, user_ids: Iterable[int]) -> dict[int, Entry | None] | None:
+    """The entries of ``user_ids`` as the token lookup read them, for
+    ``reads.user_get(first=...)``; None unless it read every one of them."""
     read = token_read(request)
-    if read is None or read.read_ahead is None or user_id not in read.read_ahead:
+    if read is None or read.read_ahead is None:
         return None
-    return read.read_ahead
+    return read.read_ahead if all(i in read.read_ahead for i in user_ids) else None
 
 
 class TokenAuthentication(BaseAuthentication):
@@ -70,7 +72,7 @@ class TokenAuthentication(BaseAuthentication):
         read = tokens.token_lookup(
             key=key,
             counter=UserRateThrottle().counter_for_token,
-            read_ahead_id=self._read_ahead_id(request),
+            read_ahead_ids=self._read_ahead_ids(request),
             before_load=lambda: failures.refuse_if_over(request),
         )
         request.__dict__["_usersvc_token_read"] = read
@@ -87,15 +89,13 @@ class TokenAuthentication(BaseAuthentication):
         return self.keyword
 
     @staticmethod
-    def _read_ahead_id(request: Request) -> int | None:
-        """The user id in the URL keyword the view names (``read_ahead_kwarg``), for a
-        read: a URL converter made it an int (``users.urls``)."""
-        context = request.parser_context or {}
-        kwarg = getattr(context.get("view"), "read_ahead_kwarg", None)
-        if kwarg is None or request.method not in _SAFE_METHODS:
-            return None
-        user_id = context.get("kwargs", {}).get(kwarg)
-        return user_id if isinstance(user_id, int) else None
+    def _read_ahead_ids(request: Request) -> list[int]:
+        """The users a read says it will read: its view's ``read_ahead_ids``, set from
+        the URL before authentication runs (``users.api.UserViewSet.initial``)."""
+        if request.method not in _SAFE_METHODS:
+            return []
+        view = (request.parser_context or {}).get("view")
+        return list(getattr(view, "read_ahead_ids", None) or ())
 
 
 class RedisRateThrottle(SimpleRateThrottle):

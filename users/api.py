@@ -3,59 +3,27 @@ reads (``users.reads``) or the writes (``users.services``)."""
 
 import re
 
-from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import pagination, permissions, serializers, status, viewsets
-from rest_framework.exceptions import NotFound
+from django.utils.http import parse_etags
+from rest_framework import pagination, permissions, status, viewsets
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import access, entries, reads, services
+from .models import User
 from .permissions import IsStaffOrReadOnly
-from .schema import (
-    CONFLICT,
-    FIELD_ERRORS,
-    FORBIDDEN,
-    INVALID_CURSOR,
-    LOCATION,
-    NOT_FOUND,
-    RETRY_AFTER,
-    THROTTLED,
-    TOO_LARGE,
-    UNAUTHENTICATED,
-    UNAVAILABLE,
-    UNSUPPORTED_MEDIA_TYPE,
-    USER_ID,
-    X_CACHE,
-    UserSerializer,
-)
+from .schema import UserCreateSerializer, UserUpdateSerializer, describe_user_viewset
 
 # A positive BIGINT id: at most 19 digits (the URL pattern) and at most 2**63 - 1.
 _ID_DIGITS = "[0-9]{1,19}"
 _ID_PATTERN = re.compile(_ID_DIGITS)
 _MAX_ID = 2**63 - 1
-
-
-class UserCreateSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150, validators=[UnicodeUsernameValidator()])
-    email = serializers.EmailField(max_length=254)
-    # Spaces are part of a password, as Django's own forms keep them.
-    password = serializers.CharField(
-        required=False,
-        write_only=True,
-        max_length=128,
-        trim_whitespace=False,
-        style={"input_type": "password"},
-    )
-    first_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
-    last_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
-
-
-class UserUpdateSerializer(UserCreateSerializer):
-    """PUT needs username and email; PATCH any subset. Omitted fields keep their value."""
-
-    is_active = serializers.BooleanField(required=False)
+MAX_IDS = 100
+# The query parameters that find users through the cache instead of paging.
+_LOOKUPS = ("ids", *entries.LOOKUP_FIELDS)
 
 
 class UserPagination(pagination.CursorPagination):
@@ -74,89 +42,100 @@ class UserPagination(pagination.CursorPagination):
         return cursor
 
 
-# Every status each operation answers; 429 comes from the throttles, 503 from
-# config.exceptions when MySQL does not answer.
-_ANY = {401: UNAUTHENTICATED, 429: THROTTLED, 503: UNAVAILABLE}
-_STAFF_ONLY = {**_ANY, 403: FORBIDDEN, 409: CONFLICT}
-_WITH_BODY = {**_STAFF_ONLY, 400: FIELD_ERRORS, 413: TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE}
-_USER = OpenApiResponse(UserSerializer, description="The user.")
+class PreconditionRequired(APIException):
+    status_code = status.HTTP_428_PRECONDITION_REQUIRED
+    default_detail = "Send If-Match with the ETag the change is based on (or *)."
+    default_code = "precondition_required"
 
 
-@extend_schema_view(
-    list=extend_schema(
-        summary="List users",
-        description="Users in id order, from MySQL, a cursor-paginated page at a time.",
-        responses={200: UserSerializer(many=True), 404: INVALID_CURSOR, **_ANY},
-        parameters=[RETRY_AFTER],
-    ),
-    retrieve=extend_schema(
-        summary="Get a user",
-        description="Redis first; `X-Cache` says where the answer came from.",
-        responses={200: _USER, 404: NOT_FOUND, **_ANY},
-        parameters=[USER_ID, X_CACHE, RETRY_AFTER],
-    ),
-    create=extend_schema(
-        summary="Create a user (staff)",
-        request=UserCreateSerializer,
-        responses={201: OpenApiResponse(UserSerializer, description="Created."), **_WITH_BODY},
-        parameters=[LOCATION, RETRY_AFTER],
-    ),
-    update=extend_schema(
-        summary="Replace a user's fields (staff)",
-        request=UserUpdateSerializer,
-        responses={200: _USER, 404: NOT_FOUND, **_WITH_BODY},
-        parameters=[USER_ID, RETRY_AFTER],
-    ),
-    partial_update=extend_schema(
-        summary="Change some of a user's fields (staff)",
-        request=UserUpdateSerializer,
-        responses={200: _USER, 404: NOT_FOUND, **_WITH_BODY},
-        parameters=[USER_ID, RETRY_AFTER],
-    ),
-    destroy=extend_schema(
-        summary="Delete a user (staff)",
-        responses={204: OpenApiResponse(description="Deleted."), 404: NOT_FOUND, **_STAFF_ONLY},
-        parameters=[USER_ID, RETRY_AFTER],
-    ),
-)
+def _parse_ids(raw: str) -> list[int]:
+    """``?ids=1,2,3``: up to ``MAX_IDS`` distinct positive ids, duplicates collapsed
+    in the order given; a 400 that names the problem otherwise."""
+    parts = [part.strip() for part in raw.split(",")] if raw.strip() else []
+    if not parts:
+        raise ValidationError({"ids": ["Give at least one id."]})
+    bad = [
+        part for part in parts if not _ID_PATTERN.fullmatch(part) or not 1 <= int(part) <= _MAX_ID
+    ]
+    if bad:
+        raise ValidationError({"ids": [f"Not a user id (1 to {_MAX_ID}): {bad[0][:40]!r}."]})
+    ids = list(dict.fromkeys(int(part) for part in parts))
+    if len(ids) > MAX_IDS:
+        raise ValidationError({"ids": [f"At most {MAX_IDS} ids; {len(ids)} given."]})
+    return ids
+
+
+@describe_user_viewset
 class UserViewSet(viewsets.ViewSet):
     permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
     # Anything but digits is no user id: the URL does not match, a JSON 404.
     lookup_value_regex = _ID_DIGITS
     pagination_class = UserPagination
-    # Token authentication reads the user this URL keyword names in the token's own
-    # Redis round trip (users.access), so that a cached GET costs one round trip.
-    read_ahead_kwarg = "pk"
+    # The users a read reads, set from the URL before authentication: token
+    # authentication reads their entries in the token's own Redis round trip
+    # (users.access), so that a cached read costs one round trip in all.
+    read_ahead_ids: list[int] | None = None
 
     def initial(self, request: Request, *args, **kwargs) -> None:
-        """Makes the URL's id an int, once, before authentication reads it ahead:
-        ``self.kwargs`` is the dict the action is called with."""
+        """Parses the URL once, before authentication reads the users ahead: the id
+        becomes an int in ``self.kwargs`` (the dict the action is called with), and
+        ``?ids=`` a list. A malformed ``?ids=`` is reported by ``list``."""
         if "pk" in self.kwargs:
             user_id = int(self.kwargs["pk"])
             if not 1 <= user_id <= _MAX_ID:
                 raise NotFound("No user with this id.")
             self.kwargs["pk"] = user_id
+            self.read_ahead_ids = [user_id]
+        elif "ids" in request.query_params:
+            try:
+                self.read_ahead_ids = _parse_ids(request.query_params["ids"])
+            except ValidationError:
+                self.read_ahead_ids = None
         super().initial(request, *args, **kwargs)
 
     def list(self, request: Request) -> Response:
+        asked = [name for name in _LOOKUPS if name in request.query_params]
+        if len(asked) > 1:
+            raise ValidationError({name: ["Give one of ids, username, email."] for name in asked})
+        if asked == ["ids"]:
+            ids = _parse_ids(request.query_params["ids"])
+            found = reads.users_get(user_ids=ids, first=access.read_ahead(request, ids))
+            body = {"results": found.values, "missing": found.missing}
+            return Response(body, headers={"X-Cache": found.source.value})
+        if asked:
+            field = asked[0]
+            found = self._user_by(field, request.query_params[field])
+            body = {"next": None, "previous": None, "results": [found.value] if found.value else []}
+            return Response(body, headers={"X-Cache": found.source.value})
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(reads.user_list(), request, view=self)
         users = [entries.to_public(row["id"], entries.entry_of(row)) for row in page]
         return paginator.get_paginated_response(users)
 
+    @staticmethod
+    def _user_by(field: str, value: str) -> reads.UserRead:
+        try:
+            return reads.user_by(field=field, value=value)
+        except DjangoValidationError as exc:
+            raise ValidationError({field: exc.messages}) from exc
+
     def retrieve(self, request: Request, pk: int) -> Response:
-        result = reads.user_get(user_id=pk, first=access.read_ahead(request, pk))
+        result = reads.user_get(user_id=pk, first=access.read_ahead(request, [pk]))
         headers = {"X-Cache": result.source.value}
         if result.value is None:
             return Response({"detail": "No user with this id."}, status=404, headers=headers)
+        headers["ETag"] = result.etag
+        held = parse_etags(request.headers.get("If-None-Match", ""))
+        if "*" in held or result.etag in (tag.removeprefix("W/") for tag in held):
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(result.value, headers=headers)
 
     def create(self, request: Request) -> Response:
         serializer = UserCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         user = services.user_create(actor=request.user, **serializer.validated_data)
-        location = reverse("user-detail", kwargs={"pk": user["id"]})
-        return Response(user, status=status.HTTP_201_CREATED, headers={"Location": location})
+        location = reverse("user-detail", kwargs={"pk": user.pk})
+        return self._written(user, status.HTTP_201_CREATED, Location=location)
 
     def update(self, request: Request, pk: int) -> Response:
         return self._update(request, pk, partial=False)
@@ -165,11 +144,28 @@ class UserViewSet(viewsets.ViewSet):
         return self._update(request, pk, partial=True)
 
     def destroy(self, request: Request, pk: int) -> Response:
-        services.user_delete(actor=request.user, user_id=pk)
+        services.user_delete(actor=request.user, user_id=pk, if_match=self._if_match(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _update(self, request: Request, pk: int, *, partial: bool) -> Response:
         serializer = UserUpdateSerializer(data=request.data, partial=partial)
         serializer.is_valid(raise_exception=True)
-        user = services.user_update(actor=request.user, user_id=pk, data=serializer.validated_data)
-        return Response(user)
+        user = services.user_update(
+            actor=request.user,
+            user_id=pk,
+            data=serializer.validated_data,
+            if_match=self._if_match(request),
+        )
+        return self._written(user, status.HTTP_200_OK)
+
+    @staticmethod
+    def _if_match(request: Request) -> str | None:
+        if_match = request.headers.get("If-Match")
+        if if_match is None and settings.REQUIRE_IF_MATCH:
+            raise PreconditionRequired()
+        return if_match
+
+    @staticmethod
+    def _written(user: User, code: int, **headers: str) -> Response:
+        body = entries.to_public(user.pk, entries.encode(user))
+        return Response(body, status=code, headers={"ETag": entries.etag(user.version), **headers})

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from django.db.models import BigIntegerField, Case, CharField, F, Func, QuerySet, Value, When
 
+from . import identity
+
 # Bumped whenever FIELDS change, so that an entry of an older shape is never read:
 # it is part of every key (``users.cache.keys``).
 SCHEMA_VERSION = 1
@@ -106,8 +108,29 @@ COLUMN_OF = {field.name: field.column for field in _STORED}
 NAME_OF = {field.column: field.name for field in _STORED}
 
 
+# A username's or an e-mail's entry: the id of the user who holds it.
+NAME_ID_FIELD = "i"
+LOOKUP_FIELDS = ("username", "email")
+
+
+def lookup_value(field: str, value: str) -> str:
+    """How a username or an e-mail is looked up: a username exactly as it is stored
+    (NFKC, ``users.identity``), an e-mail in its canonical form compared
+    case-insensitively, as its uniqueness is. Raises ``ValidationError`` for an
+    e-mail whose domain is no valid domain name."""
+    if field == "username":
+        return identity.normalize_username(value)
+    return identity.normalize_email(value).casefold()
+
+
 def is_absent(entry: dict[str, str]) -> bool:
     return ABSENT_FIELD in entry
+
+
+def etag(version: int | str) -> str:
+    """The strong ETag of a user's representation: its row version, which grows
+    with every save that changes a field of the projection (``User.save``)."""
+    return f'"{version}"'
 
 
 def encode(user) -> dict[str, str]:

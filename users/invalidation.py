@@ -39,7 +39,7 @@ from rest_framework.authtoken.models import Token, TokenProxy
 
 from . import entries
 from .cache import store
-from .cache.keys import token_key, user_key
+from .cache.keys import name_key, token_key, user_key
 from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
 from .models import User
@@ -50,8 +50,15 @@ from .tokens import token_mac
 def user_changed(user: User, *, created: bool = False, deleted: bool = False) -> None:
     """Steps 1 to 3 for a user saved or deleted in the current transaction."""
     key = user_key(user.pk)
-    token_keys = [] if deleted else _token_keys(user.pk)
-    keys = [key, *token_keys]
+    # The user's token lookups carry its active and staff flags; a cached absence
+    # of its username or e-mail must not outlive a create or a rename. (A name that
+    # a rename or a delete frees is checked against the user on every lookup.)
+    others = [
+        *([] if deleted else _token_keys(user.pk)),
+        *(name_key(field, entries.lookup_value(field, getattr(user, field)))
+          for field in entries.LOOKUP_FIELDS),
+    ]  # fmt: skip
+    keys = [key, *others]
     fill = not deleted and (created or user_cache_settings.UPDATE_STRATEGY == "write-through")
     if not (fill and connection.in_atomic_block):
         _after_commit(keys, lambda: store.invalidate(keys))
@@ -62,8 +69,7 @@ def user_changed(user: User, *, created: bool = False, deleted: bool = False) ->
     entry = entries.encode(user)
 
     def fill_or_delete() -> None:
-        if token_keys:
-            store.invalidate(token_keys)
+        store.invalidate(others)
         store.fill_or_delete(key, lease, entry, store.jittered_ttl_ms(user_cache_settings.TTL))
 
     _after_commit(keys, fill_or_delete)

@@ -22,6 +22,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count, Q
 from django.http import Http404
+from django.utils.http import parse_etags
+from rest_framework import status
+from rest_framework.exceptions import APIException
 
 from config.database import WriteConflict, is_conflict
 
@@ -84,7 +87,7 @@ def user_create(
     password: str | None = None,
     first_name: str = "",
     last_name: str = "",
-) -> dict:
+) -> User:
     """Inserts a user; its entry is written once the insert commits.
 
     ``actor`` is who asks (None: the system). Raises ``PermissionDenied`` when the
@@ -104,16 +107,21 @@ def user_create(
         transaction.atomic(),
     ):
         user.save(force_insert=True)
-    return entries.to_public(user.id, entries.encode(user))
+    return user
 
 
 @_retry_conflicts
-def user_update(*, actor: User | Principal | None, user_id: int, data: dict) -> dict:
+def user_update(
+    *, actor: User | Principal | None, user_id: int, data: dict, if_match: str | None = None
+) -> User:
     """Changes some of a user's fields (``UPDATABLE_FIELDS`` and ``password``).
 
     Raises ``Http404`` for an unknown id, ``PermissionDenied`` when the actor may
-    not change this user, and ``ValidationError`` for a taken username or email
-    or a weak password. A new password revokes the user's tokens (``User.save``).
+    not change this user, ``PreconditionFailed`` when ``if_match`` (an If-Match
+    header) names no current ETag of the user, and ``ValidationError`` for a taken
+    username or email or a weak password. A new password revokes the user's
+    tokens (``User.save``). The check and the write happen under the row lock, so
+    two writers holding the same ETag cannot both succeed.
     """
     unknown = set(data) - {*UPDATABLE_FIELDS, "password"}
     assert not unknown, f"user_update cannot change {sorted(unknown)}"
@@ -130,6 +138,7 @@ def user_update(*, actor: User | Principal | None, user_id: int, data: dict) -> 
     ):
         user = _locked_user(user_id)
         check_write(_writer(actor), "change", user)
+        _check_precondition(user, if_match)
         for name in UPDATABLE_FIELDS:
             if name in data:
                 setattr(user, name, data[name])
@@ -139,11 +148,11 @@ def user_update(*, actor: User | Principal | None, user_id: int, data: dict) -> 
         if "password" in data:
             _set_password(user, data["password"])
         user.save()
-    return entries.to_public(user.id, entries.encode(user))
+    return user
 
 
 @_retry_conflicts
-def user_save(*, actor: User | None, user: User) -> dict:
+def user_save(*, actor: User | None, user: User) -> User:
     """Saves a new or changed instance (as the admin does) under the same rules."""
     with transaction.atomic():
         if user._state.adding:
@@ -154,17 +163,37 @@ def user_save(*, actor: User | None, user: User) -> dict:
             check_write(_writer(actor), "change", current)
             user.version = current.version
             user.save()
-    return entries.to_public(user.id, entries.encode(user))
+    return user
 
 
 @_retry_conflicts
-def user_delete(*, actor: User | Principal | None, user_id: int) -> None:
-    """Deletes a user; its tokens go with it. Raises ``Http404`` for an unknown id and
-    ``PermissionDenied`` when the actor may not delete this user."""
+def user_delete(
+    *, actor: User | Principal | None, user_id: int, if_match: str | None = None
+) -> None:
+    """Deletes a user; its tokens go with it. Raises ``Http404`` for an unknown id,
+    ``PermissionDenied`` when the actor may not delete this user and
+    ``PreconditionFailed`` as ``user_update`` does."""
     with transaction.atomic():
         user = _locked_user(user_id)
         check_write(_writer(actor), "delete", user)
+        _check_precondition(user, if_match)
         user.delete()
+
+
+class PreconditionFailed(APIException):
+    status_code = status.HTTP_412_PRECONDITION_FAILED
+    default_detail = "The user has changed since the ETag in If-Match: read it again."
+    default_code = "precondition_failed"
+
+
+def _check_precondition(user: User, if_match: str | None) -> None:
+    """``If-Match``: "*" for any existing user, or a list of ETags (strong comparison:
+    a weak tag never matches) one of which must be the user's current one."""
+    if if_match is None:
+        return
+    tags = parse_etags(if_match)
+    if "*" not in tags and entries.etag(user.version) not in tags:
+        raise PreconditionFailed()
 
 
 def _locked_user(user_id: int) -> User:

@@ -32,7 +32,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from django.conf import settings
 from rest_framework.authtoken.models import Token
@@ -42,7 +42,7 @@ from .cache.keys import token_key, user_key
 from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
 from .outbox import outbox
-from .reads import Entry, EntryKind, Source, read_through
+from .readthrough import Entry, EntryKind, read_through
 
 _KEY_SHAPE = re.compile(r"[0-9a-f]{40}")
 
@@ -167,16 +167,16 @@ def token_lookup(
     *,
     key: str,
     counter: Callable[[str], tuple[str, int] | None],
-    read_ahead_id: int | None,
+    read_ahead_ids: Sequence[int],
     before_load: Callable[[], None],
 ) -> TokenRead:
     """The principal a well-formed key (``is_well_formed``) authenticates, through the
-    token cache (``users.reads.read_through``: the token is an entry like a user).
+    token cache (``users.readthrough``: the token is an entry like a user).
 
     The first round trip reads the token's entry, counts the request against the
     limit ``counter(token_mac)`` names (when the token is cached), and reads the
-    entry of user ``read_ahead_id`` (reading it before the token is checked is
-    harmless: only the request's view uses it, once the token passed).
+    entries of users ``read_ahead_ids`` (reading them before the token is checked
+    is harmless: only the request's view uses them, once the token passed).
     ``before_load`` runs before any MySQL work (the failed-guess limit). Nothing is
     counted or read ahead when Redis is down: rate limits fail open.
     """
@@ -190,18 +190,15 @@ def token_lookup(
         cache_absent=False,
         trusted=lambda entry: decode_entry(mac, entry) is not None,
     )
-    ahead_key = None if read_ahead_id is None else user_key(read_ahead_id)
     try:
         outbox.before_cached_read()
         entry, counted, ahead = counters.read_counted(
-            entry_key, counter=counter(mac), also=ahead_key
+            entry_key, counter=counter(mac), also=[user_key(i) for i in read_ahead_ids]
         )
         first = {key: entry}
+        read_ahead = dict(zip(read_ahead_ids, ahead, strict=True)) if read_ahead_ids else None
     except CacheUnavailable:
-        first = counted = ahead = None
+        first = counted = read_ahead = None
     read = read_through(kind, [key], first=first)[key]
     principal = None if read.entry is None else decode_entry(mac, read.entry)
-    read_ahead = None
-    if ahead_key is not None and read.source is not Source.BYPASS and first is not None:
-        read_ahead = {read_ahead_id: ahead}
     return TokenRead(principal, mac, counted, read_ahead)

@@ -157,6 +157,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
+# Writes (PUT, PATCH, DELETE) without If-Match answer 428 when this is on.
+REQUIRE_IF_MATCH = env.bool("REQUIRE_IF_MATCH", default=False)
+
 # Request bodies: the API takes small JSON documents only.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 1024)
 

@@ -4,6 +4,7 @@ counts its request in the same round trip as it reads the token."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from redis import Redis
 from redis.cluster import RedisCluster
@@ -43,22 +44,22 @@ def window_count(key: str) -> WindowCount:
 
 
 def read_counted(
-    key: str, *, counter: tuple[str, int] | None = None, also: str | None = None
-) -> tuple[dict[str, str] | None, WindowCount | None, dict[str, str] | None]:
+    key: str, *, counter: tuple[str, int] | None = None, also: Sequence[str] = ()
+) -> tuple[dict[str, str] | None, WindowCount | None, list[dict[str, str] | None]]:
     """HGETALL of ``key``, doing more in the same round trip: with ``counter``
     (counter key, window in ms; the counter must share ``key``'s hash tag) it
     counts a request as ``count_in_window`` does, when the entry exists; with
-    ``also``, it reads that key too (on a cluster, where it lives in another slot,
-    in a round trip of its own). Returns the entry, the count (None without a
-    counter, or when the entry is missing and nothing was counted) and the other
-    entry (None when missing or not asked for)."""
+    ``also``, it reads those keys too (on a cluster, where they live in other
+    slots, in round trips of their own). Returns the entry, the count (None
+    without a counter, or when the entry is missing and nothing was counted) and
+    the other entries (None where missing)."""
     loaded = script(scripts.COUNT_IN_WINDOW)
     first = (
         ("HGETALL", key)
         if counter is None
         else ("EVALSHA", loaded.sha, 2, counter[0], key, counter[1])
     )
-    commands = [first] if also is None else [first, ("HGETALL", also)]
+    commands = [first, *(("HGETALL", other) for other in also)]
 
     def run(redis: Redis | RedisCluster) -> list:
         replies = execute_many(redis, commands)
@@ -71,9 +72,9 @@ def read_counted(
         return replies
 
     replies = call(run)
-    other = decode_hash(replies[1]) if also is not None else None
+    others = [decode_hash(reply) for reply in replies[1:]]
     if counter is None:
-        return decode_hash(replies[0]), None, other
+        return decode_hash(replies[0]), None, others
     requests, ms_left, flat = replies[0]
     counted = WindowCount(requests, ms_left) if requests else None
-    return decode_hash(flat), counted, other
+    return decode_hash(flat), counted, others

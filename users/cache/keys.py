@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import re
 
 from ..conf import user_cache_settings
@@ -27,6 +28,13 @@ def user_key(user_id: int) -> str:
 
 def token_key(token_mac: str) -> str:
     return f"{_namespace()}:token:{{{token_mac}}}"
+
+
+def name_key(field: str, value: str) -> str:
+    """The id a username or an e-mail (``field``) names, by a digest of the value: any
+    character a value may hold stays out of the key, hash-tag braces included."""
+    digest = hashlib.sha256(value.encode()).hexdigest()[:32]
+    return f"{_namespace()}:{field}:{{{digest}}}"
 
 
 def throttle_key(scope: str, ident: str) -> str:
@@ -62,6 +70,7 @@ class KeyKind(enum.StrEnum):
 
     USER = "user entries"
     TOKEN = "token lookups"
+    NAME = "name lookups"
     LEASE = "leases"
     # Anything else under the prefix: rate-limit counters, Django's cache.
     OTHER = "other keys"
@@ -69,7 +78,9 @@ class KeyKind(enum.StrEnum):
 
 @functools.cache
 def _key_shape(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"{re.escape(prefix)}:v[0-9]+:(user|token):\{{[^}}]*\}}(:lease)?")
+    return re.compile(
+        rf"{re.escape(prefix)}:v[0-9]+:(user|token|username|email):\{{[^}}]*\}}(:lease)?"
+    )
 
 
 def key_kind(key: str) -> KeyKind:
@@ -78,4 +89,4 @@ def key_kind(key: str) -> KeyKind:
         return KeyKind.OTHER
     if match.group(2):
         return KeyKind.LEASE
-    return KeyKind.USER if match.group(1) == "user" else KeyKind.TOKEN
+    return {"user": KeyKind.USER, "token": KeyKind.TOKEN}.get(match.group(1), KeyKind.NAME)

@@ -13,7 +13,7 @@ from ..cache.keys import KeyKind, key_kind, lease_key, token_key, user_key
 from ..tokens import token_mac
 from . import retrying
 
-_FLUSHED_KINDS = frozenset({KeyKind.USER, KeyKind.TOKEN, KeyKind.LEASE})
+_FLUSHED_KINDS = frozenset({KeyKind.USER, KeyKind.TOKEN, KeyKind.NAME, KeyKind.LEASE})
 
 
 @dataclasses.dataclass(slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from django.db.models import QuerySet
 
-from .. import entries, reads
+from .. import entries, reads, readthrough
 from ..models import User
 from . import retrying
 
@@ -86,7 +86,9 @@ def cache_warm(
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm") as filler:
         in_flight = None
         for batch in batches:
-            pending = retrying(lambda batch=batch: reads.lease_and_load(kind, batch, mode=mode))
+            pending = retrying(
+                lambda batch=batch: readthrough.lease_and_load(kind, batch, mode=mode)
+            )
             if in_flight is not None:
                 settle(in_flight)
             in_flight = filler.submit(retrying, lambda pending=pending: _fill(pending))
@@ -97,10 +99,11 @@ def cache_warm(
 
 def warm_ids(user_ids: Sequence[int]) -> WarmReport:
     """One batch of given ids, refreshed: how ``check --fix`` rewrites what it found."""
-    return _fill(retrying(lambda: reads.lease_and_load(reads.USERS, user_ids, mode="refresh")))
+    pending = retrying(lambda: readthrough.lease_and_load(reads.USERS, user_ids, mode="refresh"))
+    return _fill(pending)
 
 
-def _fill(pending: reads.Pending) -> WarmReport:
+def _fill(pending: readthrough.Pending) -> WarmReport:
     filled = pending.fill()
     return WarmReport(
         examined=len(pending.loaded) + pending.skipped,

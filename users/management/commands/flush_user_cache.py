@@ -38,7 +38,7 @@ class Command(CacheCommand):
             return
         kinds = ", ".join(
             f"{report.matched[kind]} {kind}"
-            for kind in (KeyKind.USER, KeyKind.TOKEN, KeyKind.LEASE)
+            for kind in (KeyKind.USER, KeyKind.TOKEN, KeyKind.NAME, KeyKind.LEASE)
         )
         if dry_run:
             summary = f"Would remove {report.total} keys ({kinds})."
