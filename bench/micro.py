@@ -74,7 +74,7 @@ def memory_usage_per_user(*, user_count: int, samples: int, seed: int) -> float:
     """The median ``MEMORY USAGE`` of cached users' entries (key, value and overhead)."""
     client = keys.bench_client()
     user_ids = random.Random(seed).sample(range(1, user_count + 1), k=min(samples, user_count))
-    sizes = [client.memory_usage(keys.user_key(user_id), samples=0) for user_id in user_ids]
+    sizes = [client.memory_usage(cache_keys.user_key(user_id), samples=0) for user_id in user_ids]
     missing = sizes.count(None)
     if missing:
         raise RuntimeError(f"{missing} of {len(sizes)} sampled users are not cached")

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from . import dataset, keys
 from .cache_commands import FLUSH_COMMAND, WARM_COMMAND
 from .load import WRK_THREADS
-from .suite import SCENARIOS, Options, PassResult, turn_count
+from .suite import BATCH_SIZE, SCENARIOS, Options, PassResult, turn_count
 
 _WARM_TARGET_USERS = 1_000_000
 
@@ -88,11 +88,15 @@ def _http(passes: list[PassResult], scenario: str, figure: Callable) -> float:
     return _median(figure(one.http[scenario]) for one in passes)
 
 
-def _rps_ratio(passes: list[PassResult], scenario: str, baseline: str) -> float:
-    return _median(
+def _ratios(passes: list[PassResult], scenario: str, baseline: str) -> list[float]:
+    return [
         one.http[scenario].requests_per_second / one.http[baseline].requests_per_second
         for one in passes
-    )
+    ]
+
+
+def _rps_ratio(passes: list[PassResult], scenario: str, baseline: str) -> float:
+    return _median(_ratios(passes, scenario, baseline))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,10 +126,7 @@ class _Target:
 
 def _targets(passes: list[PassResult], options: Options) -> list[_Target]:
     def rps_ratios(scenario: str, baseline: str) -> list[float]:
-        return [
-            one.http[scenario].requests_per_second / one.http[baseline].requests_per_second
-            for one in passes
-        ]
+        return _ratios(passes, scenario, baseline)
 
     warm_at = "" if options.users >= _WARM_TARGET_USERS else f" (run at {options.users:,} users)"
     return [
@@ -140,6 +141,12 @@ def _targets(passes: list[PassResult], options: Options) -> list[_Target]:
             rps_ratios("hit", "database"),
             "x",
             lambda ratio: ratio >= 2,
+        ),
+        _Target(
+            f"{BATCH_SIZE} cached users by `?ids=` ≥ 10 x single GET hits (users/s)",
+            [ratio * BATCH_SIZE for ratio in rps_ratios("batch", "hit")],
+            "x",
+            lambda ratio: ratio >= 10,
         ),
         _Target(
             "`get_user` hit ≤ 1.3 x raw HGETALL (medians)",
@@ -218,8 +225,8 @@ def markdown(passes: list[PassResult], options: Options, machine: dict[str, str]
         f" settings; wrk with {WRK_THREADS} threads and {options.connections} connections"
         f" for {options.duration_s:g} s per scenario"
         + (
-            f" (floor, hit and database only in {turn_count(options)} turns each, one after"
-            " the other, so that a change in the machine's load reaches the three alike)."
+            f" (floor, hit, database only, batch and 304 in {turn_count(options)} turns each,"
+            " one after the other, so that a change in the machine's load reaches them alike)."
             if turn_count(options) > 1
             else "."
         )
@@ -245,6 +252,21 @@ def markdown(passes: list[PassResult], options: Options, machine: dict[str, str]
             ],
             "lrrrrrrr",
             http_rows,
+        ),
+        "",
+        *_table(
+            ["compared within each pass", "median"],
+            "lr",
+            [
+                [
+                    f"users/s by `?ids=` ({BATCH_SIZE} a request) / users/s by single GET hits",
+                    f"{_median(r * BATCH_SIZE for r in _ratios(passes, 'batch', 'hit')):.1f}x",
+                ],
+                [
+                    "requests/s of a 304 (If-None-Match) / of a 200 hit",
+                    f"{_median(_ratios(passes, 'not-modified', 'hit')):.2f}x",
+                ],
+            ],
         ),
         "",
         "## In process",
@@ -310,7 +332,7 @@ def chart(passes: list[PassResult], options: Options, machine: dict[str, str], p
             [m - min(values) for m, values in zip(medians, rates, strict=True)],
             [max(values) - m for m, values in zip(medians, rates, strict=True)],
         ],
-        color=["#888888", "#2a7ab9", "#7fb3d9", "#c0504d", "#9bbb59"],
+        color=["#888888", "#2a7ab9", "#7fb3d9", "#c0504d", "#9bbb59", "#4f81bd", "#8064a2"],
         capsize=4,
     )
     for position, value, values in zip(positions, medians, rates, strict=True):

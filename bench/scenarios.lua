@@ -4,6 +4,8 @@
 --   floor                   GET /bench/floor
 --   get-random USERS        GET /api/user/<id>, ids drawn uniformly from 1..USERS
 --   get-sequential USERS    GET /api/user/<id>, each id in 1..USERS once, then stop
+--   get-batch USERS:N       GET /api/user?ids=<N ids drawn uniformly from 1..USERS>
+--   get-not-modified USERS  GET /api/user/<id> with If-None-Match: * (a 304 on a hit)
 --   create RUN_ID           POST /api/user, a new username on every request
 --
 -- Each thread is its own Lua state: setup() numbers them so that they split the
@@ -19,7 +21,7 @@ function setup(thread)
   thread_count = thread_count + 1
 end
 
-local scenario, floor_request, user_count, thread_total, next_id, run_id, counter
+local scenario, floor_request, user_count, thread_total, next_id, run_id, counter, batch_size
 local exhausted = false
 
 function init(args)
@@ -35,6 +37,14 @@ function init(args)
   elseif scenario == "get-sequential" then
     user_count = tonumber(args[4])
     next_id = 1 + thread_index
+  elseif scenario == "get-batch" then
+    local users, size = string.match(args[4], "(%d+):(%d+)")
+    user_count, batch_size = tonumber(users), tonumber(size)
+    math.randomseed(1 + thread_index)
+  elseif scenario == "get-not-modified" then
+    user_count = tonumber(args[4])
+    math.randomseed(1 + thread_index)
+    wrk.headers["If-None-Match"] = "*"
   elseif scenario == "create" then
     run_id = args[4]
     counter = 0
@@ -69,6 +79,14 @@ function request()
     return wrk.format("GET", "/api/user/" .. math.random(1, user_count))
   elseif scenario == "get-sequential" then
     return next_sequential_request()
+  elseif scenario == "get-batch" then
+    local ids = {}
+    for i = 1, batch_size do
+      ids[i] = math.random(1, user_count)
+    end
+    return wrk.format("GET", "/api/user?ids=" .. table.concat(ids, ","))
+  elseif scenario == "get-not-modified" then
+    return wrk.format("GET", "/api/user/" .. math.random(1, user_count))
   end
   counter = counter + 1
   local name = string.format("bench-%s-%d-%d", run_id, thread_index, counter)

@@ -28,6 +28,8 @@ _TURN_S = 2
 _SETTLE_CHECKS = 20
 _SETTLE_INTERVAL_S = 0.5
 _MEMORY_SAMPLES = 200
+# Users per ?ids= request in the batch scenario: the API's most.
+BATCH_SIZE = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,10 @@ SCENARIOS = (
         "database", "4. GET, cache bypassed (database only, same auth)", "database", "get-random"
     ),
     Scenario("create", "5. POST create", "cached", "create"),
+    Scenario("batch", f"6. GET {BATCH_SIZE} users by ?ids= (all cached)", "cached", "get-batch"),
+    Scenario(
+        "not-modified", "7. GET hit, If-None-Match matching (304)", "cached", "get-not-modified"
+    ),
 )
 
 
@@ -152,18 +158,25 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
             connections=options.connections,
         )
 
-    floor, hit, miss, database, create = SCENARIOS
+    floor, hit, miss, database, create, batch, not_modified = SCENARIOS
     last_id = str(options.users)
     http = {}
     _expect(servers["cached"], "/bench/floor", None)
     _expect(servers["cached"], "/api/user/1", "HIT")
     _expect(servers["database"], "/api/user/1", "BYPASS")
-    # The targets compare these three, and the machine is shared: run in turns of a
-    # couple of seconds, a change in its load reaches all three alike.
-    say(f"  {floor.title}, {hit.title}, {database.title}: {turn_count(options)} turns each")
-    turns: dict[str, list[LoadResult]] = {floor.key: [], hit.key: [], database.key: []}
+    # The targets compare these, and the machine is shared: run in turns of a couple
+    # of seconds, a change in its load reaches all of them alike.
+    in_turns = (
+        (floor, None),
+        (hit, last_id),
+        (database, last_id),
+        (batch, f"{last_id}:{BATCH_SIZE}"),
+        (not_modified, last_id),
+    )
+    say(f"  {', '.join(s.title for s, _ in in_turns)}: {turn_count(options)} turns each")
+    turns: dict[str, list[LoadResult]] = {scenario.key: [] for scenario, _ in in_turns}
     for _ in range(turn_count(options)):
-        for scenario, argument in ((floor, None), (hit, last_id), (database, last_id)):
+        for scenario, argument in in_turns:
             turn_s = options.duration_s / turn_count(options)
             turns[scenario.key].append(load(scenario, argument, turn_s))
     http.update({key: LoadResult.merged(results) for key, results in turns.items()})
