@@ -207,13 +207,35 @@ class RoundTrips:
 
 @pytest.fixture
 def redis_round_trips(monkeypatch) -> RoundTrips:
-    """Counts what the test's own threads send; not the outbox's background thread,
-    which an earlier test may have left retrying or sweeping."""
+    """Counts what the test's own threads send on established connections: not the
+    outbox's background thread, which an earlier test may have left retrying or
+    sweeping, and not what a new connection sends to set itself up."""
     counter = RoundTrips()
+    setting_up = threading.local()
+
+    def counted() -> bool:
+        outbox = threading.current_thread().name == "cache-outbox"
+        return not outbox and not getattr(setting_up, "depth", 0)
+
+    def setting_itself_up(connect):
+        def connecting(self, *args, **kwargs):
+            setting_up.depth = getattr(setting_up, "depth", 0) + 1
+            try:
+                return connect(self, *args, **kwargs)
+            finally:
+                setting_up.depth -= 1
+
+        return connecting
+
+    # What a connection sends when it opens (HELLO, CLIENT SETINFO, ...).
+    monkeypatch.setattr(
+        AbstractConnection, "connect_check_health",
+        setting_itself_up(AbstractConnection.connect_check_health),
+    )  # fmt: skip
     send = AbstractConnection.send_packed_command
 
     def counting_send(self, command, check_health=True):
-        if threading.current_thread().name != "cache-outbox":
+        if counted():
             counter.count += 1
         return send(self, command, check_health)
 
@@ -224,7 +246,7 @@ def redis_round_trips(monkeypatch) -> RoundTrips:
         pack = packer.pack
 
         def counting_pack(self, *args, pack=pack):
-            if threading.current_thread().name != "cache-outbox":
+            if counted():
                 counter.commands += 1
             return pack(self, *args)
 
