@@ -185,6 +185,6 @@ def stream_settings() -> dict:
     return {
         **where,
         "user": database["USER"],
-        "passwd": database["PASSWORD"],
+        "password": database["PASSWORD"],
         "connect_timeout": database["OPTIONS"].get("connect_timeout", 2),
     }
