@@ -47,14 +47,15 @@ BOUND_SECONDS = 10.0
 
 def _environment(mariadb: MariaDBServer, **variables: str) -> dict[str, str]:
     """The follower's environment: this run's key prefix and secret key (token names
-    are HMACs under it), the test's MariaDB, and this run's Redis unless given."""
+    are HMACs under it), the test's MariaDB, and this run's Redis (a cluster's or
+    Sentinel's variables included) unless ``REDIS_URL`` names another."""
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings.local",
         "SECRET_KEY": settings.SECRET_KEY,
         "CACHE_KEY_PREFIX": settings.TEST_RUN_PREFIX,
         "DATABASE_URL": mariadb.url("usersvc"),
-        **redis_environment(),
+        **({} if "REDIS_URL" in variables else redis_environment()),
         **variables,
     }
 
