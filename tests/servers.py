@@ -513,14 +513,21 @@ class SentinelGroup:
 
 
 class MariaDBServer(ServerProcess):
-    """A ``mariadbd`` with its own data folder; root has no password."""
+    """A ``mariadbd`` with its own data folder; root has no password. With ``binlog``
+    it writes the binary log as the follower needs it (users/binlog/server.py),
+    else none."""
 
     name = "mariadb"
     # Root logs in with its password (none) over TCP too.
     INSTALL_OPTIONS: tuple[str, ...] = ("--auth-root-authentication-method=normal",)
+    BINLOG_OPTIONS = (
+        "--log-bin=binlog", "--server-id=1", "--binlog-format=ROW",
+        "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
+    )  # fmt: skip
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, binlog: bool = False) -> None:
         super().__init__(workdir)
+        self.binlog = binlog
         self.datadir = workdir / "mariadb-data"
         self.socket = workdir / "mariadb.sock"
         if not self.datadir.exists():
@@ -538,7 +545,8 @@ class MariaDBServer(ServerProcess):
             "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
             "--bind-address=127.0.0.1", f"--socket={self.socket}",
             f"--pid-file={self.workdir / 'mariadb.pid'}", f"--user={_current_user()}",
-            "--skip-log-bin", "--innodb-buffer-pool-size=64M",
+            *(self.BINLOG_OPTIONS if self.binlog else ["--skip-log-bin"]),
+            "--innodb-buffer-pool-size=64M",
             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
         ]  # fmt: skip
 
@@ -698,11 +706,12 @@ if not User.objects.filter(username="staff").exists():
 
 @contextlib.contextmanager
 def service_stack(
-    workdir: Path, **env: str
+    workdir: Path, *, binlog: bool = False, **env: str
 ) -> Iterator[tuple[MariaDBServer, RedisServer, WebService]]:
-    """Its own mariadbd and redis-server, and the service on them, migrated and with
-    its staff user (not started: the caller may prepare more first). Stops all three."""
-    mariadb, redis_server = MariaDBServer(workdir), RedisServer(workdir)
+    """Its own mariadbd (writing the binary log with ``binlog``) and redis-server, and
+    the service on them, migrated and with its staff user (not started: the caller
+    may prepare more first). Stops all three."""
+    mariadb, redis_server = MariaDBServer(workdir, binlog=binlog), RedisServer(workdir)
     mariadb.start()
     try:
         redis_server.start()
@@ -720,6 +729,53 @@ def service_stack(
     finally:
         redis_server.stop()
         mariadb.stop()
+
+
+class BinlogFollower(ServerProcess):
+    """``manage.py follow_binlog`` in the environment ``env`` (the web service's, so
+    that it names the same Redis keys), its metrics on a port of its own. Ready once
+    it reads the binary log: a change committed after ``start`` returns is after
+    the position it started from."""
+
+    name = "follower"
+
+    def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
+        super().__init__(workdir)
+        self.env = {**env, "FOLLOWER_METRICS_BIND": self.address}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [project_python(), "manage.py", "follow_binlog"]
+
+    def start(self) -> None:
+        log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        self.process = subprocess.Popen(
+            self.command(), cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        _wait(self.is_ready, f"{self.name} on port {self.port}", timeout=60)
+
+    def is_ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"follow_binlog exited: {self.log()}")
+        return self.metrics().get("usersvc_binlog_connected") == 1
+
+    def metrics(self) -> dict[str, float]:
+        """Its metrics by name and labels as exposed (``usersvc_binlog_rows_total{...}``)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.address}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return {
+            name: float(value)
+            for name, _, value in (line.rpartition(" ") for line in text.splitlines())
+            if name and not name.startswith("#")
+        }
+
+    def log(self) -> str:
+        return (self.workdir / f"{self.name}.log").read_text(errors="replace")
 
 
 class NginxServer(ServerProcess):

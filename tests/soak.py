@@ -1,12 +1,16 @@
 """Soak under faults: the production server under mixed load while its stores fail.
 
-Starts its own mariadbd, redis-server and the service under gunicorn (production
-settings), drives mostly reads with some creates, updates and deletes from
-several threads, and meanwhile restarts Redis, pauses it, and stops MySQL for a
-moment. At the end it reports requests, a status histogram and the 5xx count
-(503s are expected only while MySQL is down), then checks consistency directly
-in the stores: every cached user equals its MySQL row, and every acknowledged
-write (201, 200, 204) is what MySQL holds.
+Starts its own mariadbd (with the binary log on), redis-server, the service under
+gunicorn (production settings) and the binary log follower, drives mostly reads
+with some creates, updates and deletes from several threads, and meanwhile
+restarts Redis, pauses it, and stops MySQL for a moment. Beside the API's
+clients, a writer changes cached users in raw SQL, behind the service's back
+(single rows, several rows in one statement, transactions, deletes), and times
+how long each change takes to reach Redis through the follower. At the end it
+reports requests, a status histogram and the 5xx count (503s are expected only
+while MySQL is down), the bypassing writes' lag, then lets the follower catch up
+and checks consistency directly in the stores: every cached user equals its
+MySQL row, and every acknowledged write (201, 200, 204) is what MySQL holds.
 
     python -m tests.soak --seconds 20     # the short mode .ci/run uses
     python -m tests.soak --seconds 600    # a long soak
@@ -20,6 +24,7 @@ import argparse
 import collections
 import http.client
 import json
+import math
 import random
 import sys
 import tempfile
@@ -31,8 +36,8 @@ from pathlib import Path
 import MySQLdb
 import redis
 
-from tests.servers import MariaDBServer, RedisServer, WebService, service_stack
-from users.entries import ABSENT_FIELD, NAME_OF, VERSION
+from tests.servers import BinlogFollower, MariaDBServer, RedisServer, WebService, service_stack
+from users.entries import ABSENT_FIELD, NAME_OF, SCHEMA_VERSION, VERSION
 
 FIRST_NAME = NAME_OF["first_name"]
 
@@ -120,11 +125,123 @@ class Worker:
             self.uncertain.add(user_id)
 
 
+@dataclass
+class BypassWriter:
+    """Changes cached users in raw SQL, as another application or a DBA would, and
+    times each change from its commit until Redis no longer holds the old state
+    (the entry deleted, or refilled by a reader with the new one). Samples taken
+    while a fault is on are dropped: they time the fault, not the follower."""
+
+    mariadb: MariaDBServer
+    redis_server: RedisServer
+    key_prefix: str
+    user_ids: list[int]
+    lags: list[float] = field(default_factory=list)
+    shapes: collections.Counter = field(default_factory=collections.Counter)
+    late: list[str] = field(default_factory=list)
+
+    # Past this, a change counts as not having reached the cache.
+    GIVE_UP_SECONDS = 30.0
+
+    def run(self, stop: threading.Event, faulting: threading.Event) -> None:
+        rng = random.Random(4242)
+        connection = None
+        counter = 0
+        while not stop.is_set():
+            time.sleep(0.02)
+            if faulting.is_set():
+                continue
+            try:
+                if connection is None:
+                    connection = MySQLdb.connect(
+                        host="127.0.0.1", port=self.mariadb.port, user="root", db="usersvc",
+                        autocommit=True, connect_timeout=2,
+                    )  # fmt: skip
+                counter += 1
+                self._write(connection.cursor(), rng, f"sql{counter}", faulting)
+            except (MySQLdb.Error, redis.RedisError):
+                connection = None  # a fault began: reconnect once it is over
+
+    def _write(self, cursor, rng: random.Random, value: str, faulting) -> None:
+        client = redis.Redis(port=self.redis_server.port, decode_responses=True, socket_timeout=2)
+        ids = rng.sample(self.user_ids, 3)
+        before = {user_id: client.hget(self._key(user_id), FIRST_NAME) for user_id in ids}
+        roll = rng.random()
+        set_value = "SET first_name = %s, version = version + 1"
+        if roll < 0.6:
+            shape, changed = "single-row update", ids[:1]
+            cursor.execute(f"UPDATE users_user {set_value} WHERE id = %s", [value, ids[0]])
+        elif roll < 0.8:
+            shape, changed = "multi-row update", ids
+            cursor.execute(f"UPDATE users_user {set_value} WHERE id IN (%s, %s, %s)", [value, *ids])
+        elif roll < 0.95:
+            shape, changed = "transaction", ids[:2]
+            cursor.execute("BEGIN")
+            for user_id in changed:
+                cursor.execute(f"UPDATE users_user {set_value} WHERE id = %s", [value, user_id])
+            cursor.execute("COMMIT")
+        else:
+            shape, changed = "delete", ids[:1]
+            cursor.execute("DELETE FROM users_user WHERE id = %s", [ids[0]])
+            self.user_ids.remove(ids[0])
+        committed = time.monotonic()
+        self.shapes[shape] += 1
+        waiting = {user_id for user_id in changed if before[user_id] is not None}
+        timed, disturbed = bool(waiting), faulting.is_set()
+        while waiting:
+            waiting = {
+                user_id for user_id in waiting
+                if client.hget(self._key(user_id), FIRST_NAME) == before[user_id]
+            }  # fmt: skip
+            elapsed = time.monotonic() - committed
+            if elapsed > self.GIVE_UP_SECONDS:
+                self.late += [f"user {user_id}: {shape} not in Redis after {elapsed:.0f}s"
+                              for user_id in waiting]  # fmt: skip
+                return
+            disturbed = disturbed or faulting.is_set()
+            time.sleep(0.001)
+        if timed and not disturbed:
+            self.lags.append(time.monotonic() - committed)
+
+    def _key(self, user_id: int) -> str:
+        return f"{self.key_prefix}:v{SCHEMA_VERSION}:user:{{{user_id}}}"
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(len(ordered) * fraction) - 1)] if ordered else float("nan")
+
+
+def _caught_up(follower: BinlogFollower, mariadb: MariaDBServer, timeout: float) -> bool:
+    """Waits until the follower has applied the binary log up to where it ends now."""
+    connection = MySQLdb.connect(host="127.0.0.1", port=mariadb.port, user="root")
+    cursor = connection.cursor()
+    cursor.execute("SHOW MASTER STATUS")
+    log_file, log_pos = cursor.fetchone()[:2]
+    connection.close()
+    target = (int(log_file.rsplit(".", 1)[1]), log_pos)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = follower.metrics()
+        position = (
+            metrics["usersvc_binlog_position_file"],
+            metrics["usersvc_binlog_position_offset"],
+        )
+        if position >= target:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 FAULTS = ("redis-restart", "mysql-stop", "redis-pause")
 
 
-def _faults(args, redis_server: RedisServer, mariadb: MariaDBServer, mysql_down, log) -> None:
-    """Restart Redis at 1/4 of the run, stop MySQL at 1/2, pause Redis at 3/4."""
+def _faults(
+    args, redis_server: RedisServer, mariadb: MariaDBServer, mysql_down, faulting, log
+) -> None:
+    """Restart Redis at 1/4 of the run, stop MySQL at 1/2, pause Redis at 3/4.
+    ``faulting`` is set during each, and for a second after."""
     start = time.monotonic()
 
     def at(fraction: float) -> None:
@@ -133,23 +250,31 @@ def _faults(args, redis_server: RedisServer, mariadb: MariaDBServer, mysql_down,
     at(0.25)
     if "redis-restart" in args.faults:
         log("fault: restarting redis-server (its data is lost)")
+        faulting.set()
         redis_server.restart()
+        time.sleep(1.0)
+        faulting.clear()
     at(0.5)
     if "mysql-stop" in args.faults:
         log(f"fault: stopping mariadbd for {args.mysql_outage}s")
+        faulting.set()
         mysql_down.set()
         mariadb.stop()
         time.sleep(args.mysql_outage)
         mariadb.start()
         time.sleep(1.0)  # workers reconnect; a 503 just after the restart still counts
         mysql_down.clear()
+        faulting.clear()
         log("fault: mariadbd is back")
     at(0.75)
     if "redis-pause" in args.faults:
         log("fault: pausing redis-server for 1s (SIGSTOP)")
+        faulting.set()
         redis_server.pause()
         time.sleep(1.0)
         redis_server.resume()
+        time.sleep(1.0)
+        faulting.clear()
 
 
 def _check_stores(web, mariadb, redis_server, workers) -> dict:
@@ -221,10 +346,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with (
         tempfile.TemporaryDirectory(prefix="usersvc-soak-") as tmp,
-        service_stack(Path(tmp), THROTTLE_RATE_USER="off") as (mariadb, redis_server, web),
-    ):
+        service_stack(Path(tmp), binlog=True, THROTTLE_RATE_USER="off") as (
+            mariadb, redis_server, web,
+        ),
+    ):  # fmt: skip
         web.start()
-        log(f"service on port {web.port}; creating {args.users} users")
+        follower = BinlogFollower(Path(tmp), web.env)
+        follower.start()
+        log(f"service on port {web.port}, follower on {follower.port}; creating {args.users} users")
         seeded = [
             web.request("POST", "/api/user", {"username": f"seed{n}", "email": f"seed{n}@x.io"})[2][
                 "id"
@@ -232,13 +361,17 @@ def main(argv: list[str] | None = None) -> int:
             for n in range(args.users)
         ]
         workers = [Worker(web, seed, seeded, started) for seed in range(args.threads)]
-        stop, mysql_down = threading.Event(), threading.Event()
+        # Its own list: the users it deletes stay readable (a 404) for the others.
+        bypass = BypassWriter(mariadb, redis_server, web.env["CACHE_KEY_PREFIX"], list(seeded))
+        stop, mysql_down, faulting = threading.Event(), threading.Event(), threading.Event()
         threads = [threading.Thread(target=w.run, args=(stop, mysql_down)) for w in workers]
+        threads.append(threading.Thread(target=bypass.run, args=(stop, faulting)))
         fault_thread = threading.Thread(
-            target=_faults, args=(args, redis_server, mariadb, mysql_down, log)
+            target=_faults, args=(args, redis_server, mariadb, mysql_down, faulting, log)
         )
-        log(f"load for {args.seconds}s from {args.threads} threads")
+        log(f"load for {args.seconds}s from {args.threads} threads and a writer in SQL")
         load_started = time.monotonic()
+        follower_before = follower.metrics()
         for thread in [*threads, fault_thread]:
             thread.start()
         fault_thread.join()
@@ -246,9 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         for thread in threads:
             thread.join()
-        log("load stopped; letting the outbox drain")
+        load_seconds = time.monotonic() - load_started
+        follower_after = follower.metrics()
+        log("load stopped; letting the outbox drain and the follower catch up")
         time.sleep(2.0)
+        caught_up = _caught_up(follower, mariadb, timeout=60)
         result = _check_stores(web, mariadb, redis_server, workers)
+        follower.stop()
 
     statuses = collections.Counter()
     for worker in workers:
@@ -271,7 +408,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     lost = len(result["lost"])
     print(f"- acknowledged writes checked: {result['acknowledged']}, not in MySQL: {lost}")
-    for line in (unexpected + result["lost"])[:20]:
+    shapes = ", ".join(f"{shape}: {n}" for shape, n in sorted(bypass.shapes.items()))
+    print(f"- writes in SQL behind the service: {sum(bypass.shapes.values())} ({shapes})")
+    lags_ms = [lag * 1000 for lag in bypass.lags]
+    print(
+        f"- their lag to Redis, commit to old state gone, outside faults: {len(lags_ms)} timed, "
+        f"median {_percentile(lags_ms, 0.5):.1f} ms, p99 {_percentile(lags_ms, 0.99):.1f} ms, "
+        f"max {max(lags_ms, default=float('nan')):.1f} ms; not there within "
+        f"{BypassWriter.GIVE_UP_SECONDS:.0f}s: {len(bypass.late)}"
+    )
+
+    def grown(name: str) -> float:
+        return sum(
+            value - follower_before.get(sample, 0.0)
+            for sample, value in follower_after.items()
+            if sample.startswith(name + "{")
+        )
+
+    events, rows = grown("usersvc_binlog_events_total"), grown("usersvc_binlog_rows_total")
+    errors = {
+        store: follower_after.get(f'usersvc_binlog_errors_total{{store="{store}"}}', 0.0)
+        - follower_before.get(f'usersvc_binlog_errors_total{{store="{store}"}}', 0.0)
+        for store in ("mysql", "redis")
+    }
+    print(
+        f"- follower: {events:.0f} events ({events / load_seconds:.0f}/s), {rows:.0f} rows of "
+        f"users and tokens; retried errors: mysql {errors['mysql']:.0f}, "
+        f"redis {errors['redis']:.0f}"
+    )
+    print(f"- follower caught up with the binary log after the load: {caught_up}")
+    for line in (unexpected + result["lost"] + bypass.late)[:20]:
         print(f"  ! {line}")
     histories = collections.defaultdict(list)
     for worker in workers:
@@ -281,7 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ! user {user_id} {problem}: {entry}")
         events = sorted(histories[user_id], key=lambda event: float(event.split("s")[0]))
         print(f"    its requests: {'; '.join(events)}")
-    ok = not unexpected and not result["stale"] and not result["lost"]
+    ok = (
+        not unexpected and not result["stale"] and not result["lost"] and not bypass.late
+        and bool(bypass.lags) and caught_up
+    )  # fmt: skip
     print("\nPASS" if ok else "\nFAIL")
     return 0 if ok else 1
 

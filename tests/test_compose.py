@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import jsonschema
 import MySQLdb
@@ -20,17 +21,19 @@ import yaml
 from django.conf import settings
 
 from tests.conftest import redis_environment
-from tests.servers import PROJECT_ROOT, MariaDBServer, WebService
+from tests.servers import PROJECT_ROOT, BinlogFollower, MariaDBServer, WebService
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 WEB_ACCOUNT_SQL = PROJECT_ROOT / "deploy" / "mysql" / "initdb" / "10-web-account.sh"
+FOLLOWER_ACCOUNT_SQL = PROJECT_ROOT / "deploy" / "mysql" / "initdb" / "20-follower-account.sh"
 REQUIRED = re.compile(r"\$\{(\w+):\?[^}]+\}")
 ENVIRONMENT = {
     "SECRET_KEY": "compose-test-only-0123456789abcdefghijklmnopqrstuvwxyz",
     "MYSQL_MIGRATE_PASSWORD": "migrate0secret",
     "MYSQL_WEB_PASSWORD": "web0secret",
+    "MYSQL_FOLLOWER_PASSWORD": "follower0secret",
 }
 
 
@@ -80,7 +83,9 @@ class TestComposeFile:
             if line and not line.startswith("#")
         }
 
-        assert {"SECRET_KEY", "MYSQL_MIGRATE_PASSWORD", "MYSQL_WEB_PASSWORD"} <= required
+        assert {
+            "SECRET_KEY", "MYSQL_MIGRATE_PASSWORD", "MYSQL_WEB_PASSWORD", "MYSQL_FOLLOWER_PASSWORD",
+        } <= required  # fmt: skip
         assert required <= example
 
     def test_the_secret_key_has_no_default(self, compose):
@@ -117,6 +122,25 @@ class TestComposeFile:
         assert (
             "./deploy/mysql/initdb:/docker-entrypoint-initdb.d:ro" in services["mysql"]["volumes"]
         )
+
+    def test_the_follower_reads_mysqls_binary_log_as_its_own_account(self, compose):
+        """Beside the web service's cache (same Redis, prefix and secret key, which
+        names token entries), after the migrations, from a MySQL that logs full
+        rows with their columns' names."""
+        services = compose["services"]
+        follower, web = (_environment(services[name]) for name in ("follower", "web"))
+        mysql_options = services["mysql"]["command"]
+
+        assert services["follower"]["command"] == ["python", "manage.py", "follow_binlog"]
+        assert re.match(r"mysql://usersvc_follower:", follower["DATABASE_URL"])
+        assert _environment(services["mysql"])["MYSQL_FOLLOWER_USER"] == "usersvc_follower"
+        for name in ("REDIS_URL", "CACHE_KEY_PREFIX", "SECRET_KEY"):
+            assert follower[name] == web[name], name
+        assert services["follower"]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert {"--binlog-row-image=FULL", "--binlog-row-metadata=FULL"} <= set(mysql_options)
+        assert "9108/metrics" in " ".join(services["follower"]["healthcheck"]["test"])
 
     def test_the_tidb_service_keeps_its_cache_apart(self, compose):
         mysql, tidb = (_environment(compose["services"][name]) for name in ("web", "web-tidb"))
@@ -256,4 +280,63 @@ def test_the_web_account_may_do_all_the_service_does_and_no_more(tmp_path):
         mariadb.stop()
 
     assert statuses == [201, 200, 200, 200, 200, 204, 404, 200]
+    assert denied.value.args[0] == 1142  # command denied to user
+
+
+def _initdb_statements(script: Path, variables: dict[str, str]) -> list[str]:
+    """The SQL a deploy/mysql/initdb script sends, with the image's variables filled in."""
+    body = script.read_text().split("<<-EOSQL\n", 1)[1].split("EOSQL", 1)[0]
+    body = body.replace("\\`", "`")
+    for name, value in variables.items():
+        body = body.replace(f"${{{name}}}", value)
+    return [line.strip().rstrip(";") for line in body.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_follower_account_may_follow_and_write_nothing_but_its_position(tmp_path):
+    """deploy/mysql's follower account on a MariaDB that writes the binary log: made
+    before the migrations, as on the image's first start, it passes the
+    follower's checks, reads the log and saves its position, and cannot change a
+    user."""
+    mariadb = MariaDBServer(tmp_path, binlog=True)
+    mariadb.start()
+    try:
+        root = MySQLdb.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
+        with root.cursor() as cursor:
+            cursor.execute("CREATE DATABASE usersvc CHARACTER SET utf8mb4")
+            for statement in _initdb_statements(
+                FOLLOWER_ACCOUNT_SQL,
+                {"MYSQL_FOLLOWER_USER": "usersvc_follower",
+                 "MYSQL_FOLLOWER_PASSWORD": "follower0secret", "MYSQL_DATABASE": "usersvc"},
+            ):  # fmt: skip
+                cursor.execute(statement)
+        address = f"127.0.0.1:{mariadb.port}/usersvc"
+        web = WebService(
+            tmp_path, database_url=f"mysql://root@{address}", **redis_environment(),
+            CACHE_KEY_PREFIX=settings.TEST_RUN_PREFIX,
+        )  # fmt: skip
+        web.manage("migrate", "--no-input", "-v0")
+        follower = BinlogFollower(
+            tmp_path,
+            {**web.env, "DATABASE_URL": f"mysql://usersvc_follower:follower0secret@{address}"},
+        )
+        follower.start()
+        try:
+            with root.cursor() as cursor:
+                cursor.execute("SELECT COUNT(*) FROM usersvc.users_binlog_position")
+                stored = cursor.fetchone()[0]
+        finally:
+            follower.stop()
+        as_follower = MySQLdb.connect(
+            host="127.0.0.1", port=mariadb.port, user="usersvc_follower",
+            password="follower0secret", database="usersvc",
+        )  # fmt: skip
+        with as_follower.cursor() as cursor, pytest.raises(MySQLdb.OperationalError) as denied:
+            cursor.execute("UPDATE users_user SET first_name = 'x'")
+        as_follower.close()
+        root.close()
+    finally:
+        mariadb.stop()
+
+    assert stored == 1
     assert denied.value.args[0] == 1142  # command denied to user

@@ -4,8 +4,8 @@ The services save and delete through the ORM, and so do Django's and DRF's own
 paths that never call them: the admin's token pages, ``changepassword``,
 ``createsuperuser``, ``drf_create_token -r``. The model signals below see every
 one of those writes, so each goes through the same steps (only
-``QuerySet.update()`` and SQL typed elsewhere pass by; ``check_user_cache``
-finds what they leave):
+``QuerySet.update()`` and SQL typed elsewhere pass by: ``follow_binlog`` finds
+them in MySQL's binary log and calls ``invalidate_rows``):
 
 1. Inside the write's transaction the affected keys are recorded in the outbox.
 2. After the commit, the token lookups and the leases are deleted, and the
@@ -31,7 +31,7 @@ other writes: its entry is only ever deleted.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
@@ -45,6 +45,9 @@ from .conf import user_cache_settings
 from .models import User
 from .outbox import outbox
 from .tokens import token_mac
+
+# Ids in one IN list, and keys in one pipelined round trip, of ``invalidate_rows``.
+_ROWS_PER_QUERY = 500
 
 
 def user_changed(user: User, *, created: bool = False, deleted: bool = False) -> None:
@@ -79,6 +82,28 @@ def token_changed(token: Token) -> None:
     """A token created, reassigned or deleted: its cached lookup goes."""
     keys = [token_key(token_mac(token.key))]
     _after_commit(keys, lambda: store.invalidate(keys))
+
+
+def invalidate_rows(*, user_ids: Iterable[int] = (), token_keys: Iterable[str] = ()) -> None:
+    """Deletes the entries and leases of these users and tokens, as a write's
+    after-commit step does, for rows that changed where no signal saw it (raw SQL,
+    ``QuerySet.update()``, another application): ``users.binlog`` calls it for every
+    committed change of the two tables. A user's token lookups go too, found in
+    MySQL, since they carry its username, is_active and is_staff.
+
+    Nothing is recorded in the outbox: the caller retries until this returns. Raises
+    ``CacheUnavailable`` when Redis does not answer, ``DatabaseError`` when MySQL does
+    not.
+    """
+    user_ids = sorted(set(user_ids))
+    keys = [token_key(token_mac(key)) for key in set(token_keys)]
+    for start in range(0, len(user_ids), _ROWS_PER_QUERY):
+        batch = user_ids[start : start + _ROWS_PER_QUERY]
+        keys += [user_key(user_id) for user_id in batch]
+        tokens = Token.objects.filter(user_id__in=batch).values_list("key", flat=True)
+        keys += [token_key(token_mac(key)) for key in tokens]
+    for start in range(0, len(keys), _ROWS_PER_QUERY):
+        store.invalidate(keys[start : start + _ROWS_PER_QUERY])
 
 
 def _token_keys(user_id: int) -> list[str]:

@@ -109,3 +109,25 @@ class CacheInvalidation(models.Model):
 
     def __str__(self) -> str:
         return f"invalidate {len(self.keys)} key(s) recorded {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class BinlogPosition(models.Model):
+    """How far ``follow_binlog`` has applied the server's binary log (one row).
+
+    Written only after the invalidations up to ``log_file``:``log_pos`` reached
+    Redis, so a follower that restarts, or crashed, resumes here and misses
+    nothing; what it applies twice was a deletion, harmless. ``server`` names the
+    server the file and offset belong to (its ``server_uuid``, MariaDB's
+    ``server_uid``): another server's binary log has other files at those names.
+    """
+
+    server = models.CharField(max_length=64)
+    log_file = models.CharField(max_length=255)
+    log_pos = models.PositiveBigIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "users_binlog_position"
+
+    def __str__(self) -> str:
+        return f"{self.log_file}:{self.log_pos}"

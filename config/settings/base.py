@@ -251,6 +251,11 @@ except ValueError as exc:
     raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from None
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
+# BINARY LOG FOLLOWER (users/binlog/; python manage.py follow_binlog)
+# ------------------------------------------------------------------------------
+# Where the follower, a process of its own, serves its Prometheus metrics.
+FOLLOWER_METRICS_BIND = env("FOLLOWER_METRICS_BIND", default="127.0.0.1:9108")
+
 # BENCHMARKS
 # ------------------------------------------------------------------------------
 # Mounts the benchmark-only endpoints (bench/urls.py) for ./scripts/bench, which sets

@@ -1,0 +1,307 @@
+"""Reads the binary log and applies each committed change of the user and token
+tables to the cache, then remembers how far it got.
+
+* **Per transaction.** A transaction's row events reach the binary log together,
+  at its commit, and end with its commit event; the follower collects the users
+  and tokens they name and, at the commit, deletes their entries and leases in
+  one call (``users.invalidation.invalidate_rows``). A rolled-back transaction is
+  never logged, so it changes nothing. An UPDATE that changed only a column the
+  cache does not hold (a login's ``last_login``) is skipped, as the services
+  skip it.
+* **Position after applying.** The position in memory moves past a transaction
+  only once its deletions reached Redis; it is saved to MySQL at most once a
+  ``CHECKPOINT_SECONDS`` (and when the follower stops), always a position whose
+  changes were applied. A restart, or a crash at any point, resumes there and
+  applies again at most the changes since the last save: deleting twice is
+  harmless. The follower's own saves are logged too; a transaction that wrote
+  only the position does not count as progress, or each save would call for
+  the next one.
+* **Redis down.** The deletion is retried, with a growing pause, until Redis
+  answers; nothing after it is read meanwhile and the position stays.
+* **MySQL restarts, rotates or drops the connection.** The stream is opened again
+  at the last applied position (a new log file is announced in the stream and
+  followed). The server sends a heartbeat each ``HEARTBEAT_SECONDS`` when there is
+  nothing new, so a dead connection is noticed and a stop is never kept waiting.
+* **Two followers.** Each registers with a server id of its own (a server drops a
+  replica's connection when another connects with the same id), both delete,
+  and the saved position is always one that its writer had applied.
+* **Changes not listed row by row** (``TRUNCATE``, or DML a session logged as a
+  statement): every cached user and token is deleted (``flush_user_cache --all``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import secrets
+import threading
+import time
+
+import pymysql
+from django.db import DatabaseError, connection
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, RotateEvent, XidEvent
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+from rest_framework.authtoken.models import Token
+
+from ..cache.transport import CacheUnavailable
+from ..invalidation import invalidate_rows
+from ..maintenance.flush import cache_flush
+from ..models import BinlogPosition, User
+from . import metrics, server
+from .server import Position, Refused
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SECONDS = 1.0
+HEARTBEAT_SECONDS = 1.0
+# Without a heartbeat for this long, the connection is taken for dead.
+READ_TIMEOUT_SECONDS = 10
+# Pauses between two attempts at a store that failed: the first, and the longest.
+RETRY_FIRST_SECONDS = 0.05
+RETRY_MAX_SECONDS = 1.0
+
+USER_TABLE = User._meta.db_table
+TOKEN_TABLE = Token._meta.db_table
+POSITION_TABLE = BinlogPosition._meta.db_table
+USER_ID = User._meta.pk.column
+TOKEN_KEY = Token._meta.pk.column
+# Columns whose change alone leaves every cached entry as it is.
+UNCACHED_COLUMNS = frozenset(User._meta.get_field(name).column for name in User.UNCACHED_FIELDS)
+
+# A statement that changes rows without listing them: TRUNCATE, or DML logged as a
+# statement by a session that chose binlog_format=STATEMENT or MIXED.
+_UNLISTED_CHANGE = re.compile(
+    r"^\s*(?:/\*.*?\*/\s*)*(?:TRUNCATE|UPDATE|DELETE|INSERT|REPLACE|LOAD)\b", re.I | re.S
+)
+_WATCHED_NAME = re.compile(rf"\b(?:{USER_TABLE}|{TOKEN_TABLE})\b", re.I)
+
+
+@dataclasses.dataclass(slots=True)
+class Changes:
+    """What one transaction changed in the watched tables."""
+
+    user_ids: set[int] = dataclasses.field(default_factory=set)
+    token_keys: set[str] = dataclasses.field(default_factory=set)
+    # A change the log does not list row by row: everything cached goes.
+    unlisted: bool = False
+    # Rows of the follower's own position table only.
+    bookkeeping: bool = False
+    rows: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.user_ids or self.token_keys or self.unlisted)
+
+    def add(self, event: WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent) -> None:
+        if event.table == POSITION_TABLE:
+            self.bookkeeping = True
+            return
+        for row in event.rows:
+            images = (
+                [row["before_values"], row["after_values"]]
+                if isinstance(event, UpdateRowsEvent) else [row["values"]]
+            )  # fmt: skip
+            if event.table == USER_TABLE:
+                if len(images) == 2 and not _cached_columns_differ(*images):
+                    continue
+                self.user_ids.update(_column(image, event, USER_ID) for image in images)
+            else:
+                self.token_keys.update(_column(image, event, TOKEN_KEY) for image in images)
+            self.rows[event.table] = self.rows.get(event.table, 0) + 1
+
+
+def _cached_columns_differ(before: dict, after: dict) -> bool:
+    return any(before[name] != after.get(name) for name in before if name not in UNCACHED_COLUMNS)
+
+
+def _column(image: dict, event, name: str):
+    try:
+        return image[name]
+    except KeyError:
+        # Columns arrive unnamed when binlog_row_metadata was set back to MINIMAL
+        # while the follower ran: stop here, before the position moves past them.
+        raise Refused(
+            f"a change of {event.table} came without column names: set "
+            "binlog_row_metadata=FULL again, then restart the follower"
+        ) from None
+
+
+class Follower:
+    """Follows one server's binary log from ``position`` until ``stop`` is set."""
+
+    def __init__(self, *, server_identity: str, position: Position, stop: threading.Event):
+        self.server = server_identity
+        self.position = position
+        self.stop = stop
+        # Random: a server drops a replica's stream when another one connects with
+        # the same id, so two followers must not share one.
+        self.server_id = 65536 + secrets.randbelow(2**32 - 65536)
+        self._pending = Changes()
+        self._progressed = False
+        self._next_checkpoint = 0.0
+        self._show(position)
+
+    def run(self) -> None:
+        """Reads and applies until stopped; raises ``Refused`` when the server can no
+        longer be followed (a privilege revoked, the position purged)."""
+        delay = RETRY_FIRST_SECONDS
+        while not self.stop.is_set():
+            stream, connected = self._open(), False
+            try:
+                for event in stream:
+                    if not connected:
+                        connected = True
+                        metrics.CONNECTED.set(1)
+                        logger.info("reading the binary log from %s", self.position)
+                        delay = RETRY_FIRST_SECONDS
+                    self._handle(event, stream)
+                    if self.stop.is_set():
+                        break
+            except pymysql.MySQLError as exc:
+                self._refuse_for(exc)
+                metrics.ERRORS.labels("mysql").inc()
+                logger.warning("binary log stream lost at %s, reconnecting: %s", self.position, exc)
+            finally:
+                stream.close()
+                metrics.CONNECTED.set(0)
+            # What was read of a transaction not yet committed is read again.
+            self._pending = Changes()
+            self.stop.wait(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self._checkpoint(force=True)
+
+    def _open(self) -> BinLogStreamReader:
+        return BinLogStreamReader(
+            connection_settings={
+                **server.stream_settings(),
+                "read_timeout": READ_TIMEOUT_SECONDS,
+            },
+            server_id=self.server_id,
+            resume_stream=True,
+            log_file=self.position.log_file,
+            log_pos=self.position.log_pos,
+            blocking=True,
+            slave_heartbeat=HEARTBEAT_SECONDS,
+            only_schemas=[connection.settings_dict["NAME"]],
+            only_tables=[USER_TABLE, TOKEN_TABLE, POSITION_TABLE],
+            only_events=[
+                WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
+                RotateEvent, HeartbeatLogEvent,
+            ],
+            enable_logging=False,
+        )  # fmt: skip
+
+    def _refuse_for(self, exc: pymysql.MySQLError) -> None:
+        code = exc.args[0] if exc.args else None
+        if code == server.ER_SPECIFIC_ACCESS_DENIED:
+            raise Refused(
+                f"the database user may not read the binary log: {server.GRANT_HINT}"
+            ) from None
+        if code == server.ER_MASTER_FATAL_READING_BINLOG and self._position_gone():
+            raise Refused(
+                f"the server cannot send its binary log from {self.position} ({exc.args[1]}): "
+                f"{server.lost_position_hint()}"
+            ) from None
+
+    def _position_gone(self) -> bool:
+        """Whether the server no longer has the applied position. The stream may have
+        asked for another: PyMySQL's own reconnection resumes after the last event
+        read, which a crashed server may have dropped with its unfinished
+        transaction; from the applied position it goes on."""
+        try:
+            with connection.cursor() as cursor:
+                return not server.holds(cursor, self.position)
+        except DatabaseError:
+            connection.close()
+            return False
+
+    def _handle(self, event, stream: BinLogStreamReader) -> None:
+        if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
+            metrics.EVENTS.labels("rows").inc()
+            self._behind(event.timestamp)
+            self._pending.add(event)
+        elif isinstance(event, XidEvent):
+            metrics.EVENTS.labels("commit").inc()
+            self._commit(event.timestamp, stream)
+        elif isinstance(event, QueryEvent):
+            query = event.query.strip()
+            if query.upper() == "BEGIN":  # MySQL's start of a transaction: rows follow
+                return
+            metrics.EVENTS.labels("statement").inc()
+            if _UNLISTED_CHANGE.match(query) and _WATCHED_NAME.search(query):
+                self._pending.unlisted = True
+            self._commit(event.timestamp, stream)
+        elif isinstance(event, RotateEvent):
+            metrics.EVENTS.labels("rotate").inc()
+            position = Position(event.next_binlog, event.position)
+            # A new file (not the stream's first word, which repeats the position
+            # asked for) is progress: the old file may be purged one day.
+            self._progressed = self._progressed or position != self.position
+            self._show(position)
+        elif isinstance(event, HeartbeatLogEvent):
+            metrics.EVENTS.labels("heartbeat").inc()
+            metrics.SECONDS_BEHIND.set(0)
+            self._checkpoint()
+
+    def _commit(self, timestamp: int, stream: BinLogStreamReader) -> None:
+        """The end of a transaction: its changes go to Redis, then the position moves."""
+        changes, self._pending = self._pending, Changes()
+        self._behind(timestamp)
+        if changes.any and not self._apply(changes, timestamp):
+            return  # stopped while Redis was down: the position stays before it
+        for table, count in changes.rows.items():
+            metrics.ROWS.labels(table).inc(count)
+        self._show(Position(stream.log_file, stream.log_pos))
+        if not changes.bookkeeping or changes.any:
+            self._progressed = True
+        self._checkpoint()
+
+    def _apply(self, changes: Changes, timestamp: int) -> bool:
+        """Deletes what ``changes`` names, retrying until both stores answer; False if
+        stopped first."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                if changes.unlisted:
+                    logger.warning("a statement changed rows the log does not list: flushing")
+                    cache_flush()
+                invalidate_rows(user_ids=changes.user_ids, token_keys=changes.token_keys)
+                return True
+            except CacheUnavailable as exc:
+                metrics.ERRORS.labels("redis").inc()
+                logger.warning("Redis is unavailable, retrying at %s: %s", self.position, exc)
+            except DatabaseError as exc:
+                metrics.ERRORS.labels("mysql").inc()
+                logger.warning("MySQL is unavailable, retrying at %s: %s", self.position, exc)
+                connection.close()
+            self._behind(timestamp)
+            if self.stop.wait(delay):
+                return False
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    def _checkpoint(self, *, force: bool = False) -> None:
+        """Saves the applied position, at most once a ``CHECKPOINT_SECONDS`` unless
+        forced, and only after progress."""
+        if not self._progressed or (not force and time.monotonic() < self._next_checkpoint):
+            return
+        try:
+            server.store_position(self.server, self.position)
+        except DatabaseError as exc:
+            metrics.ERRORS.labels("mysql").inc()
+            logger.warning("could not save the position %s: %s", self.position, exc)
+            connection.close()
+            return
+        self._progressed = False
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+
+    def _show(self, position: Position) -> None:
+        self.position = position
+        metrics.POSITION_FILE.set(position.file_number)
+        metrics.POSITION_OFFSET.set(position.log_pos)
+
+    @staticmethod
+    def _behind(timestamp: int) -> None:
+        if timestamp:
+            metrics.SECONDS_BEHIND.set(max(0.0, time.time() - timestamp))
