@@ -29,6 +29,13 @@ def bench_client() -> Redis:
     return Redis.from_url(location, socket_timeout=_BULK_TIMEOUT_S)
 
 
+def commands_processed() -> int:
+    """How many commands Redis has run since it started (``INFO commandstats``),
+    the bench's own INFO calls left out."""
+    stats = bench_client().info("commandstats")
+    return sum(stat["calls"] for name, stat in stats.items() if name != "cmdstat_info")
+
+
 def _user_key_stem() -> str:
     sample = cache_keys.user_key(0)
     assert sample.endswith(":user:{0}"), f"unexpected user key shape: {sample}"

@@ -30,6 +30,9 @@ class LoadResult:
     # connect, read, write errors and timeouts; a gunicorn worker recycled by
     # max_requests closes its keep-alive connections, which wrk counts as read errors.
     socket_errors: int
+    # Commands Redis ran meanwhile (INFO commandstats), whoever sent them: the
+    # service's requests and its background work (batched rate counts, PINGs).
+    redis_commands: int = 0
 
     @classmethod
     def merged(cls, results: list[LoadResult]) -> LoadResult:
@@ -38,6 +41,7 @@ class LoadResult:
             seconds=sum(result.seconds for result in results),
             latency_us=sum((result.latency_us for result in results), Counter()),
             socket_errors=sum(result.socket_errors for result in results),
+            redis_commands=sum(result.redis_commands for result in results),
         )
 
     @property
@@ -53,6 +57,14 @@ class LoadResult:
             if seen >= rank:
                 return value / 1000
         raise ValueError("no latency recorded")
+
+    @property
+    def redis_commands_per_request(self) -> float:
+        return self.redis_commands / self.requests
+
+    @property
+    def redis_commands_per_second(self) -> float:
+        return self.redis_commands / self.seconds
 
     @property
     def p50_ms(self) -> float:

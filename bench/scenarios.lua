@@ -1,7 +1,9 @@
 -- The wrk side of every HTTP scenario; bench/load.py runs it.
 --
 -- wrk -s bench/scenarios.lua URL -- SCENARIO TOKEN THREADS [ARGUMENT]
+--   true-floor              GET /bench/true-floor (no authentication, no I/O)
 --   floor                   GET /bench/floor
+--   get-zipf USERS          GET /api/user/<id>, ids from a Zipf law over 1..USERS (a hot set)
 --   get-random USERS        GET /api/user/<id>, ids drawn uniformly from 1..USERS
 --   get-sequential USERS    GET /api/user/<id>, each id in 1..USERS once, then stop
 --   get-batch USERS:N       GET /api/user?ids=<N ids drawn uniformly from 1..USERS>
@@ -22,6 +24,7 @@ function setup(thread)
 end
 
 local scenario, floor_request, user_count, thread_total, next_id, run_id, counter, batch_size
+local zipf_cdf
 local exhausted = false
 
 function init(args)
@@ -31,7 +34,22 @@ function init(args)
   wrk.headers["X-Forwarded-Proto"] = "https"
   thread_total = tonumber(args[3])
   floor_request = wrk.format("GET", "/bench/floor")
-  if scenario == "get-random" then
+  if scenario == "true-floor" then
+    floor_request = wrk.format("GET", "/bench/true-floor")
+  elseif scenario == "get-zipf" then
+    -- P(rank k) proportional to 1/k: a few ids take most requests, as real traffic's do.
+    user_count = tonumber(args[4])
+    zipf_cdf = {}
+    local total = 0
+    for k = 1, user_count do
+      total = total + 1 / k
+      zipf_cdf[k] = total
+    end
+    for k = 1, user_count do
+      zipf_cdf[k] = zipf_cdf[k] / total
+    end
+    math.randomseed(1 + thread_index)
+  elseif scenario == "get-random" then
     user_count = tonumber(args[4])
     math.randomseed(1 + thread_index)
   elseif scenario == "get-sequential" then
@@ -72,9 +90,20 @@ local function next_sequential_request()
   return wrk.format("GET", "/api/user/" .. user_id)
 end
 
+local function zipf_id()
+  local u, low, high = math.random(), 1, user_count
+  while low < high do
+    local middle = math.floor((low + high) / 2)
+    if zipf_cdf[middle] < u then low = middle + 1 else high = middle end
+  end
+  return low
+end
+
 function request()
-  if scenario == "floor" then
+  if scenario == "floor" or scenario == "true-floor" then
     return floor_request
+  elseif scenario == "get-zipf" then
+    return wrk.format("GET", "/api/user/" .. zipf_id())
   elseif scenario == "get-random" then
     return wrk.format("GET", "/api/user/" .. math.random(1, user_count))
   elseif scenario == "get-sequential" then

@@ -34,14 +34,12 @@ class Gunicorn:
     terminal reaches only the driver, which then stops it in order.
     """
 
-    def __init__(self, *, name: str, token: str, log_dir: Path, redis_url: str | None = None):
+    def __init__(self, *, name: str, token: str, log_dir: Path, **environment: str):
         self.name = name
         self.port = free_loopback_port()
         self._token = token
         self._log_path = log_dir / f"gunicorn-{name}.log"
-        self._environment = {**os.environ, "BIND": f"127.0.0.1:{self.port}"}
-        if redis_url is not None:
-            self._environment["REDIS_URL"] = redis_url
+        self._environment = {**os.environ, "BIND": f"127.0.0.1:{self.port}", **environment}
         self._process: subprocess.Popen | None = None
 
     @property

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from django.core.management import call_command
 
+from users.cache.near import near
 from users.models import User
 
 from . import cache_commands, dataset, keys, micro
@@ -30,6 +31,8 @@ _SETTLE_INTERVAL_S = 0.5
 _MEMORY_SAMPLES = 200
 # Users per ?ids= request in the batch scenario: the API's most.
 BATCH_SIZE = 100
+# The hot set: ids 1..HOT_USERS, drawn from a Zipf law.
+HOT_USERS = 5_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,27 +48,49 @@ class Options:
 class Scenario:
     key: str
     title: str
-    # The server it drives: "cached" (the service as deployed) or "database"
-    # (the same service with Redis unreachable, so every lookup goes to MySQL).
+    # The server it drives: "cached" (the service as deployed), "near-off" (the same
+    # with its near cache off) or "database" (Redis unreachable: every lookup goes
+    # to MySQL).
     server: str
     wrk_scenario: str
 
 
 SCENARIOS = (
     Scenario(
-        "floor", "1. framework floor (DRF, same auth and renderer, no I/O)", "cached", "floor"
+        "true-floor",
+        "1. true framework floor (DRF, production middleware, no auth, no I/O)",
+        "cached",
+        "true-floor",
     ),
-    Scenario("hit", "2. GET hit (all users cached)", "cached", "get-random"),
     Scenario(
-        "miss", "3. GET miss then fill (cold cache, each id once)", "cached", "get-sequential"
+        "floor", "2. authenticated floor (the API's auth and renderer, no I/O)", "cached", "floor"
+    ),
+    Scenario("hit", "3. GET hit, uniform over all users, near cache on", "cached", "get-random"),
+    Scenario(
+        "hit-near-off",
+        "4. GET hit, uniform over all users, near cache off",
+        "near-off",
+        "get-random",
     ),
     Scenario(
-        "database", "4. GET, cache bypassed (database only, same auth)", "database", "get-random"
+        "hot", f"5. GET hit, Zipf over {HOT_USERS:,} users, near cache on", "cached", "get-zipf"
     ),
-    Scenario("create", "5. POST create", "cached", "create"),
-    Scenario("batch", f"6. GET {BATCH_SIZE} users by ?ids= (all cached)", "cached", "get-batch"),
     Scenario(
-        "not-modified", "7. GET hit, If-None-Match matching (304)", "cached", "get-not-modified"
+        "hot-near-off",
+        f"6. GET hit, Zipf over {HOT_USERS:,} users, near cache off",
+        "near-off",
+        "get-zipf",
+    ),
+    Scenario(
+        "miss", "7. GET miss then fill (cold cache, each id once)", "cached", "get-sequential"
+    ),
+    Scenario(
+        "database", "8. GET, cache bypassed (database only, same auth)", "database", "get-random"
+    ),
+    Scenario("create", "9. POST create", "cached", "create"),
+    Scenario("batch", f"10. GET {BATCH_SIZE} users by ?ids= (all cached)", "cached", "get-batch"),
+    Scenario(
+        "not-modified", "11. GET hit, If-None-Match matching (304)", "cached", "get-not-modified"
     ),
 )
 
@@ -75,6 +100,8 @@ class PassResult:
     http: dict[str, LoadResult]
     user_get: micro.Timing
     hgetall: micro.Timing
+    near_hit: micro.Timing
+    near_bytes_per_entry: float
     memory_usage_bytes: float
     used_memory_per_user_bytes: float
     warm_users_per_s: float
@@ -99,17 +126,23 @@ def run(options: Options, say) -> list[PassResult]:
             log_dir = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="usersvc-bench-"))
             )
-            say("starting gunicorn (production settings), and a second one with Redis unreachable")
+            say(
+                "starting gunicorn (production settings), a second one with its near cache"
+                " off, and a third one with Redis unreachable"
+            )
             servers = {
                 "cached": stack.enter_context(
                     Gunicorn(name="cached", token=token, log_dir=log_dir)
+                ),
+                "near-off": stack.enter_context(
+                    Gunicorn(name="near-off", token=token, log_dir=log_dir, NEAR_CACHE_SIZE="0")
                 ),
                 "database": stack.enter_context(
                     Gunicorn(
                         name="database",
                         token=token,
                         log_dir=log_dir,
-                        redis_url=f"redis://127.0.0.1:{free_loopback_port()}/0",
+                        REDIS_URL=f"redis://127.0.0.1:{free_loopback_port()}/0",
                     )
                 ),
             }
@@ -134,6 +167,8 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
     seed = index + 1
 
     keys.delete_keys(ALL_KEYS_PATTERN)
+    # This process's own tracking connection would take every key the warm writes.
+    near.forget()
     memory_before = micro.used_memory_bytes()
     user_count = User.objects.count()
     warm_users_per_s = user_count / cache_commands.run_timed(cache_commands.WARM_COMMAND)
@@ -147,9 +182,13 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
     user_get, hgetall = micro.time_user_get_and_hgetall(
         user_count=options.users, calls=options.micro_calls, seed=seed
     )
+    near_hit = micro.time_near_hit(user_count=options.users, calls=options.micro_calls, seed=seed)
+    near_bytes_per_entry = micro.near_cache_bytes_per_entry(user_count=options.users)
+    near.forget()
 
     def load(scenario: Scenario, argument: str | None, duration_s: float) -> LoadResult:
-        return run_wrk(
+        before = keys.commands_processed()
+        result = run_wrk(
             url=servers[scenario.server].url,
             token=token,
             scenario=scenario.wrk_scenario,
@@ -157,18 +196,28 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
             duration_s=duration_s,
             connections=options.connections,
         )
+        return dataclasses.replace(result, redis_commands=keys.commands_processed() - before)
 
-    floor, hit, miss, database, create, batch, not_modified = SCENARIOS
+    (true_floor, floor, hit, hit_near_off, hot, hot_near_off, miss, database, create, batch,
+     not_modified) = SCENARIOS  # fmt: skip
     last_id = str(options.users)
+    hot_ids = str(min(HOT_USERS, options.users))
     http = {}
     _expect(servers["cached"], "/bench/floor", None)
     _expect(servers["cached"], "/api/user/1", "HIT")
     _expect(servers["database"], "/api/user/1", "BYPASS")
+    # The warm above rewrote every entry, which emptied the near caches: fill them
+    # as a hot set's traffic would, for as long as a scenario runs, before measuring.
+    load(hot, hot_ids, options.duration_s)
     # The targets compare these, and the machine is shared: run in turns of a couple
     # of seconds, a change in its load reaches all of them alike.
     in_turns = (
+        (true_floor, None),
         (floor, None),
         (hit, last_id),
+        (hit_near_off, last_id),
+        (hot, hot_ids),
+        (hot_near_off, hot_ids),
         (database, last_id),
         (batch, f"{last_id}:{BATCH_SIZE}"),
         (not_modified, last_id),
@@ -200,6 +249,8 @@ def _one_pass(options: Options, servers: dict, token: str, index: int, say) -> P
         http=http,
         user_get=user_get,
         hgetall=hgetall,
+        near_hit=near_hit,
+        near_bytes_per_entry=near_bytes_per_entry,
         memory_usage_bytes=memory_usage,
         used_memory_per_user_bytes=used_memory_per_user,
         warm_users_per_s=warm_users_per_s,

@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from .views import FrameworkFloorView
+from .views import FrameworkFloorView, TrueFloorView
 
 urlpatterns = [
     path("floor", FrameworkFloorView.as_view(), name="bench-floor"),
+    path("true-floor", TrueFloorView.as_view(), name="bench-true-floor"),
 ]

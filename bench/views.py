@@ -19,6 +19,18 @@ _CONSTANT_USER = {
 }
 
 
+class TrueFloorView(APIView):
+    """The framework's own floor: DRF with the production middleware and renderer,
+    answering the same constant, with no authentication, no throttle and no I/O."""
+
+    authentication_classes = []
+    permission_classes = []
+    throttle_classes = []
+
+    def get(self, request: Request) -> Response:
+        return Response(_CONSTANT_USER)
+
+
 class FrameworkFloorView(APIView):
     """Authenticates, checks permissions and renders exactly as ``GET /api/user/<id>`` does,
     then answers a constant: the ceiling a cached read can approach.

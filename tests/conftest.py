@@ -205,17 +205,21 @@ class RoundTrips:
         self.count = self.commands = 0
 
 
+_BACKGROUND_THREADS = frozenset({"cache-outbox", "near-cache-tracking", "rate-counts"})
+
+
 @pytest.fixture
 def redis_round_trips(monkeypatch) -> RoundTrips:
     """Counts what the test's own threads send on established connections: not the
-    outbox's background thread, which an earlier test may have left retrying or
-    sweeping, and not what a new connection sends to set itself up."""
+    background threads (the outbox's, which an earlier test may have left retrying
+    or sweeping; the near cache's checks; the rate counts' additions), and not what
+    a new connection sends to set itself up."""
     counter = RoundTrips()
     setting_up = threading.local()
 
     def counted() -> bool:
-        outbox = threading.current_thread().name == "cache-outbox"
-        return not outbox and not getattr(setting_up, "depth", 0)
+        background = threading.current_thread().name in _BACKGROUND_THREADS
+        return not background and not getattr(setting_up, "depth", 0)
 
     def setting_itself_up(connect):
         def connecting(self, *args, **kwargs):

@@ -54,12 +54,13 @@ PASSWORDS = (SERVICE_PASSWORD, SENTINEL_PASSWORD, DEFAULT_PASSWORD, WRONG_PASSWO
 # included (Redis checks a script's calls against the caller's ACL too); the
 # README lists the same. COMMAND and CLUSTER SLOTS are the cluster client's: it
 # maps the slots and the commands' key positions with them. EVAL and INCRBY are
-# django-redis' cache.incr(), with which the login limits count failures.
+# django-redis' cache.incr(), with which the login limits count failures. CLIENT
+# TRACKING is the near cache's (users/cache/near.py).
 SERVICE_COMMANDS = (
     "evalsha", "eval", "script|load",
     "hgetall", "hmget", "hget", "hset", "get", "set", "del", "unlink", "exists",
     "incr", "incrby", "pexpire", "pttl", "type", "scan",
-    "info", "ping",
+    "info", "ping", "client|tracking",
     "cluster|slots", "command",
 )  # fmt: skip
 # What redis-py asks a sentinel: the primary it names for the service.

@@ -110,12 +110,12 @@ class RedisRateThrottle(SimpleRateThrottle):
             return True
         counted = self.counted_already(request)
         if counted is None:
+            key, window_ms = throttle_key(self.scope, ident), self.duration * 1000
             try:
-                counted = counters.count_in_window(
-                    throttle_key(self.scope, ident), self.duration * 1000
-                )
+                counted = counters.count_in_window(key, window_ms)
             except CacheUnavailable:
                 return True
+            counters.local_windows.seen(key, counted, window_ms)
         self.seconds_left = max(counted.ms_left, 0) / 1000
         return counted.count <= self.num_requests
 

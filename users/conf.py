@@ -40,6 +40,14 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between two sweeps of the outbox by every process (0: only after a
     # failure of its own), which replays what a crashed process left behind.
     "OUTBOX_SWEEP_SECONDS": 5,
+    # The near cache (users/cache/near.py): user entries and token lookups held in
+    # each process, kept coherent by Redis's invalidation messages. Its size in
+    # entries (0 turns it off), and the most seconds an entry is held.
+    "NEAR_CACHE_SIZE": 10_000,
+    "NEAR_CACHE_MAX_AGE": 300,
+    # Milliseconds between two additions of the rate-limit counts a process took
+    # on near-cache hits to their counters in Redis.
+    "RATE_SYNC_MS": 100,
 }
 
 UPDATE_STRATEGIES = ("invalidate", "write-through")

@@ -40,6 +40,7 @@ from rest_framework.authtoken.models import Token, TokenProxy
 from . import entries
 from .cache import store
 from .cache.keys import name_key, token_key, user_key
+from .cache.near import near
 from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
 from .models import User
@@ -114,9 +115,16 @@ def _token_keys(user_id: int) -> list[str]:
 def _after_commit(keys: list[str], apply: Callable[[], object]) -> None:
     """Records ``keys`` in the outbox within the current transaction, and runs
     ``apply`` once it commits; if Redis misses it, the outbox replays it."""
+
+    def after_commit() -> None:
+        # This process's near cache first, whatever Redis does: the writer reads its
+        # own write at once.
+        near.invalidate(keys)
+        outbox.complete(entry_id, keys, apply)
+
     with transaction.atomic():
         entry_id = outbox.record(keys)
-        transaction.on_commit(lambda: outbox.complete(entry_id, keys, apply))
+        transaction.on_commit(after_commit)
 
 
 def _user_saved(sender, instance: User, created: bool, update_fields, **kwargs) -> None:

@@ -16,6 +16,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -82,6 +83,29 @@ ENTRIES_REFUSED = Counter(
     "signature or expiry is wrong: written or kept by someone other than this "
     "service), deleted and read again from MySQL, by entity.",
     ["entity"],
+)
+NEAR_CACHE_LOOKUPS = Counter(
+    "usersvc_near_cache_lookups",
+    "Entries looked for in the process's near cache, by result: hit or miss.",
+    ["result"],
+)
+NEAR_CACHE_EVICTIONS = Counter(
+    "usersvc_near_cache_evictions",
+    "Entries the near cache dropped for room (least recently used first).",
+)
+NEAR_CACHE_INVALIDATIONS = Counter(
+    "usersvc_near_cache_invalidations",
+    "Invalidations the near cache applied: Redis's messages and the process's own writes.",
+)
+NEAR_CACHE_SIZE = Gauge(
+    "usersvc_near_cache_entries",
+    "Entries the near cache holds, summed over the live worker processes.",
+    multiprocess_mode="livesum",
+)
+NEAR_CACHE_TRACKING_CONNECTS = Counter(
+    "usersvc_near_cache_tracking_connects",
+    "Times the near cache's tracking connections came up: once at start, then once "
+    "after each loss (a Redis restart, a failover, a network error).",
 )
 LOGIN_FAILURES = Counter(
     "usersvc_login_failures",

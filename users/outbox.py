@@ -32,6 +32,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from .cache import store
+from .cache.near import near
 from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
 from .models import CacheInvalidation
@@ -93,6 +94,7 @@ class Outbox:
             return
         with self._lock:
             keys = set(self._keys)
+        near.invalidate(keys)
         store.invalidate(keys)
         with self._lock:
             self._keys -= keys

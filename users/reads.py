@@ -29,6 +29,7 @@ USERS = EntryKind(
     key=user_key,
     load=lambda ids: entries.load(User.objects.filter(id__in=ids)),
     ttl=lambda: user_cache_settings.TTL,
+    near=True,
 )
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 from . import entries, metrics
 from .cache import scripts, store
+from .cache.near import near
 from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
 from .outbox import outbox
@@ -48,7 +49,9 @@ class EntryKind:
     id's entry; ``load`` reads the entries of some ids from MySQL in one query
     (an id it leaves out has no row); ``ttl`` is the entries' lifetime in seconds;
     ``trusted`` refuses an entry this service did not write (it is deleted and
-    loaded again); ``cache_absent`` remembers ids found nowhere."""
+    loaded again); ``cache_absent`` remembers ids found nowhere; ``near`` holds
+    entries in the process's near cache (``users.cache.near``: only for keys its
+    tracking covers)."""
 
     entity: str
     key: Callable[[Hashable], str]
@@ -56,6 +59,7 @@ class EntryKind:
     ttl: Callable[[], int]
     cache_absent: bool = True
     trusted: Callable[[Entry], bool] | None = None
+    near: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,7 +80,7 @@ def read_through(
     try:
         if first is None:
             outbox.before_cached_read()
-            first = dict(zip(ids, store.read_many([kind.key(i) for i in ids]), strict=True))
+            first = _first_read(kind, ids)
         answers = {
             i: Read(entry, Source.HIT)
             for i in ids
@@ -93,6 +97,21 @@ def read_through(
         metrics.count_lookup(kind.entity, read.source.value, found=found)
         results[i] = read if found or read.entry is None else Read(None, read.source)
     return results
+
+
+def _first_read(kind: EntryKind, ids: Sequence[Hashable]) -> dict[Hashable, Entry | None]:
+    """Each id's entry from the near cache, else from Redis in one round trip."""
+    entry_keys = {i: kind.key(i) for i in ids}
+    held = near.get_many(entry_keys.values()) if kind.near else {}
+    rest = [i for i in ids if entry_keys[i] not in held]
+    if not rest:
+        return {i: held[entry_keys[i]] for i in ids}
+    stamp = near.stamp() if kind.near else None
+    read = dict(zip(rest, store.read_many([entry_keys[i] for i in rest]), strict=True))
+    if kind.near:
+        near.count_miss(len(rest))
+        near.put_many({entry_keys[i]: entry for i, entry in read.items() if entry}, stamp)
+    return {i: held.get(entry_keys[i], read.get(i)) for i in ids}
 
 
 def _read_misses(kind: EntryKind, ids: list[Hashable]) -> dict[Hashable, Read]:
@@ -192,8 +211,16 @@ def fill(kind: EntryKind, token: str, loaded: dict[Hashable, Entry | None]) -> F
         batch.add(kind.key(i), [stored[name] for name in names], store.jittered_ttl_ms(ttl))
     if gone:
         store.release_many(gone, token)
+    stamp = near.stamp() if kind.near else None
     for names, batch in batches.items():
-        done = sum(store.fill_many(batch))
+        stored = store.fill_many(batch)
+        done = sum(stored)
+        if stamp is not None:
+            kept = [i for i, ok in enumerate(stored) if ok]
+            near.put_many(
+                {batch.keys[i]: dict(zip(names, batch.rows[i], strict=True)) for i in kept},
+                stamp,
+            )
         refused = len(batch.keys) - done
         if entries.ABSENT_FIELD in names:
             filled.absent += done

@@ -38,7 +38,9 @@ from django.conf import settings
 from rest_framework.authtoken.models import Token
 
 from .cache import counters
+from .cache.counters import local_windows
 from .cache.keys import token_key, user_key
+from .cache.near import near
 from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
 from .outbox import outbox
@@ -179,26 +181,59 @@ def token_lookup(
     is harmless: only the request's view uses them, once the token passed).
     ``before_load`` runs before any MySQL work (the failed-guess limit). Nothing is
     counted or read ahead when Redis is down: rate limits fail open.
+
+    When the near cache holds the token and every user asked for, no round trip
+    is made at all, and the request is counted in process (``LocalWindows``).
     """
     mac = token_mac(key)
     entry_key = token_key(mac)
-    kind = EntryKind(
+    ahead_keys = [user_key(i) for i in read_ahead_ids]
+    count = counter(mac)
+    try:
+        outbox.before_cached_read()
+    except CacheUnavailable:
+        return _bypassed(key, mac, before_load)
+    held = near.get_many([entry_key, *ahead_keys])
+    principal = decode_entry(mac, held[entry_key]) if entry_key in held else None
+    if principal is not None and all(ahead in held for ahead in ahead_keys):
+        # Served in process: the request is counted here and added to Redis later.
+        counted = None if count is None else local_windows.count(*count)
+        read_ahead = {i: held[ahead] for i, ahead in zip(read_ahead_ids, ahead_keys, strict=True)}
+        return TokenRead(principal, mac, counted, read_ahead or None)
+    near.count_miss(1 + len(ahead_keys) - len(held))
+    stamp = near.stamp()
+    try:
+        entry, counted, ahead = counters.read_counted(entry_key, counter=count, also=ahead_keys)
+    except CacheUnavailable:
+        return _bypassed(key, mac, before_load)
+    read_ahead = dict(zip(read_ahead_ids, ahead, strict=True)) if read_ahead_ids else None
+    if counted is not None:
+        local_windows.seen(count[0], counted, count[1])
+    near.put_many(
+        {k: e for k, e in zip([entry_key, *ahead_keys], [entry, *ahead], strict=True) if e},
+        stamp,
+    )
+    read = read_through(_kind(key, mac, before_load), [key], first={key: entry})[key]
+    principal = None if read.entry is None else decode_entry(mac, read.entry)
+    return TokenRead(principal, mac, counted, read_ahead)
+
+
+def _bypassed(key: str, mac: str, before_load: Callable[[], None]) -> TokenRead:
+    """Redis did not answer: the token from MySQL, nothing counted or read ahead."""
+    read = read_through(_kind(key, mac, before_load), [key])[key]
+    principal = None if read.entry is None else decode_entry(mac, read.entry)
+    return TokenRead(principal, mac, None, None)
+
+
+def _kind(key: str, mac: str, before_load: Callable[[], None]) -> EntryKind:
+    """This token, as an entry ``read_through`` reads."""
+    entry_key = token_key(mac)
+    return EntryKind(
         entity="token",
         key=lambda _key: entry_key,
         load=lambda _keys: _load(key, mac, before_load),
         ttl=lambda: user_cache_settings.TOKEN_TTL,
         cache_absent=False,
         trusted=lambda entry: decode_entry(mac, entry) is not None,
+        near=True,
     )
-    try:
-        outbox.before_cached_read()
-        entry, counted, ahead = counters.read_counted(
-            entry_key, counter=counter(mac), also=[user_key(i) for i in read_ahead_ids]
-        )
-        first = {key: entry}
-        read_ahead = dict(zip(read_ahead_ids, ahead, strict=True)) if read_ahead_ids else None
-    except CacheUnavailable:
-        first = counted = read_ahead = None
-    read = read_through(kind, [key], first=first)[key]
-    principal = None if read.entry is None else decode_entry(mac, read.entry)
-    return TokenRead(principal, mac, counted, read_ahead)

@@ -61,6 +61,9 @@ USERS_CACHE = {
     "NEGATIVE_TTL": env.int("USER_CACHE_NEGATIVE_TTL", default=30),
     "TOKEN_TTL": env.int("TOKEN_CACHE_TTL", default=300),
     "UPDATE_STRATEGY": env("USER_CACHE_UPDATE_STRATEGY", default="invalidate"),
+    "NEAR_CACHE_SIZE": env.int("NEAR_CACHE_SIZE", default=10_000),
+    "NEAR_CACHE_MAX_AGE": env.int("NEAR_CACHE_MAX_AGE", default=300),
+    "RATE_SYNC_MS": env.int("RATE_SYNC_MS", default=100),
 }
 
 # APPS

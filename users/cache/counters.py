@@ -4,15 +4,18 @@ counts its request in the same round trip as it reads the token."""
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Sequence
 
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
+from ..conf import user_cache_settings
 from . import scripts
 from .store import decode_hash
-from .transport import call, execute, execute_many, run_script, script
+from .transport import CacheUnavailable, call, execute, execute_many, run_script, script
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,3 +81,83 @@ def read_counted(
     requests, ms_left, flat = replies[0]
     counted = WindowCount(requests, ms_left) if requests else None
     return decode_hash(flat), counted, others
+
+
+class LocalWindows:
+    """Rate-limit counts taken in process, for requests served from the near cache
+    with no Redis round trip, and added to their counters in Redis in batches
+    (every ``RATE_SYNC_MS``, by a thread of their own).
+
+    A request is allowed while the window's count last read from Redis plus this
+    process's requests since stay within the rate: each process learns the
+    others' counts at each addition, so across P processes a client can go past
+    its rate by at most what P - 1 processes admit it in one ``RATE_SYNC_MS``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # counter key -> [count in Redis when last added to, requests since,
+        # window end (monotonic), window (ms)]
+        self._windows: dict[str, list] = {}
+        self._thread: threading.Thread | None = None
+
+    def count(self, key: str, window_ms: int) -> WindowCount:
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or window[2] <= now:
+                window = self._windows[key] = [0, 0, now + window_ms / 1000, window_ms]
+            window[1] += 1
+            counted = WindowCount(window[0] + window[1], int((window[2] - now) * 1000))
+        self._ensure_thread()
+        return counted
+
+    def seen(self, key: str, counted: WindowCount, window_ms: int) -> None:
+        """A count Redis just gave for ``key``: this process's own requests continue
+        from it."""
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(key)
+            since = window[1] if window is not None and window[2] > now else 0
+            end = now + max(counted.ms_left, 0) / 1000
+            self._windows[key] = [counted.count, since, end, window_ms]
+
+    def add_to_redis(self) -> None:
+        """Adds each counter's requests since its last addition, and reads back the
+        count all processes reached; a counter Redis does not take stays for later."""
+        with self._lock:
+            pending = {
+                key: (window[1], window[3]) for key, window in self._windows.items() if window[1]
+            }
+        for key, (requests, window_ms) in pending.items():
+            try:
+                count, ms_left = run_script(scripts.ADD_TO_WINDOW, [key], [requests, window_ms])
+            except CacheUnavailable:
+                return
+            with self._lock:
+                window = self._windows.get(key)
+                if window is not None:
+                    window[0], window[1] = count, window[1] - requests
+                    if ms_left > 0:
+                        window[2] = time.monotonic() + ms_left / 1000
+        now = time.monotonic()
+        with self._lock:
+            for key in [key for key, window in self._windows.items() if window[2] <= now]:
+                del self._windows[key]
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(
+                        target=self._add_forever, name="rate-counts", daemon=True
+                    )
+                    self._thread.start()
+
+    def _add_forever(self) -> None:
+        while True:
+            time.sleep(user_cache_settings.RATE_SYNC_MS / 1000)
+            self.add_to_redis()
+
+
+local_windows = LocalWindows()

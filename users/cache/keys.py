@@ -26,6 +26,15 @@ def user_key(user_id: int) -> str:
     return f"{_namespace()}:user:{{{user_id}}}"
 
 
+def user_key_prefix() -> str:
+    """What every user entry's key (and its lease's) starts with."""
+    return f"{_namespace()}:user:"
+
+
+def token_key_prefix() -> str:
+    return f"{_namespace()}:token:"
+
+
 def token_key(token_mac: str) -> str:
     return f"{_namespace()}:token:{{{token_mac}}}"
 

@@ -109,6 +109,15 @@ return 0
 # its request in the same round trip, and a guessed token creates no counter.
 # A request not counted here (the reply's count is 0) is counted by the
 # throttle once authentication succeeds.
+# KEYS: counter. ARGV: requests, window (ms). Adds requests a process counted on
+# its own (``counters.LocalWindows``) to a window as COUNT_IN_WINDOW counts them;
+# returns the count and the window's time left.
+ADD_TO_WINDOW = """
+local count = redis.call('INCRBY', KEYS[1], ARGV[1])
+if count == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {count, redis.call('PTTL', KEYS[1])}
+"""
+
 COUNT_IN_WINDOW = """
 local entry
 if KEYS[2] then

@@ -1,0 +1,258 @@
+"""The near cache: hot reads with no round trip, kept coherent by Redis's invalidation
+messages, within one process and across processes."""
+
+import time
+
+import pytest
+from django.db import connection
+from rest_framework.authtoken.models import Token
+
+from tests.conftest import one_server_caches
+from tests.servers import RedisServer, WebService, service_stack
+from users import entries
+from users.cache import keys
+from users.cache.near import near
+from users.conf import user_cache_settings
+
+
+def _sample(name: str, **labels) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def hot(reader_client, reader):
+    """The reader's own entry and token, read until the near cache holds both."""
+    url = f"/api/user/{reader.id}"
+    for _ in range(2):
+        assert reader_client.get(url).status_code == 200
+    return url
+
+
+def test_a_hot_get_costs_no_round_trip_and_no_sql(
+    hot, reader_client, django_assert_num_queries, redis_round_trips
+):
+    redis_round_trips.reset()
+    with django_assert_num_queries(0):
+        response = reader_client.get(hot)
+
+    assert (response.status_code, response["X-Cache"]) == (200, "HIT")
+    assert redis_round_trips.count == 0
+
+
+def test_a_write_of_this_process_is_read_at_once(
+    hot, reader, reader_client, staff_client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.patch(hot, {"first_name": "Changed"}, format="json")
+
+    assert reader_client.get(hot).json()["first_name"] == "Changed"
+
+
+def test_a_change_made_elsewhere_is_dropped_before_the_next_read(
+    hot, reader, reader_client, redis_client
+):
+    """Another process changing Redis: its invalidation arrives on the tracking
+    connection, which every near-cache read drains first."""
+    key = keys.user_key(reader.id)
+    redis_client.hset(key, entries.NAME_OF["first_name"], "elsewhere")
+    assert reader_client.get(hot).json()["first_name"] == "elsewhere"
+
+    redis_client.delete(key)
+    response = reader_client.get(hot)
+    assert response["X-Cache"] == "MISS"
+    assert response.json()["first_name"] == reader.first_name
+
+
+def test_a_token_revoked_elsewhere_stops_at_once(hot, reader, reader_client, redis_client):
+    """The token's row deleted in SQL and its entry deleted from Redis, as another
+    process's write would: no signal of this process sees it."""
+    key = Token.objects.get(user=reader).key
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM authtoken_token WHERE `key` = %s", [key])
+    from users.tokens import token_mac
+
+    redis_client.delete(keys.token_key(token_mac(key)))
+
+    assert reader_client.get(hot).status_code == 401
+
+
+def test_the_size_is_bounded_least_recently_used_first(reader_client, make_user, settings):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "NEAR_CACHE_SIZE": 3}
+    users = [make_user(username=f"n{n}", email=f"n{n}@example.com") for n in range(4)]
+    evictions = _sample("usersvc_near_cache_evictions_total")
+    for user in users:
+        for _ in range(2):
+            reader_client.get(f"/api/user/{user.id}")
+
+    assert _sample("usersvc_near_cache_evictions_total") > evictions
+    assert len(near._entries) <= 3
+
+
+def test_an_entry_leaves_after_its_maximum_age(reader_client, hot, settings, redis_round_trips):
+    """However quiet Redis is: a backstop, should an invalidation ever be lost."""
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "NEAR_CACHE_MAX_AGE": 1}
+    for _ in range(2):
+        reader_client.get(hot)
+    redis_round_trips.reset()
+    reader_client.get(hot)
+    assert redis_round_trips.count == 0
+
+    time.sleep(1.1)
+    reader_client.get(hot)
+
+    assert redis_round_trips.count >= 1
+
+
+def test_off_it_holds_nothing(reader_client, hot, settings, redis_round_trips):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "NEAR_CACHE_SIZE": 0}
+    reader_client.get(hot)
+    redis_round_trips.reset()
+
+    reader_client.get(hot)
+
+    assert redis_round_trips.count >= 1
+
+
+def test_near_hits_are_rate_limited_in_process_and_reach_redis(
+    settings, reader_client, reader, redis_client
+):
+    rest = {**settings.REST_FRAMEWORK}
+    rest["DEFAULT_THROTTLE_RATES"] = {**rest["DEFAULT_THROTTLE_RATES"], "user": "6/min"}
+    settings.REST_FRAMEWORK = rest
+    url = f"/api/user/{reader.id}"
+
+    statuses = [reader_client.get(url).status_code for _ in range(9)]
+
+    assert statuses == [200] * 6 + [429] * 3
+    deadline = time.monotonic() + 5
+    counters = []
+    while time.monotonic() < deadline:
+        counters = [
+            int(redis_client.get(key) or 0)
+            for key in redis_client.scan_iter(match=f"{settings.TEST_RUN_PREFIX}*throttle:user*")
+        ]
+        if counters and max(counters) >= 9:
+            break
+        time.sleep(0.05)
+    assert counters and max(counters) >= 9, counters
+
+
+class TestTrackingLost:
+    @pytest.fixture
+    def own_redis(self, tmp_path, settings):
+        server = RedisServer(tmp_path, persistent=True)
+        server.start()
+        settings.CACHES = one_server_caches(server.url)
+        yield server
+        server.stop()
+
+    def test_a_restart_empties_the_near_cache_and_tracking_comes_back(
+        self, own_redis, reader_client, reader
+    ):
+        url = f"/api/user/{reader.id}"
+        for _ in range(3):
+            reader_client.get(url)
+        connects = _sample("usersvc_near_cache_tracking_connects_total")
+        own_redis.restart()  # the entry survives (append-only file); tracking does not
+        raw = own_redis.client()
+        raw.hset(keys.user_key(reader.id), entries.NAME_OF["first_name"], "after-restart")
+
+        assert reader_client.get(url).json()["first_name"] == "after-restart"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not near._tracking:
+            reader_client.get(url)
+            time.sleep(user_cache_settings.OUTBOX_RETRY_MS / 1000)
+        assert near._tracking
+        assert _sample("usersvc_near_cache_tracking_connects_total") > connects
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The service twice, one worker each, on one MariaDB and one Redis: a write through
+    one and a read through the other cross processes."""
+    workdir = tmp_path_factory.mktemp("near-two")
+    with service_stack(workdir, WEB_CONCURRENCY="1") as (mariadb, redis_server, writer):
+        reader = WebService(
+            workdir,
+            database_url=mariadb.url("usersvc"),
+            redis_url=redis_server.url,
+            WEB_CONCURRENCY="1",
+            CACHE_KEY_PREFIX=writer.env["CACHE_KEY_PREFIX"],
+        )
+        writer.start()
+        reader.token = writer.token
+        reader.start()
+        try:
+            yield writer, reader
+        finally:
+            reader.stop()
+
+
+ROUNDS = 2000
+
+
+def test_a_write_acknowledged_by_one_process_is_read_by_the_other_at_once(two_processes):
+    writer, reader = two_processes
+    created = writer.request("POST", "/api/user", {"username": "shared", "email": "s@x.io"})[2]
+    url = f"/api/user/{created['id']}"
+    for _ in range(3):
+        reader.request("GET", url)  # the reader's near cache holds the user and the token
+    stale = []
+    for round_number in range(ROUNDS):
+        name = f"r{round_number}"
+        assert writer.request("PATCH", url, {"first_name": name})[0] == 200
+        status, headers, body = reader.request("GET", url)
+        if (status, body.get("first_name")) != (200, name):
+            stale.append((round_number, status, headers.get("x-cache"), body.get("first_name")))
+
+    assert stale == []
+    # And the reader did serve from its near cache (the token, every round).
+    assert _near_hits(reader) >= ROUNDS
+
+
+def _near_hits(web: WebService) -> float:
+    import http.client
+    import re
+
+    connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    found = re.search(r'usersvc_near_cache_lookups_total\{result="hit"\} ([0-9.e+]+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_token_rotated_through_one_process_stops_in_the_other_at_once(two_processes):
+    writer, reader = two_processes
+    writer.manage("shell", "-c", _CREATE_HOLDER)
+    token = writer.manage("drf_create_token", "holder").split()[2]
+    for _ in range(3):
+        assert reader.request("GET", "/api/user", token=token)[0] == 200
+
+    writer.manage("drf_create_token", "-r", "holder")
+
+    assert reader.request("GET", "/api/user", token=token)[0] == 401
+
+
+_CREATE_HOLDER = """
+from users.models import User
+User.objects.filter(username="holder").exists() or User.objects.create_user(
+    username="holder", email="holder@example.com"
+)
+"""
+
+
+def test_two_processes_keep_a_rate_within_the_stated_tolerance(tmp_path):
+    """Each process learns the others' counts every RATE_SYNC_MS: across P processes
+    a client passes its rate by at most what P - 1 admit in that time."""
+    with service_stack(
+        tmp_path, WEB_CONCURRENCY="2", THROTTLE_RATE_USER="40/min", RATE_SYNC_MS="100"
+    ) as (_mariadb, _redis, web):
+        web.start()
+        statuses = [web.request("GET", "/api/user")[0] for _ in range(160)]
+
+    allowed = statuses.count(200)
+    assert 40 <= allowed <= 40 + 25, allowed
+    assert set(statuses) <= {200, 429}
