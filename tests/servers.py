@@ -591,7 +591,7 @@ def collected_static_files() -> Path:
         env={
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings.production",
-            "SECRET_KEY": "collectstatic-only",
+            "SECRET_KEY": "collectstatic-only-" + "0123456789abcdefghijklmnopqrstuvwxyz",
             "STATIC_ROOT": str(folder),
         },
     )  # fmt: skip

@@ -69,8 +69,11 @@ class TestStaticFilesManifest:
     @pytest.mark.slow
     def test_collected_the_admin_browsable_api_and_swagger_ui_answer(self, tmp_path):
         """The production settings, as deployed: the pages and the static files they
-        name (by their hashed names, from the manifest) are served."""
-        web = WebService(tmp_path, database_url=database_url(), **redis_environment())
+        name (by their hashed names, from the manifest) are served. Swagger UI is
+        opened to anonymous callers, which it is not by default."""
+        web = WebService(
+            tmp_path, database_url=database_url(), **redis_environment(), API_DOCS_PUBLIC="true"
+        )
         web.start()
         try:
             pages = {path: _get(web, path) for path in ("/admin/login/", "/api/docs/")}
