@@ -1,9 +1,11 @@
-"""Request ids, the JSON log format, and the line each user lookup logs."""
+"""Request ids, the JSON log format (gunicorn's lines included), and the line each
+user lookup logs."""
 
 import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from config.logs import JsonFormatter, RequestIdFilter
+from tests.conftest import database_url, redis_environment
+from tests.servers import WebService
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,3 +140,49 @@ def test_an_unknown_log_format_is_refused():
     result = _python("pass", LOG_FORMAT="xml")
     assert result.returncode != 0
     assert "LOG_FORMAT is 'xml'; use 'plain' or 'json'." in result.stderr
+
+
+@pytest.mark.slow
+def test_under_gunicorn_every_line_is_json_a_malformed_request_included(tmp_path, transactional_db):
+    """gunicorn's own lines (start, workers, a request it refuses to parse, stop) and
+    its access log, as well as the service's, with LOG_FORMAT=json."""
+    web = WebService(
+        tmp_path,
+        database_url=database_url(),
+        **redis_environment(),
+        LOG_FORMAT="json",
+        GUNICORN_ACCESS_LOG="-",
+    )
+    web.start()
+    try:
+        with socket.create_connection(("127.0.0.1", web.port), timeout=10) as connection:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nBad Header: x\r\n\r\n")
+            refused = connection.recv(1024)
+        status, headers, _ = web.request("GET", "/api/user", token=None)
+    finally:
+        web.stop()
+
+    lines = [line for line in (tmp_path / "web.log").read_text().splitlines() if line]
+    not_json = [line for line in lines if not _is_json_object(line)]
+    assert not not_json, not_json[:5]
+    entries = [json.loads(line) for line in lines]
+    assert refused.startswith(b"HTTP/1.1 400")
+    assert any(
+        entry["logger"] == "gunicorn.error" and "Invalid request" in entry["message"]
+        for entry in entries
+    )
+    [access] = [
+        entry
+        for entry in entries
+        if entry["logger"] == "gunicorn.access" and entry["request_id"] == headers["x-request-id"]
+    ]
+    assert (status, access["status"], access["method"], access["path"]) == (
+        401, 401, "GET", "/api/user"
+    )  # fmt: skip
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False

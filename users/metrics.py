@@ -1,9 +1,9 @@
 """The user cache's Prometheus metrics, served at ``/metrics`` with the request
-durations (``config.logs``).
+durations (``config.request_context``).
 
 Recording one is an in-process operation: no request pays a network round trip
 for it. Under gunicorn every worker writes its samples to memory-mapped files in
-``PROMETHEUS_MULTIPROC_DIR`` (``config/gunicorn.py`` prepares the folder), and a
+``PROMETHEUS_MULTIPROC_DIR`` (``gunicorn.conf.py`` prepares the folder), and a
 scrape, whichever worker answers it, adds up the files of all workers, the
 recycled ones included, so counters never go backwards.
 """

@@ -10,6 +10,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config.logs import PLAIN_FORMAT
 from config.redis import cache_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -111,7 +112,7 @@ MIDDLEWARE = [
     # /healthz, /readyz and /metrics, answered before the host check (users/probes.py).
     "users.probes.ProbesMiddleware",
     # The request id for the logs, and the request duration for the metrics.
-    "config.logs.RequestContextMiddleware",
+    "config.request_context.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Sessions, request.user and messages for the admin and the browsable API;
@@ -265,7 +266,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"request_id": {"()": "config.logs.RequestIdFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "plain": {"format": PLAIN_FORMAT},
         "json": {"()": "config.logs.JsonFormatter"},
     },
     "handlers": {
