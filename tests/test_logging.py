@@ -58,6 +58,34 @@ class TestRequestId:
         assert (entry["message"], entry["request_id"]) == ("Not Found: /no-such-page", "req-404")
 
 
+class TestAccessLog:
+    def test_one_line_a_request_with_its_id_route_status_and_duration(
+        self, reader_client, reader, json_log
+    ):
+        reader_client.get(f"/api/user/{reader.id}?fields=x", HTTP_X_REQUEST_ID="req-access")
+        reader_client.get("/no-such-page", HTTP_X_REQUEST_ID="req-missing")
+
+        lines = {
+            entry["request_id"]: entry
+            for entry in json_log()
+            if entry["logger"] == "usersvc.access"
+        }
+        assert set(lines) == {"req-access", "req-missing"}
+        found, missing = lines["req-access"], lines["req-missing"]
+        assert (found["level"], found["method"], found["route"], found["status"]) == (
+            "INFO", "GET", "user-detail", 200
+        )  # fmt: skip
+        assert found["path"] == f"/api/user/{reader.id}"  # no query string
+        assert found["duration_ms"] >= 0
+        assert found["message"] == f"GET /api/user/{reader.id} 200 {found['duration_ms']} ms"
+        assert (missing["route"], missing["status"]) == ("unmatched", 404)
+
+    def test_probes_and_metrics_write_none(self, client, db, json_log):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(path).status_code == 200
+        assert not [entry for entry in json_log() if entry["logger"] == "usersvc.access"]
+
+
 class TestLookupLog:
     def test_each_user_lookup_logs_its_cache_result_with_the_request_id(
         self, reader_client, reader, json_log
