@@ -11,6 +11,8 @@ import datetime
 import json
 import logging
 import os
+import threading
+import time
 
 from gunicorn import glogging
 
@@ -24,6 +26,39 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        return True
+
+
+class DisallowedHostFilter(logging.Filter):
+    """For Django's ``django.security.DisallowedHost`` logger (a request whose Host
+    header ``ALLOWED_HOSTS`` does not list): each host's line once an ``interval``,
+    without the traceback, which only ever shows Django's host check. Scanners
+    that address the service by its IP send such requests all day, each of which
+    wrote an error and its traceback; a wrong ``ALLOWED_HOSTS`` still shows at once.
+
+    At most ``max_hosts`` different hosts an interval, so that made-up hosts grow
+    neither the log nor this filter's memory without bound. Every such request
+    still has its access line and is counted by the request metric (status 400,
+    route ``unmatched``)."""
+
+    def __init__(self, interval: float = 60.0, max_hosts: int = 100) -> None:
+        super().__init__()
+        self.interval, self.max_hosts = interval, max_hosts
+        self._lock = threading.Lock()
+        self._interval_ends = 0.0
+        # The lines let through this interval; Django's names the host.
+        self._logged: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = record.getMessage()
+        now = time.monotonic()
+        with self._lock:
+            if now >= self._interval_ends:
+                self._interval_ends, self._logged = now + self.interval, set()
+            if line in self._logged or len(self._logged) >= self.max_hosts:
+                return False
+            self._logged.add(line)
+        record.exc_info = record.exc_text = None
         return True
 
 

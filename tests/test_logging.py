@@ -8,12 +8,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 from rest_framework.authtoken.models import Token
 
-from config.logs import JsonFormatter, RequestIdFilter
+from config.logs import DisallowedHostFilter, JsonFormatter, RequestIdFilter
 from tests.conftest import database_url, redis_environment
 from tests.servers import WebService
 
@@ -84,6 +86,40 @@ class TestAccessLog:
         for path in ("/healthz", "/readyz", "/metrics"):
             assert client.get(path).status_code == 200
         assert not [entry for entry in json_log() if entry["logger"] == "usersvc.access"]
+
+
+class TestDisallowedHost:
+    """A request whose Host header ALLOWED_HOSTS does not list."""
+
+    def test_each_host_is_logged_once_without_the_traceback(self, client, db, json_log):
+        # Hosts of this test's own: the filter remembers the hosts other tests sent.
+        first, second = (f"{uuid.uuid4().hex}.example" for _ in range(2))
+        for host in (first, first, first, second, first):
+            assert client.get("/api/user", HTTP_HOST=host).status_code == 400
+
+        lines = [e for e in json_log() if e["logger"] == "django.security.DisallowedHost"]
+        assert [line["message"].split("'")[1] for line in lines] == [first, second]
+        assert not [line for line in lines if "exception" in line]
+        assert all(line["level"] == "ERROR" and line["request_id"] != "-" for line in lines)
+        refused = [e for e in json_log() if e["logger"] == "usersvc.access"]
+        assert [line["status"] for line in refused] == [400] * 5
+
+    def test_a_host_is_logged_again_after_the_interval(self):
+        refusals = DisallowedHostFilter(interval=0.05)
+        assert refusals.filter(_host_record("again.example"))
+        time.sleep(0.1)
+        assert refusals.filter(_host_record("again.example"))
+
+    def test_at_most_so_many_hosts_an_interval(self):
+        refusals = DisallowedHostFilter(interval=3600, max_hosts=2)
+        passed = [refusals.filter(_host_record(f"{n}.example")) for n in range(4)]
+        assert passed == [True, True, False, False]
+
+
+def _host_record(host: str) -> logging.LogRecord:
+    return logging.makeLogRecord(
+        {"name": "django.security.DisallowedHost", "msg": f"Invalid HTTP_HOST header: {host!r}."}
+    )
 
 
 class TestLookupLog:

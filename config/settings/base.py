@@ -264,7 +264,10 @@ if LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "config.logs.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "config.logs.RequestIdFilter"},
+        "disallowed_host": {"()": "config.logs.DisallowedHostFilter"},
+    },
     "formatters": {
         "plain": {"format": PLAIN_FORMAT},
         "json": {"()": "config.logs.JsonFormatter"},
@@ -277,6 +280,10 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    # Django's own handlers would write its records a second time, in plain text.
-    "loggers": {"django": {"handlers": []}},
+    "loggers": {
+        # Django's own handlers would write its records a second time, in plain text.
+        "django": {"handlers": []},
+        # A bad Host header: once a host and minute, without the traceback.
+        "django.security.DisallowedHost": {"filters": ["disallowed_host"]},
+    },
 }
