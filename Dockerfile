@@ -23,6 +23,10 @@ COPY . .
 # The static files and their manifest, without which the service refuses to start.
 # The key only has to pass the production settings' strength rule: nothing is signed.
 RUN SECRET_KEY=collectstatic-only-0123456789abcdefghijklmnopqrstuvwxyz python manage.py collectstatic --no-input -v0
+# The commit usersvc_build_info names (the image has no .git), declared late so
+# that a new commit rebuilds nothing above: --build-arg BUILD_COMMIT=$(git rev-parse HEAD)
+ARG BUILD_COMMIT=unknown
+ENV BUILD_COMMIT=$BUILD_COMMIT
 
 USER usersvc
 EXPOSE 8000
