@@ -6,9 +6,11 @@ import re
 import pytest
 
 from tests.conftest import cached_entry, one_server_caches, redis_nodes_holding
+from tests.servers import RedisServer
 from users import entries, reads
 from users.cache import keys
-from users.maintenance import warm
+from users.cache.keys import KeyKind
+from users.maintenance import overview, warm
 from users.models import User
 
 
@@ -208,20 +210,71 @@ def test_actions_report_an_unavailable_redis(admin_client, many_users, settings)
 # The cache overview page.
 
 
-def test_cache_overview(admin_client, many_users, redis_client):
+@pytest.fixture
+def own_redis(tmp_path, settings) -> RedisServer:
+    """A redis-server of the test's own, holding only what the test puts there."""
+    server = RedisServer(tmp_path)
+    server.start()
+    settings.CACHES = one_server_caches(server.url)
+    yield server
+    server.stop()
+
+
+def _key_counts(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<th scope="row">([^<]+)</th><td class="key-count">([^<]+)</td>', html))
+
+
+def test_cache_overview(admin_client, many_users, own_redis):
     warm.cache_warm(user_ids=[user.id for user in many_users[:5]])
     reads.user_get(user_id=many_users[0].id)
+    own_redis.client().set("another-application:key", "1")
 
     response = admin_client.get("/admin/users/user/cache/")
 
     html = response.content.decode()
     assert response.status_code == 200
     assert re.search(r'id="redis-reachable">yes \([\d.]+ ms ping\)', html)
-    assert redis_client.info()["redis_version"] in html
-    assert redis_client.info()["used_memory_human"][:2] in html
-    counts = dict(re.findall(r'<th scope="row">([^<]+)</th><td class="key-count">(\d+)</td>', html))
-    assert counts["User entries"] == "5"
+    info = own_redis.client().info()
+    assert info["redis_version"] in html
+    assert info["used_memory_human"][:2] in html
+    # All the keys fit in the sample: counted, not estimated.
+    assert _key_counts(html)["User entries"] == "5"
+    assert 'id="keys-estimated"' not in html
     assert re.search(r'id="service-hit-ratio">\d+ %', html)
+
+
+def _fill(server: RedisServer, names, chunk: int = 10_000) -> None:
+    client = server.client()
+    names = list(names)
+    for start in range(0, len(names), chunk):
+        client.mset(dict.fromkeys(names[start : start + chunk], "1"))
+
+
+def test_cache_overview_estimates_a_large_database_in_a_fixed_number_of_redis_calls(
+    admin_client, own_redis, redis_round_trips
+):
+    """Each view costs PING, INFO, INFO keyspace and SAMPLE_PAGES SCAN pages, whether
+    Redis holds 100,000 keys or twice as many; the estimate of this project's keys
+    is within a few percent (10 % allowed)."""
+    _fill(own_redis, (keys.user_key(user_id) for user_id in range(60_000)))
+    _fill(own_redis, (f"another-application:{n}" for n in range(40_000)))
+    overview.cache_overview()  # the connection's handshake, once
+    calls = []
+    for more in (0, 100_000):
+        _fill(own_redis, (f"yet-another:{n}" for n in range(more)))
+        redis_round_trips.reset()
+        estimated = overview.cache_overview()
+        calls.append(redis_round_trips.count)
+
+        assert not estimated.keys_exact
+        assert estimated.keys_in_database == 100_000 + more
+        assert 54_000 <= estimated.keys[KeyKind.USER] <= 66_000
+        assert estimated.keys[KeyKind.TOKEN] == estimated.keys[KeyKind.LEASE] == 0
+    assert calls == [3 + overview.SAMPLE_PAGES] * 2
+
+    html = admin_client.get("/admin/users/user/cache/").content.decode()
+    assert re.fullmatch(r"about \d{2},\d{3}", _key_counts(html)["User entries"])
+    assert re.search(r'id="keys-estimated">Estimated from [\d,]+ of the\s+200,000 keys', html)
 
 
 def test_cache_overview_without_redis(admin_client, settings):
