@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import cached_entry, one_server_caches, redis_nodes_holding
 from tests.servers import RedisServer
+from users import admin as user_admin
 from users import entries, reads
 from users.cache import keys
 from users.cache.keys import KeyKind
@@ -205,6 +206,69 @@ def test_actions_report_an_unavailable_redis(admin_client, many_users, settings)
         follow=True,
     )
     assert "Redis is unavailable: ConnectionError" in response.content.decode()
+
+
+def _select(admin_client, action: str, **selection):
+    """Runs an action of the user list on a selection: ``ids``, or ``across`` (the
+    "Select all" link, which the browser sends with the page's boxes ticked) with
+    the list's ``filters``."""
+    data = {"action": action, "index": "0", "_selected_action": selection.get("ids", [])}
+    if selection.get("across"):
+        data["select_across"] = "1"
+        data["_selected_action"] = list(User.objects.values_list("pk", flat=True)[:100])
+    query = "&".join(f"{name}={value}" for name, value in selection.get("filters", {}).items())
+    return admin_client.post(f"/admin/users/user/?{query}", data, follow=True).content.decode()
+
+
+def _run_instead(html: str) -> str:
+    [command] = re.findall(r"Run instead: (python manage\.py [^<]*)", html)
+    return command
+
+
+def test_a_selection_over_the_limit_is_sent_to_the_command(admin_client, redis_client):
+    """ "Select all" over more users than an action handles in a request: nothing is
+    warmed or evicted, and the message says what to run."""
+    User.objects.bulk_create(
+        User(username=f"bulk{n}", email=f"bulk{n}@example.com")
+        for n in range(user_admin.CACHE_ACTION_MAX)
+    )  # and the admin: one more than the limit
+    everyone = User.objects.count()
+    cached = User.objects.get(username="root").id
+    reads.user_get(user_id=cached)
+
+    warmed = _select(admin_client, "warm_cache", across=True)
+    evicted = _select(admin_client, "evict_from_cache", across=True)
+
+    assert f"Warming {everyone} users is more than the admin does in a request" in warmed
+    assert _run_instead(warmed) == "python manage.py warm_user_cache --all"
+    assert _run_instead(evicted) == "python manage.py flush_user_cache --all"
+    user_entries = redis_client.scan_iter(match=keys.user_pattern(), count=1000)
+    assert [key.decode() for key in user_entries] == [keys.user_key(cached)]
+
+
+def test_a_large_selection_of_some_users_names_their_ids(
+    admin_client, many_users, redis_client, monkeypatch
+):
+    monkeypatch.setattr(user_admin, "CACHE_ACTION_MAX", 10)
+    selected = sorted(user.id for user in many_users[:12])
+
+    html = _select(admin_client, "warm_cache", ids=selected)
+
+    assert _run_instead(html) == "python manage.py warm_user_cache --ids " + " ".join(
+        map(str, selected)
+    )
+    assert not any(redis_client.exists(keys.user_key(user_id)) for user_id in selected)
+
+
+def test_a_larger_filtered_selection_is_sent_to_all(admin_client, many_users, monkeypatch):
+    monkeypatch.setattr(user_admin, "CACHE_ACTION_MAX", 10)
+    monkeypatch.setattr(user_admin, "_IDS_IN_COMMAND_MAX", 20)
+
+    html = _select(admin_client, "warm_cache", across=True, filters={"is_staff__exact": "0"})
+
+    assert _run_instead(html) == (
+        "python manage.py warm_user_cache --all (every user, not only these 30)"
+    )
 
 
 # The cache overview page.
