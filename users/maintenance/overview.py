@@ -1,8 +1,8 @@
 """What the admin shows of the cache: each listed user's entry, and the overview page.
 
 The page counts this project's keys from a sample: a SCAN of the whole database
-would take a request as long as Redis holds keys (at ten million, longer than
-any proxy waits), and every view of the page would load Redis with it. A fixed
+costs a round trip per thousand keys (ten thousand at ten million), which would
+hold the request and load Redis on every view of the page. A fixed
 number of SCAN pages, scaled by the number of keys the database holds (INFO),
 costs the same at any size, is exact when the database fits in it, and is
 current on every view, which a count kept for some minutes would not be.
