@@ -24,6 +24,10 @@ COPY . .
 # The production settings refuse a weak key even here: a random one, used once.
 RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
     python manage.py collectstatic --no-input -v0
+# The commit usersvc_build_info names (the image has no .git), declared late so
+# that a new commit rebuilds nothing above: --build-arg BUILD_COMMIT=$(git rev-parse HEAD)
+ARG BUILD_COMMIT=unknown
+ENV BUILD_COMMIT=$BUILD_COMMIT
 
 USER usersvc
 EXPOSE 8000

@@ -48,6 +48,8 @@ max_requests = 100_000
 max_requests_jitter = 10_000
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
+# gunicorn's lines in the service's format: JSON too with LOG_FORMAT=json.
+logger_class = "config.logs.GunicornLogger"
 # gunicorn's control socket lives at one path per user (~/.gunicorn/gunicorn.ctl),
 # so every server started on a host would take it over from the last one.
 control_socket_disable = True

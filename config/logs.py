@@ -1,62 +1,24 @@
-"""Request ids and log formats.
+"""Log formats, and the request id on every line.
 
-Every request gets an id (the caller's ``X-Request-ID`` when it looks like one,
-else a new UUID), sent back in the response's ``X-Request-ID`` and attached to
-every log record written while the request runs, so one request's lines can be
-found among all the workers'. ``LOG_FORMAT=json`` writes one JSON object a line.
+``LOG_FORMAT=json`` writes one JSON object a line. The request id is the one
+``config.request_context`` gives each request. Nothing here imports
+prometheus_client or Django's settings: gunicorn's master loads this module
+(``GunicornLogger``) before it prepares the workers' metrics folder.
 """
 
 import contextvars
 import datetime
 import json
 import logging
-import re
+import os
+import threading
 import time
-import uuid
 
-from prometheus_client import Histogram
+from gunicorn import glogging
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-HTTP_REQUEST_SECONDS = Histogram(
-    "usersvc_http_request_seconds",
-    "Duration of HTTP requests by method, route (URL name) and status code.",
-    ["method", "route", "status"],
-)
-
-# Letters, digits and a few separators, as load balancers and tracers generate them;
-# anything else (too long, spaces, control characters) is replaced, not logged.
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-
-
-class RequestContextMiddleware:
-    """First in the chain: sets the request id, and times the request for the metrics."""
-
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request):
-        incoming = request.headers.get("X-Request-ID", "")
-        current = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        # Not reset on the way out: Django logs 4xx and 5xx responses ("Not Found:
-        # ...") after the middleware has returned, and those lines need the id too.
-        # The next request on this thread sets its own.
-        request_id.set(current)
-        started = time.perf_counter()
-        response = self.get_response(request)
-        match = request.resolver_match
-        HTTP_REQUEST_SECONDS.labels(
-            request.method if request.method in _METHODS else "other",
-            match.view_name if match else "unmatched",
-            str(response.status_code),
-        ).observe(time.perf_counter() - started)
-        response["X-Request-ID"] = current
-        return response
-
-
-# Methods outside this set share one label, so that made-up methods cannot grow
-# the metric's label set without bound.
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 class RequestIdFilter(logging.Filter):
@@ -64,6 +26,39 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        return True
+
+
+class DisallowedHostFilter(logging.Filter):
+    """For Django's ``django.security.DisallowedHost`` logger (a request whose Host
+    header ``ALLOWED_HOSTS`` does not list): each host's line once an ``interval``,
+    without the traceback, which only ever shows Django's host check. Scanners
+    that address the service by its IP send such requests all day, each of which
+    wrote an error and its traceback; a wrong ``ALLOWED_HOSTS`` still shows at once.
+
+    At most ``max_hosts`` different hosts an interval, so that made-up hosts grow
+    neither the log nor this filter's memory without bound. Every such request
+    still has its access line and is counted by the request metric (status 400,
+    route ``unmatched``)."""
+
+    def __init__(self, interval: float = 60.0, max_hosts: int = 100) -> None:
+        super().__init__()
+        self.interval, self.max_hosts = interval, max_hosts
+        self._lock = threading.Lock()
+        self._interval_ends = 0.0
+        # The lines let through this interval; Django's names the host.
+        self._logged: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = record.getMessage()
+        now = time.monotonic()
+        with self._lock:
+            if now >= self._interval_ends:
+                self._interval_ends, self._logged = now + self.interval, set()
+            if line in self._logged or len(self._logged) >= self.max_hosts:
+                return False
+            self._logged.add(line)
+        record.exc_info = record.exc_text = None
         return True
 
 
@@ -88,3 +83,61 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of ``LOG_FORMAT`` (``plain`` or ``json``)."""
+    return JsonFormatter() if log_format == "json" else logging.Formatter(PLAIN_FORMAT)
+
+
+class _NoRequestId(logging.Filter):
+    """gunicorn's records: the request id its access line names, else none. Not the
+    current one: a gunicorn line written in a worker thread between two requests
+    would otherwise carry the previous request's id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = "-"
+        return True
+
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's own lines (its error log: starts, stops, refused requests; and its
+    access log when ``GUNICORN_ACCESS_LOG`` is set) in the service's format, so that
+    with ``LOG_FORMAT=json`` every line the server writes is a JSON object.
+
+    The master reads ``LOG_FORMAT`` from the environment: it never loads Django's
+    settings, which check the value for the workers."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        service_formatter = formatter(os.environ.get("LOG_FORMAT", "plain"))
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(service_formatter)
+                handler.addFilter(_NoRequestId())
+
+    def access(self, resp, req, environ, request_time) -> None:
+        """One line a request, with the id the service answered with; the path
+        without its query string, which may hold what a user searched for."""
+        if not self.access_log_enabled:
+            return
+        status = int(str(resp.status).split(None, 1)[0])
+        answered_id = next(
+            (value for name, value in resp.headers if name.lower() == "x-request-id"), "-"
+        )
+        fields = {
+            "request_id": answered_id,
+            "remote_addr": environ.get("REMOTE_ADDR", "-"),
+            "method": environ.get("REQUEST_METHOD", "-"),
+            "path": environ.get("PATH_INFO", "-"),
+            "status": status,
+            "bytes": resp.sent,
+            "duration_ms": round(request_time.total_seconds() * 1000, 3),
+            "user_agent": environ.get("HTTP_USER_AGENT", "-"),
+        }
+        self.access_log.info(
+            '%(remote_addr)s "%(method)s %(path)s" %(status)s %(bytes)s %(duration_ms)s ms',
+            fields,
+            extra=fields,
+        )

@@ -140,6 +140,20 @@ ensure_nginx() {
     || die "could not install nginx: run 'sudo apt-get install nginx'"
 }
 
+# Optional: promtool, from Debian's prometheus package, which checks the alert
+# rules (tests/test_monitoring.py). .ci/run calls this; without it those tests
+# are skipped. policy-rc.d, where there is one (containers), keeps the package's
+# Prometheus server from starting; elsewhere it starts, as nginx does above.
+ensure_promtool() {
+  if command -v promtool >/dev/null || [ -x /usr/bin/promtool ]; then return; fi
+  command -v apt-get >/dev/null \
+    || die "the alert rules' tests need promtool: install it, or run without CI=true to skip them."
+  say "installing prometheus for promtool, which checks the alert rules"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends prometheus >/dev/null \
+    || die "could not install prometheus: run 'sudo apt-get install prometheus'"
+}
+
 # Creates the database. scripts/create_database.py prints the DATABASE_URL to use:
 # the one given, or, where MariaDB lets root log in over its unix socket only, this
 # checkout's own account (saved in local.env; made when running as root or with

@@ -6,9 +6,12 @@ import re
 import pytest
 
 from tests.conftest import cached_entry, one_server_caches, redis_nodes_holding
+from tests.servers import RedisServer
+from users import admin as user_admin
 from users import entries, reads
 from users.cache import keys
-from users.maintenance import warm
+from users.cache.keys import KeyKind
+from users.maintenance import overview, warm
 from users.models import User
 
 
@@ -205,23 +208,137 @@ def test_actions_report_an_unavailable_redis(admin_client, many_users, settings)
     assert "Redis is unavailable: ConnectionError" in response.content.decode()
 
 
+def _select(admin_client, action: str, **selection):
+    """Runs an action of the user list on a selection: ``ids``, or ``across`` (the
+    "Select all" link, which the browser sends with the page's boxes ticked) with
+    the list's ``filters``."""
+    data = {"action": action, "index": "0", "_selected_action": selection.get("ids", [])}
+    if selection.get("across"):
+        data["select_across"] = "1"
+        data["_selected_action"] = list(User.objects.values_list("pk", flat=True)[:100])
+    query = "&".join(f"{name}={value}" for name, value in selection.get("filters", {}).items())
+    return admin_client.post(f"/admin/users/user/?{query}", data, follow=True).content.decode()
+
+
+def _run_instead(html: str) -> str:
+    [command] = re.findall(r"Run instead: (python manage\.py [^<]*)", html)
+    return command
+
+
+def test_a_selection_over_the_limit_is_sent_to_the_command(admin_client, redis_client):
+    """ "Select all" over more users than an action handles in a request: nothing is
+    warmed or evicted, and the message says what to run."""
+    User.objects.bulk_create(
+        User(username=f"bulk{n}", email=f"bulk{n}@example.com")
+        for n in range(user_admin.CACHE_ACTION_MAX)
+    )  # and the admin: one more than the limit
+    everyone = User.objects.count()
+    cached = User.objects.get(username="root").id
+    reads.user_get(user_id=cached)
+
+    warmed = _select(admin_client, "warm_cache", across=True)
+    evicted = _select(admin_client, "evict_from_cache", across=True)
+
+    assert f"Warming {everyone} users is more than the admin does in a request" in warmed
+    assert _run_instead(warmed) == "python manage.py warm_user_cache --all"
+    assert _run_instead(evicted) == "python manage.py flush_user_cache --all"
+    user_entries = redis_client.scan_iter(match=keys.user_pattern(), count=1000)
+    assert [key.decode() for key in user_entries] == [keys.user_key(cached)]
+
+
+def test_a_large_selection_of_some_users_names_their_ids(
+    admin_client, many_users, redis_client, monkeypatch
+):
+    monkeypatch.setattr(user_admin, "CACHE_ACTION_MAX", 10)
+    selected = sorted(user.id for user in many_users[:12])
+
+    html = _select(admin_client, "warm_cache", ids=selected)
+
+    assert _run_instead(html) == "python manage.py warm_user_cache --ids " + " ".join(
+        map(str, selected)
+    )
+    assert not any(redis_client.exists(keys.user_key(user_id)) for user_id in selected)
+
+
+def test_a_larger_filtered_selection_is_sent_to_all(admin_client, many_users, monkeypatch):
+    monkeypatch.setattr(user_admin, "CACHE_ACTION_MAX", 10)
+    monkeypatch.setattr(user_admin, "_IDS_IN_COMMAND_MAX", 20)
+
+    html = _select(admin_client, "warm_cache", across=True, filters={"is_staff__exact": "0"})
+
+    assert _run_instead(html) == (
+        "python manage.py warm_user_cache --all (every user, not only these 30)"
+    )
+
+
 # The cache overview page.
 
 
-def test_cache_overview(admin_client, many_users, redis_client):
+@pytest.fixture
+def own_redis(tmp_path, settings) -> RedisServer:
+    """A redis-server of the test's own, holding only what the test puts there."""
+    server = RedisServer(tmp_path)
+    server.start()
+    settings.CACHES = one_server_caches(server.url)
+    yield server
+    server.stop()
+
+
+def _key_counts(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<th scope="row">([^<]+)</th><td class="key-count">([^<]+)</td>', html))
+
+
+def test_cache_overview(admin_client, many_users, own_redis):
     warm.cache_warm(user_ids=[user.id for user in many_users[:5]])
     reads.user_get(user_id=many_users[0].id)
+    own_redis.client().set("another-application:key", "1")
 
     response = admin_client.get("/admin/users/user/cache/")
 
     html = response.content.decode()
     assert response.status_code == 200
     assert re.search(r'id="redis-reachable">yes \([\d.]+ ms ping\)', html)
-    assert redis_client.info()["redis_version"] in html
-    assert redis_client.info()["used_memory_human"][:2] in html
-    counts = dict(re.findall(r'<th scope="row">([^<]+)</th><td class="key-count">(\d+)</td>', html))
-    assert counts["User entries"] == "5"
+    info = own_redis.client().info()
+    assert info["redis_version"] in html
+    assert info["used_memory_human"][:2] in html
+    # All the keys fit in the sample: counted, not estimated.
+    assert _key_counts(html)["User entries"] == "5"
+    assert 'id="keys-estimated"' not in html
     assert re.search(r'id="service-hit-ratio">\d+ %', html)
+
+
+def _fill(server: RedisServer, names, chunk: int = 10_000) -> None:
+    client = server.client()
+    names = list(names)
+    for start in range(0, len(names), chunk):
+        client.mset(dict.fromkeys(names[start : start + chunk], "1"))
+
+
+def test_cache_overview_estimates_a_large_database_in_a_fixed_number_of_redis_calls(
+    admin_client, own_redis, redis_round_trips
+):
+    """Each view costs PING, INFO, INFO keyspace and SAMPLE_PAGES SCAN pages, whether
+    Redis holds 100,000 keys or twice as many; the estimate of this project's keys
+    is within a few percent (10 % allowed)."""
+    _fill(own_redis, (keys.user_key(user_id) for user_id in range(60_000)))
+    _fill(own_redis, (f"another-application:{n}" for n in range(40_000)))
+    overview.cache_overview()  # the connection's handshake, once
+    calls = []
+    for more in (0, 100_000):
+        _fill(own_redis, (f"yet-another:{n}" for n in range(more)))
+        redis_round_trips.reset()
+        estimated = overview.cache_overview()
+        calls.append(redis_round_trips.count)
+
+        assert not estimated.keys_exact
+        assert estimated.keys_in_database == 100_000 + more
+        assert 54_000 <= estimated.keys[KeyKind.USER] <= 66_000
+        assert estimated.keys[KeyKind.TOKEN] == estimated.keys[KeyKind.LEASE] == 0
+    assert calls == [3 + overview.SAMPLE_PAGES] * 2
+
+    html = admin_client.get("/admin/users/user/cache/").content.decode()
+    assert re.fullmatch(r"about \d{2},\d{3}", _key_counts(html)["User entries"])
+    assert re.search(r'id="keys-estimated">Estimated from [\d,]+ of the\s+200,000 keys', html)
 
 
 def test_cache_overview_without_redis(admin_client, settings):

@@ -1,17 +1,23 @@
-"""Request ids, the JSON log format, and the line each user lookup logs."""
+"""Request ids, the JSON log format (gunicorn's lines included), and the line each
+user lookup logs."""
 
 import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 from rest_framework.authtoken.models import Token
 
-from config.logs import JsonFormatter, RequestIdFilter
+from config.logs import DisallowedHostFilter, JsonFormatter, RequestIdFilter
+from tests.conftest import database_url, redis_environment
+from tests.servers import WebService
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +58,68 @@ class TestRequestId:
         client.get("/no-such-page", HTTP_X_REQUEST_ID="req-404")
         [entry] = [entry for entry in json_log() if entry["logger"] == "django.request"]
         assert (entry["message"], entry["request_id"]) == ("Not Found: /no-such-page", "req-404")
+
+
+class TestAccessLog:
+    def test_one_line_a_request_with_its_id_route_status_and_duration(
+        self, reader_client, reader, json_log
+    ):
+        reader_client.get(f"/api/user/{reader.id}?fields=x", HTTP_X_REQUEST_ID="req-access")
+        reader_client.get("/no-such-page", HTTP_X_REQUEST_ID="req-missing")
+
+        lines = {
+            entry["request_id"]: entry
+            for entry in json_log()
+            if entry["logger"] == "usersvc.access"
+        }
+        assert set(lines) == {"req-access", "req-missing"}
+        found, missing = lines["req-access"], lines["req-missing"]
+        assert (found["level"], found["method"], found["route"], found["status"]) == (
+            "INFO", "GET", "user-detail", 200
+        )  # fmt: skip
+        assert found["path"] == f"/api/user/{reader.id}"  # no query string
+        assert found["duration_ms"] >= 0
+        assert found["message"] == f"GET /api/user/{reader.id} 200 {found['duration_ms']} ms"
+        assert (missing["route"], missing["status"]) == ("unmatched", 404)
+
+    def test_probes_and_metrics_write_none(self, client, db, json_log):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(path).status_code == 200
+        assert not [entry for entry in json_log() if entry["logger"] == "usersvc.access"]
+
+
+class TestDisallowedHost:
+    """A request whose Host header ALLOWED_HOSTS does not list."""
+
+    def test_each_host_is_logged_once_without_the_traceback(self, client, db, json_log):
+        # Hosts of this test's own: the filter remembers the hosts other tests sent.
+        first, second = (f"{uuid.uuid4().hex}.example" for _ in range(2))
+        for host in (first, first, first, second, first):
+            assert client.get("/api/user", HTTP_HOST=host).status_code == 400
+
+        lines = [e for e in json_log() if e["logger"] == "django.security.DisallowedHost"]
+        assert [line["message"].split("'")[1] for line in lines] == [first, second]
+        assert not [line for line in lines if "exception" in line]
+        assert all(line["level"] == "ERROR" and line["request_id"] != "-" for line in lines)
+        refused = [e for e in json_log() if e["logger"] == "usersvc.access"]
+        assert [line["status"] for line in refused] == [400] * 5
+
+    def test_a_host_is_logged_again_after_the_interval(self):
+        refusals = DisallowedHostFilter(interval=0.05)
+        assert refusals.filter(_host_record("again.example"))
+        time.sleep(0.1)
+        assert refusals.filter(_host_record("again.example"))
+
+    def test_at_most_so_many_hosts_an_interval(self):
+        refusals = DisallowedHostFilter(interval=3600, max_hosts=2)
+        passed = [refusals.filter(_host_record(f"{n}.example")) for n in range(4)]
+        assert passed == [True, True, False, False]
+
+
+def _host_record(host: str) -> logging.LogRecord:
+    return logging.makeLogRecord(
+        {"name": "django.security.DisallowedHost", "msg": f"Invalid HTTP_HOST header: {host!r}."}
+    )
 
 
 class TestLookupLog:
@@ -136,3 +204,49 @@ def test_an_unknown_log_format_is_refused():
     result = _python("pass", LOG_FORMAT="xml")
     assert result.returncode != 0
     assert "LOG_FORMAT is 'xml'; use 'plain' or 'json'." in result.stderr
+
+
+@pytest.mark.slow
+def test_under_gunicorn_every_line_is_json_a_malformed_request_included(tmp_path, transactional_db):
+    """gunicorn's own lines (start, workers, a request it refuses to parse, stop) and
+    its access log, as well as the service's, with LOG_FORMAT=json."""
+    web = WebService(
+        tmp_path,
+        database_url=database_url(),
+        **redis_environment(),
+        LOG_FORMAT="json",
+        GUNICORN_ACCESS_LOG="-",
+    )
+    web.start()
+    try:
+        with socket.create_connection(("127.0.0.1", web.port), timeout=10) as connection:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nBad Header: x\r\n\r\n")
+            refused = connection.recv(1024)
+        status, headers, _ = web.request("GET", "/api/user", token=None)
+    finally:
+        web.stop()
+
+    lines = [line for line in (tmp_path / "web.log").read_text().splitlines() if line]
+    not_json = [line for line in lines if not _is_json_object(line)]
+    assert not not_json, not_json[:5]
+    entries = [json.loads(line) for line in lines]
+    assert refused.startswith(b"HTTP/1.1 400")
+    assert any(
+        entry["logger"] == "gunicorn.error" and "Invalid request" in entry["message"]
+        for entry in entries
+    )
+    [access] = [
+        entry
+        for entry in entries
+        if entry["logger"] == "gunicorn.access" and entry["request_id"] == headers["x-request-id"]
+    ]
+    assert (status, access["status"], access["method"], access["path"]) == (
+        401, 401, "GET", "/api/user"
+    )  # fmt: skip
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False

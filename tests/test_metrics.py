@@ -1,18 +1,25 @@
 """Prometheus metrics: each is recorded where the spec says, the hit path gains no
 round trip, and under gunicorn the counts of every worker add up."""
 
+import datetime
+import platform
 import re
+import subprocess
 import threading
+import time
 
+import django
 import pytest
 from django.conf import settings
+from django.utils import timezone
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import database_url, one_server_caches, pausing_fills, redis_environment
 from tests.servers import RedisServer, WebService
-from users import reads, services
-from users.cache import keys
-from users.models import User
+from users import metrics, reads, services
+from users.cache import keys, transport
+from users.models import CacheInvalidation, User
 
 
 def _sample(name: str, **labels: str) -> float:
@@ -131,8 +138,71 @@ def test_metrics_endpoint_serves_the_text_format(client, user):
         "usersvc_cache_stampede_waits": "counter",
         "usersvc_cache_stale_sets_rejected": "counter",
         "usersvc_http_request_seconds": "histogram",
+        "usersvc_cache_breaker_open": "gauge",
+        "usersvc_cache_breaker_openings": "counter",
+        "usersvc_build_info": "gauge",
+        "usersvc_outbox_backlog": "gauge",
+        "usersvc_outbox_oldest_age_seconds": "gauge",
     }.items():
         assert re.search(rf"^# TYPE {name}(_total)? {kind}$", body, re.MULTILINE), name
+
+
+def test_the_breaker_state_and_its_openings(user, stopped_redis, settings):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "BREAKER_COOLDOWN_MS": 50}
+    with Delta("usersvc_cache_breaker_openings_total") as openings:
+        while not transport.breaker.is_open:
+            reads.user_get(user_id=user.id)
+        open_while_down = _sample("usersvc_cache_breaker_open")
+        for _ in range(3):  # fail at once while open; no new opening
+            reads.user_get(user_id=user.id)
+
+        stopped_redis.start()
+        time.sleep(0.1)  # past the cooldown: the next read probes Redis and closes it
+        assert reads.user_get(user_id=user.id).source is reads.Source.MISS
+    assert (open_while_down, _sample("usersvc_cache_breaker_open"), openings.value) == (1, 0, 1)
+
+
+def _scrape_in_process(client) -> dict[str, float]:
+    """/metrics as this process serves it: each sample's value by name."""
+    body = client.get("/metrics").content.decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def test_the_outbox_backlog_and_the_age_of_its_oldest_row(client, db):
+    empty = _scrape_in_process(client)
+    rows = [CacheInvalidation.objects.create(keys=[f"key-{n}"]) for n in range(3)]
+    ten_minutes_ago = timezone.now() - datetime.timedelta(minutes=10)
+    CacheInvalidation.objects.filter(pk=rows[1].pk).update(created_at=ten_minutes_ago)
+    waiting = _scrape_in_process(client)
+
+    assert (empty["usersvc_outbox_backlog"], empty["usersvc_outbox_oldest_age_seconds"]) == (0, 0)
+    assert waiting["usersvc_outbox_backlog"] == 3
+    assert 600 <= waiting["usersvc_outbox_oldest_age_seconds"] < 3600
+
+
+def test_build_info_names_the_version_commit_python_and_django(client, db):
+    body = client.get("/metrics").content.decode()
+    [family] = [f for f in text_string_to_metric_families(body) if f.name == "usersvc_build_info"]
+    [sample] = family.samples
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True
+    ).stdout.strip()
+    assert sample.value == 1
+    assert sample.labels == {
+        "version": "0.1.0",
+        "commit": head or "unknown",
+        "python": platform.python_version(),
+        "django": django.get_version(),
+    }
+
+
+def test_build_commit_from_the_environment_wins(monkeypatch):
+    monkeypatch.setenv("BUILD_COMMIT", "0123abcd")
+    assert metrics.build_labels()["commit"] == "0123abcd"
 
 
 def test_requests_are_timed_by_route_and_status(reader_client, reader):

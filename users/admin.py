@@ -48,6 +48,13 @@ _LIST_LOOKUPS = frozenset(
     }
 )
 _PRIVILEGE_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+# The most users the two cache actions handle inside a request: a page or two of
+# the list. More (a "select all" of the whole table) would hold a worker thread,
+# and the browser, for as long as the whole selection takes, however large; the
+# commands stream any number in batches, and the refusal says which to run.
+CACHE_ACTION_MAX = 1000
+# A refusal names the selected ids in the command up to this many; past it, --all.
+_IDS_IN_COMMAND_MAX = 2000
 
 
 class UserAddForm(UserCreationForm):
@@ -137,7 +144,9 @@ class UserAdmin(DjangoUserAdmin):
 
     @admin.action(description="Warm cache", permissions=["change"])
     def warm_cache(self, request, queryset) -> None:
-        user_ids = list(queryset.values_list("pk", flat=True))
+        user_ids = self._bounded_selection(request, queryset, "Warming", "warm_user_cache")
+        if user_ids is None:
+            return
         report = self._on_cache(request, lambda: cache_warm(user_ids=user_ids))
         if report is None:
             return
@@ -148,7 +157,9 @@ class UserAdmin(DjangoUserAdmin):
 
     @admin.action(description="Evict from cache", permissions=["change"])
     def evict_from_cache(self, request, queryset) -> None:
-        user_ids = list(queryset.values_list("pk", flat=True))
+        user_ids = self._bounded_selection(request, queryset, "Evicting", "flush_user_cache")
+        if user_ids is None:
+            return
         report = self._on_cache(request, lambda: cache_flush(user_ids=user_ids))
         if report is None:
             return
@@ -157,6 +168,27 @@ class UserAdmin(DjangoUserAdmin):
             f"Evicted {len(user_ids)} users: {report.removed} keys removed.",
             messages.SUCCESS,
         )
+
+    def _bounded_selection(self, request, queryset, doing: str, command: str) -> list[int] | None:
+        """The selected ids; None, after telling the operator which command to run
+        instead, when there are more than ``CACHE_ACTION_MAX``."""
+        selected = queryset.count()
+        if selected <= CACHE_ACTION_MAX:
+            return list(queryset.values_list("pk", flat=True))
+        if selected == User.objects.count():
+            run = f"python manage.py {command} --all"
+        elif selected <= _IDS_IN_COMMAND_MAX:
+            user_ids = queryset.order_by("pk").values_list("pk", flat=True)
+            run = f"python manage.py {command} --ids {' '.join(map(str, user_ids))}"
+        else:
+            run = f"python manage.py {command} --all (every user, not only these {selected})"
+        self.message_user(
+            request,
+            f"{doing} {selected} users is more than the admin does in a request (at most "
+            f"{CACHE_ACTION_MAX}); nothing was done. Run instead: {run}",
+            messages.WARNING,
+        )
+        return None
 
     def _on_cache(self, request, action):
         """Runs a bulk cache action; None, after telling the operator, when Redis is away."""

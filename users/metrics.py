@@ -1,16 +1,21 @@
 """The user cache's Prometheus metrics, served at ``/metrics`` with the request
-durations (``config.logs``).
+durations (``config.request_context``).
 
 Recording one is an in-process operation: no request pays a network round trip
 for it. Under gunicorn every worker writes its samples to memory-mapped files in
-``PROMETHEUS_MULTIPROC_DIR`` (``config/gunicorn.py`` prepares the folder), and a
+``PROMETHEUS_MULTIPROC_DIR`` (``gunicorn.conf.py`` prepares the folder), and a
 scrape, whichever worker answers it, adds up the files of all workers, the
 recycled ones included, so counters never go backwards.
 """
 
 import functools
 import os
+import platform
+import subprocess
+import tomllib
 
+import django
+from django.conf import settings
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -21,6 +26,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.registry import Collector
 
 # Redis answers in well under a millisecond when healthy; the top buckets catch
 # the read timeout (REDIS_READ_TIMEOUT_MS, 100 ms by default).
@@ -118,6 +124,60 @@ LOGIN_LOCKOUTS = Counter(
 )
 
 
+# Gauges under gunicorn: each worker writes its own value, and multiprocess_mode
+# says how a scrape combines them. "liveall" keeps one sample per live worker
+# (label pid), "livemax" one per label set; both forget a worker once it exits.
+BREAKER_OPEN = Gauge(
+    "usersvc_cache_breaker_open",
+    "1 while this process's circuit breaker in front of Redis is open (from the failure "
+    "that opened it until a call succeeds; meanwhile its reads bypass the cache), else 0. "
+    "One sample per worker process (label pid).",
+    multiprocess_mode="liveall",
+)
+BREAKER_OPENINGS = Counter(
+    "usersvc_cache_breaker_openings",
+    "Times a circuit breaker opened after consecutive Redis failures: a breaker that opens "
+    "and closes again between two scrapes shows here only.",
+)
+BUILD_INFO = Gauge(
+    "usersvc_build_info",
+    "The code that runs, always 1: the version in pyproject.toml, the commit "
+    "(BUILD_COMMIT, else git's HEAD, else unknown), the Python and Django versions.",
+    ["version", "commit", "python", "django"],
+    multiprocess_mode="livemax",
+)
+
+
+def build_labels() -> dict[str, str]:
+    """``BUILD_INFO``'s labels for the code of this checkout or image."""
+    with open(settings.BASE_DIR / "pyproject.toml", "rb") as pyproject:
+        version = tomllib.load(pyproject)["project"]["version"]
+    return {
+        "version": version,
+        "commit": os.environ.get("BUILD_COMMIT") or _git_head() or "unknown",
+        "python": platform.python_version(),
+        "django": django.get_version(),
+    }
+
+
+def _git_head() -> str:
+    """The checkout's commit; empty where there is no git or no repository (an image)."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=settings.BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+BUILD_INFO.labels(**build_labels()).set(1)
+
+
 def _registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
@@ -126,9 +186,14 @@ def _registry() -> CollectorRegistry:
     return REGISTRY
 
 
-def exposition() -> tuple[bytes, str]:
-    """Every metric in the text format, and its content type."""
-    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+def exposition(*read_when_scraped: Collector) -> tuple[bytes, str]:
+    """Every metric in the text format, and its content type: those recorded in
+    process memory (every worker's, under gunicorn), then those that the
+    ``read_when_scraped`` collectors read from a store now."""
+    scraped = CollectorRegistry()
+    for collector in read_when_scraped:
+        scraped.register(collector)
+    return generate_latest(_registry()) + generate_latest(scraped), CONTENT_TYPE_LATEST
 
 
 def lookup_totals(entity: str) -> dict[str, float]:

@@ -29,7 +29,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from django.db import DatabaseError, connection
+from django.db.models import Count, Min
 from django.utils import timezone
+from prometheus_client.core import GaugeMetricFamily
 
 from .cache import store
 from .cache.near import near
@@ -184,3 +186,33 @@ class Outbox:
 
 
 outbox = Outbox()
+
+
+class BacklogCollector:
+    """The outbox's backlog for ``/metrics``, read from MySQL when scraped (one
+    aggregate query, over a table that holds only what Redis missed). It is the
+    table's, not the process's: every instance reports the same. Nothing when
+    MySQL does not answer, rather than a failed scrape."""
+
+    def collect(self):
+        try:
+            backlog = CacheInvalidation.objects.aggregate(
+                rows=Count("id"), oldest=Min("created_at")
+            )
+        except DatabaseError as exc:
+            logger.warning("outbox backlog not read for /metrics: %s", exc)
+            return
+        oldest = backlog["oldest"]
+        age = max((timezone.now() - oldest).total_seconds(), 0.0) if oldest else 0.0
+        yield GaugeMetricFamily(
+            "usersvc_outbox_backlog",
+            "Cache invalidations that Redis missed and that wait in the outbox table for "
+            "their replay.",
+            value=backlog["rows"],
+        )
+        yield GaugeMetricFamily(
+            "usersvc_outbox_oldest_age_seconds",
+            "Age of the oldest row in the outbox table, 0 when it is empty: for that long, "
+            "processes other than the writer's may have read an entry a write changed.",
+            value=age,
+        )

@@ -22,6 +22,7 @@ from django.http import HttpResponse, JsonResponse
 from . import metrics
 from .cache import cluster
 from .cache.transport import CacheUnavailable
+from .outbox import BacklogCollector
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def metrics_view(request) -> HttpResponse:
     if not is_operator(request):
         detail = "Metrics are for operators: see METRICS_ALLOWED_NETWORKS and METRICS_TOKEN."
         return JsonResponse({"detail": detail}, status=403)
-    body, content_type = metrics.exposition()
+    body, content_type = metrics.exposition(BacklogCollector())
     return HttpResponse(body, content_type=content_type)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config.logs import PLAIN_FORMAT
 from config.redis import cache_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -114,7 +115,7 @@ MIDDLEWARE = [
     # /healthz, /readyz and /metrics, answered before the host check (users/probes.py).
     "users.probes.ProbesMiddleware",
     # The request id for the logs, and the request duration for the metrics.
-    "config.logs.RequestContextMiddleware",
+    "config.request_context.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Sessions, request.user and messages for the admin and the browsable API;
@@ -274,9 +275,12 @@ if LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "config.logs.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "config.logs.RequestIdFilter"},
+        "disallowed_host": {"()": "config.logs.DisallowedHostFilter"},
+    },
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "plain": {"format": PLAIN_FORMAT},
         "json": {"()": "config.logs.JsonFormatter"},
     },
     "handlers": {
@@ -287,6 +291,10 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    # Django's own handlers would write its records a second time, in plain text.
-    "loggers": {"django": {"handlers": []}},
+    "loggers": {
+        # Django's own handlers would write its records a second time, in plain text.
+        "django": {"handlers": []},
+        # A bad Host header: once a host and minute, without the traceback.
+        "django.security.DisallowedHost": {"filters": ["disallowed_host"]},
+    },
 }

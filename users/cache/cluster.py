@@ -9,6 +9,7 @@ one call per slot, pipelined to each node that holds some of them.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -154,6 +155,53 @@ def scan_project_keys(pattern: str | None = None, *, count: int = 1000) -> Itera
                 yield [key.decode() for key in found]
             if cursor == 0:
                 break
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeySample:
+    """What a bounded SCAN of one server found (``sample_keys``)."""
+
+    # The keys under this project's prefix among those it went over.
+    project_keys: list[str]
+    # How many keys it went over, this project's and any other application's.
+    examined: int
+    # How many keys the server's database holds (INFO keyspace).
+    in_database: int
+    # Whether it went over the whole database.
+    complete: bool
+
+
+def sample_keys(*, pages: int, count: int = 1000) -> list[KeySample]:
+    """Each server's keys as far as ``pages`` SCAN pages go (each primary's, on a
+    cluster), and how many its database holds: ``pages + 1`` round trips a
+    server, however many keys there are.
+
+    No MATCH, so that a page holds every key it went over: the share of this
+    project's keys in the sample estimates their share of the database, where
+    other applications' keys may be most. Only the project's key names are kept."""
+    prefix = f"{user_cache_settings.KEY_PREFIX}:".encode()
+    samples = []
+    for server in call(_servers_to_scan):
+        database = f"db{server.connection_pool.connection_kwargs.get('db', 0)}"
+        keyspace = call(lambda _redis, server=server: server.info("keyspace"))
+        project_keys, examined, cursor = [], 0, 0
+        for _ in range(pages):
+            cursor, found = call(
+                lambda _redis, server=server, cursor=cursor: server.scan(cursor, count=count)
+            )
+            examined += len(found)
+            project_keys += [key.decode() for key in found if key.startswith(prefix)]
+            if cursor == 0:
+                break
+        samples.append(
+            KeySample(
+                project_keys=project_keys,
+                examined=examined,
+                in_database=keyspace.get(database, {}).get("keys", 0),
+                complete=cursor == 0,
+            )
+        )
+    return samples
 
 
 def _servers_to_scan(redis: Redis | RedisCluster) -> list[Redis]:

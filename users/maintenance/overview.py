@@ -1,4 +1,13 @@
-"""What the admin shows of the cache: each listed user's entry, and the overview page."""
+"""What the admin shows of the cache: each listed user's entry, and the overview page.
+
+The page counts this project's keys from a sample: a SCAN of the whole database
+costs a round trip per thousand keys (ten thousand at ten million), which would
+hold the request and load Redis on every view of the page. A fixed
+number of SCAN pages, scaled by the number of keys the database holds (INFO),
+costs the same at any size, is exact when the database fits in it, and is
+current on every view, which a count kept for some minutes would not be.
+``flush_user_cache --all --dry-run`` counts every entry, off the request path.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,10 @@ from .. import entries, metrics
 from ..cache import cluster, store
 from ..cache.keys import KeyKind, key_kind, user_key
 from ..cache.transport import CacheUnavailable
+
+# SCAN pages of up to about a thousand keys each, per server: the sample's size,
+# and so the overview's cost in Redis calls, whatever the size of the database.
+SAMPLE_PAGES = 10
 
 
 def user_cache_entries(*, user_ids: Sequence[int]) -> dict[int, store.EntryInfo] | None:
@@ -38,8 +51,13 @@ class CacheOverview:
     ping_ms: float | None = None
     # Redis INFO: version, memory, and the server-wide keyspace hits and misses.
     info: dict = dataclasses.field(default_factory=dict)
-    # This project's keys by kind (a full SCAN of its prefix).
+    # This project's keys by kind: counted when the sample covered the database
+    # (``keys_exact``), else estimated from ``keys_sampled`` of its
+    # ``keys_in_database`` keys.
     keys: dict[KeyKind, int] = dataclasses.field(default_factory=dict)
+    keys_exact: bool = True
+    keys_sampled: int = 0
+    keys_in_database: int = 0
     # This service's user lookups by result, over every worker since it started.
     lookups: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -65,10 +83,25 @@ def cache_overview() -> CacheOverview:
     try:
         ping_ms = cluster.ping() * 1000
         info = cluster.server_info()
-        keys = dict.fromkeys(KeyKind, 0)
-        for page in cluster.scan_project_keys():
-            for key in page:
-                keys[key_kind(key)] += 1
+        samples = cluster.sample_keys(pages=SAMPLE_PAGES)
     except CacheUnavailable as exc:
         return CacheOverview(reachable=False, error=str(exc), lookups=lookups)
-    return CacheOverview(reachable=True, ping_ms=ping_ms, info=info, keys=keys, lookups=lookups)
+    estimated = dict.fromkeys(KeyKind, 0.0)
+    for sample in samples:
+        # Each key of a server's sample stands for this many of its database's.
+        if sample.complete:
+            weight = 1.0
+        else:
+            weight = sample.in_database / sample.examined if sample.examined else 0.0
+        for key in sample.project_keys:
+            estimated[key_kind(key)] += weight
+    return CacheOverview(
+        reachable=True,
+        ping_ms=ping_ms,
+        info=info,
+        keys={kind: round(count) for kind, count in estimated.items()},
+        keys_exact=all(sample.complete for sample in samples),
+        keys_sampled=sum(sample.examined for sample in samples),
+        keys_in_database=sum(sample.in_database for sample in samples),
+        lookups=lookups,
+    )

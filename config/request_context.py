@@ -1,0 +1,71 @@
+"""The first middleware: the request id, the request's duration, and its access line.
+
+Every request gets an id (the caller's ``X-Request-ID`` when it looks like one,
+else a new UUID), sent back in the response's ``X-Request-ID`` and attached to
+every log record written while the request runs (``config.logs``), so one
+request's lines can be found among all the workers'.
+
+Each request that reaches it writes one access line (logger ``usersvc.access``,
+INFO) with the route, status and duration the request metric records. The probes
+and ``/metrics``, answered by the middleware ahead of it, write none: they come
+every few seconds and would drown the rest.
+"""
+
+import logging
+import re
+import time
+import uuid
+
+from prometheus_client import Histogram
+
+from .logs import request_id
+
+access_log = logging.getLogger("usersvc.access")
+
+HTTP_REQUEST_SECONDS = Histogram(
+    "usersvc_http_request_seconds",
+    "Duration of HTTP requests by method, route (URL name) and status code.",
+    ["method", "route", "status"],
+)
+
+# Letters, digits and a few separators, as load balancers and tracers generate them;
+# anything else (too long, spaces, control characters) is replaced, not logged.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+# Methods outside this set share one label, so that made-up methods cannot grow
+# the metric's label set without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestContextMiddleware:
+    """First in the chain after the probes: sets the request id, times the request
+    for the metrics, and writes its access line."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.headers.get("X-Request-ID", "")
+        current = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        # Not reset on the way out: Django logs 4xx and 5xx responses ("Not Found:
+        # ...") after the middleware has returned, and those lines need the id too.
+        # The next request on this thread sets its own.
+        request_id.set(current)
+        started = time.perf_counter()
+        response = self.get_response(request)
+        seconds = time.perf_counter() - started
+        match = request.resolver_match
+        method = request.method if request.method in _METHODS else "other"
+        route = match.view_name if match else "unmatched"
+        HTTP_REQUEST_SECONDS.labels(method, route, str(response.status_code)).observe(seconds)
+        response["X-Request-ID"] = current
+        # The path without its query string, which may hold what a user searched for.
+        fields = {
+            "method": request.method,
+            "path": request.path,
+            "route": route,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        access_log.info("%(method)s %(path)s %(status)s %(duration_ms)s ms", fields, extra=fields)
+        return response

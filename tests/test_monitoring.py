@@ -1,0 +1,147 @@
+"""The Prometheus alert rules and the Grafana dashboard (deploy/prometheus,
+deploy/grafana): promtool accepts every rule file, the alerts fire when they
+should (promtool's unit tests, tests/prometheus/), the dashboard's queries are
+PromQL, and every metric the rules and the dashboard name is on a real /metrics.
+
+promtool is Debian's prometheus package's; the tests that need it are skipped
+where it is not installed, except in CI (``CI`` set), where ``.ci/run``
+installs it and a missing promtool is a failure.
+"""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from django.test import override_settings
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import database_url
+from tests.servers import RedisServer, WebService
+from users.cache import keys
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+RULE_FILES = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))
+RULES = ROOT / "deploy" / "prometheus" / "usersvc.rules.yml"
+RULE_TESTS = ROOT / "tests" / "prometheus" / "usersvc.rules.test.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "usersvc.json"
+# The service's metrics are all named usersvc_...; the files above are the
+# service's own (other files in deploy/prometheus watch other components).
+METRIC_NAME = re.compile(r"\busersvc_[a-z0-9_]+")
+
+
+@pytest.fixture
+def promtool() -> str:
+    if not os.access(PROMTOOL, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI checks the alert rules, but {PROMTOOL} is missing")
+        pytest.skip("no promtool: apt-get install prometheus (CI installs it)")
+    return PROMTOOL
+
+
+def _promtool(promtool: str, *args: str | Path) -> None:
+    result = subprocess.run(
+        [promtool, *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_every_rule_file(promtool):
+    assert RULES in RULE_FILES
+    _promtool(promtool, "check", "rules", *RULE_FILES)
+
+
+def test_the_alerts_fire_when_they_should_and_only_then(promtool):
+    _promtool(promtool, "test", "rules", RULE_TESTS)
+
+
+def _dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_the_dashboards_queries_are_promql(promtool, tmp_path):
+    """Each panel's query, its Grafana variables given values, as a recording rule
+    that promtool parses."""
+    variables = {"$__rate_interval": "5m", "$job": ".+", "$instance": ".+"}
+    rules = []
+    for number, query in enumerate(_dashboard_queries()):
+        for variable, value in variables.items():
+            query = query.replace(variable, value)
+        assert "$" not in query, query
+        rules.append({"record": f"dashboard:query_{number}", "expr": query})
+    assert rules
+    checked = tmp_path / "dashboard.rules.yml"
+    checked.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+
+    _promtool(promtool, "check", "rules", checked)
+
+
+def test_the_dashboards_panels_have_their_own_ids_and_the_datasource_variable():
+    dashboard = json.loads(DASHBOARD.read_text())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def _named_metrics() -> set[str]:
+    return set(METRIC_NAME.findall(RULES.read_text())) | set(
+        METRIC_NAME.findall(DASHBOARD.read_text())
+    )
+
+
+@pytest.mark.slow
+def test_every_metric_the_rules_and_the_dashboard_name_exists(tmp_path, transactional_db):
+    """Scraped from the service under gunicorn, with its own Redis, after reads that
+    hit, miss, wait for another reader's lease and, Redis stopped, bypass it."""
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    web = WebService(tmp_path, database_url=database_url(), redis_url=redis_server.url)
+    try:
+        web.prepare()
+        web.start()
+        status, _, created = web.request(
+            "POST", "/api/user", {"username": "scraped", "email": "scraped@example.com"}
+        )
+        assert status == 201
+        for path in (f"/api/user/{created['id']}", "/api/user/999000", "/api/user/999000"):
+            assert web.request("GET", path)[0] in (200, 404)
+        # Another reader's lease on a missing entry: this read waits for it.
+        web_keys = {"KEY_PREFIX": web.env["CACHE_KEY_PREFIX"]}
+        with override_settings(USERS_CACHE=web_keys):
+            lease = keys.lease_key(keys.user_key(999_001))
+        redis_server.client().set(lease, "another-reader", px=60_000)
+        assert web.request("GET", "/api/user/999001")[0] == 404
+        redis_server.stop()
+        for _ in range(6):
+            assert web.request("GET", f"/api/user/{created['id']}")[0] == 200
+        scraped = _scrape(web.port)
+    finally:
+        web.stop()
+        redis_server.stop()
+
+    named = _named_metrics()
+    assert {"usersvc_cache_breaker_open", "usersvc_outbox_oldest_age_seconds"} <= named
+    assert named - scraped == set()
+
+
+def _scrape(port: int) -> set[str]:
+    """The metric families' and the samples' names of /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    body = response.read().decode()
+    connection.close()
+    assert response.status == 200
+    families = list(text_string_to_metric_families(body))
+    return {family.name for family in families} | {
+        sample.name for family in families for sample in family.samples
+    }
