@@ -107,6 +107,17 @@ def _rps_ratio(passes: list[PassResult], scenario: str, baseline: str) -> float:
     return _median(_ratios(passes, scenario, baseline))
 
 
+def _commands_beyond_background(one: PassResult, scenario: str) -> float:
+    """Redis commands per request that the requests caused. The authenticated floor
+    reads nothing from Redis once its token is in the near cache, so its commands/s
+    are the background's (rate counts added every RATE_SYNC_MS, tracking PINGs),
+    which run per second whatever the request rate."""
+    result, floor = one.http[scenario], one.http["floor"]
+    return (result.redis_commands_per_second - floor.redis_commands_per_second) / (
+        result.requests_per_second
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class _Target:
     text: str
@@ -149,8 +160,8 @@ def _targets(passes: list[PassResult], options: Options) -> list[_Target]:
             lambda ratio: ratio >= 0.9,
         ),
         _Target(
-            "hot GET: Redis commands per request ≤ 0.05 (background work only)",
-            [one.http["hot"].redis_commands_per_request for one in passes],
+            "hot GET: Redis commands per request, beyond the background's, ≤ 0.05",
+            [_commands_beyond_background(one, "hot") for one in passes],
             "per request",
             lambda count: count <= 0.05,
         ),
