@@ -51,11 +51,12 @@ WRONG_PASSWORD = "not-the-password"
 PASSWORDS = (SERVICE_PASSWORD, SENTINEL_PASSWORD, DEFAULT_PASSWORD, WRONG_PASSWORD)
 
 # What the service sends to the data nodes, the commands of its Lua scripts
-# included (Redis checks a script's calls against the caller's ACL too); the
-# README lists the same. COMMAND and CLUSTER SLOTS are the cluster client's: it
-# maps the slots and the commands' key positions with them. EVAL and INCRBY are
-# django-redis' cache.incr(), with which the login limits count failures. CLIENT
-# TRACKING is the near cache's (users/cache/near.py).
+# included (Redis checks a script's calls against the caller's ACL too);
+# docs/configuration.md, "Redis credentials and TLS", lists the same. COMMAND and
+# CLUSTER SLOTS are the cluster client's: it maps the slots and the commands' key
+# positions with them. EVAL and INCRBY are django-redis' cache.incr(), with which
+# the login limits count failures. CLIENT TRACKING is the near cache's
+# (users/cache/near.py).
 SERVICE_COMMANDS = (
     "evalsha", "eval", "script|load",
     "hgetall", "hmget", "hget", "hset", "get", "set", "del", "unlink", "exists",

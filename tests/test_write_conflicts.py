@@ -2,7 +2,7 @@
 times, then gets a 409; any other database error is a 503, never a 500.
 
 The errors are raised into the UPDATE of the user row with the codes MySQL and
-TiDB send; TiDB itself does not run here (README, "Scaling out").
+TiDB send; TiDB itself does not run here (docs/scaling.md).
 """
 
 import pytest
