@@ -8,13 +8,11 @@ and threads let those waits overlap inside one process while the process
 count, two per CPU, keeps the CPUs busy. The CPUs are those this process may
 use: a container's CPU quota, not the node's cores (config/cpus.py).
 
-Measured on the 2-core machine of the benchmarks, 100,000 cached users, wrk with
-16 connections on GET hits, 8 s per configuration, two rounds in turns
-(requests/s, p99): 2 workers x 8 threads 829, 52 ms; 4 x 4 836, 75 ms; 4 x 8
-828, 64 ms; 3 x 4 694, 66 ms; 8 x 2 811, 469 ms; 8 x 4 588, 544 ms. More than
-two processes per core only adds context switches and a long tail; between the
-configurations at two per core the spread was within the machine's noise, and
-4 x 4 keeps a hung thread from stalling half of the server.
+Measured on the 2-core machine of the benchmarks with GET hits, from 2 x 8 to
+8 x 4 workers x threads: the configurations at two processes per core were within
+the machine's noise of each other, and more processes only added context
+switches and a tail several times longer. 4 x 4 keeps a hung thread from
+stalling half of the server.
 
 Connections: each thread keeps its own MySQL connection (CONN_MAX_AGE), and each
 worker also runs the outbox thread, so one server holds up to

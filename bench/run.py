@@ -1,4 +1,4 @@
-"""The benchmark suite's command line: ``./scripts/bench [options]`` (README, "Benchmarks").
+"""The benchmark suite's command line: ``./scripts/bench [options]`` (docs/benchmarks.md).
 
 Loads N users into a database of its own, starts gunicorn with the production
 configuration on loopback, drives it with wrk, times the in-process calls, and
@@ -28,7 +28,7 @@ _QUICK_MICRO_CALLS = 2_000
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="./scripts/bench",
-        description="Benchmarks the user service end to end; see the README's 'Benchmarks'.",
+        description="Benchmarks the user service end to end; see docs/benchmarks.md.",
     )
     parser.add_argument("--users", type=int, help=f"users to load (default {_DEFAULTS['users']:,})")
     parser.add_argument(

@@ -4,9 +4,9 @@ token-authenticated API requests.
 They serve the admin and the browsable API, which log in with a session. An API
 request that carries ``Authorization: Token ...`` is authenticated by DRF
 (``users.access``) and uses neither a session, ``request.user`` before
-the view, nor messages; skipping the three saved about 90-140 µs of a request
-that costs 800-950 µs in process (measured side by side on the framework-floor
-endpoint), about a tenth of a cached read. Everything else, the admin included,
+the view, nor messages; skipping the three saved about a tenth of
+a cached read's time in process (measured side by side on the framework-floor
+endpoint). Everything else, the admin included,
 goes through them as usual, and Django's admin checks still find them (these
 are subclasses). CSRF stays on for every request: DRF's views are exempt
 anyway, and it guards the admin's forms.

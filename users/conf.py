@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     # Milliseconds between two looks at an entry another reader is filling.
     "LEASE_POLL_MS": 5,
     # After a write commits: "invalidate" deletes the entry (the next read refills
-    # it), "write-through" stores the new state at once (see the README).
+    # it), "write-through" stores the new state at once (docs/design.md).
     "UPDATE_STRATEGY": "invalidate",
     # Consecutive Redis failures that open the circuit breaker, and how long it then
     # stays open (every cache call fails fast and reads bypass the cache).

@@ -1,7 +1,7 @@
 """Settings shared by every environment; environment variables decide the rest.
 
-Every variable read here is listed, with its default, in the README's
-configuration table.
+Every variable read here is listed, with its default, in docs/configuration.md
+(tests/test_docs.py holds the two together).
 """
 
 import ipaddress
@@ -34,7 +34,7 @@ USE_I18N = True
 # DATABASES
 # ------------------------------------------------------------------------------
 # mysql:// is MySQL or MariaDB; tidb:// selects django-tidb, the backend for TiDB,
-# which speaks MySQL's protocol (README, "Scaling out").
+# which speaks MySQL's protocol (docs/scaling.md).
 environ.Env.DB_SCHEMES["tidb"] = "django_tidb"
 DATABASES = {
     "default": env.db("DATABASE_URL", default="mysql://root@127.0.0.1:3306/usersvc"),
