@@ -3,6 +3,7 @@ and true to what the API actually sends."""
 
 import json
 
+import jsonschema
 import pytest
 from django.core.management import call_command
 
@@ -117,6 +118,35 @@ def test_what_the_api_sends_is_documented(
     assert {status for _, _, status in sent} == {200, 201, 204, 400, 401, 403, 404, 415}
     for path, method, status in sent:
         assert str(status) in _operation(schema, path, method)["responses"], (path, method, status)
+
+
+def _documented_body(schema: dict, path: str, method: str, status: str) -> dict:
+    """The JSON Schema of a documented answer, with the components it refers to;
+    OpenAPI 3.0's ``nullable`` spelt as JSON Schema's null type."""
+
+    def spelt(node):
+        if isinstance(node, dict):
+            node = {key: spelt(value) for key, value in node.items()}
+            if node.pop("nullable", False):
+                node["type"] = [node["type"], "null"]
+            return node
+        if isinstance(node, list):
+            return [spelt(value) for value in node]
+        return node
+
+    content = _operation(schema, path, method)["responses"][status]["content"]
+    body = content["application/json"]["schema"]
+    return spelt({**body, "components": schema["components"]})
+
+
+def test_every_shape_of_the_list_is_its_documented_answer(schema, reader_client, reader):
+    """The list answers a page, or the users of ?ids=: one documented 200 covers both."""
+    documented = _documented_body(schema, "/api/user/", "get", "200")
+    validator = jsonschema.Draft4Validator(documented, format_checker=jsonschema.FormatChecker())
+    for query in ("", "?page_size=1", f"?ids={reader.id},999999", f"?username={reader.username}"):
+        body = reader_client.get(f"/api/user{query}").json()
+        errors = [error.message for error in validator.iter_errors(body)]
+        assert errors == [], query
 
 
 def test_schema_and_swagger_ui_are_served_without_a_cdn(client, reader):

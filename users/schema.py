@@ -194,10 +194,13 @@ _STAFF_ONLY = {**_ANY, 403: FORBIDDEN, 409: CONFLICT}
 _WITH_BODY = {**_STAFF_ONLY, 400: FIELD_ERRORS, 413: TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE}
 _CONDITIONAL = {412: PRECONDITION_FAILED, 428: PRECONDITION_REQUIRED}
 _USER = OpenApiResponse(UserSerializer, description="The user.")
+# One answer, never a list of them: each shape carries its own list of users
+# (without many=False, a list action's answer is documented as a page of answers).
 _LIST = PolymorphicProxySerializer(
     component_name="UserListAnswer",
     serializers=[UserPageSerializer, UsersByIdSerializer],
     resource_type_field_name=None,
+    many=False,
 )
 
 describe_user_viewset = extend_schema_view(
