@@ -1,45 +1,49 @@
 """The near cache: a bounded in-process LRU of entries read from Redis, kept coherent
 by Redis itself.
 
-Each process holds one tracking connection per Redis primary, on which it asked
-for ``CLIENT TRACKING ON BCAST`` over the prefixes of user and token entries:
-Redis then pushes the name of every such key anyone changes, deletes or lets
-expire, and the process drops it. Three rules make that enough:
+Each process holds one tracking connection per Redis primary
+(``users/cache/tracking.py``), on which it asked for ``CLIENT TRACKING ON BCAST``
+over the prefixes of user and token entries: Redis then pushes the name of every
+such key anyone changes, deletes or lets expire, and the process drops it.
+Three rules make that enough:
 
 * **Drained before served.** Every read of the near cache first applies every
-  invalidation already on the tracking connection (a poll of its socket, no
-  round trip). A write's invalidation is queued on that socket before the writer
-  hears its DEL answered; by the time the writer has acknowledged its request
-  and a client has asked this process, the message is there to be applied.
+  invalidation already on the tracking connections (a poll of their sockets, no
+  round trip). Redis sends a write's invalidation in the same pass of its event
+  loop as the writer's answer; by the time the writer has acknowledged its
+  request and a client has asked this process, the message has normally arrived
+  (docs/near-cache.md gives the cases where it has not, and their bounds).
 * **Stored only if not invalidated since.** A value read from Redis is kept only
   if no invalidation of its key was applied after the read began (a stamp taken
   before it): an invalidation that overtakes the reply cannot be lost.
 * **Nothing without tracking.** Until tracking is up, and from the moment a
-  tracking connection fails (a restart, a failover, a network error), the near
-  cache is emptied and every read goes to Redis, until tracking is back.
+  tracking connection fails, or answers no PING for a second (a restart, a
+  failover, a network error), the near cache is emptied and every read goes to
+  Redis, until tracking is back.
 
-Entries also leave after ``NEAR_CACHE_MAX_AGE`` seconds, however quiet Redis
-is, and when the cache is full (least recently used first).
+Entries also leave after ``NEAR_CACHE_MAX_AGE`` seconds (an absence after
+``NEGATIVE_TTL``, as in Redis), however quiet Redis is, and when the cache is
+full (least recently used first). No network wait happens under the lock that
+reads take: connecting and checking are a thread's (``near-cache-tracking``).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from .. import metrics
 from ..conf import user_cache_settings
+from ..entries import is_absent
 from . import keys
-from .transport import UNAVAILABLE, client
+from .tracking import Tracking, TrackingLost
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +65,15 @@ class NearCache:
         self._sequence = 0
         self._invalidated: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._pruned_up_to = 0
-        self._connections: list = []
-        # The (host, port) of each tracked primary, on a cluster.
-        self._tracked: set[tuple[str, int]] = set()
-        self._tracking = False
+        self._tracking: Tracking | None = None
+        self._tracked_once = False
+        # Set by a push that could not be applied: the next drain ends tracking.
+        self._broken: str | None = None
+        # One connection attempt at a time, and when the next may start.
+        self._connecting = threading.Lock()
         self._next_attempt = 0.0
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
 
     @property
     def enabled(self) -> bool:
@@ -78,7 +85,8 @@ class NearCache:
         if not self.enabled:
             return None
         self._ensure_tracker()
-        return self._sequence if self._tracking else None
+        with self._lock:
+            return self._sequence if self._tracking is not None else None
 
     def get_many(self, entry_keys: Iterable[str]) -> dict[str, Entry]:
         """The entries held for these keys, after applying every invalidation already
@@ -108,18 +116,26 @@ class NearCache:
         invalidated since (or tracking failed meanwhile)."""
         if stamp is None or not entries:
             return
-        expires = time.monotonic() + user_cache_settings.NEAR_CACHE_MAX_AGE
+        now = time.monotonic()
+        # An absence is held no longer than Redis remembers it.
+        held_for = {
+            key: min(
+                user_cache_settings.NEAR_CACHE_MAX_AGE,
+                user_cache_settings.NEGATIVE_TTL if is_absent(entry) else math.inf,
+            )
+            for key, entry in entries.items()
+        }
         with self._lock:
             if not self._drain() or stamp < self._pruned_up_to:
                 return
             size = user_cache_settings.NEAR_CACHE_SIZE
-            if self._untracked(entries):
+            if not self._tracking.covers(entries):
                 self._lose_tracking("a cluster primary is not tracked")
                 return
             for key, entry in entries.items():
                 if self._invalidated.get(key, -1) > stamp:
                     continue
-                self._entries[key] = (entry, expires)
+                self._entries[key] = (entry, now + held_for[key])
                 self._entries.move_to_end(key)
             evicted = 0
             while len(self._entries) > size:
@@ -133,18 +149,6 @@ class NearCache:
         """Drops keys this process changed, before its write is acknowledged."""
         with self._lock:
             self._apply(entry_keys)
-
-    def _untracked(self, entry_keys: Iterable[str]) -> bool:
-        """On a cluster, whether a key lives on a primary with no tracking connection
-        (one added, or a slot moved, since tracking began): its invalidations would
-        never arrive, so nothing is kept until tracking covers every primary again."""
-        redis = client()
-        if not isinstance(redis, RedisCluster):
-            return False
-        return any(
-            (node.host, node.port) not in self._tracked
-            for node in map(redis.get_node_from_key, entry_keys)
-        )
 
     def count_miss(self, count: int) -> None:
         if self.enabled and count:
@@ -172,124 +176,108 @@ class NearCache:
         metrics.NEAR_CACHE_SIZE.set(len(self._entries))
 
     def _drain(self) -> bool:
-        """Applies every invalidation waiting on the tracking connections; False (and
-        the near cache emptied) when tracking is down. Call with the lock held."""
-        if not self._tracking:
+        """Applies every invalidation already received (no waiting: only what the
+        sockets hold); False, and the near cache emptied, when tracking is down or
+        failed. Call with the lock held."""
+        if self._tracking is None:
             return False
         try:
-            for connection in self._connections:
-                while connection.can_read(timeout=0):
-                    connection.read_response(push_request=True)
-        except (*UNAVAILABLE, OSError) as exc:
+            self._tracking.drain()
+        except TrackingLost as exc:
             self._lose_tracking(exc)
+            return False
+        if self._broken is not None:
+            self._lose_tracking(self._broken)
             return False
         return True
 
     def _on_push(self, response: list) -> list:
-        """redis-py's handler for invalidation pushes: ``[b"invalidate", keys or None]``."""
-        invalidated = response[1]
-        self._apply(None if invalidated is None else [key.decode() for key in invalidated])
+        """redis-py's handler for invalidation pushes: ``[b"invalidate", keys or None]``.
+        redis-py logs and drops what a handler raises, so nothing may escape here: a
+        push that cannot be applied marks tracking broken, and the next drain ends it."""
+        try:
+            names = response[1]
+            self._apply(None if names is None else [n.decode(errors="replace") for n in names])
+        except Exception as exc:
+            self._broken = f"an invalidation could not be applied: {exc!r}"
         return response
 
     def _lose_tracking(self, reason: object) -> None:
         logger.warning("near cache emptied: tracking lost (%s)", reason)
-        self._tracking = False
-        self._entries.clear()
+        self._tracking.close()
+        self._tracking = None
         self._apply(None)
-        for connection in self._connections:
-            with contextlib.suppress(Exception):
-                connection.disconnect()
-        self._connections = []
+        self._wake.set()
 
     def _ensure_tracker(self) -> None:
-        """Connects when not tracking, at most every ``OUTBOX_RETRY_MS`` (one round
-        trip per primary, on the reading thread: a process's first reads are then
-        already tracked), and starts the thread that checks the connections."""
-        if not self._tracking and time.monotonic() >= self._next_attempt:
-            with self._lock:
-                if not self._tracking and time.monotonic() >= self._next_attempt:
-                    self._next_attempt = (
-                        time.monotonic() + user_cache_settings.OUTBOX_RETRY_MS / 1000
-                    )
-                    self._connect()
+        """Starts the thread that keeps tracking up; the very first connection is made
+        on the reading thread (one round trip per primary), so that a process's first
+        reads are already tracked. Never waits: another thread connecting, or Redis
+        not answering, leaves this read to go to Redis as if the near cache were off."""
         if self._thread is None or not self._thread.is_alive():
             with self._lock:
                 if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(
-                        target=self._check_forever, name="near-cache-tracking", daemon=True
+                        target=self._track_forever, name="near-cache-tracking", daemon=True
                     )
                     self._thread.start()
+        if not self._tracked_once and time.monotonic() >= self._next_attempt:
+            self._connect()
 
-    def _check_forever(self) -> None:
-        """Drains and PINGs the tracking connections every second, so that a quiet
-        process neither lets invalidations pile up nor misses a dead connection.
-        Reconnecting is left to the reading threads (``_ensure_tracker``)."""
+    def _track_forever(self) -> None:
+        """Reconnects when tracking is down (every ``OUTBOX_RETRY_MS``), and otherwise
+        checks the connections every second: drains them, so that a quiet process does
+        not let invalidations pile up, and PINGs them, without waiting for the answer
+        (the next check wants it: a connection that answers nothing in a second is
+        lost). No network wait happens under the lock readers take."""
         while True:
-            time.sleep(_CHECK_EVERY_S)
-            with self._lock:
-                if self._tracking:
+            # First a pause: the thread starts on a read, which connects by itself.
+            down = self._tracking is None and self.enabled
+            self._wake.wait(user_cache_settings.OUTBOX_RETRY_MS / 1000 if down else _CHECK_EVERY_S)
+            self._wake.clear()
+            if not self.enabled:
+                self.forget()
+            elif self._tracking is None:
+                self._connect()
+            else:
+                with self._lock:
                     self._check()
 
     def forget(self) -> None:
-        """Empties the near cache and drops tracking; the next read reconnects to
-        whatever Redis and prefix the settings name now."""
+        """Empties the near cache and drops tracking; it reconnects to whatever Redis
+        and prefix the settings name now."""
         with self._lock:
-            if self._tracking:
+            if self._tracking is not None:
                 self._lose_tracking("the cache settings changed")
+            self._tracked_once = False
             self._next_attempt = 0.0
 
     def _check(self) -> None:
-        """Drains, then PINGs each connection: a half-open connection is lost here."""
         if not self._drain():
             return
         try:
-            for connection in self._connections:
-                connection.send_command("PING")
-                while connection.read_response(push_request=True) != b"PONG":
-                    pass
-        except (*UNAVAILABLE, OSError) as exc:
+            self._tracking.ping()
+        except TrackingLost as exc:
             self._lose_tracking(exc)
 
     def _connect(self) -> None:
-        """One tracking connection per primary, RESP3, BCAST over the entries' prefixes."""
-        prefixes = [keys.user_key_prefix(), keys.token_key_prefix()]
-        opened = []
-        tracked = set()
-        try:
-            for address, pool in _primary_pools(client()):
-                connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 3})
-                opened.append(connection)
-                connection.connect()
-                connection._parser.set_invalidation_push_handler(self._on_push)
-                command = ["CLIENT", "TRACKING", "ON", "BCAST"]
-                for prefix in prefixes:
-                    command += ["PREFIX", prefix]
-                connection.send_command(*command)
-                connection.read_response()
-                tracked.add(address)
-        except (*UNAVAILABLE, OSError, RedisError) as exc:
-            logger.debug("near cache: tracking not up yet: %s", exc)
-            for connection in opened:
-                with contextlib.suppress(Exception):
-                    connection.disconnect()
+        """Opens tracking without the lock; then, under it, the near cache starts
+        empty on the new connections."""
+        if not self._connecting.acquire(blocking=False):
             return
-        self._entries.clear()
-        self._connections = opened
-        self._tracked = tracked
-        self._tracking = True
+        try:
+            self._next_attempt = time.monotonic() + user_cache_settings.OUTBOX_RETRY_MS / 1000
+            prefixes = [keys.user_key_prefix(), keys.token_key_prefix()]
+            tracking = Tracking.open(prefixes, self._on_push)
+            if tracking is None:
+                return
+            with self._lock:
+                self._apply(None)
+                self._tracking, self._broken, self._tracked_once = tracking, None, True
+        finally:
+            self._connecting.release()
         metrics.NEAR_CACHE_TRACKING_CONNECTS.inc()
-        logger.info("near cache tracking up on %d connection(s)", len(opened))
-
-
-def _primary_pools(redis) -> list:
-    """(host, port) and connection pool of each primary; one server's address is
-    not needed (None)."""
-    if isinstance(redis, RedisCluster):
-        return [
-            ((node.host, node.port), redis.get_redis_connection(node).connection_pool)
-            for node in redis.get_primaries()
-        ]
-    return [(None, redis.connection_pool)]
+        logger.info("near cache tracking up on %d connection(s)", len(tracking))
 
 
 near = NearCache()
