@@ -1,6 +1,7 @@
 """The near cache: hot reads with no round trip, kept coherent by Redis's invalidation
 messages, within one process and across processes."""
 
+import threading
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from tests.conftest import one_server_caches
 from tests.servers import RedisServer, WebService, service_stack
 from users import entries
 from users.cache import keys
+from users.cache.counters import local_windows
 from users.cache.near import near
 from users.conf import user_cache_settings
 
@@ -139,6 +141,58 @@ def test_near_hits_are_rate_limited_in_process_and_reach_redis(
     assert counters and max(counters) >= 9, counters
 
 
+def test_an_absence_is_held_no_longer_than_redis_remembers_it(
+    tmp_path, settings, reader_client, redis_round_trips
+):
+    """Redis says an absence expired only once it deletes the key, which among many
+    keys can take minutes for one nobody reads (here: active expiry off): the near
+    cache keeps its own clock."""
+    server = RedisServer(tmp_path, options=["--enable-debug-command", "yes"])
+    server.start()
+    try:
+        server.client().execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0")
+        settings.CACHES = one_server_caches(server.url)
+        settings.USERS_CACHE = {**settings.USERS_CACHE, "NEGATIVE_TTL": 1}
+        for _ in range(3):
+            assert reader_client.get("/api/user/987654321").status_code == 404
+        redis_round_trips.reset()
+        reader_client.get("/api/user/987654321")
+        assert redis_round_trips.count == 0
+
+        time.sleep(1.1)
+        reader_client.get("/api/user/987654321")
+
+        assert redis_round_trips.count >= 1
+    finally:
+        server.stop()
+
+
+def test_a_push_it_cannot_read_whole_still_drops_its_keys(hot, reader, reader_client, redis_client):
+    """One invalidation message carries every key a Redis transaction changed: a key
+    name that is not UTF-8 beside the user's must not lose the user's."""
+    key = keys.user_key(reader.id)
+    odd = keys.user_key_prefix().encode() + b"\xff"
+    with redis_client.pipeline(transaction=True) as pipe:
+        pipe.set(odd, "x")
+        pipe.hset(key, entries.NAME_OF["first_name"], "changed")
+        pipe.execute()
+    redis_client.delete(odd)
+
+    assert reader_client.get(hot).json()["first_name"] == "changed"
+
+
+def test_rates_counted_in_redis_leave_nothing_in_process(client, make_user):
+    """Only token requests served from the near cache are counted in process; the
+    others (sessions, anonymous callers, failed tokens) in Redis alone, so that
+    callers who keep changing names or addresses cannot grow the process's memory."""
+    before = len(local_windows._windows)
+    for n in range(5):
+        client.force_login(make_user(username=f"session{n}", email=f"session{n}@example.com"))
+        assert client.get("/api/user/1").status_code in (200, 404)
+
+    assert len(local_windows._windows) == before
+
+
 class TestTrackingLost:
     @pytest.fixture
     def own_redis(self, tmp_path, settings):
@@ -147,6 +201,40 @@ class TestTrackingLost:
         settings.CACHES = one_server_caches(server.url)
         yield server
         server.stop()
+
+    def test_while_redis_does_not_answer_reads_do_not_queue_for_it(self, own_redis, reader):
+        """Reconnecting is the tracking thread's, never under the lock that reads
+        take: with Redis paused, while tracking is found lost (within two checks) and
+        tried again, every read of the near cache answers at once."""
+        near.get_many([keys.user_key(reader.id)])
+        assert near._tracking is not None
+        own_redis.pause()
+        try:
+            slowest = []
+
+            def read_while_it_is_lost():
+                deadline = time.monotonic() + 2.5
+                worst = 0.0
+                while time.monotonic() < deadline:
+                    started = time.monotonic()
+                    near.get_many([keys.user_key(reader.id)])
+                    near.stamp()
+                    worst = max(worst, time.monotonic() - started)
+                slowest.append(worst)
+
+            threads = [threading.Thread(target=read_while_it_is_lost) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            own_redis.resume()
+
+        assert near._tracking is None
+        # A connection attempt waits up to the connect timeout (100 ms): a read never
+        # waits for one, nor for several in a row.
+        assert len(slowest) == 8
+        assert max(slowest) < 0.3, slowest
 
     def test_a_restart_empties_the_near_cache_and_tracking_comes_back(
         self, own_redis, reader_client, reader

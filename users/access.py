@@ -115,7 +115,6 @@ class RedisRateThrottle(SimpleRateThrottle):
                 counted = counters.count_in_window(key, window_ms)
             except CacheUnavailable:
                 return True
-            counters.local_windows.seen(key, counted, window_ms)
         self.seconds_left = max(counted.ms_left, 0) / 1000
         return counted.count <= self.num_requests
 
