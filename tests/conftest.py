@@ -11,6 +11,7 @@ or ``REDIS_SENTINELS`` would in production.
 import contextlib
 import copy
 import os
+import socket
 import threading
 from collections.abc import Iterable
 from unittest import mock
@@ -120,6 +121,18 @@ def database_url() -> str:
         credentials += ":" + quote(database["PASSWORD"], safe="")
     host, port = database["HOST"] or "127.0.0.1", database["PORT"] or 3306
     return f"mysql://{credentials}@{host}:{port}/{database['NAME']}"
+
+
+@pytest.fixture
+def redis_refused(settings):
+    """The cache pointed at a loopback port this process holds bound and never listens
+    on: every connection is refused, and no other process (a server another test
+    starts, anything else on the machine) can take the port while the test runs, as
+    it could the port of a server started and stopped."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        settings.CACHES = one_server_caches(f"redis://127.0.0.1:{closed.getsockname()[1]}/0")
+        yield
 
 
 def one_server_caches(url: str) -> dict:

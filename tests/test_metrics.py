@@ -113,7 +113,7 @@ def stopped_redis(tmp_path, settings):
     yield server
 
 
-def test_redis_errors_and_bypasses_are_counted(user, stopped_redis):
+def test_redis_errors_and_bypasses_are_counted(user, redis_refused):
     with (
         Delta("usersvc_redis_errors_total", error="ConnectionError") as errors,
         _lookups("bypass") as bypasses,
