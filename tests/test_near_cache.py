@@ -11,7 +11,7 @@ from rest_framework.authtoken.models import Token
 from tests.conftest import one_server_caches
 from tests.servers import RedisServer, WebService, service_stack
 from users import entries
-from users.cache import keys
+from users.cache import keys, store
 from users.cache.counters import local_windows
 from users.cache.near import near
 from users.conf import user_cache_settings
@@ -93,15 +93,16 @@ def test_the_size_is_bounded_least_recently_used_first(reader_client, make_user,
 
 
 def test_an_entry_leaves_after_its_maximum_age(reader_client, hot, settings, redis_round_trips):
-    """However quiet Redis is: a backstop, should an invalidation ever be lost."""
-    settings.USERS_CACHE = {**settings.USERS_CACHE, "NEAR_CACHE_MAX_AGE": 1}
+    """However quiet Redis is: a backstop, should an invalidation ever be lost. (Three
+    seconds: the reads before the sleep must fit in it, on a loaded machine too.)"""
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "NEAR_CACHE_MAX_AGE": 3}
     for _ in range(2):
         reader_client.get(hot)
     redis_round_trips.reset()
     reader_client.get(hot)
     assert redis_round_trips.count == 0
 
-    time.sleep(1.1)
+    time.sleep(3.1)
     reader_client.get(hot)
 
     assert redis_round_trips.count >= 1
@@ -152,14 +153,15 @@ def test_an_absence_is_held_no_longer_than_redis_remembers_it(
     try:
         server.client().execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0")
         settings.CACHES = one_server_caches(server.url)
-        settings.USERS_CACHE = {**settings.USERS_CACHE, "NEGATIVE_TTL": 1}
+        # Three seconds: the reads before the sleep must fit in them on a loaded machine.
+        settings.USERS_CACHE = {**settings.USERS_CACHE, "NEGATIVE_TTL": 3}
         for _ in range(3):
             assert reader_client.get("/api/user/987654321").status_code == 404
         redis_round_trips.reset()
         reader_client.get("/api/user/987654321")
         assert redis_round_trips.count == 0
 
-        time.sleep(1.1)
+        time.sleep(3.1)
         reader_client.get("/api/user/987654321")
 
         assert redis_round_trips.count >= 1
@@ -179,6 +181,47 @@ def test_a_push_it_cannot_read_whole_still_drops_its_keys(hot, reader, reader_cl
     redis_client.delete(odd)
 
     assert reader_client.get(hot).json()["first_name"] == "changed"
+
+
+def test_key_names_pushed_cost_the_process_no_memory_beyond_a_key(hot, reader_client, redis_client):
+    """Whoever can write under the tracked prefixes can make Redis push key names of
+    any length (a SET and a DEL leave nothing in Redis): the process keeps none
+    longer than a key it could hold."""
+    long_name = keys.user_key_prefix() + "{" + "9" * 100_000 + "}"
+    for _ in range(3):
+        redis_client.set(long_name, "x")
+        redis_client.delete(long_name)
+    assert reader_client.get(hot).status_code == 200  # drains what was pushed
+
+    assert max(map(len, near._invalidated), default=0) <= len(keys.token_key("0" * 64))
+
+
+def test_an_old_entry_read_between_a_write_and_its_delete_is_not_kept(
+    hot, reader, monkeypatch, django_capture_on_commit_callbacks
+):
+    """The writer drops its near copy; another thread of the process reads the old
+    entry from Redis before the write's delete reaches Redis; Redis's invalidation
+    message is late (here: never drained). The writer's second drop, once Redis
+    has deleted the key, still keeps the old entry out of the near cache."""
+    key = keys.user_key(reader.id)
+    monkeypatch.setattr(near._tracking, "drain", lambda: None)
+    in_between = {}
+    delete = store.invalidate
+
+    def read_then_delete(entry_keys):
+        if key in entry_keys and not in_between:
+            in_between["stamp"] = near.stamp()
+            in_between["entry"] = store.read_many([key])[0]
+        delete(entry_keys)
+
+    monkeypatch.setattr(store, "invalidate", read_then_delete)
+    with django_capture_on_commit_callbacks(execute=True):
+        reader.first_name = "Renamed"
+        reader.save()
+    near.put_many({key: in_between["entry"]}, in_between["stamp"])
+
+    assert in_between["entry"][entries.NAME_OF["first_name"]] != "Renamed"
+    assert near.get_many([key]) == {}
 
 
 def test_rates_counted_in_redis_leave_nothing_in_process(client, make_user):

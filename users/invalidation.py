@@ -118,9 +118,12 @@ def _after_commit(keys: list[str], apply: Callable[[], object]) -> None:
 
     def after_commit() -> None:
         # This process's near cache first, whatever Redis does: the writer reads its
-        # own write at once.
+        # own write at once. And again once Redis has dropped the keys: a read of
+        # this process that fetched an old entry from Redis in between would
+        # otherwise keep it until Redis's invalidation message arrives.
         near.invalidate(keys)
         outbox.complete(entry_id, keys, apply)
+        near.invalidate(keys)
 
     with transaction.atomic():
         entry_id = outbox.record(keys)

@@ -98,6 +98,7 @@ class Outbox:
             keys = set(self._keys)
         near.invalidate(keys)
         store.invalidate(keys)
+        near.invalidate(keys)  # what a read of this process fetched in between
         with self._lock:
             self._keys -= keys
 

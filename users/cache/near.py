@@ -22,7 +22,7 @@ Three rules make that enough:
   Redis, until tracking is back.
 
 Entries also leave after ``NEAR_CACHE_MAX_AGE`` seconds (an absence after
-``NEGATIVE_TTL``, as in Redis), however quiet Redis is, and when the cache is
+``NEGATIVE_TTL``), counted from when they were read, however quiet Redis is, and when the cache is
 full (least recently used first). No network wait happens under the lock that
 reads take: connecting and checking are a thread's (``near-cache-tracking``).
 """
@@ -117,7 +117,7 @@ class NearCache:
         if stamp is None or not entries:
             return
         now = time.monotonic()
-        # An absence is held no longer than Redis remembers it.
+        # An absence is held no longer than Redis keeps one it is given.
         held_for = {
             key: min(
                 user_cache_settings.NEAR_CACHE_MAX_AGE,
@@ -197,7 +197,7 @@ class NearCache:
         push that cannot be applied marks tracking broken, and the next drain ends it."""
         try:
             names = response[1]
-            self._apply(None if names is None else [n.decode(errors="replace") for n in names])
+            self._apply(None if names is None else _held_shapes(names))
         except Exception as exc:
             self._broken = f"an invalidation could not be applied: {exc!r}"
         return response
@@ -281,6 +281,21 @@ class NearCache:
 
 
 near = NearCache()
+
+
+def _held_shapes(names: list[bytes]) -> list[str]:
+    """The pushed key names that could name an entry this cache holds: a user's or a
+    token's, no longer than a token's key. The others need no record, and keeping
+    them would let anyone who can write a key under the tracked prefixes grow every
+    process's memory with long names (the record keeps up to 2 x NEAR_CACHE_SIZE)."""
+    longest = len(keys.token_key("0" * 64))  # a token's name: an HMAC-SHA256 in hex
+    held = []
+    for name in names:
+        if len(name) <= longest:
+            key = name.decode(errors="replace")
+            if keys.key_kind(key) in (keys.KeyKind.USER, keys.KeyKind.TOKEN):
+                held.append(key)
+    return held
 
 
 @receiver(setting_changed)
