@@ -3,6 +3,7 @@ deeply nested JSON, and lookups smuggled into the admin's URL."""
 
 import pytest
 from django.contrib.auth import authenticate
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.test import RequestFactory
 from rest_framework.authtoken.models import Token
 
@@ -117,6 +118,25 @@ class TestPasswords:
         assert response.status_code == 200
         assert api.get(f"/api/user/{user.id}").status_code == 401
         assert not Token.objects.filter(user=user).exists()
+
+    def test_a_rehash_when_the_password_is_checked_keeps_the_token(self, db, make_user, settings):
+        """Django rehashes a correct password whose hasher is no longer the preferred one
+        (a new default after an upgrade) when it checks it, and saves the new hash:
+        that is no change of password, and the first login after it revokes nothing."""
+        settings.PASSWORD_HASHERS = [
+            "django.contrib.auth.hashers.MD5PasswordHasher",
+            "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+        ]
+        user = make_user(username="holder", email="holder@example.com")
+        old_hasher = PBKDF2PasswordHasher()
+        old_hash = old_hasher.encode("an-Old-passphrase-7", old_hasher.salt(), iterations=1_000)
+        User.objects.filter(pk=user.pk).update(password=old_hash)
+        Token.objects.get_or_create(user=user)
+
+        assert User.objects.get(pk=user.pk).check_password("an-Old-passphrase-7")
+
+        assert User.objects.get(pk=user.pk).password.startswith("md5$")
+        assert Token.objects.filter(user=user).exists()
 
     def test_other_changes_keep_the_token(self, transactional_db, staff_client, make_user):
         user = make_user(username="holder", email="holder@example.com")

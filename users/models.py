@@ -80,13 +80,24 @@ class User(AbstractUser):
         super().set_unusable_password()
         self._password_set = True
 
+    def _rehashed_on_check(self) -> bool:
+        """Whether the password was set by Django's ``check_password``, which rehashes a
+        correct password whose hasher settings changed (more iterations after an
+        upgrade) and clears ``_password`` to say that this is no change: the first
+        login after such an upgrade must not revoke the user's tokens."""
+        return self._password is None and self.has_usable_password()
+
     def save(self, *args, **kwargs) -> None:
         update_fields = kwargs.get("update_fields")
         if update_fields is None or not set(update_fields) <= self.UNCACHED_FIELDS:
             self.version = next_version(self.version)
             if update_fields is not None:
                 kwargs["update_fields"] = {*update_fields, "version"}
-        revoke_tokens = getattr(self, "_password_set", False) and not self._state.adding
+        revoke_tokens = (
+            getattr(self, "_password_set", False)
+            and not self._state.adding
+            and not self._rehashed_on_check()
+        )
         super().save(*args, **kwargs)
         self._password_set = False
         if revoke_tokens:
