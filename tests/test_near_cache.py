@@ -43,6 +43,23 @@ def test_a_hot_get_costs_no_round_trip_and_no_sql(
     assert redis_round_trips.count == 0
 
 
+def test_a_user_not_held_behind_a_held_token_costs_one_command(
+    hot, reader_client, make_user, redis_round_trips
+):
+    """The token is held and the user is not: the request is counted in process and
+    the user read with one HGETALL, not with a counted token lookup."""
+    other = make_user(username="other", email="other@example.com")
+    url = f"/api/user/{other.id}"
+    assert reader_client.get(url).status_code == 200  # cached in Redis
+    near.invalidate([keys.user_key(other.id)])  # and forgotten by this process
+    redis_round_trips.reset()
+
+    response = reader_client.get(url)
+
+    assert (response.status_code, response["X-Cache"]) == (200, "HIT")
+    assert (redis_round_trips.count, redis_round_trips.commands) == (1, 1)
+
+
 def test_a_write_of_this_process_is_read_at_once(
     hot, reader, reader_client, staff_client, django_capture_on_commit_callbacks
 ):

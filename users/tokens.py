@@ -182,8 +182,9 @@ def token_lookup(
     ``before_load`` runs before any MySQL work (the failed-guess limit). Nothing is
     counted or read ahead when Redis is down: rate limits fail open.
 
-    When the near cache holds the token and every user asked for, no round trip
-    is made at all, and the request is counted in process (``LocalWindows``).
+    When the near cache holds the token, the request is counted in process
+    (``LocalWindows``); when it holds every user asked for too, no round trip is
+    made at all.
     """
     mac = token_mac(key)
     entry_key = token_key(mac)
@@ -195,9 +196,13 @@ def token_lookup(
         return _bypassed(key, mac, before_load)
     held = near.get_many([entry_key, *ahead_keys])
     principal = decode_entry(mac, held[entry_key]) if entry_key in held else None
-    if principal is not None and all(ahead in held for ahead in ahead_keys):
-        # Served in process: the request is counted here and added to Redis later.
+    if principal is not None:
+        # The token is held: the request is counted here and added to Redis later.
+        # The users the near cache lacks are left to the view's read (one HGETALL
+        # each, in one round trip), not read with a counted token lookup.
         counted = None if count is None else local_windows.count(*count)
+        if not all(ahead in held for ahead in ahead_keys):
+            return TokenRead(principal, mac, counted, None)
         read_ahead = {i: held[ahead] for i, ahead in zip(read_ahead_ids, ahead_keys, strict=True)}
         return TokenRead(principal, mac, counted, read_ahead or None)
     near.count_miss(1 + len(ahead_keys) - len(held))
