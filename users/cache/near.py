@@ -22,9 +22,10 @@ Three rules make that enough:
   Redis, until tracking is back.
 
 Entries also leave after ``NEAR_CACHE_MAX_AGE`` seconds (an absence after
-``NEGATIVE_TTL``), counted from when they were read, however quiet Redis is, and when the cache is
-full (least recently used first). No network wait happens under the lock that
-reads take: connecting and checking are a thread's (``near-cache-tracking``).
+``NEGATIVE_TTL``), counted from when they were read, however quiet Redis is,
+and when the cache is full (least recently used first). No network wait happens
+under the lock that reads take: connecting and checking are a thread's
+(``near-cache-tracking``).
 """
 
 from __future__ import annotations
