@@ -7,10 +7,14 @@ import tomllib
 from pathlib import Path
 
 import redis
+from django.core.signals import setting_changed
+from django.test import override_settings
+from django.test.signals import clear_cache_handlers
 from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
 from redis.connection import AbstractConnection, ConnectionPool
 
+from tests.conftest import one_server_caches
 from users.cache import transport
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,3 +54,20 @@ def test_commands_sent_past_the_client_come_back_raw_and_in_order(redis_client):
     assert not replies[2]  # an empty hash: a list (RESP2) or a map (RESP3)
     # The connection went back to the pool, unharmed.
     assert transport.execute(client, "ECHO", "again") == b"again"
+
+
+def test_the_client_is_of_the_settings_in_force_whatever_order_receivers_run_in():
+    """Django's cache handler forgets the old CACHES only when its own receiver of
+    ``setting_changed`` runs, which may be after the transport's, and a thread (the
+    near cache's tracking, the outbox's) may look the client up in between: the
+    client must be made from the settings in force, not from the handler."""
+    setting_changed.disconnect(clear_cache_handlers)
+    try:
+        with override_settings(CACHES=one_server_caches("redis://127.0.0.1:7/0")):
+            seen = transport.client().connection_pool.connection_kwargs.get("port")
+            clear_cache_handlers(setting="CACHES")
+    finally:
+        clear_cache_handlers(setting="CACHES")
+        setting_changed.connect(clear_cache_handlers)
+    assert seen == 7
+    assert transport.client().ping()

@@ -20,9 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from django.core.signals import setting_changed
-from django.dispatch import receiver
-from django_redis import get_redis_connection
+from django.conf import settings
+from django.utils.module_loading import import_string
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
@@ -45,22 +44,29 @@ class CacheUnavailable(Exception):
     """Redis did not answer (down, refusing, timed out): the caller bypasses the cache."""
 
 
-@functools.cache
+# The client, and the CACHES["default"] it was made from.
+_made: tuple[dict | None, Redis | RedisCluster | None] = (None, None)
+
+
 def client() -> Redis | RedisCluster:
-    """django-redis' raw client of the ``default`` cache, looked up once per process:
-    the lookup (Django's per-thread cache handler, then django-redis) costs about
-    as much as the rest of a cached read's Python. The client and its pool are
-    thread-safe, and the pool reconnects in a forked child. A ``redis.Redis`` on
-    one server or behind Sentinel, a ``RedisCluster`` on a cluster
-    (``config/redis.py``)."""
-    return get_redis_connection("default")
-
-
-@receiver(setting_changed)
-def _forget_client(*, setting: str, **kwargs) -> None:
-    """A changed CACHES names another Redis."""
-    if setting == "CACHES":
-        client.cache_clear()
+    """django-redis' raw client of the ``default`` cache, made once per process (and
+    again when the settings change: tests override them). Made from the settings
+    in force rather than looked up through Django's cache handler, which costs
+    about as much as the rest of a cached read's Python, holds a cache per thread,
+    and forgets the old settings only when its receiver of ``setting_changed``
+    runs: a background thread could get the old client in between. The client and
+    its pool are thread-safe, and the pool reconnects in a forked child. A
+    ``redis.Redis`` on one server or behind Sentinel, a ``RedisCluster`` on a
+    cluster (``config/redis.py``)."""
+    global _made
+    configured = settings.CACHES["default"]
+    made_for, redis = _made
+    if made_for is not configured:
+        options = {name: value for name, value in configured.items() if name != "BACKEND"}
+        cache = import_string(configured["BACKEND"])(options.pop("LOCATION", ""), options)
+        redis = cache.client.get_client(write=True)
+        _made = (configured, redis)
+    return redis
 
 
 def call(operation: Callable[[Redis | RedisCluster], T]) -> T:
