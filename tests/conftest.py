@@ -30,7 +30,7 @@ from rest_framework.test import APIClient
 
 from config.redis import CLUSTER_CLIENT, SENTINEL_CLIENT, cache_from_env
 from tests.servers import RedisClusterServers, SentinelGroup
-from users import entries, readthrough
+from users import entries, reads
 from users.cache import keys, scripts, store, transport
 from users.cache.breaker import CircuitBreaker
 from users.models import User
@@ -300,14 +300,14 @@ def reader(make_user) -> User:
 @contextlib.contextmanager
 def pausing_fills(hook):
     """Runs ``hook(kind, loaded)`` in every reader between its MySQL load and its Redis
-    fill (``users.readthrough.fill``): how a test drives a race to the moment it needs."""
-    original = readthrough.fill
+    fill (``users.reads.fill``): how a test drives a race to the moment it needs."""
+    original = reads.fill
 
     def fill(kind, token, loaded):
         hook(kind, loaded)
         return original(kind, token, loaded)
 
-    with mock.patch.object(readthrough, "fill", fill):
+    with mock.patch.object(reads, "fill", fill):
         yield
 
 

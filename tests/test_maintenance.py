@@ -169,11 +169,11 @@ class TestCacheWarm:
     def test_a_redis_blip_costs_a_retry_not_the_run(self, sparse_users, redis_client, monkeypatch):
         fill_many, failures = store.fill_many, []
 
-        def fail_once(fills):
+        def fail_once(fills, **options):
             if not failures:
                 failures.append(1)
                 raise transport.CacheUnavailable("TimeoutError: Timeout reading from socket")
-            return fill_many(fills)
+            return fill_many(fills, **options)
 
         monkeypatch.setattr(store, "fill_many", fail_once)
         report = warm.cache_warm(batch_size=2)

@@ -31,7 +31,7 @@ from . import tokens
 from .cache import counters
 from .cache.keys import throttle_key
 from .cache.transport import CacheUnavailable
-from .readthrough import Entry
+from .reads import Entry
 from .tokens import Principal, TokenRead
 
 _SAFE_METHODS = frozenset({"GET", "HEAD"})

@@ -12,7 +12,7 @@ from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from . import access, entries, reads, services
+from . import access, entries, lookups, reads, services
 from .models import User
 from .permissions import IsStaffOrReadOnly
 from .schema import UserCreateSerializer, UserUpdateSerializer, describe_user_viewset
@@ -115,7 +115,7 @@ class UserViewSet(viewsets.ViewSet):
     @staticmethod
     def _user_by(field: str, value: str) -> reads.UserRead:
         try:
-            return reads.user_by(field=field, value=value)
+            return lookups.user_by(field=field, value=value)
         except DjangoValidationError as exc:
             raise ValidationError({field: exc.messages}) from exc
 

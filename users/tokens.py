@@ -44,7 +44,7 @@ from .cache.near import near
 from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
 from .outbox import outbox
-from .readthrough import Entry, EntryKind, read_through
+from .reads import Entry, EntryKind, read_through
 
 _KEY_SHAPE = re.compile(r"[0-9a-f]{40}")
 
@@ -173,7 +173,7 @@ def token_lookup(
     before_load: Callable[[], None],
 ) -> TokenRead:
     """The principal a well-formed key (``is_well_formed``) authenticates, through the
-    token cache (``users.readthrough``: the token is an entry like a user).
+    token cache (``users.reads``: the token is an entry like a user).
 
     The first round trip reads the token's entry, counts the request against the
     limit ``counter(token_mac)`` names (when the token is cached), and reads the

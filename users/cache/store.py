@@ -1,6 +1,7 @@
 """Operations on entries, one or a batch at a time. Every entry is a Redis hash of
 strings; ``users.entries`` says what its fields mean. A batch costs one round
-trip on one server (one per node on a cluster)."""
+trip on one server (one per node on a cluster). Reads and fills of the entries
+the process's near cache holds go through it here (``near_cache=True``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import dataclasses
 import json
 import random
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from redis import Redis
 from redis.cluster import RedisCluster
@@ -18,6 +19,7 @@ from ..conf import user_cache_settings
 from . import scripts
 from .cluster import eval_grouped
 from .keys import lease_key
+from .near import near
 from .transport import call, execute, execute_many, run_script
 
 
@@ -42,9 +44,26 @@ def jittered_ttl_ms(seconds: int) -> int:
     return int(seconds * 1000 * (1 - jitter * random.random()))
 
 
-def read_many(keys: Sequence[str]) -> list[dict[str, str] | None]:
-    """HGETALL of every key, one round trip: each entry's fields, or None on a miss."""
+def read_many(keys: Sequence[str], *, near_cache: bool = False) -> list[dict[str, str] | None]:
+    """HGETALL of every key, one round trip: each entry's fields, or None on a miss.
 
+    With ``near_cache``, the process's near cache (``users.cache.near``) answers
+    first, and keeps what Redis answers for the rest: no round trip at all when it
+    holds every key.
+    """
+    held = near.get_many(keys) if near_cache else {}
+    rest = [key for key in keys if key not in held]
+    if not rest:
+        return [held[key] for key in keys]
+    stamp = near.stamp() if near_cache else None
+    read = dict(zip(rest, [decode_hash(reply) for reply in call(_hgetall(rest))], strict=True))
+    if near_cache:
+        near.count_miss(len(rest))
+        near.put_many({key: entry for key, entry in read.items() if entry}, stamp)
+    return [held[key] if key in held else read[key] for key in keys]
+
+
+def _hgetall(keys: Sequence[str]) -> Callable[[Redis | RedisCluster], list]:
     def read(redis: Redis | RedisCluster) -> list:
         replies = execute_many(redis, [("HGETALL", key) for key in keys])
         for reply in replies:
@@ -52,7 +71,7 @@ def read_many(keys: Sequence[str]) -> list[dict[str, str] | None]:
                 raise reply
         return replies
 
-    return [decode_hash(reply) for reply in call(read)] if keys else []
+    return read
 
 
 def lease_many(
@@ -92,9 +111,10 @@ class FillBatch:
         self.ttls_ms.append(ttl_ms)
 
 
-def fill_many(batch: FillBatch) -> list[bool]:
+def fill_many(batch: FillBatch, *, near_cache: bool = False) -> list[bool]:
     """Stores every entry of ``batch`` whose lease still stands (``scripts.FILL``);
-    True where it was stored, False where a write took the lease meanwhile."""
+    True where it was stored, False where a write took the lease meanwhile. With
+    ``near_cache``, the process's near cache keeps what was stored."""
     names = list(batch.names)
 
     def call_for(group: Sequence[int]) -> tuple[list, list]:
@@ -102,7 +122,13 @@ def fill_many(batch: FillBatch) -> list[bool]:
         document = json.dumps([names, entries], ensure_ascii=False, separators=(",", ":"))
         return _entries_and_leases(batch.keys, group), [batch.token, document]
 
-    return [bool(reply) for reply in eval_grouped(scripts.FILL, batch.keys, call_for)]
+    stamp = near.stamp() if near_cache else None
+    stored = [bool(reply) for reply in eval_grouped(scripts.FILL, batch.keys, call_for)]
+    if stamp is not None:
+        kept = [index for index, ok in enumerate(stored) if ok]
+        rows = {batch.keys[i]: dict(zip(names, map(str, batch.rows[i]), strict=True)) for i in kept}
+        near.put_many(rows, stamp)
+    return stored
 
 
 def release_many(keys: Sequence[str], token: str) -> None:

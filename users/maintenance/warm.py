@@ -1,9 +1,10 @@
 """Warm: users loaded from MySQL into Redis, a batch at a time, under leases.
 
-Each batch costs a round trip to take its leases, one query, and a round trip per
-kind of entry it fills (users, absent ids); a batch's fill runs in a second
-thread while the next batch's leases and rows are taken, so at most two batches
-are held and memory stays flat however many users there are.
+The read-through's own steps (``users.reads``), split in two: a batch's leases in
+one round trip and its rows in one query (``lease_and_load``), then its fill,
+one round trip per kind of entry (users, absent ids). A batch's fill runs in a
+second thread while the next batch's leases and rows are taken, so at most two
+batches are held and memory stays flat however many users there are.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from django.db.models import QuerySet
 
-from .. import entries, reads, readthrough
+from .. import entries, reads
+from ..cache import scripts, store
+from ..conf import user_cache_settings
 from ..models import User
 from . import retrying
 
@@ -86,9 +89,7 @@ def cache_warm(
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm") as filler:
         in_flight = None
         for batch in batches:
-            pending = retrying(
-                lambda batch=batch: readthrough.lease_and_load(kind, batch, mode=mode)
-            )
+            pending = retrying(lambda batch=batch: lease_and_load(kind, batch, mode=mode))
             if in_flight is not None:
                 settle(in_flight)
             in_flight = filler.submit(retrying, lambda pending=pending: _fill(pending))
@@ -99,11 +100,11 @@ def cache_warm(
 
 def warm_ids(user_ids: Sequence[int]) -> WarmReport:
     """One batch of given ids, refreshed: how ``check --fix`` rewrites what it found."""
-    pending = retrying(lambda: readthrough.lease_and_load(reads.USERS, user_ids, mode="refresh"))
+    pending = retrying(lambda: lease_and_load(reads.USERS, user_ids, mode="refresh"))
     return _fill(pending)
 
 
-def _fill(pending: readthrough.Pending) -> WarmReport:
+def _fill(pending: Pending) -> WarmReport:
     filled = pending.fill()
     return WarmReport(
         examined=len(pending.loaded) + pending.skipped,
@@ -112,6 +113,34 @@ def _fill(pending: readthrough.Pending) -> WarmReport:
         skipped=pending.skipped,
         refused=filled.refused,
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pending:
+    """A batch between its load and its fill: the entries of the ids whose leases
+    ``token`` holds, and how many ids were left alone."""
+
+    kind: reads.EntryKind
+    token: str
+    loaded: dict[Hashable, reads.Entry | None]
+    skipped: int
+
+    def fill(self) -> reads.Filled:
+        return reads.fill(self.kind, self.token, self.loaded)
+
+
+def lease_and_load(kind: reads.EntryKind, ids: Sequence[Hashable], *, mode: str) -> Pending:
+    """A batch's leases in one round trip (``mode`` "missing" leaves present entries
+    and entries another reader is filling alone; "refresh" takes every lease, so
+    the fill replaces present entries), then the leased ids' rows in one query.
+    Raises ``CacheUnavailable`` when Redis does not answer."""
+    token = store.new_lease_token()
+    states = store.lease_many(
+        [kind.key(i) for i in ids], token, user_cache_settings.LEASE_TTL_MS, mode=mode
+    )
+    leased = [i for i, (state, _) in zip(ids, states, strict=True) if state == scripts.LEASED]
+    loaded = reads.load(kind, leased) if leased else {}
+    return Pending(kind=kind, token=token, loaded=loaded, skipped=len(ids) - len(leased))
 
 
 _USERS_BY_RANGE = dataclasses.replace(
