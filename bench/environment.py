@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 BENCH_DATABASE = "usersvc_bench"
 KEY_PREFIX = "usersvc-bench"
-# Every key the service writes for the bench (users.cache.project_key_pattern).
+# Every key the service writes for the bench (users.cache.keys.project_pattern).
 ALL_KEYS_PATTERN = f"{KEY_PREFIX}:*"
 
 

@@ -3,9 +3,10 @@ a primary that Redis Sentinel fails over, each with or without ACL credentials
 and TLS.
 
 The engine is chosen by configuration alone, so the code that uses the cache
-(``users/cache.py``) is the same on all three: it gets its raw client from
-``django_redis.get_redis_connection``, and that client is a ``redis.Redis`` on a
-server or behind Sentinel, and a ``redis.cluster.RedisCluster`` on a cluster.
+(``users/cache/``) is the same on all three: it takes django-redis' raw client
+of this cache (``users/cache/transport.py``), and that client is a
+``redis.Redis`` on a server or behind Sentinel, and a
+``redis.cluster.RedisCluster`` on a cluster.
 
 * ``REDIS_CLUSTER_NODES`` (``host:port,host:port``, any reachable nodes of the
   cluster; the client discovers the rest) selects the cluster client,

@@ -35,8 +35,9 @@ _DATABASE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 LOOKUPS = Counter(
     "usersvc_cache_lookups",
-    "Cached lookups by entity (user, token) and result: hit, negative_hit (a cached "
-    "absence), miss (loaded from MySQL) or bypass (Redis unavailable, MySQL answered).",
+    "Cached lookups by entity (user, token, username, email) and result: hit, negative_hit "
+    "(a cached absence), miss (loaded from MySQL) or bypass (Redis unavailable, MySQL "
+    "answered).",
     ["entity", "result"],
 )
 

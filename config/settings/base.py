@@ -50,7 +50,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # CACHES
 # ------------------------------------------------------------------------------
-# django-redis owns the connections; users/cache.py borrows its raw client for
+# django-redis owns the connections; users/cache/ borrows its raw client for
 # the user hashes. One server, a Redis Cluster or a Sentinel-managed primary,
 # as the environment says (config/redis.py).
 CACHES = {"default": cache_from_env(env)}

@@ -1,7 +1,9 @@
 """Operations on entries, one or a batch at a time. Every entry is a Redis hash of
 strings; ``users.entries`` says what its fields mean. A batch costs one round
-trip on one server (one per node on a cluster). Reads and fills of the entries
-the process's near cache holds go through it here (``near_cache=True``)."""
+trip on one server (one per node on a cluster). The read-through's reads and
+fills consult the process's near cache here (``near_cache=True``); the token
+lookup's first read, which counts its request in the same round trip, does so
+itself (``users.tokens``)."""
 
 from __future__ import annotations
 

@@ -30,8 +30,9 @@ def retrying(step: Callable[[], T]) -> T:
 
     A bulk run holds Redis to the API's short timeouts, and on a busy server one
     pipeline of a long run may miss them; each step is idempotent (a retried
-    batch takes new leases and loads again), so a blip costs a retry rather
-    than the run.
+    lease-and-load takes new leases and loads again; a retried fill stores under
+    the same leases, which still refuse it if a write came in between), so a
+    blip costs a retry rather than the run.
     """
     for attempt in range(1, REDIS_ATTEMPTS + 1):
         try:
