@@ -21,6 +21,9 @@ from django.db.models import BigIntegerField, Case, CharField, F, Func, QuerySet
 
 from . import identity
 
+# A cached entry: a Redis hash of strings.
+Entry = dict[str, str]
+
 # Bumped whenever FIELDS change, so that an entry of an older shape is never read:
 # it is part of every key (``users.cache.keys``).
 SCHEMA_VERSION = 1

@@ -10,9 +10,8 @@ from . import entries
 from .cache import store
 from .cache.keys import name_key
 from .cache.transport import CacheUnavailable
-from .conf import user_cache_settings
 from .models import User
-from .reads import USERS, Entry, EntryKind, Source, UserRead, overall, read_through, user_read
+from .reads import USERS, Entry, EntryKind, Source, UserRead, load, overall, read_through, user_read
 
 
 def _name_kind(field: str) -> EntryKind:
@@ -31,7 +30,7 @@ def _name_kind(field: str) -> EntryKind:
         entity=field,
         key=lambda value: name_key(field, value),
         load=load,
-        ttl=lambda: user_cache_settings.TTL,
+        ttl=USERS.ttl,
     )
 
 
@@ -60,7 +59,7 @@ def user_by(*, field: str, value: str) -> UserRead:
     if found is None:
         return UserRead(value=None, source=Source.MISS)
     user_id = int(found[entries.NAME_ID_FIELD])
-    entry = entries.load(User.objects.filter(pk=user_id)).get(user_id)
+    entry = load(USERS, [user_id])[user_id]
     if entry is None or not _holds(field, entry, asked):
         return UserRead(value=None, source=Source.MISS)
     return user_read(user_id, entry, Source.MISS)

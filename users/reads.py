@@ -31,12 +31,11 @@ from .cache import scripts, store
 from .cache.keys import user_key
 from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
+from .entries import Entry
 from .models import User
 from .outbox import outbox
 
 logger = logging.getLogger(__name__)
-
-Entry = dict[str, str]
 
 
 class Source(enum.StrEnum):

@@ -38,7 +38,6 @@ from django.conf import settings
 from rest_framework.authtoken.models import Token
 
 from .cache import counters
-from .cache.counters import local_windows
 from .cache.keys import token_key, user_key
 from .cache.near import near
 from .cache.transport import CacheUnavailable
@@ -200,7 +199,7 @@ def token_lookup(
         # The token is held: the request is counted here and added to Redis later.
         # The users the near cache lacks are left to the view's read (one HGETALL
         # each, in one round trip), not read with a counted token lookup.
-        counted = None if count is None else local_windows.count(*count)
+        counted = None if count is None else counters.local_windows.count(*count)
         if not all(ahead in held for ahead in ahead_keys):
             return TokenRead(principal, mac, counted, None)
         read_ahead = {i: held[ahead] for i, ahead in zip(read_ahead_ids, ahead_keys, strict=True)}
@@ -213,7 +212,7 @@ def token_lookup(
         return _bypassed(key, mac, before_load)
     read_ahead = dict(zip(read_ahead_ids, ahead, strict=True)) if read_ahead_ids else None
     if counted is not None:
-        local_windows.seen(count[0], counted, count[1])
+        counters.local_windows.seen(count[0], counted, count[1])
     near.put_many(
         {k: e for k, e in zip([entry_key, *ahead_keys], [entry, *ahead], strict=True) if e},
         stamp,

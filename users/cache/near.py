@@ -42,13 +42,11 @@ from django.dispatch import receiver
 
 from .. import metrics
 from ..conf import user_cache_settings
-from ..entries import is_absent
+from ..entries import Entry, is_absent
 from . import keys
 from .tracking import Tracking, TrackingLost
 
 logger = logging.getLogger(__name__)
-
-Entry = dict[str, str]
 
 # How often the tracker checks its connections (a PING), and reconnects when down.
 _CHECK_EVERY_S = 1.0

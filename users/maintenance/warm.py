@@ -26,6 +26,17 @@ DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 10_000
 
 
+# The users a warm fills. Not held in this process's near cache: a command's
+# process never reads them, and the web process's copies are dropped by the
+# invalidations the fills cause, as any process's are.
+_USERS = dataclasses.replace(reads.USERS, near=False)
+# A keyset batch of all users holds every id between its first and last, which
+# MySQL serves faster as a primary-key range than as an IN list.
+_USERS_BY_RANGE = dataclasses.replace(
+    _USERS, load=lambda ids: entries.load(User.objects.filter(id__range=(ids[0], ids[-1])))
+)
+
+
 @dataclasses.dataclass(slots=True)
 class WarmReport:
     """What a warm did with the ids it went through."""
@@ -67,12 +78,10 @@ def cache_warm(
     assert 1 <= batch_size <= MAX_BATCH_SIZE, f"batch_size must be 1..{MAX_BATCH_SIZE}"
     report = WarmReport()
     if user_ids is not None:
-        batches, kind = _chunks(sorted(set(user_ids)), batch_size), reads.USERS
+        batches, kind = _chunks(sorted(set(user_ids)), batch_size), _USERS
     else:
         batches = _keyset_batches(_warm_selection(since), batch_size)
-        # A keyset batch of all users holds every id between its first and last,
-        # which MySQL serves faster as a primary-key range than as an IN list.
-        kind = reads.USERS if since is not None else _USERS_BY_RANGE
+        kind = _USERS if since is not None else _USERS_BY_RANGE
     mode = "missing" if missing_only else "refresh"
 
     def settle(filled: concurrent.futures.Future) -> None:
@@ -100,7 +109,7 @@ def cache_warm(
 
 def warm_ids(user_ids: Sequence[int]) -> WarmReport:
     """One batch of given ids, refreshed: how ``check --fix`` rewrites what it found."""
-    pending = retrying(lambda: lease_and_load(reads.USERS, user_ids, mode="refresh"))
+    pending = retrying(lambda: lease_and_load(_USERS, user_ids, mode="refresh"))
     return _fill(pending)
 
 
@@ -141,11 +150,6 @@ def lease_and_load(kind: reads.EntryKind, ids: Sequence[Hashable], *, mode: str)
     leased = [i for i, (state, _) in zip(ids, states, strict=True) if state == scripts.LEASED]
     loaded = reads.load(kind, leased) if leased else {}
     return Pending(kind=kind, token=token, loaded=loaded, skipped=len(ids) - len(leased))
-
-
-_USERS_BY_RANGE = dataclasses.replace(
-    reads.USERS, load=lambda ids: entries.load(User.objects.filter(id__range=(ids[0], ids[-1])))
-)
 
 
 def cache_warm_count(
