@@ -17,7 +17,7 @@ from .reads import USERS, Entry, EntryKind, Source, UserRead, load, overall, rea
 def _name_kind(field: str) -> EntryKind:
     """Usernames or e-mails (``field``) and the id each names, as entries."""
 
-    def load(values: list[str]) -> dict[str, Entry]:
+    def load_names(values: list[str]) -> dict[str, Entry]:
         rows = User.objects.filter(**{f"{field}__in": values}).values_list(field, "id")
         # The collation may match another spelling: only the value asked is its own.
         return {
@@ -29,7 +29,7 @@ def _name_kind(field: str) -> EntryKind:
     return EntryKind(
         entity=field,
         key=lambda value: name_key(field, value),
-        load=load,
+        load=load_names,
         ttl=USERS.ttl,
     )
 
