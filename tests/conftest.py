@@ -13,6 +13,7 @@ import copy
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from unittest import mock
 from urllib.parse import quote, urlsplit
@@ -30,8 +31,8 @@ from rest_framework.test import APIClient
 
 from config.redis import CLUSTER_CLIENT, SENTINEL_CLIENT, cache_from_env
 from tests.servers import RedisClusterServers, SentinelGroup
-from users import entries, reads
-from users.cache import keys, scripts, store, transport
+from users import entries
+from users.cache import keys, kinds, readthrough, scripts, store, transport
 from users.cache.breaker import CircuitBreaker
 from users.models import User
 
@@ -196,9 +197,14 @@ def blocked_user_inserts() -> int:
 def cached_entry(redis_client, user_id: int) -> dict[str, str]:
     """A user's cached hash with its fields named after their columns ("version" and
     "absent" for the metadata); empty when nothing is cached."""
-    titles = {**entries.COLUMN_OF, entries.ABSENT_FIELD: "absent"}
+    titles = {**entries.COLUMN_OF, kinds.ABSENT: "absent", kinds.EXPIRES: "expires"}
     raw = redis_client.hgetall(keys.user_key(user_id))
     return {titles[field.decode()]: value.decode() for field, value in raw.items()}
+
+
+def absent_marker(seconds: int = 60) -> dict[str, str]:
+    """A cached absence as this service writes one, valid for ``seconds``."""
+    return {kinds.ABSENT: "1", kinds.EXPIRES: str(int(time.time()) + seconds)}
 
 
 @pytest.fixture
@@ -300,14 +306,15 @@ def reader(make_user) -> User:
 @contextlib.contextmanager
 def pausing_fills(hook):
     """Runs ``hook(kind, loaded)`` in every reader between its MySQL load and its Redis
-    fill (``users.reads.fill``): how a test drives a race to the moment it needs."""
-    original = reads.fill
+    fill (``users.cache.readthrough.fill``): how a test drives a race to the moment it
+    needs."""
+    original = readthrough.fill
 
     def fill(kind, token, loaded):
         hook(kind, loaded)
         return original(kind, token, loaded)
 
-    with mock.patch.object(reads, "fill", fill):
+    with mock.patch.object(readthrough, "fill", fill):
         yield
 
 

@@ -64,14 +64,19 @@ def test_a_miss_costs_one_query_for_the_user(
 
 
 def test_a_cached_absence_is_a_404_in_one_round_trip(
-    reader_client, reader, django_assert_num_queries, redis_round_trips
+    reader_client, reader, make_user, django_assert_num_queries, redis_round_trips
 ):
-    """The negative cache, read ahead like a user."""
-    reader_client.get("/api/user/987654321")
+    """The negative cache, read ahead like a user: an id below the largest, whose
+    user was deleted."""
+    gone = make_user(username="gone", email="gone@example.com")
+    make_user(username="later", email="later@example.com")
+    url = f"/api/user/{gone.id}"
+    gone.delete()
+    reader_client.get(url)
     redis_round_trips.count = 0
 
     with django_assert_num_queries(0):
-        response = reader_client.get("/api/user/987654321")
+        response = reader_client.get(url)
 
     assert (response.status_code, response["X-Cache"]) == (404, "HIT")
     assert redis_round_trips.count == 1 + _user_read_round_trips()

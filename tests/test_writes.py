@@ -8,6 +8,7 @@ from rest_framework.authtoken.models import Token
 from tests.conftest import _token_client, cached_entry
 from users import entries, reads, services
 from users.cache import keys, store
+from users.entries import USERS
 from users.models import CacheInvalidation, User
 
 
@@ -76,16 +77,18 @@ class TestUserUpdate:
         """A later write takes the lease over; the earlier write's late fill then
         deletes the entry instead of storing its older state."""
         key = keys.user_key(cached_user.id)
-        entry = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+        entry = entries.encode(cached_user)
         first_name = entries.NAME_OF["first_name"]
-        store.take_lease(key, "earlier-write", 60_000)
-        store.take_lease(key, "later-write", 60_000)
+        store.take_lease(key, "earlier-write")
+        store.take_lease(key, "later-write")
 
-        assert (
-            store.fill_or_delete(key, "earlier-write", entry | {first_name: "x"}, 60_000) is False
-        )
+        def write(token: str, name: str) -> bool:
+            fill = store.WriteFill(USERS, cached_user.id, entry | {first_name: name}, token)
+            return store.write([key], fill=fill)
+
+        assert write("earlier-write", "x") is False
         assert redis_client.exists(key) == 0
-        assert store.fill_or_delete(key, "later-write", entry | {first_name: "New"}, 60_000) is True
+        assert write("later-write", "New") is True
         assert cached_entry(redis_client, cached_user.id)["first_name"] == "New"
         assert redis_client.exists(keys.lease_key(key)) == 0
 

@@ -1,21 +1,34 @@
 """The HTTP API: ``/api/user`` and ``/api/user/<id>``, each action a call into the
-reads (``users.reads``) or the writes (``users.services``)."""
+reads (``users.reads``) or the writes (``users.services``).
+
+Before authentication runs, the view declares what its request reads: the users
+the token lookup prefetches in its own round trip (``prefetch``), and what the
+request costs against the caller's rate limit (``cost``: the users it reads or
+renders), handed to the authenticator and the throttles it makes.
+"""
 
 import re
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import HttpRequest, QueryDict
 from django.urls import reverse
 from django.utils.http import parse_etags
 from rest_framework import pagination, permissions, status, viewsets
 from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from . import access, entries, lookups, reads, services
+from . import entries, lookups, reads, services
+from .authentication import TokenAuthentication, prefetched
+from .cache.readthrough import Source
 from .models import User
 from .permissions import IsStaffOrReadOnly
 from .schema import UserCreateSerializer, UserUpdateSerializer, describe_user_viewset
+from .throttling import RedisRateThrottle
+from .tokens import TokenRead
 
 # A positive BIGINT id: at most 19 digits (the URL pattern) and at most 2**63 - 1.
 _ID_DIGITS = "[0-9]{1,19}"
@@ -23,7 +36,7 @@ _ID_PATTERN = re.compile(_ID_DIGITS)
 _MAX_ID = 2**63 - 1
 MAX_IDS = 100
 # The query parameters that find users through the cache instead of paging.
-_LOOKUPS = ("ids", *entries.LOOKUP_FIELDS)
+_LOOKUPS = ("ids", *lookups.LOOKUP_FIELDS)
 
 
 class UserPagination(pagination.CursorPagination):
@@ -31,6 +44,15 @@ class UserPagination(pagination.CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def page_size_for(self, query: QueryDict) -> int:
+        """The page size a request asks for, as ``get_page_size`` reads it."""
+        try:
+            return pagination._positive_int(
+                query[self.page_size_query_param], strict=True, cutoff=self.max_page_size
+            )
+        except (KeyError, ValueError):
+            return self.page_size
 
     def decode_cursor(self, request: Request) -> pagination.Cursor | None:
         """DRF's decoding, and a position that can be an id: any other position a
@@ -40,6 +62,17 @@ class UserPagination(pagination.CursorPagination):
         if position is not None and not _ID_PATTERN.fullmatch(position):
             raise NotFound(self.invalid_cursor_message)
         return cursor
+
+
+class TokenRequestNegotiation(DefaultContentNegotiation):
+    """JSON for token requests, whatever ``?format=`` says: the browsable API is for
+    browsers, which log in with a session, and rendering it costs a client many
+    times what its rate limit counts."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        if isinstance(request.auth, TokenRead):
+            renderers = [r for r in renderers if not isinstance(r, BrowsableAPIRenderer)]
+        return super().select_renderer(request, renderers, format_suffix)
 
 
 class PreconditionRequired(APIException):
@@ -68,29 +101,43 @@ def _parse_ids(raw: str) -> list[int]:
 @describe_user_viewset
 class UserViewSet(viewsets.ViewSet):
     permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
+    content_negotiation_class = TokenRequestNegotiation
     # Anything but digits is no user id: the URL does not match, a JSON 404.
     lookup_value_regex = _ID_DIGITS
     pagination_class = UserPagination
-    # The users a read reads, set from the URL before authentication: token
-    # authentication reads their entries in the token's own Redis round trip
-    # (users.access), so that a cached read costs one round trip in all.
-    read_ahead_ids: list[int] | None = None
+    # What the request reads, declared from its URL before authentication: the
+    # users the token lookup reads in its own round trip (so that a cached read
+    # costs one round trip in all), and its cost against the rate limit.
+    prefetch: tuple[int, ...] = ()
+    cost: int = 1
+
+    def initialize_request(self, request: HttpRequest, *args, **kwargs) -> Request:
+        action = self.action_map.get(request.method.lower())
+        self.prefetch, self.cost = _declared_reads(action, request.GET, kwargs)
+        return super().initialize_request(request, *args, **kwargs)
+
+    def get_authenticators(self) -> list:
+        return [
+            auth(prefetch=self.prefetch, cost=self.cost)
+            if issubclass(auth, TokenAuthentication)
+            else auth()
+            for auth in self.authentication_classes
+        ]
+
+    def get_throttles(self) -> list:
+        return [
+            throttle(cost=self.cost) if issubclass(throttle, RedisRateThrottle) else throttle()
+            for throttle in self.throttle_classes
+        ]
 
     def initial(self, request: Request, *args, **kwargs) -> None:
-        """Parses the URL once, before authentication reads the users ahead: the id
-        becomes an int in ``self.kwargs`` (the dict the action is called with), and
-        ``?ids=`` a list. A malformed ``?ids=`` is reported by ``list``."""
+        """The id in the URL becomes an int in ``self.kwargs`` (the dict the action is
+        called with), or a 404 when it is out of range."""
         if "pk" in self.kwargs:
             user_id = int(self.kwargs["pk"])
             if not 1 <= user_id <= _MAX_ID:
                 raise NotFound("No user with this id.")
             self.kwargs["pk"] = user_id
-            self.read_ahead_ids = [user_id]
-        elif "ids" in request.query_params:
-            try:
-                self.read_ahead_ids = _parse_ids(request.query_params["ids"])
-            except ValidationError:
-                self.read_ahead_ids = None
         super().initial(request, *args, **kwargs)
 
     def list(self, request: Request) -> Response:
@@ -99,14 +146,14 @@ class UserViewSet(viewsets.ViewSet):
             raise ValidationError({name: ["Give one of ids, username, email."] for name in asked})
         if asked == ["ids"]:
             ids = _parse_ids(request.query_params["ids"])
-            found = reads.users_get(user_ids=ids, first=access.read_ahead(request, ids))
+            found = reads.users_get(user_ids=ids, prefetched=prefetched(request))
             body = {"results": found.values, "missing": found.missing}
-            return Response(body, headers={"X-Cache": found.source.value})
+            return Response(body, headers=_cache_status(request, found.source))
         if asked:
             field = asked[0]
             found = self._user_by(field, request.query_params[field])
             body = {"next": None, "previous": None, "results": [found.value] if found.value else []}
-            return Response(body, headers={"X-Cache": found.source.value})
+            return Response(body, headers=_cache_status(request, found.source))
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(reads.user_list(), request, view=self)
         users = [entries.to_public(row["id"], entries.entry_of(row)) for row in page]
@@ -120,8 +167,8 @@ class UserViewSet(viewsets.ViewSet):
             raise ValidationError({field: exc.messages}) from exc
 
     def retrieve(self, request: Request, pk: int) -> Response:
-        result = reads.user_get(user_id=pk, first=access.read_ahead(request, [pk]))
-        headers = {"X-Cache": result.source.value}
+        result = reads.user_get(user_id=pk, prefetched=prefetched(request))
+        headers = _cache_status(request, result.source)
         if result.value is None:
             return Response({"detail": "No user with this id."}, status=404, headers=headers)
         headers["ETag"] = result.etag
@@ -169,3 +216,35 @@ class UserViewSet(viewsets.ViewSet):
     def _written(user: User, code: int, **headers: str) -> Response:
         body = entries.to_public(user.pk, entries.encode(user))
         return Response(body, status=code, headers={"ETag": entries.etag(user.version), **headers})
+
+
+def _declared_reads(
+    action: str | None, query: QueryDict, kwargs: dict
+) -> tuple[tuple[int, ...], int]:
+    """The users a request reads (to prefetch) and its cost, from its URL alone; what
+    is malformed there is reported by the action, and reads nothing ahead."""
+    if action == "retrieve":
+        digits = kwargs.get("pk", "")
+        return ((int(digits),) if 1 <= int(digits) <= _MAX_ID else ()), 1
+    if action != "list":
+        return (), 1
+    if "ids" in query:
+        try:
+            ids = _parse_ids(query["ids"])
+        except ValidationError:
+            return (), 1
+        return tuple(ids), len(ids)
+    if any(name in query for name in lookups.LOOKUP_FIELDS):
+        return (), 1
+    return (), UserPagination().page_size_for(query)
+
+
+def _cache_status(request: Request, source: Source) -> dict[str, str]:
+    """``X-Cache``, for whom ``CACHE_STATUS_HEADER`` says: a hit tells that someone
+    read the same user, username or e-mail (or found it absent) a short while ago,
+    which is the reader's business only where readers are trusted to see the
+    cache's traffic."""
+    shown = settings.CACHE_STATUS_HEADER
+    if shown == "all" or (shown == "staff" and request.user.is_staff):
+        return {"X-Cache": source.value}
+    return {}

@@ -1,8 +1,10 @@
 """A cached user, described once: its fields (``FIELDS``), and everything derived from
 them: the entry of a saved user, the entries of a query (the database converts
-the values, for bulk loads), the API's shape of an entry, and the marker of an
-absent user. Adding a field to the projection is a line in ``FIELDS`` and a bump
-of ``SCHEMA_VERSION``, beside the model and its migration and the API schema.
+the values, for bulk loads), the API's shape of an entry, what a valid entry
+holds, and the user kind of the cache's registry (``USERS``). Adding a field to
+the projection is a line in ``FIELDS`` and a bump of
+``users.cache.keys.SCHEMA_VERSION``, beside the model and its migration and the
+API schema.
 
 Every byte of a cached entry is paid once per cached user, so the hash is
 compact: one-letter field names, no id (the key has it), booleans as "1"/"0"
@@ -17,16 +19,12 @@ import datetime
 import time
 from collections.abc import Callable
 
-from django.db.models import BigIntegerField, Case, CharField, F, Func, QuerySet, Value, When
+from django.db.models import BigIntegerField, Case, CharField, F, Func, Max, QuerySet, Value, When
 
-from . import identity
-
-# A cached entry: a Redis hash of strings.
-Entry = dict[str, str]
-
-# Bumped whenever FIELDS change, so that an entry of an older shape is never read:
-# it is part of every key (``users.cache.keys``).
-SCHEMA_VERSION = 1
+from .cache import kinds
+from .cache.kinds import CachedKind, Codec, Entry, MadeFrom, RowChange
+from .conf import user_cache_settings
+from .models import User
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
@@ -98,10 +96,6 @@ FIELDS = (
 # The row version the entry was made from: the ETag, and how check_user_cache
 # tells an entry's age. Not part of the API's shape.
 VERSION = Field("version", "v", INTEGER)
-# Present on an entry that records "no such row" (the negative cache): how a
-# cached absence is told apart from a miss.
-ABSENT_FIELD = "x"
-ABSENT_ENTRY = {ABSENT_FIELD: "1", VERSION.name: "0"}
 
 PUBLIC_FIELDS = ("id", *(field.column for field in FIELDS))
 _STORED = (*FIELDS, VERSION)
@@ -109,25 +103,8 @@ _STORED = (*FIELDS, VERSION)
 ENTRY_NAMES = tuple(field.name for field in _STORED)
 COLUMN_OF = {field.name: field.column for field in _STORED}
 NAME_OF = {field.column: field.name for field in _STORED}
-
-
-# A username's or an e-mail's entry: the id of the user who holds it.
-NAME_ID_FIELD = "i"
-LOOKUP_FIELDS = ("username", "email")
-
-
-def lookup_value(field: str, value: str) -> str:
-    """How a username or an e-mail is looked up: a username exactly as it is stored
-    (NFKC, ``users.identity``), an e-mail in its canonical form compared
-    case-insensitively, as its uniqueness is. Raises ``ValidationError`` for an
-    e-mail whose domain is no valid domain name."""
-    if field == "username":
-        return identity.normalize_username(value)
-    return identity.normalize_email(value).casefold()
-
-
-def is_absent(entry: dict[str, str]) -> bool:
-    return ABSENT_FIELD in entry
+_FLAG_FIELD = NAME_OF["is_active"]
+_NUMBER_FIELDS = tuple(field.name for field in _STORED if field.kind in (TIMESTAMP, INTEGER))
 
 
 def etag(version: int | str) -> str:
@@ -164,3 +141,38 @@ def to_public(user_id: int, entry: dict[str, str]) -> dict:
     for field in FIELDS:
         public[field.column] = field.kind.decode(entry[field.name])
     return public
+
+
+def _valid(user_id: int, entry: Entry) -> bool:
+    """Whether a cached entry's values are what ``encode`` writes: every read of it
+    must be able to shape it for the API."""
+    return entry[_FLAG_FIELD] in ("0", "1") and all(
+        entry[name].isascii() and entry[name].isdigit() for name in _NUMBER_FIELDS
+    )
+
+
+def _user_ids(changes: list[RowChange]) -> list[int]:
+    return [user_id for change in changes for user_id in change.values("id")]
+
+
+def _below_largest_id(user_ids: list[int]) -> list[int]:
+    """Of ids found nowhere, those no larger than the largest id in the table: the
+    gaps deletes leave, whose number the table bounds. An id above it is not
+    remembered, however many a client makes up (one indexed query, on a miss)."""
+    largest = User.objects.aggregate(largest=Max("id"))["largest"] or 0
+    return [user_id for user_id in user_ids if user_id <= largest]
+
+
+USERS = kinds.register(
+    CachedKind(
+        name="user",
+        codec=Codec(fields=frozenset(ENTRY_NAMES), valid=_valid),
+        load=lambda user_ids: load(User.objects.filter(id__in=user_ids)),
+        ttl=lambda: user_cache_settings.TTL,
+        absent_ttl=lambda: user_cache_settings.NEGATIVE_TTL,
+        absences_kept=_below_largest_id,
+        near=True,
+        sources={User: MadeFrom(columns=frozenset(COLUMN_OF.values()), idents=_user_ids)},
+        entry_of=encode,
+    )
+)

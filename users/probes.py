@@ -22,7 +22,7 @@ from django.http import HttpResponse, JsonResponse
 from . import metrics
 from .cache import cluster
 from .cache.transport import CacheUnavailable
-from .outbox import BacklogCollector
+from .cache.outbox import BacklogCollector
 
 logger = logging.getLogger(__name__)
 

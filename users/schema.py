@@ -252,7 +252,7 @@ describe_user_viewset = extend_schema_view(
 class TokenScheme(OpenApiAuthenticationExtension):
     """``TokenAuthentication`` takes DRF's tokens, looked up through the cache."""
 
-    target_class = "users.access.TokenAuthentication"
+    target_class = "users.authentication.TokenAuthentication"
     name = "tokenAuth"
 
     def get_security_definition(self, auto_schema) -> dict:

@@ -1,21 +1,19 @@
-"""Rate-limit windows, counted in Redis: DRF's throttles and the token lookup that
-counts its request in the same round trip as it reads the token."""
+"""Rate-limit windows, counted in Redis (the throttles; the token lookup counts its
+request in the same round trip as it reads the token: ``store.read_many``), and
+in process for requests the near cache answers (``LocalWindows``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
 
 from redis import Redis
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError, ResponseError
 
 from ..conf import user_cache_settings
 from . import scripts
-from .store import decode_hash
-from .transport import CacheUnavailable, call, execute, execute_many, run_script, script
+from .transport import CacheUnavailable, call, run_script
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -27,9 +25,9 @@ class WindowCount:
     ms_left: int
 
 
-def count_in_window(key: str, window_ms: int) -> WindowCount:
-    """Counts one request against a rate limit."""
-    count, ms_left = run_script(scripts.COUNT_IN_WINDOW, [key], [window_ms])[:2]
+def count_in_window(key: str, window_ms: int, cost: int = 1) -> WindowCount:
+    """Counts one request, of ``cost`` units, against a rate limit."""
+    count, ms_left = run_script(scripts.COUNT_IN_WINDOW, [key], [window_ms, cost])[:2]
     return WindowCount(count, ms_left)
 
 
@@ -44,43 +42,6 @@ def window_count(key: str) -> WindowCount:
 
     count, ms_left = call(peek)
     return WindowCount(int(count or 0), ms_left)
-
-
-def read_counted(
-    key: str, *, counter: tuple[str, int] | None = None, also: Sequence[str] = ()
-) -> tuple[dict[str, str] | None, WindowCount | None, list[dict[str, str] | None]]:
-    """HGETALL of ``key``, doing more in the same round trip: with ``counter``
-    (counter key, window in ms; the counter must share ``key``'s hash tag) it
-    counts a request as ``count_in_window`` does, when the entry exists; with
-    ``also``, it reads those keys too (on a cluster, where they live in other
-    slots, in round trips of their own). Returns the entry, the count (None
-    without a counter, or when the entry is missing and nothing was counted) and
-    the other entries (None where missing)."""
-    loaded = script(scripts.COUNT_IN_WINDOW)
-    first = (
-        ("HGETALL", key)
-        if counter is None
-        else ("EVALSHA", loaded.sha, 2, counter[0], key, counter[1])
-    )
-    commands = [first, *(("HGETALL", other) for other in also)]
-
-    def run(redis: Redis | RedisCluster) -> list:
-        replies = execute_many(redis, commands)
-        if isinstance(replies[0], NoScriptError):  # a new, restarted or flushed server
-            redis.script_load(loaded.script)
-            replies[0] = execute(redis, *first)
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
-        return replies
-
-    replies = call(run)
-    others = [decode_hash(reply) for reply in replies[1:]]
-    if counter is None:
-        return decode_hash(replies[0]), None, others
-    requests, ms_left, flat = replies[0]
-    counted = WindowCount(requests, ms_left) if requests else None
-    return decode_hash(flat), counted, others
 
 
 class LocalWindows:
@@ -101,13 +62,13 @@ class LocalWindows:
         self._windows: dict[str, list] = {}
         self._thread: threading.Thread | None = None
 
-    def count(self, key: str, window_ms: int) -> WindowCount:
+    def count(self, key: str, window_ms: int, cost: int = 1) -> WindowCount:
         now = time.monotonic()
         with self._lock:
             window = self._windows.get(key)
             if window is None or window[2] <= now:
                 window = self._windows[key] = [0, 0, now + window_ms / 1000, window_ms]
-            window[1] += 1
+            window[1] += cost
             counted = WindowCount(window[0] + window[1], int((window[2] - now) * 1000))
         self._ensure_thread()
         return counted

@@ -33,11 +33,10 @@ from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 
-from .cache import store
-from .cache.near import near
-from .cache.transport import CacheUnavailable
-from .conf import user_cache_settings
-from .models import CacheInvalidation
+from ..conf import user_cache_settings
+from ..models import CacheInvalidation
+from . import store
+from .transport import CacheUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +95,7 @@ class Outbox:
             return
         with self._lock:
             keys = set(self._keys)
-        near.invalidate(keys)
         store.invalidate(keys)
-        near.invalidate(keys)  # what a read of this process fetched in between
         with self._lock:
             self._keys -= keys
 
