@@ -1,13 +1,21 @@
-"""The HTTP API: ``/api/user`` and ``/api/user/<id>``, each action a call into the
-reads (``users.reads``) or the writes (``users.services``)."""
+"""The HTTP API: ``/api/user``, ``/api/user/batch`` and ``/api/user/<id>``, each
+action a call into the reads (``users.reads``) or the writes (``users.services``).
+
+Query parameters are read as clients send them: ``ids``, a list, in every form a
+client encodes one (repeated keys, commas, both); every other parameter takes
+one value, and a second one is a 400 rather than a guess at which one was meant.
+"""
 
 import re
+from datetime import UTC, datetime
+from urllib.parse import quote
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 from django.utils.http import parse_etags
 from rest_framework import pagination, permissions, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,15 +23,31 @@ from rest_framework.response import Response
 from . import access, entries, lookups, reads, services
 from .models import User
 from .permissions import IsStaffOrReadOnly
-from .schema import UserCreateSerializer, UserUpdateSerializer, describe_user_viewset
+from .schema import (
+    MAX_ID,
+    MAX_IDS,
+    UserCreateSerializer,
+    UserUpdateSerializer,
+    describe_user_viewset,
+)
 
-# A positive BIGINT id: at most 19 digits (the URL pattern) and at most 2**63 - 1.
+# A positive BIGINT id: at most 19 digits (the URL pattern) and at most MAX_ID.
 _ID_DIGITS = "[0-9]{1,19}"
 _ID_PATTERN = re.compile(_ID_DIGITS)
-_MAX_ID = 2**63 - 1
-MAX_IDS = 100
 # The query parameters that find users through the cache instead of paging.
 _LOOKUPS = ("ids", *entries.LOOKUP_FIELDS)
+# When ``GET /api/user?ids=`` was deprecated for ``GET /api/user/batch?ids=``: its
+# answers say so in RFC 9745's Deprecation header, an sf-date (``@`` Unix seconds).
+IDS_ON_LIST_DEPRECATED = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+def one_value(request: Request, name: str) -> str | None:
+    """The value of a single-valued query parameter, None when absent; a 400 naming
+    it when it is repeated, where ``QueryDict.get`` would silently take the last."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise ValidationError({name: [f"Give {name} once ({len(values)} values given)."]})
+    return values[0] if values else None
 
 
 class UserPagination(pagination.CursorPagination):
@@ -32,14 +56,48 @@ class UserPagination(pagination.CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
+    def get_page_size(self, request: Request) -> int:
+        """``page_size`` from 1 to ``max_page_size``, else a 400: DRF would clamp a
+        larger one and quietly use the default for a malformed one, so a client
+        would never learn that it was not given what it asked for."""
+        raw = one_value(request, self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        # ASCII digits only: int() would also take " 5", "+5" and other scripts' digits.
+        if not _ID_PATTERN.fullmatch(raw) or not 1 <= int(raw) <= self.max_page_size:
+            message = f"A whole number from 1 to {self.max_page_size}: {raw[:40]!r}."
+            raise ValidationError({self.page_size_query_param: [message]})
+        return int(raw)
+
     def decode_cursor(self, request: Request) -> pagination.Cursor | None:
         """DRF's decoding, and a position that can be an id: any other position a
         crafted cursor carries is the same 404 as an unreadable cursor."""
+        one_value(request, self.cursor_query_param)
         cursor = super().decode_cursor(request)
         position = None if cursor is None else cursor.position
         if position is not None and not _ID_PATTERN.fullmatch(position):
             raise NotFound(self.invalid_cursor_message)
         return cursor
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        """DRF's parameters, with what ``get_page_size`` and ``decode_cursor`` hold
+        clients to."""
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(
+                    minimum=1, maximum=self.max_page_size, default=self.page_size
+                )
+                parameter["description"] = (
+                    f"Users per page, 1 to {self.max_page_size} (default {self.page_size}); "
+                    "anything else is a 400."
+                )
+            elif parameter["name"] == self.cursor_query_param:
+                parameter["description"] = (
+                    "Where the page starts: the cursor of a `next` or `previous` link. "
+                    "Any other is a 404."
+                )
+        return parameters
 
 
 class PreconditionRequired(APIException):
@@ -48,17 +106,21 @@ class PreconditionRequired(APIException):
     default_code = "precondition_required"
 
 
-def _parse_ids(raw: str) -> list[int]:
-    """``?ids=1,2,3``: up to ``MAX_IDS`` distinct positive ids, duplicates collapsed
-    in the order given; a 400 that names the problem otherwise."""
-    parts = [part.strip() for part in raw.split(",")] if raw.strip() else []
-    if not parts:
+def _parse_ids(request: Request) -> list[int]:
+    """``ids`` in every form clients send a list: repeated (``?ids=1&ids=2``, what
+    ``requests`` and generated clients send), comma-separated (``?ids=1,2``), or
+    both. Up to ``MAX_IDS`` distinct positive ids, duplicates collapsed in the order
+    first given; any part that is not an id (an empty one too) is a 400 naming
+    ``ids``, so that no id is ever dropped."""
+    values = request.query_params.getlist("ids")
+    parts = [part.strip() for value in values for part in value.split(",")]
+    if parts in ([], [""]):
         raise ValidationError({"ids": ["Give at least one id."]})
     bad = [
-        part for part in parts if not _ID_PATTERN.fullmatch(part) or not 1 <= int(part) <= _MAX_ID
+        part for part in parts if not _ID_PATTERN.fullmatch(part) or not 1 <= int(part) <= MAX_ID
     ]
     if bad:
-        raise ValidationError({"ids": [f"Not a user id (1 to {_MAX_ID}): {bad[0][:40]!r}."]})
+        raise ValidationError({"ids": [f"Not a user id (1 to {MAX_ID}): {bad[0][:40]!r}."]})
     ids = list(dict.fromkeys(int(part) for part in parts))
     if len(ids) > MAX_IDS:
         raise ValidationError({"ids": [f"At most {MAX_IDS} ids; {len(ids)} given."]})
@@ -79,38 +141,57 @@ class UserViewSet(viewsets.ViewSet):
     def initial(self, request: Request, *args, **kwargs) -> None:
         """Parses the URL once, before authentication reads the users ahead: the id
         becomes an int in ``self.kwargs`` (the dict the action is called with), and
-        ``?ids=`` a list. A malformed ``?ids=`` is reported by ``list``."""
+        ``ids`` a list. Malformed ``ids`` are reported by the action, after
+        authentication."""
         if "pk" in self.kwargs:
             user_id = int(self.kwargs["pk"])
-            if not 1 <= user_id <= _MAX_ID:
+            if not 1 <= user_id <= MAX_ID:
                 raise NotFound("No user with this id.")
             self.kwargs["pk"] = user_id
             self.read_ahead_ids = [user_id]
-        elif "ids" in request.query_params:
+        elif self.action == "batch" or (self.action == "list" and "ids" in request.query_params):
             try:
-                self.read_ahead_ids = _parse_ids(request.query_params["ids"])
+                self.read_ahead_ids = _parse_ids(request)
             except ValidationError:
                 self.read_ahead_ids = None
         super().initial(request, *args, **kwargs)
+
+    def finalize_response(self, request: Request, response: Response, *args, **kwargs) -> Response:
+        """``GET /api/user?ids=``, the batch read before it had a path of its own,
+        answers as it always did, marked deprecated (RFC 9745) and linked to its
+        successor (RFC 8288), errors included. The link carries the ids as they
+        came, percent-encoded, so that it answers alike."""
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.action == "list" and "ids" in request.query_params:
+            query = "&".join(
+                "ids=" + quote(value, safe=",") for value in request.query_params.getlist("ids")
+            )
+            response["Deprecation"] = f"@{int(IDS_ON_LIST_DEPRECATED.timestamp())}"
+            response["Link"] = f'<{reverse("user-batch")}?{query}>; rel="successor-version"'
+        return response
 
     def list(self, request: Request) -> Response:
         asked = [name for name in _LOOKUPS if name in request.query_params]
         if len(asked) > 1:
             raise ValidationError({name: ["Give one of ids, username, email."] for name in asked})
         if asked == ["ids"]:
-            ids = _parse_ids(request.query_params["ids"])
-            found = reads.users_get(user_ids=ids, first=access.read_ahead(request, ids))
-            body = {"results": found.values, "missing": found.missing}
-            return Response(body, headers={"X-Cache": found.source.value})
+            return self.batch(request)
         if asked:
             field = asked[0]
-            found = self._user_by(field, request.query_params[field])
+            found = self._user_by(field, one_value(request, field))
             body = {"next": None, "previous": None, "results": [found.value] if found.value else []}
             return Response(body, headers={"X-Cache": found.source.value})
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(reads.user_list(), request, view=self)
         users = [entries.to_public(row["id"], entries.entry_of(row)) for row in page]
         return paginator.get_paginated_response(users)
+
+    @action(detail=False, methods=["get"])
+    def batch(self, request: Request) -> Response:
+        ids = _parse_ids(request)
+        found = reads.users_get(user_ids=ids, first=access.read_ahead(request, ids))
+        body = {"results": found.values, "missing": found.missing}
+        return Response(body, headers={"X-Cache": found.source.value})
 
     @staticmethod
     def _user_by(field: str, value: str) -> reads.UserRead:
