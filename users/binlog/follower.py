@@ -26,14 +26,17 @@ tables to the cache, then remembers how far it got.
   replica's connection when another connects with the same id), both delete,
   and the saved position is always one that its writer had applied.
 * **Changes not listed row by row** (``TRUNCATE``, or DML a session logged as a
-  statement): every cached user and token is deleted (``flush_user_cache --all``).
+  statement) of the watched tables in our database: every cached user and token
+  is deleted (``flush_user_cache --all``). The statements of every database
+  arrive, since the reader filters only row events by database; ``statements``
+  reads each in time proportional to its length and drops those of other
+  databases.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import secrets
 import threading
 import time
@@ -49,7 +52,7 @@ from ..cache.transport import CacheUnavailable
 from ..invalidation import invalidate_rows
 from ..maintenance.flush import cache_flush
 from ..models import BinlogPosition, User
-from . import metrics, server
+from . import metrics, server, statements
 from .server import Position, Refused
 
 logger = logging.getLogger(__name__)
@@ -69,13 +72,6 @@ USER_ID = User._meta.pk.column
 TOKEN_KEY = Token._meta.pk.column
 # Columns whose change alone leaves every cached entry as it is.
 UNCACHED_COLUMNS = frozenset(User._meta.get_field(name).column for name in User.UNCACHED_FIELDS)
-
-# A statement that changes rows without listing them: TRUNCATE, or DML logged as a
-# statement by a session that chose binlog_format=STATEMENT or MIXED.
-_UNLISTED_CHANGE = re.compile(
-    r"^\s*(?:/\*.*?\*/\s*)*(?:TRUNCATE|UPDATE|DELETE|INSERT|REPLACE|LOAD)\b", re.I | re.S
-)
-_WATCHED_NAME = re.compile(rf"\b(?:{USER_TABLE}|{TOKEN_TABLE})\b", re.I)
 
 
 @dataclasses.dataclass(slots=True)
@@ -139,6 +135,12 @@ class Follower:
         # the same id, so two followers must not share one.
         self.server_id = 65536 + secrets.randbelow(2**32 - 65536)
         self._pending = Changes()
+        # The statements that change the watched tables without listing their rows.
+        self._unlisted = statements.WatchedTables(
+            database=connection.settings_dict["NAME"],
+            tables=(USER_TABLE, TOKEN_TABLE),
+            mariadb=connection.mysql_is_mariadb,
+        )
         self._progressed = False
         self._next_checkpoint = 0.0
         self._show(position)
@@ -230,7 +232,12 @@ class Follower:
             if query.upper() == "BEGIN":  # MySQL's start of a transaction: rows follow
                 return
             metrics.EVENTS.labels("statement").inc()
-            if _UNLISTED_CHANGE.match(query) and _WATCHED_NAME.search(query):
+            if self._unlisted.unlisted_change(
+                event.query,
+                default_database=event.schema.decode("utf-8", "replace"),
+                # Absent when the server logged no sql_mode: read as the default.
+                sql_mode=getattr(event, "sql_mode", 0),
+            ):
                 self._pending.unlisted = True
             self._commit(event.timestamp, stream)
         elif isinstance(event, RotateEvent):
