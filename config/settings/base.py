@@ -10,7 +10,6 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from config.logs import PLAIN_FORMAT
 from config.redis import cache_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -280,7 +279,8 @@ LOGGING = {
         "disallowed_host": {"()": "config.logs.DisallowedHostFilter"},
     },
     "formatters": {
-        "plain": {"format": PLAIN_FORMAT},
+        # Control characters a client sent are escaped: one record, one line.
+        "plain": {"()": "config.logs.PlainFormatter"},
         "json": {"()": "config.logs.JsonFormatter"},
     },
     "handlers": {
