@@ -97,8 +97,8 @@ def cache_serializer_check(app_configs, **kwargs) -> list[Error]:
                 f"The cache {alias!r} would read values back with pickle ({reason}): whoever"
                 " can write to its store could run code in the service.",
                 hint="Use config.redis_cache.RedisCache with config.redis_cache.JSONSerializer"
-                " (config/redis.py builds it), or django-redis with a SERIALIZER of "
-                + " or ".join(_DATA_ONLY_SERIALIZERS) + ".",
+                " (config/redis.py builds it), or django-redis with a SERIALIZER of"
+                f" {' or '.join(_DATA_ONLY_SERIALIZERS)}.",
                 obj=alias,
                 id="usersvc.E003",
             )
