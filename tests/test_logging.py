@@ -1,6 +1,7 @@
-"""Request ids, the JSON log format (gunicorn's lines included), and the line each
-user lookup logs."""
+"""Request ids, the log formats (gunicorn's lines included), one line a record
+whatever a client sends, and the line each user lookup logs."""
 
+import contextlib
 import io
 import json
 import logging
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,36 +25,37 @@ from tests.servers import WebService
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def json_log():
-    """Everything logged at DEBUG and above, as the JSON lines LOG_FORMAT=json writes."""
+@contextlib.contextmanager
+def _logged(formatter: logging.Formatter) -> Iterator[io.StringIO]:
+    """Everything logged at DEBUG and above while the block runs, as ``formatter``
+    writes it."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(formatter)
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     previous_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    root.removeHandler(handler)
-    root.setLevel(previous_level)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+
+
+@pytest.fixture
+def json_log():
+    """The records as the JSON lines LOG_FORMAT=json writes."""
+    with _logged(JsonFormatter()) as stream:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 @pytest.fixture
 def plain_log():
-    """Everything logged at DEBUG and above, as the plain format writes it."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(PlainFormatter())
-    handler.addFilter(RequestIdFilter())
-    root = logging.getLogger()
-    previous_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield stream.getvalue
-    root.removeHandler(handler)
-    root.setLevel(previous_level)
+    """The records as the plain format writes them."""
+    with _logged(PlainFormatter()) as stream:
+        yield stream.getvalue
 
 
 class TestRequestId:
