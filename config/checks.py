@@ -13,6 +13,7 @@ import os
 from django.conf import settings
 from django.contrib.staticfiles.storage import ManifestFilesMixin, staticfiles_storage
 from django.core.checks import Error, register
+from django.utils.module_loading import import_string
 
 
 @register()
@@ -55,6 +56,63 @@ def metrics_shared_by_workers_check(app_configs, **kwargs) -> list[Error]:
             id="usersvc.E002",
         )
     ]
+
+
+# Backends that keep values in the process only: nobody else can write what they read.
+_IN_PROCESS_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+_DATA_ONLY_SERIALIZERS = (
+    "django_redis.serializers.json.JSONSerializer",
+    "django_redis.serializers.msgpack.MSGPackSerializer",
+)
+_PICKLE_SERIALIZER = "django_redis.serializers.pickle.PickleSerializer"
+
+
+@register()
+def cache_serializer_check(app_configs, **kwargs) -> list[Error]:
+    """No cache alias may read values back with pickle: a pickle runs code of its
+    author's choosing when it is loaded, so whoever could write to the store (a
+    Redis ACL user, another application) would run code in the service. Django's
+    own Redis, Memcached, database and file caches always pickle; django-redis
+    does unless its ``SERIALIZER`` option names a data-only serializer (JSON or
+    msgpack). Values kept in the process (local memory, dummy) are allowed."""
+    from django_redis.cache import RedisCache
+
+    errors = []
+    for alias, configured in settings.CACHES.items():
+        backend = configured["BACKEND"]
+        if backend in _IN_PROCESS_CACHES:
+            continue
+        if issubclass(import_string(backend), RedisCache):
+            serializer = configured.get("OPTIONS", {}).get("SERIALIZER", _PICKLE_SERIALIZER)
+            if _is_data_only(serializer):
+                continue
+            reason = f"its serializer {serializer} is not a data-only one"
+        else:
+            reason = f"{backend} stores values with pickle"
+        errors.append(
+            Error(
+                f"The cache {alias!r} would read values back with pickle ({reason}): whoever"
+                " can write to its store could run code in the service.",
+                hint="Use config.redis_cache.RedisCache with config.redis_cache.JSONSerializer"
+                " (config/redis.py builds it), or django-redis with a SERIALIZER of"
+                f" {' or '.join(_DATA_ONLY_SERIALIZERS)}.",
+                obj=alias,
+                id="usersvc.E003",
+            )
+        )
+    return errors
+
+
+def _is_data_only(serializer: str) -> bool:
+    """A serializer that is, or extends, one of django-redis' data-only ones
+    (without importing msgpack, which is an optional dependency)."""
+    if serializer in _DATA_ONLY_SERIALIZERS:
+        return True
+    bases = {f"{base.__module__}.{base.__qualname__}" for base in import_string(serializer).__mro__}
+    return bool(bases & set(_DATA_ONLY_SERIALIZERS))
 
 
 def _in_gunicorn() -> bool:

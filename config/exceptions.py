@@ -5,6 +5,11 @@ Django's ``ValidationError`` from services (400 with per-field messages), a body
 over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (413), a write that kept conflicting with
 concurrent ones (409), and a database that cannot be reached (503, so clients
 retry instead of giving up).
+
+Errors Django answers before or around a view are JSON too (``config/urls.py``'s
+handlers and ``CSRF_FAILURE_VIEW``): a ``Host`` that ``ALLOWED_HOSTS`` does not list
+or another suspicious request (400), a permission refused outside DRF (403), a
+form posted without its CSRF token (403), an unknown path (404), a crash (500).
 """
 
 import logging
@@ -59,6 +64,21 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ServiceUnavailable) and response is not None:
         response["Retry-After"] = "1"
     return response
+
+
+def json_bad_request(request, exception=None) -> JsonResponse:
+    return JsonResponse({"detail": "Bad request."}, status=400)
+
+
+def json_permission_denied(request, exception=None) -> JsonResponse:
+    return JsonResponse(
+        {"detail": "You do not have permission to perform this action."}, status=403
+    )
+
+
+def json_csrf_failure(request, reason: str = "") -> JsonResponse:
+    """``CSRF_FAILURE_VIEW``, in the words DRF uses for the same refusal."""
+    return JsonResponse({"detail": f"CSRF Failed: {reason}"}, status=403)
 
 
 def json_not_found(request, exception=None) -> JsonResponse:

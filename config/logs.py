@@ -4,6 +4,14 @@
 ``config.request_context`` gives each request. Nothing here imports
 prometheus_client or Django's settings: gunicorn's master loads this module
 (``GunicornLogger``) before it prepares the workers' metrics folder.
+
+One record is one line, whatever a client sent: a path, a header or a name a
+client chose can hold a newline (``%0a`` in a path), which would otherwise
+start a line of the client's making. The plain format escapes the control
+characters of the message (C0 and C1, DEL, and the Unicode line and paragraph
+separators, as ``\\n``, ``\\x1b``, ``\\u2028``); a traceback, which follows the
+message, keeps its lines. In a JSON line, ``json.dumps`` escapes them in every
+field, as it escapes everything outside printable ASCII.
 """
 
 import contextvars
@@ -11,6 +19,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import threading
 import time
 
@@ -19,6 +28,15 @@ from gunicorn import glogging
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+# What a terminal or a log reader may take for the end of a line or a command:
+# C0 and DEL, C1 (NEL among them), and the Unicode line and paragraph separators.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character written as its Python escape."""
+    return _CONTROL_CHARACTERS.sub(lambda match: match[0].encode("unicode_escape").decode(), text)
 
 
 class RequestIdFilter(logging.Filter):
@@ -85,9 +103,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class PlainFormatter(logging.Formatter):
+    """``PLAIN_FORMAT``, the message escaped by ``escape_controls``: one record, one
+    line, up to its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(PLAIN_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # format() has just set record.message from the record's arguments, and
+        # sets it again for every handler.
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def formatter(log_format: str) -> logging.Formatter:
     """The formatter of ``LOG_FORMAT`` (``plain`` or ``json``)."""
-    return JsonFormatter() if log_format == "json" else logging.Formatter(PLAIN_FORMAT)
+    return JsonFormatter() if log_format == "json" else PlainFormatter()
 
 
 class _NoRequestId(logging.Filter):

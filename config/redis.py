@@ -21,6 +21,10 @@ settings named like a password in its error reports, but not a URL. TLS is
 ``rediss://`` on one server and ``REDIS_TLS=true`` on the other two, which have
 no URL; the CA, client certificate and key apply to every connection, the
 sentinels' included.
+
+Whatever the topology, what Django's cache stores is JSON and what it reads back
+is data: a value that is not JSON is a miss, never unpickled
+(``config.redis_cache``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from django.core.exceptions import ImproperlyConfigured
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-BACKEND = "django_redis.cache.RedisCache"
+# django-redis, reading back JSON only: never a pickle (config/redis_cache.py).
+BACKEND = "config.redis_cache.RedisCache"
+SERIALIZER = "config.redis_cache.JSONSerializer"
 CLUSTER_CLIENT = "config.redis_cluster.RedisClusterClient"
 SENTINEL_CLIENT = "django_redis.client.SentinelClient"
 SENTINEL_FACTORY = "django_redis.pool.SentinelConnectionFactory"
@@ -63,6 +69,7 @@ def cache_from_env(env: environ.Env) -> dict:
         "SOCKET_CONNECT_TIMEOUT": timeouts["socket_connect_timeout"],
         "SOCKET_TIMEOUT": timeouts["socket_timeout"],
         "CONNECTION_POOL_KWARGS": pool_kwargs,
+        "SERIALIZER": SERIALIZER,
         **_credentials(env, "REDIS_USERNAME", "REDIS_PASSWORD"),
     }
     tls = env.bool("REDIS_TLS", default=False)

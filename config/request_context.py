@@ -3,7 +3,8 @@
 Every request gets an id (the caller's ``X-Request-ID`` when it looks like one,
 else a new UUID), sent back in the response's ``X-Request-ID`` and attached to
 every log record written while the request runs (``config.logs``), so one
-request's lines can be found among all the workers'.
+request's lines can be found among all the workers'. The probes, answered
+ahead of this middleware, take theirs with ``begin_request`` too.
 
 Each request that reaches it writes one access line (logger ``usersvc.access``,
 INFO) with the route, status and duration the request metric records. The probes
@@ -37,6 +38,19 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+def begin_request(request) -> str:
+    """Gives ``request`` its id and makes it the one every log record written from
+    now on this thread carries; returns it, for the response's ``X-Request-ID``.
+
+    Not reset when the request ends: Django logs 4xx and 5xx responses ("Not
+    Found: ...") after the middleware has returned, and those lines need the id
+    too. The next request on this thread sets its own."""
+    incoming = request.headers.get("X-Request-ID", "")
+    current = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request_id.set(current)
+    return current
+
+
 class RequestContextMiddleware:
     """First in the chain after the probes: sets the request id, times the request
     for the metrics, and writes its access line."""
@@ -45,12 +59,7 @@ class RequestContextMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        incoming = request.headers.get("X-Request-ID", "")
-        current = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        # Not reset on the way out: Django logs 4xx and 5xx responses ("Not Found:
-        # ...") after the middleware has returned, and those lines need the id too.
-        # The next request on this thread sets its own.
-        request_id.set(current)
+        current = begin_request(request)
         started = time.perf_counter()
         response = self.get_response(request)
         seconds = time.perf_counter() - started

@@ -1,13 +1,15 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerSplitView
 
-# The API first: Django tries the patterns in order on every request.
+# The API first: Django tries the patterns in order on every request. Its schema,
+# at api/schema/, comes with it (users.urls).
 urlpatterns = [
     path("api/", include("users.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # Swagger UI's page and its start-up script apart (?script): no inline script,
+    # so the Content-Security-Policy can refuse them all.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
 ]
@@ -15,5 +17,8 @@ urlpatterns = [
 if settings.BENCHMARK_ENDPOINTS:
     urlpatterns.append(path("bench/", include("bench.urls")))
 
+# Every error is JSON, the ones Django answers outside the API's views included.
+handler400 = "config.exceptions.json_bad_request"
+handler403 = "config.exceptions.json_permission_denied"
 handler404 = "config.exceptions.json_not_found"
 handler500 = "config.exceptions.json_server_error"

@@ -195,6 +195,28 @@ class TestList:
         assert reader_client.get("/api/user/").status_code == 200
 
 
+class TestBatch:
+    @pytest.mark.parametrize("suffix", ["", "/"])
+    def test_both_url_forms_answer_without_redirect(self, reader_client, target, suffix):
+        response = reader_client.get(f"/api/user/batch{suffix}?ids={target.id}")
+
+        assert response.status_code == 200
+        assert [user["username"] for user in response.json()["results"]] == ["target"]
+
+    @pytest.mark.parametrize(
+        "path", ["/api/user/batch/1", "/api/user/batches", "/api/user/1/batch"]
+    )
+    def test_batch_is_no_id_and_takes_none(self, reader_client, path):
+        response = reader_client.get(path)
+
+        assert (response.status_code, response["Content-Type"]) == (404, "application/json")
+
+    def test_writes_are_not_allowed(self, staff_client):
+        response = staff_client.post("/api/user/batch?ids=1", {}, format="json")
+
+        assert response.status_code == 405
+
+
 class TestAuthentication:
     def test_anonymous_requests_get_401(self, anonymous_client, target):
         assert anonymous_client.get(f"/api/user/{target.id}").status_code == 401

@@ -9,16 +9,23 @@ process computes with the service's own key builders. What the tests cache at
 those names is a marker hash and its lease: what the follower must do is delete
 both, whatever the entry held. One test runs the whole service under gunicorn and
 shows a token revoked in SQL stop authenticating.
+
+Statements of every database reach the follower: those of another application's
+database, written by an account with rights only there, neither hold it nor flush
+our cache, and the classifier that decides (``users.binlog.statements``) is tested
+on its own, for each spelling and for time in proportion to a statement's length.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import MySQLdb
 import pytest
@@ -34,6 +41,8 @@ from tests.servers import (
     project_python,
     service_stack,
 )
+from users.binlog import follower as follower_module
+from users.binlog import statements
 from users.cache.keys import lease_key, token_key, user_key
 from users.tokens import token_mac
 
@@ -270,6 +279,117 @@ class TestChangesInSQL:
         sql.execute("TRUNCATE authtoken_token")
 
         _reach_the_cache(redis_client, user_key(user_id), _token_key(token))
+
+
+# Another application's database on the same server, and its account, which has
+# rights there only; it has a table named like ours.
+OTHER_DATABASE = "otherapp"
+
+
+def _connect(mariadb: MariaDBServer, database: str, user: str = "root", password: str = ""):
+    connection = MySQLdb.connect(
+        host="127.0.0.1", port=mariadb.port, user=user, password=password, database=database,
+        autocommit=True,
+    )  # fmt: skip
+    return connection.cursor()
+
+
+@pytest.fixture(scope="module")
+def other_database(mariadb) -> str:
+    root = _connect(mariadb, "mysql")
+    for statement in (
+        f"CREATE DATABASE {OTHER_DATABASE}",
+        f"CREATE TABLE {OTHER_DATABASE}.users_user (id INT PRIMARY KEY)",
+        f"CREATE USER '{OTHER_DATABASE}'@'%' IDENTIFIED BY 'pw'",
+        f"GRANT ALL PRIVILEGES ON {OTHER_DATABASE}.* TO '{OTHER_DATABASE}'@'%'",
+    ):
+        root.execute(statement)
+    root.connection.close()
+    return OTHER_DATABASE
+
+
+@pytest.fixture
+def other_account(mariadb, other_database):
+    """A session of the other application's account, in its database."""
+    cursor = _connect(mariadb, other_database, user=other_database, password="pw")
+    yield cursor
+    cursor.connection.close()
+
+
+@pytest.fixture
+def root_in_other_database(mariadb, other_database):
+    """A session that may write our tables but whose default database is another."""
+    cursor = _connect(mariadb, other_database)
+    yield cursor
+    cursor.connection.close()
+
+
+class TestOtherDatabases:
+    """The reader passes on the statements of every database on the server."""
+
+    def test_a_statement_of_another_database_does_not_hold_a_revocation(
+        self, start_follower, sql, other_account, redis_client
+    ):
+        """Before a statement that is not DML, each comment doubled the time the
+        former regular expression took (days for 40), and the follower never read
+        the deactivation that followed. The statement names our table in a string,
+        so it is read past the cheap test for our names."""
+        user_id = _insert_user(sql)
+        token = _insert_token(sql, user_id)
+        start_follower()
+        _cache(redis_client, user_key(user_id), _token_key(token))
+
+        other_account.execute(
+            "/**/" * 40 + f" CREATE TABLE copy{next(_counter)} (id INT)"
+            " COMMENT 'a copy of usersvc.users_user'"
+        )
+        sql.execute("UPDATE users_user SET is_active = 0 WHERE id = %s", [user_id])
+
+        _reach_the_cache(redis_client, user_key(user_id), _token_key(token))
+
+    @pytest.mark.parametrize(
+        ("session", "statement"),
+        [("other_account", "TRUNCATE users_user"),
+         ("other_account", "TRUNCATE TABLE `otherapp` . `users_user`"),
+         ("sql", "TRUNCATE otherapp.users_user")],
+    )  # fmt: skip
+    def test_a_truncate_of_another_databases_users_user_flushes_nothing(
+        self, start_follower, sql, redis_client, request, session, statement
+    ):
+        """The ``sql`` session's default database is ours, so there the qualifier
+        decides. A later change shows the follower has read past the TRUNCATE."""
+        untouched, changed = _insert_user(sql), _insert_user(sql)
+        start_follower()
+        _cache(redis_client, user_key(untouched), user_key(changed))
+
+        request.getfixturevalue(session).execute(statement)
+        sql.execute("UPDATE users_user SET first_name = 'after' WHERE id = %s", [changed])
+
+        _reach_the_cache(redis_client, user_key(changed))
+        assert _cached(redis_client, user_key(untouched))
+
+    @pytest.mark.parametrize(
+        "statements_run",
+        [["TRUNCATE usersvc.authtoken_token"],
+         ["TRUNCATE TABLE `usersvc` . `authtoken_token`"],
+         ["SET STATEMENT lock_wait_timeout = 10 FOR TRUNCATE usersvc.authtoken_token"],
+         ["SET SESSION binlog_format = 'STATEMENT'",
+          "ANALYZE UPDATE usersvc.users_user SET first_name = 'analyzed' WHERE id = {user_id}"]],
+        ids=["qualified", "quoted-spaced", "set-statement", "analyze-update-as-statement"],
+    )  # fmt: skip
+    def test_our_table_named_from_another_default_database_flushes(
+        self, start_follower, sql, root_in_other_database, redis_client, statements_run
+    ):
+        """The session's default database is another, so the statement's own
+        qualifier must count; an unrelated cached user goes with the flush."""
+        user_id, unrelated = _insert_user(sql), _insert_user(sql)
+        start_follower()
+        _cache(redis_client, user_key(user_id), user_key(unrelated))
+
+        for statement in statements_run:
+            root_in_other_database.execute(statement.format(user_id=user_id))
+
+        _reach_the_cache(redis_client, user_key(user_id), user_key(unrelated))
 
 
 def test_a_token_deactivated_in_sql_stops_authenticating(tmp_path):
@@ -529,3 +649,203 @@ class TestRefusals:
 def _stored_file(sql) -> str:
     sql.execute("SELECT log_file FROM users_binlog_position")
     return sql.fetchone()[0]
+
+
+OURS = statements.WatchedTables(
+    database="usersvc",
+    tables=(follower_module.USER_TABLE, follower_module.TOKEN_TABLE),
+    mariadb=True,
+)
+ANSI_QUOTES = statements.MODE_ANSI_QUOTES
+NO_BACKSLASH_ESCAPES = statements.MODE_NO_BACKSLASH_ESCAPES
+
+
+def _ours(statement: str, default: str = "usersvc", sql_mode: int = 0) -> bool:
+    return OURS.unlisted_change(statement, default_database=default, sql_mode=sql_mode)
+
+
+class TestStatementsClassified:
+    """``users.binlog.statements``: which statements flush our cache."""
+
+    @pytest.mark.parametrize(
+        "statement",
+        ["TRUNCATE usersvc.users_user", "truncate table USERSVC.Users_User",
+         "TRUNCATE `usersvc`.`users_user`", "TRUNCATE usersvc . users_user",
+         "TRUNCATE `usersvc` /* the db */ . -- and\n `authtoken_token`",
+         "UPDATE otherapp.t JOIN usersvc.users_user u ON u.id = t.id SET t.a = 1",
+         "UPDATE usersvc.users_user SET usersvc.users_user.is_active = 0",
+         "INSERT INTO usersvc.authtoken_token VALUES (1)",
+         "REPLACE INTO usersvc.users_user SELECT 1",
+         "LOAD DATA INFILE 'x' INTO TABLE usersvc.users_user",
+         "WITH x AS (SELECT 1) DELETE FROM usersvc.users_user",
+         "SET STATEMENT max_statement_time = 1 FOR TRUNCATE usersvc.users_user",
+         "ANALYZE UPDATE usersvc.users_user SET first_name = 'x'",
+         "ANALYZE FORMAT=JSON DELETE FROM usersvc.users_user"],
+    )  # fmt: skip
+    def test_our_table_qualified_is_ours_from_any_default_database(self, statement):
+        assert _ours(statement, default="otherapp")
+        assert _ours(statement, default="")
+
+    @pytest.mark.parametrize(
+        "statement",
+        ["TRUNCATE users_user", "TRUNCATE TABLE `authtoken_token`", "TRUNCATE .users_user",
+         "UPDATE users_user SET first_name = 'x'", "DELETE u FROM users_user AS u"],
+    )  # fmt: skip
+    def test_an_unqualified_name_is_in_the_sessions_default_database(self, statement):
+        assert _ours(statement, default="usersvc")
+        assert _ours(statement, default="UsersVC")
+        assert not _ours(statement, default="otherapp")
+        assert not _ours(statement, default="")
+
+    @pytest.mark.parametrize(
+        "statement",
+        ["TRUNCATE otherapp.users_user", "TRUNCATE `otherapp` . `users_user`",
+         "TRUNCATE usersvc.users_user_old", "TRUNCATE usersvc.users", "TRUNCATE users_user_old",
+         "UPDATE otherapp.users_user SET a = 1"],
+    )  # fmt: skip
+    def test_another_databases_table_or_another_table_is_not_ours(self, statement):
+        assert not _ours(statement, default="usersvc")
+
+    @pytest.mark.parametrize(
+        "statement",
+        ["CREATE TABLE users_user (id INT)", "ALTER TABLE usersvc.users_user ADD x INT",
+         "DROP TABLE otherapp.t, usersvc.authtoken_token", "ANALYZE TABLE usersvc.users_user",
+         "SET @users_user = 1", "BEGIN", "COMMIT", "", "   ", "/* TRUNCATE users_user */",
+         "/* TRUNCATE */ CREATE TABLE usersvc.users_user (id INT)",
+         "-- TRUNCATE users_user\nCREATE TABLE users_user (id INT)",
+         "# TRUNCATE users_user\nCREATE TABLE users_user (id INT)",
+         "`TRUNCATE` users_user", "'TRUNCATE' users_user"],
+    )  # fmt: skip
+    def test_only_statements_that_change_rows_count(self, statement):
+        assert not _ours(statement)
+
+    def test_leading_comments_are_skipped_to_the_first_keyword(self):
+        assert _ours("  /* a */ -- b\n # c\n\t/**/TRUNCATE users_user")
+        assert not _ours("/**/" * 40 + " CREATE TABLE users_user (id INT) COMMENT 'usersvc'")
+        # "--" is a comment only before whitespace or a control character.
+        assert _ours("--\tx\nTRUNCATE users_user") and _ours("--\nTRUNCATE users_user")
+
+    def test_executable_comments_are_statement_text(self):
+        assert _ours("/*!40000 TRUNCATE */ usersvc.users_user", default="otherapp")
+        assert _ours("/*!TRUNCATE*/ users_user")
+        assert _ours("/*M!100500 TRUNCATE usersvc.users_user */", default="otherapp")
+        assert _ours("TRUNCATE /*!40000 usersvc . */ users_user", default="otherapp")
+        assert _ours("TRUNCATE /*!40000 /* a comment */ usersvc.users_user */")
+        # Its */ ends it, not the statement: what follows is read too.
+        assert _ours("/*!40000 TRUNCATE */ /*!40000 usersvc */ . users_user", default="x")
+
+    def test_a_skipped_executable_comment_arrives_as_a_plain_comment(self):
+        """The server writes a versioned comment it skipped with a space for its
+        "!", and a comment nested in it as (*...*): only the first */ ends it."""
+        assert not _ours("TRUNCATE t /* 99999 (* x *) , usersvc.users_user */", default="x")
+        assert not _ours("TRUNCATE t /*M 999999 , usersvc.users_user */", default="x")
+        assert not _ours("/* 99999 TRUNCATE */ CREATE TABLE usersvc.users_user (id INT)")
+
+    def test_mysql_reads_mariadb_comments_as_plain_comments(self):
+        mysql = statements.WatchedTables(database="usersvc", tables=OURS.tables, mariadb=False)
+        statement = "/*M!100500 TRUNCATE usersvc.users_user */ CREATE TABLE t (id INT)"
+
+        assert _ours(statement, default="x")
+        assert not mysql.unlisted_change(statement, default_database="x", sql_mode=0)
+        assert mysql.unlisted_change(
+            "/*!80000 TRUNCATE usersvc.users_user */", default_database="x", sql_mode=0
+        )
+
+    def test_names_in_strings_and_comments_are_not_names(self):
+        assert not _ours("TRUNCATE t /* usersvc.users_user */", default="x")
+        assert not _ours("TRUNCATE t -- usersvc.users_user", default="x")
+        assert not _ours("TRUNCATE t # usersvc.users_user", default="x")
+        assert not _ours("UPDATE t SET a = 'usersvc.users_user'", default="x")
+        assert not _ours("UPDATE t SET a = 'it''s usersvc.users_user'", default="x")
+        assert not _ours('UPDATE t SET a = "usersvc"."users_user"', default="x")
+        assert not _ours("UPDATE t SET a = 2 */* usersvc.users_user */ 3", default="x")
+        assert not _ours("UPDATE `t``usersvc`.`users_user` SET a = 1", default="x")
+
+    def test_quoting_follows_the_sessions_sql_mode(self):
+        quoted = 'TRUNCATE "usersvc"."users_user"'
+        assert _ours(quoted, default="x", sql_mode=ANSI_QUOTES)
+        assert not _ours(quoted, default="x")
+        escaped = r"UPDATE t SET a = 'C:\', b = 1 WHERE id IN (SELECT id FROM usersvc.users_user)"
+        assert not _ours(escaped, default="x")  # the string goes on past \'
+        assert _ours(escaped, default="x", sql_mode=NO_BACKSLASH_ESCAPES)
+
+    def test_a_database_name_with_quotes_in_it(self):
+        odd = statements.WatchedTables(database="a`b", tables=["users_user"], mariadb=True)
+
+        assert odd.unlisted_change("TRUNCATE `a``b`.users_user", default_database="x", sql_mode=0)
+        assert not odd.unlisted_change("TRUNCATE `a`.users_user", default_database="x", sql_mode=0)
+
+
+def _lines_run(call: Callable[[], object]) -> int:
+    """Lines of users/binlog/statements.py run by ``call``: a count, not a time, so
+    the machine's load does not change it."""
+    count = 0
+
+    def in_module(frame, event, _arg):
+        nonlocal count
+        count += event == "line"
+        return in_module
+
+    def on_call(frame, _event, _arg):
+        return in_module if frame.f_code.co_filename == statements.__file__ else None
+
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+# Shapes that make a scanner work per character: runs of comments, executable
+# comments opened and closed, dots and names that qualify each other, quoted names
+# and strings with doubled quotes and escapes, both kinds of line comment, "--"
+# that is arithmetic; and statements left open at the end.
+_BODY = (
+    "/**/ /*!40000 a */ . . otherapp . users_user `x``y` . 'a''b\\'c' \"d\" -- e\n"
+    "#f\n --g ,;()*/ 5--3 usersvc.`users_user_old` @v /* 99999 (* *) */ "
+)
+_SHAPES = {
+    "leading comments": ("", "/**/", " CREATE TABLE users_user (id INT) COMMENT 'usersvc'"),
+    "a statement body": ("TRUNCATE otherapp.users_user ", _BODY, ""),
+    "an open string": ("UPDATE usersvc.t SET a = 'users_user", "\\\\''", ""),
+    "comment marks run together": ("TRUNCATE otherapp.users_user usersvc /*", "*/*", ""),
+    "an open name": ("TRUNCATE otherapp.users_user usersvc `", "``", ""),
+}
+
+
+class TestStatementsInLinearTime:
+    """Every statement of every database is classified, so a statement's cost must
+    grow with its length and no faster, whatever it holds."""
+
+    @pytest.mark.parametrize("shape", _SHAPES)
+    def test_a_megabyte_costs_a_hundred_times_ten_kilobytes(self, shape):
+        """Lines run are counted, not timed. The C calls between them are linear
+        too: str.find and startswith from the current position, and regular
+        expressions pinned by the next test."""
+        head, unit, tail = _SHAPES[shape]
+        repeats = -(-10_000 // len(unit))  # at least 10 kB, and so at least 1 MB
+        small = head + unit * repeats + tail
+        large = head + unit * (100 * repeats) + tail
+
+        lines_small = _lines_run(lambda: _ours(small, default="otherapp"))
+        lines_large = _lines_run(lambda: _ours(large, default="otherapp"))
+
+        assert lines_small > len(small) // 100  # the statement was read, not dropped
+        assert lines_large <= 100 * lines_small, (lines_small, lines_large)
+
+    def test_every_regular_expression_is_one_character_class_repeated(self):
+        """Such an expression matches or stops at each character without going
+        back, so no statement makes it slow, as (?:/\\*.*?\\*/\\s*)* did."""
+        found = {}
+        for module in (statements, follower_module):
+            for name, value in vars(module).items():
+                values = value.values() if isinstance(value, dict) else [value]
+                for pattern in values:
+                    if isinstance(pattern, re.Pattern):
+                        found[f"{module.__name__}.{name}"] = pattern.pattern
+
+        assert found
+        shape = re.compile(r"\[\^?(?:\\.|[^\]\\])+\][*+]")
+        assert {name: p for name, p in found.items() if not shape.fullmatch(p)} == {}

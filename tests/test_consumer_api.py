@@ -1,12 +1,16 @@
 """What API consumers reach for next: many users in one request, a user by username
-or e-mail, and conditional requests, all served through the cache."""
+or e-mail, and conditional requests, all served through the cache; and the query
+parameters as every client form sends them."""
 
 import threading
+from datetime import UTC, datetime
 
 import pytest
+import requests
 from django.db import connection
 from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
+from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.conftest import _token_client, one_server_caches, pausing_fills
@@ -24,12 +28,22 @@ def people(make_user) -> list[User]:
     return [make_user(username=f"p{n}", email=f"p{n}@example.com") for n in range(3)]
 
 
+# The batch read, and the list's ?ids= it took over from, which answers alike.
+BATCH_PATHS = ["/api/user/batch", "/api/user"]
+
+
+def _ids(*forms: str) -> str:
+    """A query of ``ids`` values as given: ``_ids("1,2", "3")`` is ``ids=1,2&ids=3``."""
+    return "&".join(f"ids={value}" for value in forms)
+
+
 class TestManyUsers:
+    @pytest.mark.parametrize("path", BATCH_PATHS)
     def test_in_the_order_asked_duplicates_collapsed_and_the_missing_named(
-        self, reader_client, people
+        self, reader_client, people, path
     ):
         ids = [people[2].id, people[0].id, 987654321, people[2].id]
-        response = reader_client.get(f"/api/user?ids={','.join(map(str, ids))}")
+        response = reader_client.get(f"{path}?ids={','.join(map(str, ids))}")
 
         assert response.status_code == 200
         body = response.json()
@@ -37,11 +51,32 @@ class TestManyUsers:
         assert body["missing"] == [987654321]
         assert response["X-Cache"] == "MISS"
 
+    @pytest.mark.parametrize("path", BATCH_PATHS)
+    @pytest.mark.parametrize(
+        "forms",
+        [
+            ("{0}", "{1}", "{2}"),  # repeated keys: requests and generated clients
+            ("{0},{1},{2}",),  # comma-separated
+            ("{0},{1}", "{2}"),  # both
+            ("{0}", "{1},{2}"),
+            (" {0} , {1}", "{2} "),  # spaces around an id, as before
+            ("{0}", "{0},{1}", "{2},{1}"),  # duplicates within and across keys
+        ],
+    )
+    def test_every_client_form_of_a_list_keeps_every_id(self, reader_client, people, path, forms):
+        ids = [person.id for person in people]
+        query = _ids(*(form.format(*ids) for form in forms))
+
+        body = reader_client.get(f"{path}?{query}").json()
+
+        assert [user["id"] for user in body["results"]] == ids, query
+        assert body["missing"] == []
+
     def test_all_cached_is_no_sql_and_one_round_trip_authentication_included(
         self, reader_client, reader, people, django_assert_num_queries, redis_round_trips
     ):
         ids = ",".join(str(user.id) for user in [*people, reader])
-        url = f"/api/user?ids={ids},987654321"
+        url = f"/api/user/batch?ids={ids},987654321"
         assert reader_client.get(url)["X-Cache"] == "MISS"
         redis_round_trips.reset()
 
@@ -59,43 +94,182 @@ class TestManyUsers:
         reader_client.get(f"/api/user/{reader.id}")  # the token is cached
 
         with django_assert_num_queries(1):
-            response = reader_client.get(f"/api/user?ids={','.join(str(p.id) for p in people)}")
+            response = reader_client.get(f"/api/user/batch?{_ids(*(str(p.id) for p in people))}")
 
         assert len(response.json()["results"]) == 3
 
     def test_without_redis_the_batch_is_bypassed(self, reader_client, people, settings):
         settings.CACHES = one_server_caches("redis://127.0.0.1:1/0")
-        response = reader_client.get(f"/api/user?ids={people[0].id},{people[1].id}")
+        response = reader_client.get(f"/api/user/batch?ids={people[0].id}&ids={people[1].id}")
 
         assert (response.status_code, response["X-Cache"]) == (200, "BYPASS")
         assert len(response.json()["results"]) == 2
 
+    @pytest.mark.parametrize("path", BATCH_PATHS)
     @pytest.mark.parametrize(
-        "raw",
+        "query",
         [
-            "",
-            ",",
-            "1,a",
-            "0",
-            "-1",
-            "1.5",
-            "9223372036854775808",
-            ",".join(map(str, range(1, 102))),
+            "ids=",
+            "ids=,",
+            "ids=1,a",
+            "ids=0",
+            "ids=-1",
+            "ids=1.5",
+            "ids=9223372036854775808",
+            "ids=1,,2",
+            "ids=1,2,",
+            _ids("1", ""),  # an empty value beside a good one
+            _ids("", "1"),
+            _ids("1", "a"),
+            _ids("1,2", "3,x"),
+            "ids=" + ",".join(map(str, range(1, 102))),
+            # 101 distinct ids over the two forms, none over 100 in either
+            _ids(",".join(map(str, range(1, 61))), ",".join(map(str, range(61, 102)))),
+            _ids(*map(str, range(1, 102))),
         ],
     )
-    def test_bad_ids_are_a_400_that_names_them(self, reader_client, raw):
-        response = reader_client.get(f"/api/user?ids={raw}")
+    def test_bad_ids_are_a_400_that_names_them(self, reader_client, path, query):
+        response = reader_client.get(f"{path}?{query}")
+
+        assert response.status_code == 400, query
+        assert list(response.json()) == ["ids"]
+
+    def test_the_batch_needs_ids(self, reader_client):
+        response = reader_client.get("/api/user/batch")
 
         assert response.status_code == 400
-        assert "ids" in response.json()
+        assert list(response.json()) == ["ids"]
 
-    def test_one_hundred_ids_are_fine(self, reader_client):
-        response = reader_client.get(f"/api/user?ids={','.join(map(str, range(1, 101)))}")
+    @pytest.mark.parametrize("path", BATCH_PATHS)
+    def test_one_hundred_distinct_ids_are_fine_however_often_repeated(self, reader_client, path):
+        hundred = ",".join(map(str, range(1, 101)))
+        response = reader_client.get(f"{path}?{_ids(hundred, hundred, '1', '100')}")
+
         assert response.status_code == 200
+        assert response.json()["missing"] == list(range(1, 101))
 
     def test_one_lookup_at_a_time(self, reader_client):
         response = reader_client.get("/api/user?ids=1&username=x")
         assert response.status_code == 400
+
+    def test_a_batch_is_for_authenticated_callers_only(self, anonymous_client, people):
+        response = anonymous_client.get(f"/api/user/batch?ids={people[0].id}")
+
+        assert response.status_code == 401
+        assert people[0].username not in response.content.decode()
+
+
+class TestIdsOnTheList:
+    """``GET /api/user?ids=``, the batch read before ``/api/user/batch``: answered as
+    before for the callers written against it, marked deprecated (RFC 9745) and
+    pointing at its successor (RFC 8288)."""
+
+    DEPRECATION = f"@{int(datetime(2026, 12, 7, tzinfo=UTC).timestamp())}"
+
+    def test_answers_as_the_batch_does_and_says_where_it_moved(self, reader_client, people):
+        query = f"ids={people[1].id},{people[0].id}&ids=987654321"
+        old = reader_client.get(f"/api/user?{query}")
+        new = reader_client.get(f"/api/user/batch?{query}")
+
+        assert (old.status_code, old.json()) == (new.status_code, new.json())
+        assert old["Deprecation"] == self.DEPRECATION
+        successor = f'</api/user/batch?{query}>; rel="successor-version"'
+        assert old["Link"] == successor
+        assert "Deprecation" not in new and "Link" not in new
+
+    def test_the_successor_link_answers_alike(self, reader_client, people):
+        old = reader_client.get(f"/api/user?ids={people[0].id}&ids=%20{people[1].id}")
+        link = old["Link"].split(">")[0].removeprefix("<")
+
+        assert reader_client.get(link).json() == old.json()
+
+    def test_an_error_is_marked_too_and_cannot_inject_into_the_link(self, reader_client):
+        response = reader_client.get("/api/user?ids=1%3E%3B%20rel%3D%22x%22,2")
+
+        assert response.status_code == 400
+        assert response["Deprecation"] == self.DEPRECATION
+        assert response["Link"] == (
+            '</api/user/batch?ids=1%3E%3B%20rel%3D%22x%22,2>; rel="successor-version"'
+        )
+
+    def test_the_list_without_ids_is_not_deprecated(self, reader_client):
+        response = reader_client.get("/api/user")
+
+        assert response.status_code == 200
+        assert "Deprecation" not in response and "Link" not in response
+
+
+class TestSingleValuedParameters:
+    """A parameter that takes one value, given twice, is a 400 naming it: which one
+    a client meant is not the service's guess (``QueryDict.get`` takes the last)."""
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "username=p0&username=p1",
+            "email=p0@example.com&email=p1@example.com",
+            "page_size=1&page_size=2",
+            "cursor=a&cursor=b",
+            "username=p0&username=p0",
+        ],
+    )
+    def test_a_repeated_single_valued_parameter_is_a_400(self, reader_client, people, query):
+        name = query.split("=")[0]
+        response = reader_client.get(f"/api/user?{query}")
+
+        assert response.status_code == 400
+        assert list(response.json()) == [name]
+
+    @pytest.mark.parametrize(
+        "raw", ["", "0", "-1", "501", "1.5", "ten", "+5", "99999999999999999999"]
+    )
+    def test_a_page_size_out_of_range_is_a_400_not_a_clamp(self, reader_client, raw):
+        response = reader_client.get(f"/api/user?page_size={raw}")
+
+        assert response.status_code == 400
+        assert list(response.json()) == ["page_size"]
+
+    def test_page_sizes_from_one_to_five_hundred(self, reader_client, people):
+        assert len(reader_client.get("/api/user?page_size=1").json()["results"]) == 1
+        assert len(reader_client.get("/api/user?page_size=500").json()["results"]) == 4
+        assert len(reader_client.get("/api/user").json()["results"]) == 4
+
+
+class TestWithARealClient:
+    """``requests`` against a live server: the encoding of a list is the client's."""
+
+    @pytest.fixture
+    def session(self, live_server, transactional_db) -> requests.Session:
+        reader = User.objects.create_user(username="r", email="r@example.com")
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {Token.objects.create(user=reader).key}"
+        return session
+
+    @pytest.mark.parametrize("path", BATCH_PATHS)
+    def test_every_way_requests_sends_ids(self, session, live_server, path):
+        users = [User.objects.create_user(username=f"u{n}", email=f"u{n}@x.io") for n in range(3)]
+        a, b, c = (user.id for user in users)
+        url = f"{live_server.url}{path}"
+
+        for params, expected in (
+            ({"ids": [a, b, c]}, [a, b, c]),
+            ({"ids": f"{c},{a},{b}"}, [c, a, b]),
+            ([("ids", f"{b},{a}"), ("ids", c)], [b, a, c]),
+            ({"ids": [c, a, c, b]}, [c, a, b]),
+        ):
+            response = session.get(url, params=params, timeout=30)
+            body = response.json()
+            assert response.status_code == 200, (params, body)
+            assert [user["id"] for user in body["results"]] == expected, params
+            assert body["missing"] == []
+
+    def test_a_repeated_page_size_from_requests_is_a_400(self, session, live_server):
+        response = session.get(
+            f"{live_server.url}/api/user", params={"page_size": [1, 2]}, timeout=30
+        )
+
+        assert response.status_code == 400
+        assert list(response.json()) == ["page_size"]
 
 
 class TestLookupByName:

@@ -8,6 +8,7 @@ On a Redis Cluster the token and the user live in different hash slots, so the
 user's read is a round trip of its own there.
 """
 
+import pytest
 from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
 
@@ -90,6 +91,75 @@ def test_a_read_ahead_is_not_served_to_a_caller_the_token_refuses(
     reader_client.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
 
     response = reader_client.get(f"/api/user/{reader.id}")
+
+    assert response.status_code == 401
+    assert reader.username not in response.content.decode()
+
+
+# The batch read, and the list's ?ids= it took over from: the users' entries are
+# read ahead in the token lookup's round trip like a single user's.
+BATCH_PATHS = ["/api/user/batch", "/api/user"]
+
+
+@pytest.fixture
+def batch_ids(reader, make_user) -> list[int]:
+    """Three users and an id nobody has."""
+    others = [make_user(username=f"b{n}", email=f"b{n}@example.com") for n in range(2)]
+    return [reader.id, *(user.id for user in others), 987654321]
+
+
+def _batch_url(path: str, ids: list[int]) -> str:
+    return f"{path}?ids={ids[0]}&ids={','.join(map(str, ids[1:]))}"
+
+
+@pytest.mark.parametrize("path", BATCH_PATHS)
+def test_a_cached_batch_costs_no_sql_and_one_round_trip(
+    reader_client, batch_ids, django_assert_num_queries, redis_round_trips, path
+):
+    """The token lookup: EVALSHA, and an HGETALL for each id, the absent one too."""
+    url = _batch_url(path, batch_ids)
+    reader_client.get(url)
+    redis_round_trips.reset()
+
+    with django_assert_num_queries(0):
+        response = reader_client.get(url)
+
+    assert response["X-Cache"] == "HIT"
+    assert response.json()["missing"] == [987654321]
+    assert redis_round_trips.count == 1 + len(batch_ids) * _user_read_round_trips()
+    assert redis_round_trips.commands == 1 + len(batch_ids)
+
+
+@pytest.mark.parametrize("path", BATCH_PATHS)
+def test_a_batch_of_misses_costs_one_query_for_them_all(
+    reader_client, reader, batch_ids, django_assert_num_queries, redis_round_trips, path
+):
+    """The token and its reader cached, the other ids not: their reads, then the
+    leases, one SELECT for them all, and a fill for each shape of entry (the
+    users', the absent id's marker), as for a single user. On a cluster, the
+    leases and fills are calls per hash slot, as many as the ids' slots happen to
+    be: only the query is pinned there."""
+    reader_client.get(f"/api/user/{reader.id}")
+    redis_round_trips.reset()
+
+    with django_assert_num_queries(1):
+        response = reader_client.get(_batch_url(path, batch_ids))
+
+    assert response["X-Cache"] == "MISS"
+    assert len(response.json()["results"]) == 3
+    if not _user_read_round_trips():
+        assert redis_round_trips.count == 4
+
+
+@pytest.mark.parametrize("path", BATCH_PATHS)
+def test_a_batch_read_ahead_is_not_served_to_a_caller_the_token_refuses(
+    reader_client, reader, batch_ids, path
+):
+    url = _batch_url(path, batch_ids)
+    reader_client.get(url)
+    reader_client.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
+
+    response = reader_client.get(url)
 
     assert response.status_code == 401
     assert reader.username not in response.content.decode()

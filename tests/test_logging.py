@@ -1,41 +1,61 @@
-"""Request ids, the JSON log format (gunicorn's lines included), and the line each
-user lookup logs."""
+"""Request ids, the log formats (gunicorn's lines included), one line a record
+whatever a client sends, and the line each user lookup logs."""
 
+import contextlib
 import io
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rest_framework.authtoken.models import Token
 
-from config.logs import DisallowedHostFilter, JsonFormatter, RequestIdFilter
+from config.logs import DisallowedHostFilter, JsonFormatter, PlainFormatter, RequestIdFilter
 from tests.conftest import database_url, redis_environment
 from tests.servers import WebService
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def json_log():
-    """Everything logged at DEBUG and above, as the JSON lines LOG_FORMAT=json writes."""
+@contextlib.contextmanager
+def _logged(formatter: logging.Formatter) -> Iterator[io.StringIO]:
+    """Everything logged at DEBUG and above while the block runs, as ``formatter``
+    writes it."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(formatter)
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     previous_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    root.removeHandler(handler)
-    root.setLevel(previous_level)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+
+
+@pytest.fixture
+def json_log():
+    """The records as the JSON lines LOG_FORMAT=json writes."""
+    with _logged(JsonFormatter()) as stream:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+@pytest.fixture
+def plain_log():
+    """The records as the plain format writes them."""
+    with _logged(PlainFormatter()) as stream:
+        yield stream.getvalue
 
 
 class TestRequestId:
@@ -114,6 +134,58 @@ class TestDisallowedHost:
         refusals = DisallowedHostFilter(interval=3600, max_hosts=2)
         passed = [refusals.filter(_host_record(f"{n}.example")) for n in range(4)]
         assert passed == [True, True, False, False]
+
+
+# A client's attempt at a line of its own, and what each character is written as.
+_FORGED = "\n1999-01-01 00:00:00,000 INFO usersvc.access [x] FORGED"
+_RECORD_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8},[0-9]{3} [A-Z]+ [\w.]+ \[")
+_ESCAPES = {
+    "%0a": "\\n", "%0d": "\\r", "%1b": "\\x1b", "%7f": "\\x7f",
+    "%c2%85": "\\x85", "%e2%80%a8": "\\u2028", "%e2%80%a9": "\\u2029",
+}  # fmt: skip
+
+
+class TestOneRecordOneLine:
+    """Whatever a client puts in a path, a header or a form, each record is one line."""
+
+    @pytest.mark.parametrize("encoded", sorted(_ESCAPES))
+    def test_a_control_character_in_the_path_is_escaped(self, reader_client, plain_log, encoded):
+        reader_client.get(f"/api/user/{encoded}FORGED", HTTP_X_REQUEST_ID="req-forged")
+
+        lines = plain_log().splitlines()
+        assert not [line for line in lines if line.startswith("FORGED")]
+        [access] = [line for line in lines if " usersvc.access [req-forged] " in line]
+        assert f" GET /api/user/{_ESCAPES[encoded]}FORGED 404 " in access
+
+    def test_a_forged_line_stays_in_its_record(self, client, db, plain_log):
+        client.get("/api/user/" + _FORGED.replace("\n", "%0a").replace(" ", "%20"))
+        client.post("/admin/login/", {"username": "root" + _FORGED, "password": "wrong"})
+        client.post("/api-auth/login/", {"username": "root" + _FORGED, "password": "wrong"})
+
+        records = plain_log().splitlines()
+        assert records and all(_RECORD_START.match(line) for line in records), records
+        assert not [line for line in records if line.startswith("1999-01-01")]
+
+    def test_a_traceback_keeps_its_lines(self):
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            record = logging.getLogger("test").makeRecord(
+                "test", logging.ERROR, __file__, 1, "failed at %s", ("/a\nb",), sys.exc_info()
+            )
+        record.request_id = "-"
+        first, *traceback = PlainFormatter().format(record).splitlines()
+        assert first.endswith(" ERROR test [-] failed at /a\\nb")
+        assert traceback[0] == "Traceback (most recent call last):"
+        assert traceback[-1] == "ValueError: boom"
+
+    def test_json_lines_escape_every_control_character(self):
+        controls = "".join(map(chr, range(0x20))) + "\x7f" + "".join(map(chr, range(0x80, 0xA0)))
+        controls += "\u2028\u2029"
+        record = logging.makeLogRecord({"name": "test", "msg": controls, "agent": controls})
+        line = JsonFormatter().format(record)
+        assert not [character for character in controls if character in line]
+        assert json.loads(line)["message"] == json.loads(line)["agent"] == controls
 
 
 def _host_record(host: str) -> logging.LogRecord:
@@ -243,6 +315,55 @@ def test_under_gunicorn_every_line_is_json_a_malformed_request_included(tmp_path
     assert (status, access["status"], access["method"], access["path"]) == (
         401, 401, "GET", "/api/user"
     )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_under_gunicorn_a_forged_path_or_header_stays_in_its_line(
+    tmp_path, transactional_db, log_format
+):
+    """gunicorn's access line (its path, and its User-Agent, which gunicorn decodes
+    as latin-1: byte 0x85 is NEL) and the service's own, in both formats."""
+    web = WebService(
+        tmp_path,
+        database_url=database_url(),
+        **redis_environment(),
+        LOG_FORMAT=log_format,
+        GUNICORN_ACCESS_LOG="-",
+    )
+    web.start()
+    try:
+        with socket.create_connection(("127.0.0.1", web.port), timeout=10) as connection:
+            connection.sendall(
+                b"GET /api/user/%0aFORGED%e2%80%a8FORGED HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"User-Agent: agent\x85FORGED\tx\r\nX-Request-ID: req-forged\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+    finally:
+        web.stop()
+
+    assert answer.startswith(b"HTTP/1.1 404")
+    log = (tmp_path / "web.log").read_text()
+    lines = [line for line in log.splitlines() if line]
+    record_start = re.compile("{") if log_format == "json" else _RECORD_START
+    assert lines and not [line for line in lines if not record_start.match(line)]
+    assert not [character for character in "\x85\u2028" if character in log]
+    if log_format == "json":
+        entries = [json.loads(line) for line in lines]
+        forged = [entry for entry in entries if entry["request_id"] == "req-forged"]
+        [gunicorn] = [entry for entry in forged if entry["logger"] == "gunicorn.access"]
+        [service] = [entry for entry in forged if entry["logger"] == "usersvc.access"]
+        assert gunicorn["user_agent"] == "agent\x85FORGED\tx"
+        # Django decodes PATH_INFO in the environ gunicorn logs from.
+        assert gunicorn["path"] == service["path"] == "/api/user/\nFORGED\u2028FORGED"
+    else:
+        [gunicorn] = [line for line in lines if " gunicorn.access [req-forged] " in line]
+        [service] = [line for line in lines if " usersvc.access [req-forged] " in line]
+        assert '"GET /api/user/\\nFORGED\\u2028FORGED" 404 ' in gunicorn
+        assert " GET /api/user/\\nFORGED\\u2028FORGED 404 " in service
 
 
 def _is_json_object(line: str) -> bool:

@@ -1,7 +1,10 @@
 """/healthz and /readyz: liveness without I/O, readiness per dependency."""
 
+import logging
+
 import pytest
 
+from config.logs import RequestIdFilter
 from tests.servers import RedisServer, WebService
 from users.cache import transport
 from users.conf import user_cache_settings
@@ -68,3 +71,30 @@ def test_readyz_is_503_without_mysql_while_healthz_stays_200(tmp_path):
     assert ready["checks"]["mysql"] == {"status": "unavailable", "error": "OperationalError"}
     assert ready["checks"]["redis"]["status"] == "ok"
     assert (live_status, live) == (200, {"status": "ok"})
+
+
+class TestRequestIds:
+    """Answered ahead of the request-id middleware, the probes still have ids of
+    their own: in the response, and on the lines they log."""
+
+    @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+    def test_each_probe_answers_with_its_request_id(self, client, db, path):
+        mine = client.get(path, HTTP_X_REQUEST_ID="probe-1")
+        fresh = client.get(path, HTTP_HOST="10.1.2.3:8000")
+
+        assert mine["X-Request-ID"] == "probe-1"
+        assert len(fresh["X-Request-ID"]) == 32 and fresh["X-Request-ID"] != "probe-1"
+
+    def test_a_probes_lines_carry_its_id_not_the_previous_requests(
+        self, client, db, redis_refused, caplog
+    ):
+        client.get("/api/user", HTTP_X_REQUEST_ID="req-before")
+        caplog.clear()
+        caplog.handler.addFilter(RequestIdFilter())
+        with caplog.at_level(logging.DEBUG):
+            response = client.get("/readyz", HTTP_X_REQUEST_ID="probe-readyz")
+
+        [line] = [r for r in caplog.records if r.getMessage().startswith("readiness check failed")]
+        assert line.request_id == "probe-readyz"
+        assert response["X-Request-ID"] == "probe-readyz"
+        assert not [r for r in caplog.records if r.name == "usersvc.access"]

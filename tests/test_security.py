@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -315,3 +316,68 @@ class TestOperatorEndpoints:
     def test_the_api_description_needs_a_login(self, client, reader_client, db, path):
         assert client.get(path).status_code in {401, 403}
         assert reader_client.get(path).status_code == 200
+
+
+class TestErrorsAreJson:
+    """Errors Django answers before or around the API's views are JSON too."""
+
+    @pytest.mark.parametrize("path", ["/api/user", "/api/user/1", "/api/docs/", "/admin/"])
+    def test_a_host_outside_allowed_hosts_is_a_json_400(self, client, db, path):
+        response = client.get(path, HTTP_HOST="evil.example")
+
+        assert (response.status_code, response["Content-Type"]) == (400, "application/json")
+        assert response.json() == {"detail": "Bad request."}
+
+    def test_a_permission_refused_outside_drf_is_a_json_403(self, client, make_user):
+        client.force_login(make_user(username="bare", email="bare@example.com", is_staff=True))
+        response = client.get("/admin/users/user/cache/")
+
+        assert (response.status_code, response["Content-Type"]) == (403, "application/json")
+        assert response.json() == {"detail": "You do not have permission to perform this action."}
+
+    @pytest.mark.parametrize("path", ["/admin/login/", "/api-auth/login/"])
+    def test_a_login_form_posted_without_its_csrf_token_is_a_json_403(self, db, path):
+        client = Client(enforce_csrf_checks=True)
+        response = client.post(path, {"username": "x", "password": "y"})
+
+        assert (response.status_code, response["Content-Type"]) == (403, "application/json")
+        assert response.json() == {"detail": "CSRF Failed: CSRF cookie not set."}
+
+    def test_an_api_write_with_a_session_and_no_csrf_token_is_a_json_403(self, staff):
+        client = APIClient(enforce_csrf_checks=True)
+        client.force_login(staff)
+        response = client.post("/api/user", {"username": "x"}, format="json")
+
+        assert (response.status_code, response["Content-Type"]) == (403, "application/json")
+        assert response.json()["detail"].startswith("CSRF Failed: ")
+
+
+class TestContentSecurityPolicy:
+    """The policy on every page (tests/test_browser.py shows the pages work under it)."""
+
+    @pytest.mark.parametrize(
+        "path",
+        ["/admin/login/", "/api-auth/login/", "/api/user?format=api", "/api/docs/", "/api/user"],
+    )
+    def test_every_page_carries_the_policy(self, client, db, path):
+        policy = client.get(path)["Content-Security-Policy"]
+
+        directives = dict(directive.strip().split(" ", 1) for directive in policy.split(";"))
+        assert directives == {
+            "default-src": "'self'",
+            "script-src": "'self'",
+            "style-src": "'self' 'unsafe-inline'",
+            "img-src": "'self' data:",
+            "object-src": "'none'",
+            "base-uri": "'self'",
+            "form-action": "'self'",
+            "frame-ancestors": "'none'",
+        }
+
+    def test_swagger_ui_runs_no_inline_script(self, reader_client, db):
+        page = reader_client.get("/api/docs/").content.decode()
+        script = reader_client.get("/api/docs/?script=")
+
+        assert "<script>" not in page and '<script src="/api/docs/?script=">' in page
+        assert script["Content-Type"].startswith("application/javascript")
+        assert "SwaggerUIBundle" in script.content.decode()

@@ -1,5 +1,9 @@
-"""The HTTP API: ``/api/user`` and ``/api/user/<id>``, each action a call into the
-reads (``users.reads``) or the writes (``users.services``).
+"""The HTTP API: ``/api/user``, ``/api/user/batch`` and ``/api/user/<id>``, each
+action a call into the reads (``users.reads``) or the writes (``users.services``).
+
+Query parameters are read as clients send them: ``ids``, a list, in every form a
+client encodes one (repeated keys, commas, both); every other parameter takes
+one value, and a second one is a 400 rather than a guess at which one was meant.
 
 Before authentication runs, the view declares what its request reads: the users
 the token lookup prefetches in its own round trip (``prefetch``), and what the
@@ -8,6 +12,8 @@ renders), handed to the authenticator and the throttles it makes.
 """
 
 import re
+from datetime import UTC, datetime
+from urllib.parse import quote
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -15,6 +21,7 @@ from django.http import HttpRequest, QueryDict
 from django.urls import reverse
 from django.utils.http import parse_etags
 from rest_framework import pagination, permissions, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import BrowsableAPIRenderer
@@ -26,17 +33,33 @@ from .authentication import TokenAuthentication, prefetched
 from .cache.readthrough import Source
 from .models import User
 from .permissions import IsStaffOrReadOnly
-from .schema import UserCreateSerializer, UserUpdateSerializer, describe_user_viewset
+from .schema import (
+    MAX_ID,
+    MAX_IDS,
+    UserCreateSerializer,
+    UserUpdateSerializer,
+    describe_user_viewset,
+)
 from .throttling import RedisRateThrottle
 from .tokens import TokenRead
 
-# A positive BIGINT id: at most 19 digits (the URL pattern) and at most 2**63 - 1.
+# A positive BIGINT id: at most 19 digits (the URL pattern) and at most MAX_ID.
 _ID_DIGITS = "[0-9]{1,19}"
 _ID_PATTERN = re.compile(_ID_DIGITS)
-_MAX_ID = 2**63 - 1
-MAX_IDS = 100
 # The query parameters that find users through the cache instead of paging.
 _LOOKUPS = ("ids", *lookups.LOOKUP_FIELDS)
+# When ``GET /api/user?ids=`` was deprecated for ``GET /api/user/batch?ids=``: its
+# answers say so in RFC 9745's Deprecation header, an sf-date (``@`` Unix seconds).
+IDS_ON_LIST_DEPRECATED = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+def one_value(query: QueryDict, name: str) -> str | None:
+    """The value of a single-valued query parameter, None when absent; a 400 naming
+    it when it is repeated, where ``QueryDict.get`` would silently take the last."""
+    values = query.getlist(name)
+    if len(values) > 1:
+        raise ValidationError({name: [f"Give {name} once ({len(values)} values given)."]})
+    return values[0] if values else None
 
 
 class UserPagination(pagination.CursorPagination):
@@ -45,23 +68,51 @@ class UserPagination(pagination.CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
-    def page_size_for(self, query: QueryDict) -> int:
-        """The page size a request asks for, as ``get_page_size`` reads it."""
-        try:
-            return pagination._positive_int(
-                query[self.page_size_query_param], strict=True, cutoff=self.max_page_size
-            )
-        except (KeyError, ValueError):
+    def get_page_size(self, request: Request) -> int:
+        """``page_size`` from 1 to ``max_page_size``, else a 400: DRF would clamp a
+        larger one and quietly use the default for a malformed one, so a client
+        would never learn that it was not given what it asked for."""
+        return self.page_size_of(request.query_params)
+
+    def page_size_of(self, query: QueryDict) -> int:
+        raw = one_value(query, self.page_size_query_param)
+        if raw is None:
             return self.page_size
+        # ASCII digits only: int() would also take " 5", "+5" and other scripts' digits.
+        if not _ID_PATTERN.fullmatch(raw) or not 1 <= int(raw) <= self.max_page_size:
+            message = f"A whole number from 1 to {self.max_page_size}: {raw[:40]!r}."
+            raise ValidationError({self.page_size_query_param: [message]})
+        return int(raw)
 
     def decode_cursor(self, request: Request) -> pagination.Cursor | None:
         """DRF's decoding, and a position that can be an id: any other position a
         crafted cursor carries is the same 404 as an unreadable cursor."""
+        one_value(request.query_params, self.cursor_query_param)
         cursor = super().decode_cursor(request)
         position = None if cursor is None else cursor.position
         if position is not None and not _ID_PATTERN.fullmatch(position):
             raise NotFound(self.invalid_cursor_message)
         return cursor
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        """DRF's parameters, with what ``get_page_size`` and ``decode_cursor`` hold
+        clients to."""
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(
+                    minimum=1, maximum=self.max_page_size, default=self.page_size
+                )
+                parameter["description"] = (
+                    f"Users per page, 1 to {self.max_page_size} (default {self.page_size}); "
+                    "anything else is a 400."
+                )
+            elif parameter["name"] == self.cursor_query_param:
+                parameter["description"] = (
+                    "Where the page starts: the cursor of a `next` or `previous` link. "
+                    "Any other is a 404."
+                )
+        return parameters
 
 
 class TokenRequestNegotiation(DefaultContentNegotiation):
@@ -81,17 +132,21 @@ class PreconditionRequired(APIException):
     default_code = "precondition_required"
 
 
-def _parse_ids(raw: str) -> list[int]:
-    """``?ids=1,2,3``: up to ``MAX_IDS`` distinct positive ids, duplicates collapsed
-    in the order given; a 400 that names the problem otherwise."""
-    parts = [part.strip() for part in raw.split(",")] if raw.strip() else []
-    if not parts:
+def _parse_ids(query: QueryDict) -> list[int]:
+    """``ids`` in every form clients send a list: repeated (``?ids=1&ids=2``, what
+    ``requests`` and generated clients send), comma-separated (``?ids=1,2``), or
+    both. Up to ``MAX_IDS`` distinct positive ids, duplicates collapsed in the order
+    first given; any part that is not an id (an empty one too) is a 400 naming
+    ``ids``, so that no id is ever dropped."""
+    values = query.getlist("ids")
+    parts = [part.strip() for value in values for part in value.split(",")]
+    if parts in ([], [""]):
         raise ValidationError({"ids": ["Give at least one id."]})
     bad = [
-        part for part in parts if not _ID_PATTERN.fullmatch(part) or not 1 <= int(part) <= _MAX_ID
+        part for part in parts if not _ID_PATTERN.fullmatch(part) or not 1 <= int(part) <= MAX_ID
     ]
     if bad:
-        raise ValidationError({"ids": [f"Not a user id (1 to {_MAX_ID}): {bad[0][:40]!r}."]})
+        raise ValidationError({"ids": [f"Not a user id (1 to {MAX_ID}): {bad[0][:40]!r}."]})
     ids = list(dict.fromkeys(int(part) for part in parts))
     if len(ids) > MAX_IDS:
         raise ValidationError({"ids": [f"At most {MAX_IDS} ids; {len(ids)} given."]})
@@ -101,10 +156,10 @@ def _parse_ids(raw: str) -> list[int]:
 @describe_user_viewset
 class UserViewSet(viewsets.ViewSet):
     permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
-    content_negotiation_class = TokenRequestNegotiation
     # Anything but digits is no user id: the URL does not match, a JSON 404.
     lookup_value_regex = _ID_DIGITS
     pagination_class = UserPagination
+    content_negotiation_class = TokenRequestNegotiation
     # What the request reads, declared from its URL before authentication: the
     # users the token lookup reads in its own round trip (so that a cached read
     # costs one round trip in all), and its cost against the rate limit.
@@ -135,29 +190,47 @@ class UserViewSet(viewsets.ViewSet):
         called with), or a 404 when it is out of range."""
         if "pk" in self.kwargs:
             user_id = int(self.kwargs["pk"])
-            if not 1 <= user_id <= _MAX_ID:
+            if not 1 <= user_id <= MAX_ID:
                 raise NotFound("No user with this id.")
             self.kwargs["pk"] = user_id
         super().initial(request, *args, **kwargs)
+
+    def finalize_response(self, request: Request, response: Response, *args, **kwargs) -> Response:
+        """``GET /api/user?ids=``, the batch read before it had a path of its own,
+        answers as it always did, marked deprecated (RFC 9745) and linked to its
+        successor (RFC 8288), errors included. The link carries the ids as they
+        came, percent-encoded, so that it answers alike."""
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.action == "list" and "ids" in request.query_params:
+            query = "&".join(
+                "ids=" + quote(value, safe=",") for value in request.query_params.getlist("ids")
+            )
+            response["Deprecation"] = f"@{int(IDS_ON_LIST_DEPRECATED.timestamp())}"
+            response["Link"] = f'<{reverse("user-batch")}?{query}>; rel="successor-version"'
+        return response
 
     def list(self, request: Request) -> Response:
         asked = [name for name in _LOOKUPS if name in request.query_params]
         if len(asked) > 1:
             raise ValidationError({name: ["Give one of ids, username, email."] for name in asked})
         if asked == ["ids"]:
-            ids = _parse_ids(request.query_params["ids"])
-            found = reads.users_get(user_ids=ids, prefetched=prefetched(request))
-            body = {"results": found.values, "missing": found.missing}
-            return Response(body, headers=_cache_status(request, found.source))
+            return self.batch(request)
         if asked:
             field = asked[0]
-            found = self._user_by(field, request.query_params[field])
+            found = self._user_by(field, one_value(request.query_params, field))
             body = {"next": None, "previous": None, "results": [found.value] if found.value else []}
             return Response(body, headers=_cache_status(request, found.source))
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(reads.user_list(), request, view=self)
         users = [entries.to_public(row["id"], entries.entry_of(row)) for row in page]
         return paginator.get_paginated_response(users)
+
+    @action(detail=False, methods=["get"])
+    def batch(self, request: Request) -> Response:
+        ids = _parse_ids(request.query_params)
+        found = reads.users_get(user_ids=ids, prefetched=prefetched(request))
+        body = {"results": found.values, "missing": found.missing}
+        return Response(body, headers=_cache_status(request, found.source))
 
     @staticmethod
     def _user_by(field: str, value: str) -> reads.UserRead:
@@ -223,20 +296,18 @@ def _declared_reads(
 ) -> tuple[tuple[int, ...], int]:
     """The users a request reads (to prefetch) and its cost, from its URL alone; what
     is malformed there is reported by the action, and reads nothing ahead."""
-    if action == "retrieve":
-        digits = kwargs.get("pk", "")
-        return ((int(digits),) if 1 <= int(digits) <= _MAX_ID else ()), 1
-    if action != "list":
-        return (), 1
-    if "ids" in query:
-        try:
-            ids = _parse_ids(query["ids"])
-        except ValidationError:
-            return (), 1
-        return tuple(ids), len(ids)
-    if any(name in query for name in lookups.LOOKUP_FIELDS):
-        return (), 1
-    return (), UserPagination().page_size_for(query)
+    try:
+        if action == "retrieve":
+            user_id = int(kwargs["pk"])
+            return ((user_id,) if 1 <= user_id <= MAX_ID else ()), 1
+        if action == "batch" or (action == "list" and "ids" in query):
+            ids = _parse_ids(query)
+            return tuple(ids), len(ids)
+        if action == "list" and not any(name in query for name in lookups.LOOKUP_FIELDS):
+            return (), UserPagination().page_size_of(query)
+    except ValidationError:
+        pass
+    return (), 1
 
 
 def _cache_status(request: Request, source: Source) -> dict[str, str]:

@@ -8,6 +8,11 @@ rates, which store is failing), so they answer only operators: a request
 straight from ``METRICS_ALLOWED_NETWORKS`` (loopback by default) that no proxy
 forwarded, or one with ``Authorization: Bearer <METRICS_TOKEN>``. Anyone else gets
 403 for ``/metrics`` and only the status of ``/readyz``; ``/healthz`` is for anyone.
+
+Each probe has a request id, as every request does (``config.request_context``):
+in its ``X-Request-ID`` and on the lines it logs (a failed readiness check), not
+the id of the request the thread served before. It writes no access line: probes
+come every few seconds and would drown the rest.
 """
 
 import hmac
@@ -18,6 +23,8 @@ import time
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpResponse, JsonResponse
+
+from config.request_context import begin_request
 
 from . import metrics
 from .cache import cluster
@@ -105,4 +112,7 @@ class ProbesMiddleware:
         view = self.routes.get(request.path_info)
         if view is None or request.method not in ("GET", "HEAD"):
             return self.get_response(request)
-        return view(request)
+        current = begin_request(request)
+        response = view(request)
+        response["X-Request-ID"] = current
+        return response

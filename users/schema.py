@@ -2,22 +2,33 @@
 OpenAPI description (drf-spectacular) of what it answers, put together for
 ``users.api.UserViewSet`` by ``describe_user_viewset``. The API answers with
 plain dicts from the reads and writes, so the response shapes exist for the
-description only; ``tests/test_openapi.py`` holds them to the API.
+description only; ``tests/test_openapi.py`` holds them to the API, and
+``tests/test_generated_client.py`` holds them to what a generated client can use:
+one success shape per operation, and error shapes a client tells apart by trying
+them in the order given.
 """
 
 from django.contrib.auth.validators import UnicodeUsernameValidator
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     PolymorphicProxySerializer,
     extend_schema,
+    extend_schema_serializer,
     extend_schema_view,
 )
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 
 # Requests.
+
+# A user id is a positive BIGINT; a batch read takes up to MAX_IDS distinct ones.
+MAX_ID = 2**63 - 1
+MAX_IDS = 100
 
 
 class UserCreateSerializer(serializers.Serializer):
@@ -44,8 +55,11 @@ class UserUpdateSerializer(UserCreateSerializer):
 # Responses.
 
 
+@extend_schema_serializer(
+    description="A user as every answer shows it; the password is never shown."
+)
 class UserSerializer(serializers.Serializer):
-    """A user as every response shows it (``users.entries.FIELDS``)."""
+    """``users.entries.PUBLIC_FIELDS``; tests/test_openapi.py holds the two together."""
 
     id = serializers.IntegerField(read_only=True)
     username = serializers.CharField()
@@ -57,6 +71,9 @@ class UserSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+# One answer, never a list of them: a list action's answer would otherwise be
+# documented as a page of answers.
+@extend_schema_serializer(many=False)
 class UserPageSerializer(serializers.Serializer):
     """A page of users: the list, or the 0 or 1 users a username or e-mail names."""
 
@@ -65,44 +82,61 @@ class UserPageSerializer(serializers.Serializer):
     results = UserSerializer(many=True)
 
 
-class UsersByIdSerializer(serializers.Serializer):
-    """The users ``?ids=`` asked for, in the order asked, and the ids found nowhere."""
+class UserBatchSerializer(serializers.Serializer):
+    """The users asked for, in the order first asked, and the ids found nowhere."""
 
     results = UserSerializer(many=True)
     missing = serializers.ListField(child=serializers.IntegerField())
 
 
 class ErrorSerializer(serializers.Serializer):
+    """An error, in words: every 4xx and 5xx but the per-field 400s."""
+
     detail = serializers.CharField()
+
+
+class FieldErrorsSerializer(serializers.Serializer):
+    """Described by ``FieldErrorsSchema``: DRF's per-field messages, keyed by the
+    field or query parameter they are about."""
+
+
+class FieldErrorsSchema(OpenApiSerializerExtension):
+    """Per-field messages as an object of string arrays that never has a ``detail``
+    (no field or query parameter of this API is called that): a body is an
+    ``Error`` or ``FieldErrors``, never both."""
+
+    target_class = FieldErrorsSerializer
+
+    def map_serializer(self, auto_schema, direction) -> dict:
+        return {
+            "type": "object",
+            "description": "Messages per field or query parameter (or `non_field_errors`).",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            "not": {"required": ["detail"]},
+            "example": {"email": ["A user with that email already exists."]},
+        }
 
 
 def _error(description: str) -> OpenApiResponse:
     return OpenApiResponse(ErrorSerializer, description=description)
 
 
+# Error first: client generators try the shapes of a oneOf in order and keep the
+# first that parses, and only Error requires a key of its own.
 FIELD_ERRORS = OpenApiResponse(
-    {
-        "oneOf": [
-            {
-                "type": "object",
-                "additionalProperties": {"type": "array", "items": {"type": "string"}},
-                "example": {"email": ["A user with that email already exists."]},
-            },
-            {
-                "type": "object",
-                "properties": {"detail": {"type": "string"}},
-                "required": ["detail"],
-                "example": {"detail": "JSON parse error - Expecting value"},
-            },
-        ]
-    },
-    description="Invalid input: a list of messages per field (or `non_field_errors`); "
-    "a body that is not valid JSON gets a `detail` instead.",
+    PolymorphicProxySerializer(
+        component_name="BadRequest",
+        serializers=[ErrorSerializer, FieldErrorsSerializer],
+        resource_type_field_name=None,
+        many=False,
+    ),
+    description="Invalid input: `FieldErrors`, messages per field (or "
+    "`non_field_errors`); a body that is not valid JSON gets an `Error` instead.",
 )
 BAD_QUERY = OpenApiResponse(
-    {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
-    description="A query parameter is not valid (`ids`, `username`, `email`), or more "
-    "than one of them was given; the messages name the parameter.",
+    FieldErrorsSerializer,
+    description="A query parameter is not valid, or a parameter that takes one value "
+    "was given more than once; the messages name the parameter.",
 )
 UNAUTHENTICATED = _error(
     "No credentials, a token that is not 40 lowercase hex digits or is unknown, or an "
@@ -138,9 +172,19 @@ USER_ID = OpenApiParameter(
 )
 IDS = OpenApiParameter(
     "ids",
-    str,
-    description="Up to 100 user ids, comma-separated (`1,2,3`): the users are read "
-    "through the cache in one batch. Duplicates are collapsed.",
+    {
+        "type": "array",
+        "items": {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID},
+        "minItems": 1,
+        "maxItems": MAX_IDS,
+    },
+    required=True,
+    style="form",
+    explode=True,
+    description=f"Up to {MAX_IDS} user ids, as repeated keys (`ids=1&ids=2&ids=3`, what "
+    "client libraries send for a list), comma-separated (`ids=1,2,3`), or both. "
+    "Duplicates are collapsed; the limit counts distinct ids. An id that is not a "
+    "positive integer is a 400, never skipped.",
 )
 USERNAME = OpenApiParameter("username", str, description="The user with exactly this username.")
 EMAIL = OpenApiParameter(
@@ -187,6 +231,20 @@ RETRY_AFTER = OpenApiParameter(
     description="Seconds to wait before retrying.",
 )
 
+# Every operation says how to authenticate: the token's header is an apiKey scheme,
+# whose value (prefix included) OpenAPI cannot spell out, and generated clients
+# default to `Bearer`. (An http scheme named `Token` would say it to a machine, but
+# Swagger UI's Authorize offers basic and bearer only.)
+_AUTH = (
+    "Authenticate with the header `Authorization: Token <key>`: the word `Token`, a "
+    "space, the 40 lowercase hex digits of the key (not `Bearer`)."
+)
+
+
+def _described(text: str) -> str:
+    return f"{text}\n\n{_AUTH}"
+
+
 # Every status each operation answers; 429 comes from the throttles, 503 from
 # config.exceptions when MySQL does not answer.
 _ANY = {401: UNAUTHENTICATED, 429: THROTTLED, 503: UNAVAILABLE}
@@ -194,50 +252,63 @@ _STAFF_ONLY = {**_ANY, 403: FORBIDDEN, 409: CONFLICT}
 _WITH_BODY = {**_STAFF_ONLY, 400: FIELD_ERRORS, 413: TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE}
 _CONDITIONAL = {412: PRECONDITION_FAILED, 428: PRECONDITION_REQUIRED}
 _USER = OpenApiResponse(UserSerializer, description="The user.")
-# One answer, never a list of them: each shape carries its own list of users
-# (without many=False, a list action's answer is documented as a page of answers).
-_LIST = PolymorphicProxySerializer(
-    component_name="UserListAnswer",
-    serializers=[UserPageSerializer, UsersByIdSerializer],
-    resource_type_field_name=None,
-    many=False,
-)
 
 describe_user_viewset = extend_schema_view(
     list=extend_schema(
-        summary="List users, or find them by ids, username or e-mail",
-        description="Without a query: users in id order, from MySQL, a cursor-paginated "
-        "page at a time. With `ids`, `username` or `email` (one of them): through the "
-        "cache, `X-Cache` saying where the answer came from.",
-        responses={200: _LIST, 400: BAD_QUERY, 404: INVALID_CURSOR, **_ANY},
-        parameters=[IDS, USERNAME, EMAIL, X_CACHE, RETRY_AFTER],
+        summary="List users, or find one by username or e-mail",
+        description=_described(
+            "Without a query: users in id order, from MySQL, a cursor-paginated page at "
+            "a time (follow `next`). With `username` or `email` (one of them): a page of "
+            "0 or 1 users, through the cache, `X-Cache` saying where the answer came "
+            "from. Many users by id: `user_batch`."
+        ),
+        responses={200: UserPageSerializer, 400: BAD_QUERY, 404: INVALID_CURSOR, **_ANY},
+        parameters=[USERNAME, EMAIL, X_CACHE, RETRY_AFTER],
+    ),
+    batch=extend_schema(
+        operation_id="user_batch",
+        summary="Get many users by id",
+        description=_described(
+            "Redis first, in one batch, the misses from MySQL in one query: the users "
+            "in the order first asked, and the ids found nowhere. `X-Cache` is HIT "
+            "when every one came from Redis."
+        ),
+        responses={200: UserBatchSerializer, 400: BAD_QUERY, **_ANY},
+        parameters=[IDS, X_CACHE, RETRY_AFTER],
     ),
     retrieve=extend_schema(
         summary="Get a user",
-        description="Redis first; `X-Cache` says where the answer came from.",
+        description=_described("Redis first; `X-Cache` says where the answer came from."),
         responses={200: _USER, 304: NOT_MODIFIED, 404: NOT_FOUND, **_ANY},
         parameters=[USER_ID, IF_NONE_MATCH, X_CACHE, ETAG, RETRY_AFTER],
     ),
     create=extend_schema(
         summary="Create a user (staff)",
+        description=_described("Staff with `add_user`; the answer's `Location` is its URL."),
         request=UserCreateSerializer,
         responses={201: OpenApiResponse(UserSerializer, description="Created."), **_WITH_BODY},
         parameters=[LOCATION, ETAG, RETRY_AFTER],
     ),
     update=extend_schema(
         summary="Replace a user's fields (staff)",
+        description=_described(
+            "Staff with `change_user`; `username` and `email` are required, omitted "
+            "fields keep their value."
+        ),
         request=UserUpdateSerializer,
         responses={200: _USER, 404: NOT_FOUND, **_CONDITIONAL, **_WITH_BODY},
         parameters=[USER_ID, IF_MATCH, ETAG, RETRY_AFTER],
     ),
     partial_update=extend_schema(
         summary="Change some of a user's fields (staff)",
+        description=_described("Staff with `change_user`; omitted fields keep their value."),
         request=UserUpdateSerializer,
         responses={200: _USER, 404: NOT_FOUND, **_CONDITIONAL, **_WITH_BODY},
         parameters=[USER_ID, IF_MATCH, ETAG, RETRY_AFTER],
     ),
     destroy=extend_schema(
         summary="Delete a user (staff)",
+        description=_described("Staff with `delete_user`."),
         responses={
             204: OpenApiResponse(description="Deleted."),
             404: NOT_FOUND,
@@ -260,6 +331,21 @@ class TokenScheme(OpenApiAuthenticationExtension):
             "type": "apiKey",
             "in": "header",
             "name": "Authorization",
-            "description": "A DRF token with its prefix: `Token <key>`. "
-            "`manage.py drf_create_token <username>` makes one.",
+            "description": "The header's value is `Token <key>`: the word `Token` (not "
+            "`Bearer`), a space, and the key, 40 lowercase hex digits. In a generated "
+            "client, set the prefix to `Token`. `manage.py drf_create_token <username>` "
+            "makes a key.",
         }
+
+
+class SchemaView(SpectacularAPIView):
+    """``/api/schema/``, whose errors (a 401 for a caller without credentials) are
+    JSON like every other error of the API: drf-spectacular's YAML renderer, the
+    default here, writes DRF's ``ErrorDetail`` as a mapping of ``string`` and
+    ``code`` instead of the message."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return response

@@ -10,7 +10,6 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from config.logs import PLAIN_FORMAT
 from config.redis import cache_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -117,6 +116,8 @@ MIDDLEWARE = [
     # The request id for the logs, and the request duration for the metrics.
     "config.request_context.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below).
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Sessions, request.user and messages for the admin and the browsable API;
     # token-authenticated API requests skip them (config/middleware.py).
@@ -129,6 +130,8 @@ MIDDLEWARE = [
     # Turns a login refused for too many failures into a 429 (users/logins.py).
     "axes.middleware.AxesMiddleware",
 ]
+# CSRF failures (the login forms, the admin's) answer JSON, as every error does.
+CSRF_FAILURE_VIEW = "config.exceptions.json_csrf_failure"
 # /api/user and /api/user/ are both served without a redirect.
 APPEND_SLASH = False
 # Where a request with a DRF token needs no session middleware (the API, and the
@@ -142,7 +145,8 @@ WSGI_APPLICATION = "config.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Ahead of the apps' own: the browsable API's page without inline script.
+        "DIRS": [BASE_DIR / "config" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -204,6 +208,27 @@ REST_FRAMEWORK = {
     # Client addresses for throttling come from X-Forwarded-For behind this many proxies.
     "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# CONTENT SECURITY POLICY (django-csp)
+# ------------------------------------------------------------------------------
+# The admin, the browsable API and Swagger UI load everything from the service
+# itself and run no inline script; nothing may frame them, and a page cannot
+# change its base URL or post a form elsewhere. Inline styles are allowed: the
+# browsable API's and Swagger UI's markup carries style attributes and elements,
+# and a style runs no code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        # Swagger UI's and the admin's icons, some as data: URLs.
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
 }
 
 # OPENAPI
@@ -287,7 +312,8 @@ LOGGING = {
         "disallowed_host": {"()": "config.logs.DisallowedHostFilter"},
     },
     "formatters": {
-        "plain": {"format": PLAIN_FORMAT},
+        # Control characters a client sent are escaped: one record, one line.
+        "plain": {"()": "config.logs.PlainFormatter"},
         "json": {"()": "config.logs.JsonFormatter"},
     },
     "handlers": {

@@ -26,14 +26,17 @@ tables to the cache, then remembers how far it got.
   replica's connection when another connects with the same id), both delete,
   and the saved position is always one that its writer had applied.
 * **Changes not listed row by row** (``TRUNCATE``, or DML a session logged as a
-  statement): every cached user and token is deleted (``flush_user_cache --all``).
+  statement) of the watched tables in our database: every cached user and token
+  is deleted (``flush_user_cache --all``). The statements of every database
+  arrive, since the reader filters only row events by database; ``statements``
+  reads each in time proportional to its length and drops those of other
+  databases.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import secrets
 import threading
 import time
@@ -50,7 +53,7 @@ from ..cache.kinds import RowChange
 from ..cache.transport import CacheUnavailable
 from ..invalidation import rows_changed_elsewhere
 from ..models import BinlogPosition
-from . import metrics, server
+from . import metrics, server, statements
 from .server import Position, Refused
 
 logger = logging.getLogger(__name__)
@@ -69,17 +72,6 @@ POSITION_TABLE = BinlogPosition._meta.db_table
 def watched_tables() -> dict[str, type]:
     """The tables the cache's kinds read, by name, and their models."""
     return {model._meta.db_table: model for model in kinds.watched_models()}
-
-# A statement that changes rows without listing them: TRUNCATE, or DML logged as a
-# statement by a session that chose binlog_format=STATEMENT or MIXED.
-_UNLISTED_CHANGE = re.compile(
-    r"^\s*(?:/\*.*?\*/\s*)*(?:TRUNCATE|UPDATE|DELETE|INSERT|REPLACE|LOAD)\b", re.I | re.S
-)
-
-
-def _names_watched_table(query: str) -> bool:
-    names = "|".join(map(re.escape, watched_tables()))
-    return re.search(rf"\b(?:{names})\b", query, re.I) is not None
 
 
 @dataclasses.dataclass(slots=True)
@@ -137,6 +129,12 @@ class Follower:
         # the same id, so two followers must not share one.
         self.server_id = 65536 + secrets.randbelow(2**32 - 65536)
         self._pending = Changes()
+        # The statements that change the watched tables without listing their rows.
+        self._unlisted = statements.WatchedTables(
+            database=connection.settings_dict["NAME"],
+            tables=watched_tables(),
+            mariadb=connection.mysql_is_mariadb,
+        )
         self._progressed = False
         self._next_checkpoint = 0.0
         self._show(position)
@@ -228,7 +226,12 @@ class Follower:
             if query.upper() == "BEGIN":  # MySQL's start of a transaction: rows follow
                 return
             metrics.EVENTS.labels("statement").inc()
-            if _UNLISTED_CHANGE.match(query) and _names_watched_table(query):
+            if self._unlisted.unlisted_change(
+                event.query,
+                default_database=event.schema.decode("utf-8", "replace"),
+                # Absent when the server logged no sql_mode: read as the default.
+                sql_mode=getattr(event, "sql_mode", 0),
+            ):
                 self._pending.unlisted = True
             self._commit(event.timestamp, stream)
         elif isinstance(event, RotateEvent):

@@ -41,7 +41,12 @@ def window_count(key: str) -> WindowCount:
             return pipe.execute()
 
     count, ms_left = call(peek)
-    return WindowCount(int(count or 0), ms_left)
+    try:
+        return WindowCount(int(count or 0), ms_left)
+    except ValueError:
+        # Not written by the scripts: the counter is as good as unreadable, and its
+        # INCR fails too, so the limit lets requests through as while Redis is down.
+        raise CacheUnavailable(f"{key} holds no count") from None
 
 
 class LocalWindows:
