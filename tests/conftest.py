@@ -291,6 +291,17 @@ def make_user(db):
     return make
 
 
+@pytest.fixture
+def deleted_id(make_user) -> int:
+    """The id of a user since deleted, below the largest id: an absence the cache
+    remembers (an id above the largest, it does not: ``users.entries``)."""
+    gone = make_user(username="deleted", email="deleted@example.com")
+    make_user(username="after-deleted", email="after-deleted@example.com")
+    gone_id = gone.id
+    gone.delete()
+    return gone_id
+
+
 def _token_client(user: User) -> APIClient:
     client = APIClient()
     token, _ = Token.objects.get_or_create(user=user)

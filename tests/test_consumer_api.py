@@ -73,10 +73,11 @@ class TestManyUsers:
         assert body["missing"] == []
 
     def test_all_cached_is_no_sql_and_one_round_trip_authentication_included(
-        self, reader_client, reader, people, django_assert_num_queries, redis_round_trips
+        self, reader_client, reader, people, deleted_id, django_assert_num_queries,
+        redis_round_trips,
     ):
         ids = ",".join(str(user.id) for user in [*people, reader])
-        url = f"/api/user/batch?ids={ids},987654321"
+        url = f"/api/user/batch?ids={ids},{deleted_id}"
         assert reader_client.get(url)["X-Cache"] == "MISS"
         redis_round_trips.reset()
 
@@ -84,7 +85,7 @@ class TestManyUsers:
             response = reader_client.get(url)
 
         assert response["X-Cache"] == "HIT"
-        assert response.json()["missing"] == [987654321]  # remembered as absent
+        assert response.json()["missing"] == [deleted_id]  # remembered as absent
         users_read_apart = 5 if _on_cluster() else 0
         assert redis_round_trips.count == 1 + users_read_apart
 
@@ -346,7 +347,7 @@ class TestRenameRaces:
         results, loaded, release = [], threading.Event(), threading.Event()
 
         def pause(kind, loaded_entries):
-            if kind.entity == "username" and threading.current_thread() is thread:
+            if kind.name == "username" and threading.current_thread() is thread:
                 loaded.set()
                 assert release.wait(timeout=30)
 
