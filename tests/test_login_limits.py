@@ -7,13 +7,16 @@ Each class holds one way around the limits that worked before (the points of
 issue 19 and 22 in its docstring), on both login forms where the form matters.
 """
 
+import concurrent.futures
 import io
+import threading
 import time
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.hashers import MD5PasswordHasher
 from django.core.management import call_command
+from django.db import connections
 from django.test import Client
 from redis.exceptions import OutOfMemoryError
 
@@ -296,6 +299,28 @@ class TestAttempts:
         assert _refused(_login(page, "member3", PASSWORD, address="10.0.11.1"))
         assert hashes == []
         assert _logged_in(_login(page, "member3", PASSWORD, address="10.0.11.2"))
+
+    def test_guesses_sent_at_once_are_bounded_by_the_rate(self, limits, transactional_db, hashes):
+        """Failures are counted after the hash, so guesses sent together all pass the
+        failure check; the attempts counted before it are what bounds them."""
+        limits.LOGIN_RATE_ACCOUNT = "5/min"
+        user = User.objects.create(username="root", email="root@example.com", is_staff=True)
+        user.set_password(PASSWORD)
+        user.save()
+        together = threading.Barrier(20)
+
+        def guess(n: int):
+            together.wait(timeout=60)
+            try:
+                return _login("/admin/login/", "root", f"guess-{n}", address=f"10.0.18.{n}")
+            finally:
+                connections.close_all()
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+            answers = list(pool.map(guess, range(20)))
+
+        assert len(hashes) == 5
+        assert sorted(answer.status_code for answer in answers) == [200] * 5 + [429] * 15
 
     def test_an_address_over_its_rate_adds_no_counters(self, limits, db, redis_client):
         """Names an address makes up cost Redis a key each only within its rate."""
