@@ -9,12 +9,14 @@ issue 19 and 22 in its docstring), on both login forms where the form matters.
 
 import concurrent.futures
 import io
+import re
 import threading
 import time
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.hashers import MD5PasswordHasher
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import connections
 from django.test import Client
@@ -330,6 +332,22 @@ class TestAttempts:
 
         accounts = list(redis_client.scan_iter(match=f"{settings.TEST_RUN_PREFIX}*account-*"))
         assert len(accounts) == 3 * 2  # failures and attempts of the first three names
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("LOGIN_RATE_ACCOUNT", "ten/min", "LOGIN_RATE_ACCOUNT is 'ten/min'; use N/s, N/min"),
+        ("LOGIN_RATE_ADDRESS", "0/min", "LOGIN_RATE_ADDRESS is '0/min'; use N/s, N/min"),
+        ("LOGIN_FAILURE_LIMIT", 0, "LOGIN_FAILURE_LIMIT is 0; use a whole number of 1 or more"),
+        ("CLIENT_IPV6_PREFIX", 129, "CLIENT_IPV6_PREFIX is 129; use 1 to 128"),
+    ],
+)
+def test_a_bad_setting_stops_the_start(settings, setting, value, message):
+    setattr(settings, setting, value)
+
+    with pytest.raises(ImproperlyConfigured, match=re.escape(message)):
+        login_limits.check_settings()
 
 
 def _serve_logins_from(server: RedisServer, settings) -> None:
