@@ -31,6 +31,7 @@ from . import tokens
 from .cache import counters
 from .cache.keys import throttle_key
 from .cache.transport import CacheUnavailable
+from .logins.addresses import client_address
 from .reads import Entry
 from .tokens import Principal, TokenRead
 
@@ -128,6 +129,10 @@ class RedisRateThrottle(SimpleRateThrottle):
 
     def wait(self) -> float:
         return self.seconds_left
+
+    def get_ident(self, request: Request) -> str:
+        """The client address as every per-address limit counts it: IPv6 by network."""
+        return client_address(request)
 
 
 class AnonRateThrottle(RedisRateThrottle):

@@ -50,6 +50,37 @@ def throttle_key(scope: str, ident: str) -> str:
     return f"{_namespace()}:throttle:{scope}:{{{ident}}}"
 
 
+class LoginCounter(enum.StrEnum):
+    """The login limits' counters (``users.logins``), a key space each: a name never
+    counts as an address, nor a failure as an attempt."""
+
+    ACCOUNT_FAILURES = "account-failures"
+    ADDRESS_FAILURES = "address-failures"
+    ACCOUNT_ATTEMPTS = "account-attempts"
+    ADDRESS_ATTEMPTS = "address-attempts"
+
+
+def login_key(counter: LoginCounter, subject: str) -> str:
+    """``subject`` is an account's digest or a client address group: no braces, so it
+    is the key's hash tag whole."""
+    assert "{" not in subject and "}" not in subject, f"{subject!r} would split the hash tag"
+    return f"{_namespace()}:login:{counter}:{{{subject}}}"
+
+
+def login_lockouts_key(minute: int) -> str:
+    """The login counters that reached their limit in this minute since the epoch:
+    the operators' list reads a few of these rather than SCAN the whole database."""
+    return f"{_namespace()}:login-lockouts:{{{minute}}}"
+
+
+def login_key_parts(key: str) -> tuple[LoginCounter, str] | None:
+    """The counter and subject a login counter's key names; None for any other key."""
+    match = re.fullmatch(rf"{re.escape(_namespace())}:login:([a-z-]+):\{{([^{{}}]*)\}}", key)
+    if match is None or match[1] not in set(LoginCounter):
+        return None
+    return LoginCounter(match[1]), match[2]
+
+
 def lease_key(entry_key: str) -> str:
     return f"{entry_key}:lease"
 
@@ -81,7 +112,7 @@ class KeyKind(enum.StrEnum):
     TOKEN = "token lookups"
     NAME = "name lookups"
     LEASE = "leases"
-    # Anything else under the prefix: rate-limit counters, Django's cache.
+    # Anything else under the prefix: rate-limit and login counters, Django's cache.
     OTHER = "other keys"
 
 
