@@ -12,7 +12,7 @@ from users import entries, reads
 from users.cache import keys
 from users.cache.keys import KeyKind
 from users.maintenance import overview, warm
-from users.models import User
+from users.models import LOOKALIKE_MESSAGE, User
 
 
 @pytest.fixture
@@ -71,6 +71,42 @@ def test_admin_add_writes_the_cache(admin_client, redis_client, django_capture_o
     assert response.status_code == 302, response.content[:2000]
     user = User.objects.get(username="added")
     assert cached_entry(redis_client, user.id)["email"] == "added@example.com"
+
+
+def test_admin_add_refuses_a_name_that_looks_like_another(admin_client):
+    response = admin_client.post(
+        "/admin/users/user/add/",
+        {
+            "username": "r00t",  # beside "root", the admin_client's own name
+            "email": "added@example.com",
+            "password1": "a-Long-passphrase-7",
+            "password2": "a-Long-passphrase-7",
+        },
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {"username": [LOOKALIKE_MESSAGE]}
+    assert not User.objects.filter(email="added@example.com").exists()
+
+
+def test_admin_change_refuses_a_name_that_looks_like_another(admin_client, cached_user):
+    response = admin_client.post(
+        f"/admin/users/user/{cached_user.id}/change/",
+        _change_form(cached_user, username="ro0t"),
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {"username": [LOOKALIKE_MESSAGE]}
+    assert User.objects.get(pk=cached_user.id).username == "cached"
+
+
+def test_admin_may_change_the_case_of_a_name(admin_client, cached_user):
+    response = admin_client.post(
+        f"/admin/users/user/{cached_user.id}/change/", _change_form(cached_user, username="CACHED")
+    )
+
+    assert response.status_code == 302, response.content[:2000]
+    assert User.objects.get(pk=cached_user.id).username == "CACHED"
 
 
 def test_admin_delete_clears_the_cache(

@@ -54,11 +54,9 @@ PASSWORDS = (SERVICE_PASSWORD, SENTINEL_PASSWORD, DEFAULT_PASSWORD, WRONG_PASSWO
 # included (Redis checks a script's calls against the caller's ACL too);
 # docs/configuration.md, "Redis credentials and TLS", lists the same. COMMAND and
 # CLUSTER SLOTS are the cluster client's: it maps the slots and the commands' key
-# positions with them. EVAL and INCRBY are django-redis' cache.incr(), with which
-# the login limits count failures. CLIENT TRACKING is the near cache's
-# (users/cache/near.py).
+# positions with them. CLIENT TRACKING is the near cache's (users/cache/near.py).
 SERVICE_COMMANDS = (
-    "evalsha", "eval", "script|load",
+    "evalsha", "script|load",
     "hgetall", "hmget", "hget", "hset", "get", "set", "del", "unlink", "exists",
     "incr", "incrby", "pexpire", "pttl", "type", "scan",
     "info", "ping", "client|tracking",
@@ -209,7 +207,7 @@ def test_the_service_works_through_the_cache(
 ):
     """Every kind of call the service makes: the API's reads (the token lookup
     that counts the request, a miss, a hit), a write's invalidation and its
-    write-through, failed logins (counted by django-axes in the cache), and the
+    write-through, failed logins (counted by the login limits' own scripts), and the
     operator tools (warm, the admin's entry states, check, overview, flush). No
     server logs a command it refused, not even one whose failure the service
     would have shrugged off (a rate limit fails open)."""

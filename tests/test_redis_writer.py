@@ -209,8 +209,8 @@ def test_a_pickle_under_any_key_runs_nothing(transactional_db, tmp_path, redis_c
     ]
     all_keys = sorted({key.decode() for key in found} | set(leases))
     families = {_family(key) for key in all_keys}
-    # The run touched every family the service reads; the Django cache's keys are
-    # there as long as a library (django-axes) keeps its counters in it.
+    # The run touched every family the service reads (Django's cache holds nothing
+    # since the login limits count in scripts of their own).
     assert {"user", "token", "username", "email", "throttle", "user lease"} <= families, families
     binary, text = _pickles(marker)
     for key in all_keys:

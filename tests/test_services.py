@@ -6,11 +6,11 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import absent_marker, cached_entry
-from users import entries, reads, services
+from users import entries, identity, reads, services
 from users.cache import keys
 from users.cache.readthrough import Source
 from users.conf import user_cache_settings
-from users.models import User
+from users.models import LOOKALIKE_MESSAGE, SKELETON_FIELDS, User
 
 
 def _create(**overrides) -> dict:
@@ -177,6 +177,22 @@ class TestUserCreate:
         with pytest.raises(ValidationError) as excinfo:
             _create(**other)
         assert list(excinfo.value.message_dict) == [field]
+
+    def test_a_look_alike_username_is_a_validation_error_beside_a_taken_email(self, db):
+        _create()
+        with pytest.raises(ValidationError) as excinfo:
+            _create(username="al\u0131ce")
+        assert excinfo.value.message_dict == {
+            "username": [LOOKALIKE_MESSAGE],
+            "email": ["A user with that email already exists."],
+        }
+
+    def test_every_save_of_the_name_stores_its_skeletons(self, db):
+        user = _create(username="Alice")
+        services.user_update(actor=None, user_id=user.id, data={"username": "ALICE"})
+
+        stored = User.objects.values_list(*SKELETON_FIELDS).get(pk=user.id)
+        assert stored == identity.username_skeletons("ALICE") == ("ALlCE", "alice")
 
     def test_the_uniqueness_check_uses_the_unique_indexes(self, make_user):
         """It once counted over the whole table: 61 ms a create at 100k users."""

@@ -29,6 +29,7 @@ from .cache.flush import cache_flush
 from .cache.kinds import ABSENT
 from .cache.store import EntryInfo
 from .cache.transport import CacheUnavailable
+from .logins.pages import login_lockouts
 from .maintenance.overview import cache_overview, user_cache_entries
 from .maintenance.warm import cache_warm
 from .models import User
@@ -205,7 +206,12 @@ class UserAdmin(DjangoUserAdmin):
             self.admin_site.admin_view(self.cache_overview_view),
             name="users_user_cache",
         )
-        return [overview, *super().get_urls()]
+        lockouts = path(
+            "login-lockouts/",
+            self.admin_site.admin_view(self.login_lockouts_view),
+            name="users_user_login_lockouts",
+        )
+        return [overview, lockouts, *super().get_urls()]
 
     def cache_overview_view(self, request):
         if not self.has_view_permission(request):
@@ -217,6 +223,9 @@ class UserAdmin(DjangoUserAdmin):
             "overview": cache_overview(),
         }
         return TemplateResponse(request, "admin/users/user/cache_overview.html", context)
+
+    def login_lockouts_view(self, request):
+        return login_lockouts(self, request)
 
     def save_model(self, request, obj: User, form, change: bool) -> None:
         services.user_save(actor=request.user, user=obj)

@@ -12,10 +12,33 @@ name would open the account of "xA"). So:
 * a username's letters come from one script, or from one of the combinations
   Unicode's "highly restrictive" profile allows (Latin with Han and Japanese
   kana, with Han and Bopomofo, or with Han and Hangul): "alice" spelt with a
-  Cyrillic first letter beside "alice" is refused. A name written wholly in
-  another script that happens to look like a Latin one (Cyrillic letters that
-  read "ace") is allowed: telling those apart needs Unicode's confusables
-  table, and the names are different to every user who reads the script;
+  Cyrillic first letter is refused, whatever names exist;
+* a username may not look like another's (``username_skeletons``): "admin"
+  spelt with U+0131 DOTLESS I or U+0251 LATIN SMALL LETTER ALPHA is refused
+  beside "admin", "paypa1" (digit one) beside "paypal", and so is a name
+  written wholly in Cyrillic that reads as an existing Latin one. Looks are
+  compared by Unicode's confusable skeleton (UTS #39, section 4: NFD, each
+  character to its prototype in confusables.txt, NFD again; the table is
+  ``users.confusables``) of the NFKC name, in two ways, since the skeleton
+  tells case apart (capital I and small l share a prototype, small i has its
+  own) while the database does not:
+
+  - the skeleton of the name as stored and shown, compared exactly: "lvan"
+    looks like "Ivan", "paypaI" (capital I) like "paypal", "admln" like "admIn";
+  - the skeleton of the case-folded name, compared by the username's collation
+    (case- and accent-insensitively): "admin" with a dotless i or an alpha looks
+    like "admin", the name of the user stored as "Admin" or "ADMIN" too. The
+    folding comes first because the prototype of "m" is "rn" and that of "M" is
+    "M": folded after the skeleton, "ADMIN" would not meet "admin" spelt with an
+    alpha.
+
+  Names that differ in both keys are accepted, so "admln" stands beside "admin"
+  (small l and small i are not confusable). Refusing that too would mean
+  treating i and l as one letter (capital I is i in another case and l's
+  look-alike), and refusing "all" beside "ali". Accents are the collation's
+  business: "ádmin" is "admin" to the username's own unique index. Both keys are
+  held by unique indexes (``users/migrations/0005``), so of two look-alikes
+  created at the same moment the database refuses the second;
 * an e-mail domain is stored in its Unicode form under IDNA 2008 with UTS #46
   mapping, so ``bücher.example``, ``BÜCHER.example`` and ``xn--bcher-kva.example``
   are one address (``straße.de`` stays itself, as registries treat it since 2010).
@@ -27,6 +50,13 @@ import unicodedata
 import idna
 from django.core.exceptions import ValidationError
 from django.utils.deconstruct import deconstructible
+
+from .confusables import PROTOTYPES
+
+# The longest key a unique index holds in utf8mb4 (3,072 bytes). A skeleton can be
+# longer than its name (a Hangul syllable's has up to seven characters); past this
+# length it is cut, so two long names alike up to there count as look-alikes.
+SKELETON_LENGTH = 768
 
 # The scripts that may share one name besides a single script of its own.
 _SCRIPT_COMBINATIONS = (
@@ -41,6 +71,20 @@ _NAME_TO_SCRIPT = {"CJK": "HAN", "KATAKANA-HIRAGANA": "KATAKANA", "HALFWIDTH": N
 def normalize_username(username: str) -> str:
     """NFKC, as ``AbstractBaseUser.normalize_username`` and the login forms apply it."""
     return unicodedata.normalize("NFKC", username)
+
+
+def skeleton(text: str) -> str:
+    """UTS #39's skeleton: two strings that look alike have the same one."""
+    return unicodedata.normalize(
+        "NFD", unicodedata.normalize("NFD", text).translate(PROTOTYPES)
+    )
+
+
+def username_skeletons(username: str) -> tuple[str, str]:
+    """The two keys by which usernames must differ (see the module's docstring): the
+    skeleton of the NFKC name, and that of its case folding."""
+    name = normalize_username(username)
+    return skeleton(name)[:SKELETON_LENGTH], skeleton(name.casefold())[:SKELETON_LENGTH]
 
 
 def normalize_email(email: str) -> str:

@@ -121,7 +121,7 @@ LOGIN_FAILURES = Counter(
 LOGIN_LOCKOUTS = Counter(
     "usersvc_login_lockouts",
     "Login attempts refused because the account or the client address is locked "
-    "out after too many failures.",
+    "out after too many failures, or over its rate of attempts.",
 )
 
 

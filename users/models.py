@@ -1,14 +1,24 @@
 """The user row in MySQL/TiDB, and the outbox that keeps Redis honest."""
 
+import functools
+import operator
 import time
 
 from django.apps import apps
 from django.contrib.auth.models import AbstractUser
 from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.contrib.auth.validators import UnicodeUsernameValidator
-from django.db import models
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models
+from django.db.models import Q
 
 from . import identity
+
+LOOKALIKE_MESSAGE = "A user with a username that looks like this one already exists."
+# The keys of a username's looks (users.identity.username_skeletons), in that order,
+# and the unique indexes that hold them.
+SKELETON_FIELDS = ("username_skeleton", "username_folded_skeleton")
+SKELETON_INDEXES = {field: f"users_user_{field}_uniq" for field in SKELETON_FIELDS}
 
 
 class UserManager(DjangoUserManager):
@@ -17,6 +27,13 @@ class UserManager(DjangoUserManager):
         """Every path that makes or cleans a user (``create_user``, the admin's forms,
         ``createsuperuser``, the services) goes through here: ``users.identity``."""
         return identity.normalize_email(email or "")
+
+    def bulk_create(self, objs, *args, **kwargs) -> list:
+        """Sets each user's skeletons first, as ``User.save`` does."""
+        users = list(objs)
+        for user in users:
+            set_skeletons(user)
+        return super().bulk_create(users, *args, **kwargs)
 
 
 def next_version(current: int) -> int:
@@ -31,6 +48,40 @@ def next_version(current: int) -> int:
     return max(current + 1, time.time_ns() // 1000)
 
 
+def kept_apart(skeleton: str, user_id: int) -> str:
+    """The key stored for a user whose name already looked like an earlier user's
+    when look-alikes began to be refused (``users/migrations/0005``): the skeleton
+    made unique by the user's id ("#" is in no skeleton of a valid username). The
+    user keeps it while its name keeps the same skeleton, as any user may take a
+    look-alike of its own name."""
+    suffix = f"#{user_id}"
+    return skeleton[: identity.SKELETON_LENGTH - len(suffix)] + suffix
+
+
+def stored_skeletons(user: models.Model) -> dict[str, str]:
+    """What a save stores for ``user``'s name (a ``User``, or a migration's
+    historical one): its skeletons, or those it has where it is kept apart."""
+    stored = {}
+    keys = identity.username_skeletons(user.username)
+    for field, key in zip(SKELETON_FIELDS, keys, strict=True):
+        current = getattr(user, field, None)
+        kept = user.pk is not None and current == kept_apart(key, user.pk)
+        stored[field] = current if kept else key
+    return stored
+
+
+def set_skeletons(user: models.Model) -> None:
+    for field, key in stored_skeletons(user).items():
+        setattr(user, field, key)
+
+
+def _violated_key(error: IntegrityError) -> str:
+    """The unique key named by a duplicate-entry error: "... for key 'name'", the
+    name prefixed by the table's on MySQL 8 and TiDB."""
+    message = str(error.args[-1]) if error.args else ""
+    return message.rpartition("for key '")[2].rstrip("'").rpartition(".")[2]
+
+
 class User(AbstractUser):
     """The project's ``AUTH_USER_MODEL``.
 
@@ -39,6 +90,14 @@ class User(AbstractUser):
     tells a cached entry's age. Setting a password revokes the user's API tokens
     on save, as a new password ends the user's sessions, on every path: a token
     that leaked with the old password must not outlive it.
+
+    The username's skeletons are computed on every save that writes the name, and
+    unique indexes hold them: a name that looks like another's
+    (``users.identity``) is refused by the database whichever path writes it, the
+    second of two concurrent creates included, and a save that loses that way
+    raises a ``ValidationError`` on the username (``createsuperuser`` shows it as
+    its error). ``validate_unique`` checks the same before a save, for the
+    admin's forms and ``full_clean``.
     """
 
     username = models.CharField(
@@ -51,6 +110,18 @@ class User(AbstractUser):
         error_messages={"unique": "A user with that username already exists."},
     )
     email = models.EmailField("email address", unique=True)
+    # NULL for a row written by SQL, outside the ORM (another application, an old
+    # release during a deploy): not computed, and many NULLs fit a unique index.
+    username_skeleton = models.CharField(  # noqa: DJ001
+        max_length=identity.SKELETON_LENGTH,
+        null=True,
+        editable=False,
+        db_collation="utf8mb4_bin",
+    )
+    # Compared by the username's collation (users/migrations/0005).
+    username_folded_skeleton = models.CharField(  # noqa: DJ001
+        max_length=identity.SKELETON_LENGTH, null=True, editable=False
+    )
     updated_at = models.DateTimeField(auto_now=True)
     version = models.PositiveBigIntegerField(default=1)
 
@@ -64,9 +135,35 @@ class User(AbstractUser):
         db_table = "users_user"
         verbose_name = "user"
         verbose_name_plural = "users"
+        constraints = [
+            models.UniqueConstraint(fields=[field], name=name)
+            for field, name in SKELETON_INDEXES.items()
+        ]
 
     def __str__(self) -> str:
         return self.username
+
+    def lookalikes(self) -> Q:
+        """The users holding a key that saving this one would store: whose names look
+        like its name, itself included."""
+        return functools.reduce(
+            operator.or_, (Q(**{field: key}) for field, key in stored_skeletons(self).items())
+        )
+
+    def validate_unique(self, exclude=None) -> None:
+        """Django's checks, then a name that looks like another user's: an error on
+        the username, unless it already has one (a name that is taken)."""
+        errors = {}
+        try:
+            super().validate_unique(exclude)
+        except ValidationError as exc:
+            errors = exc.update_error_dict(errors)
+        if "username" not in (exclude or ()) and "username" not in errors and self.username:
+            others = User._default_manager.filter(self.lookalikes()).exclude(pk=self.pk)
+            if others.exists():
+                errors["username"] = [LOOKALIKE_MESSAGE]
+        if errors:
+            raise ValidationError(errors)
 
     @classmethod
     def from_db(cls, db, field_names, values):
@@ -101,12 +198,21 @@ class User(AbstractUser):
             self.version = next_version(self.version)
             if update_fields is not None:
                 kwargs["update_fields"] = {*update_fields, "version"}
+        if update_fields is None or "username" in update_fields:
+            set_skeletons(self)
+            if update_fields is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], *SKELETON_FIELDS}
         revoke_tokens = (
             getattr(self, "_password_set", False)
             and not self._state.adding
             and not self._rehashed_on_check()
         )
-        super().save(*args, **kwargs)
+        try:
+            super().save(*args, **kwargs)
+        except IntegrityError as exc:
+            if _violated_key(exc) in SKELETON_INDEXES.values():
+                raise ValidationError({"username": [LOOKALIKE_MESSAGE]}) from exc
+            raise
         self._password_set = False
         if revoke_tokens:
             apps.get_model("authtoken", "Token").objects.filter(user_id=self.pk).delete()

@@ -29,7 +29,7 @@ from rest_framework.exceptions import APIException
 from config.database import WriteConflict, is_conflict
 
 from . import entries
-from .models import User
+from .models import LOOKALIKE_MESSAGE, User
 from .permissions import check_write
 from .tokens import Principal
 
@@ -100,7 +100,7 @@ def user_create(
     email = User.objects.normalize_email(email)
     user = User(username=username, email=email, first_name=first_name, last_name=last_name)
     _check_username(user)
-    _check_unique(username=username, email=email)
+    _check_unique(username=username, email=email, user=user)
     _set_password(user, password)
     with (
         _unique_violations_as_validation_errors(username=username, email=email),
@@ -144,7 +144,9 @@ def user_update(
                 setattr(user, name, data[name])
         if "username" in data:
             _check_username(user)
-        _check_unique(username=data.get("username"), email=data.get("email"), exclude_id=user.id)
+        _check_unique(
+            username=data.get("username"), email=data.get("email"), exclude_id=user.id, user=user
+        )
         if "password" in data:
             _set_password(user, data["password"])
         user.save()
@@ -223,10 +225,16 @@ def _set_password(user: User, password: str | None) -> None:
 
 
 def _check_unique(
-    *, username: str | None, email: str | None, exclude_id: int | None = None
+    *,
+    username: str | None,
+    email: str | None,
+    exclude_id: int | None = None,
+    user: User | None = None,
 ) -> None:
     """One query over the matching rows only (the WHERE uses the unique indexes);
-    the database's collation decides what counts as the same name."""
+    the database's collation decides what counts as the same name, and the
+    skeletons ``user`` (named ``username``) would store what counts as a look-alike
+    (``users.identity``)."""
     conditions = {
         field: Q(**{field: value})
         for field, value in (("username", username), ("email", email))
@@ -234,13 +242,18 @@ def _check_unique(
     }
     if not conditions:
         return
+    if username is not None and user is not None:
+        conditions["lookalike"] = user.lookalikes()
     matches = User.objects.filter(functools.reduce(operator.or_, conditions.values()))
     if exclude_id:
         matches = matches.exclude(pk=exclude_id)
     taken = matches.aggregate(
         **{field: Count("id", filter=condition) for field, condition in conditions.items()}
     )
+    lookalikes = taken.pop("lookalike", 0)
     errors = {field: [_taken_message(field)] for field, count in taken.items() if count}
+    if lookalikes and "username" not in errors:
+        errors["username"] = [LOOKALIKE_MESSAGE]
     if errors:
         raise ValidationError(errors)
 

@@ -20,6 +20,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from .cache import counters
 from .cache.keys import throttle_key
 from .cache.transport import CacheUnavailable
+from .logins.addresses import client_address
 from .tokens import RateCount, TokenRead
 
 
@@ -61,6 +62,10 @@ class RedisRateThrottle(SimpleRateThrottle):
 
     def wait(self) -> float:
         return self.seconds_left
+
+    def get_ident(self, request: Request) -> str:
+        """The client address as every per-address limit counts it: IPv6 by network."""
+        return client_address(request)
 
 
 class AnonRateThrottle(RedisRateThrottle):

@@ -77,7 +77,6 @@ DJANGO_APPS = [
     "django.contrib.staticfiles",
 ]
 THIRD_PARTY_APPS = [
-    "axes",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -93,9 +92,9 @@ INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 # AUTHENTICATION
 # ------------------------------------------------------------------------------
 AUTH_USER_MODEL = "users.User"
-# django-axes first: it refuses a locked-out login before any password is hashed.
+# The login limits first: they refuse an attempt before any password is hashed.
 AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
+    "users.logins.guard.LoginLimitBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 # After /api-auth/login/ without ?next=, the browsable API (Django's default,
@@ -127,8 +126,8 @@ MIDDLEWARE = [
     "config.middleware.BrowserAuthenticationMiddleware",
     "config.middleware.BrowserMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Turns a login refused for too many failures into a 429 (users/logins.py).
-    "axes.middleware.AxesMiddleware",
+    # Answers a login the limits refused with a 429 (users/logins/).
+    "users.logins.guard.LoginLimitMiddleware",
 ]
 # CSRF failures (the login forms, the admin's) answer JSON, as every error does.
 CSRF_FAILURE_VIEW = "config.exceptions.json_csrf_failure"
@@ -257,21 +256,19 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
-# LOGIN LIMITS (django-axes; users/logins.py)
+# LOGIN LIMITS (users/logins/)
 # ------------------------------------------------------------------------------
-AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
-AXES_CACHE = "default"
-AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
-AXES_COOLOFF_TIME = env.int("LOGIN_LOCKOUT_MINUTES", default=15) / 60
-# Separately per account and per client address.
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_USERNAME_CALLABLE = "users.logins.login_name"
-AXES_CLIENT_IP_CALLABLE = "users.logins.client_address"
-AXES_RESET_ON_SUCCESS = True
-# Attempts live in Redis only; the access log would be a row per login in MySQL.
-AXES_DISABLE_ACCESS_LOG = True
-AXES_ENABLE_ACCESS_FAILURE_LOG = False
-AXES_VERBOSE = False
+# At /admin/login/ and /api-auth/login/, per account and per client address:
+# this many failures lock for LOGIN_LOCKOUT_MINUTES after the last of them, and
+# attempts, successful or not (each hashes a password), are limited to a rate:
+# N/s, N/min, N/hour or N/day.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+LOGIN_RATE_ACCOUNT = env("LOGIN_RATE_ACCOUNT", default="10/min")
+LOGIN_RATE_ADDRESS = env("LOGIN_RATE_ADDRESS", default="30/min")
+# Every per-address limit (these and the API's rate limits) counts an IPv6
+# client by its network of this many bits.
+CLIENT_IPV6_PREFIX = env.int("CLIENT_IPV6_PREFIX", default=64)
 
 # OPERATOR ENDPOINTS (users/probes.py)
 # ------------------------------------------------------------------------------

@@ -1,19 +1,22 @@
 """Rate-limit windows, counted in Redis (the throttles; the token lookup counts its
-request in the same round trip as it reads the token: ``store.read_many``), and
-in process for requests the near cache answers (``LocalWindows``)."""
+request in the same round trip as it reads the token: ``store.read_many``), in
+process for requests the near cache answers (``LocalWindows``); and the event
+windows of the login limits, which keep what an operator lists beside the count."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
 import time
+from collections.abc import Sequence
 
 from redis import Redis
 from redis.cluster import RedisCluster
 
 from ..conf import user_cache_settings
 from . import scripts
-from .transport import CacheUnavailable, call, run_script
+from .cluster import eval_many
+from .transport import CacheUnavailable, call, decode_hash, run_script
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +50,106 @@ def window_count(key: str) -> WindowCount:
         # Not written by the scripts: the counter is as good as unreadable, and its
         # INCR fails too, so the limit lets requests through as while Redis is down.
         raise CacheUnavailable(f"{key} holds no count") from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventWindow:
+    """How a counter of events counts (``scripts.EVENT_WINDOW``): in a window of
+    ``window_ms`` that starts with its first event, or that each event starts
+    again (``sliding``); from ``limit`` events on the counter is over its limit,
+    and it keeps when it got there."""
+
+    window_ms: int
+    sliding: bool
+    limit: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventCount:
+    """Events in a counter's window, and the milliseconds left in it (negative: no
+    counter, or no expiry); ``counted`` is False where the event asked to be
+    counted was not (Redis full), so that the caller counts it elsewhere."""
+
+    count: int
+    ms_left: int
+    counted: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event counter whole, for operators: times in ms since the epoch."""
+
+    count: int
+    ms_left: int
+    since_ms: int
+    over_ms: int | None
+    subject: str
+
+
+def events_counted(
+    counts: Sequence[tuple[str, EventWindow | None, str]], *, now_ms: int
+) -> list[EventCount]:
+    """For each (key, window, subject): counts an event in that window, or, with
+    no window, reads the count; one round trip (one per node on a cluster)."""
+
+    def call_of(key: str, window: EventWindow | None, subject: str) -> tuple[list, list]:
+        if window is None:
+            return [key], ["peek"]
+        sliding = "1" if window.sliding else "0"
+        return [key], ["count", now_ms, window.window_ms, sliding, window.limit, subject]
+
+    calls = [call_of(*count) for count in counts]
+    replies = eval_many(scripts.EVENT_WINDOW, calls)
+    return [EventCount(reply[0], reply[1], bool(reply[2:] and reply[2])) for reply in replies]
+
+
+def event_records(keys: Sequence[str], *, take: bool = False) -> list[EventRecord | None]:
+    """The counters at ``keys`` (None where there is none), in one round trip (one
+    per node on a cluster); ``take`` deletes them as it reads them."""
+    calls = [([key], ["take" if take else "read"]) for key in keys]
+    records: list[EventRecord | None] = []
+    for ms_left, flat in eval_many(scripts.EVENT_WINDOW, calls):
+        fields = decode_hash(flat)
+        if not fields:
+            records.append(None)
+            continue
+        over = fields.get("over")
+        records.append(
+            EventRecord(
+                count=int(fields.get("count", 0)),
+                ms_left=ms_left,
+                since_ms=int(fields.get("since", 0)),
+                over_ms=None if over is None else int(over),
+                subject=fields.get("subject", ""),
+            )
+        )
+    return records
+
+
+def events_index_add(index_key: str, keys: Sequence[str], *, ttl_ms: int) -> None:
+    """Notes ``keys`` in the hash ``index_key``, which expires in ``ttl_ms``."""
+
+    def add(redis: Redis | RedisCluster) -> None:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.hset(index_key, mapping=dict.fromkeys(keys, 1))
+            pipe.pexpire(index_key, ttl_ms)
+            pipe.execute()
+
+    call(add)
+
+
+def events_indexed(index_keys: Sequence[str]) -> list[str]:
+    """Every key noted in the hashes ``index_keys``, in one round trip (one per node
+    on a cluster), each once."""
+
+    def read(redis: Redis | RedisCluster) -> list:
+        with redis.pipeline(transaction=False) as pipe:
+            for index_key in index_keys:
+                pipe.hgetall(index_key)
+            return pipe.execute()
+
+    noted = (field.decode() for hash_ in call(read) for field in hash_)
+    return list(dict.fromkeys(noted))
 
 
 class LocalWindows:

@@ -12,6 +12,7 @@ limits, login limits) live under families of their own.
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import re
@@ -24,8 +25,10 @@ SCHEMA_VERSION = 2
 
 LEASE_FAMILY = "lease"
 THROTTLE_FAMILY = "throttle"
+LOGIN_FAMILY = "login"
+LOGIN_LOCKOUTS_FAMILY = "login-lockouts"
 # Families that hold no entries: no kind may take these names.
-RESERVED_FAMILIES = frozenset({LEASE_FAMILY, THROTTLE_FAMILY, "login"})
+RESERVED_FAMILIES = frozenset({LEASE_FAMILY, THROTTLE_FAMILY, LOGIN_FAMILY, LOGIN_LOCKOUTS_FAMILY})
 
 
 def namespace() -> str:
@@ -68,6 +71,37 @@ def name_key(field: str, value: str) -> str:
 
 def throttle_key(scope: str, ident: str) -> str:
     return f"{namespace()}:{THROTTLE_FAMILY}:{scope}:{{{ident}}}"
+
+
+class LoginCounter(enum.StrEnum):
+    """The login limits' counters (``users.logins``), a key space each: a name never
+    counts as an address, nor a failure as an attempt."""
+
+    ACCOUNT_FAILURES = "account-failures"
+    ADDRESS_FAILURES = "address-failures"
+    ACCOUNT_ATTEMPTS = "account-attempts"
+    ADDRESS_ATTEMPTS = "address-attempts"
+
+
+def login_key(counter: LoginCounter, subject: str) -> str:
+    """``subject`` is an account's digest or a client address group: no braces, so it
+    is the key's hash tag whole."""
+    assert "{" not in subject and "}" not in subject, f"{subject!r} would split the hash tag"
+    return f"{namespace()}:{LOGIN_FAMILY}:{counter}:{{{subject}}}"
+
+
+def login_lockouts_key(minute: int) -> str:
+    """The login counters that reached their limit in this minute since the epoch:
+    the operators' list reads a few of these rather than SCAN the whole database."""
+    return f"{namespace()}:{LOGIN_LOCKOUTS_FAMILY}:{{{minute}}}"
+
+
+def login_key_parts(key: str) -> tuple[LoginCounter, str] | None:
+    """The counter and subject a login counter's key names; None for any other key."""
+    match = re.fullmatch(rf"{re.escape(namespace())}:{LOGIN_FAMILY}:([a-z-]+):\{{([^{{}}]*)\}}", key)
+    if match is None or match[1] not in set(LoginCounter):
+        return None
+    return LoginCounter(match[1]), match[2]
 
 
 def project_pattern() -> str:

@@ -131,3 +131,37 @@ local count = redis.call('INCRBY', KEYS[1], ARGV[2])
 if count == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {count, redis.call('PTTL', KEYS[1]), entry}
 """
+
+# KEYS: an event counter (the login limits', ``counters.events_counted``), a hash:
+# count, since (ms since the epoch: the window's first event), over (when the
+# count reached the limit), subject (what it counts, readable). ARGV: mode, then
+#   count  now (ms), window (ms), sliding ('1': each event restarts the window),
+#          limit, subject: counts one event; returns {count, ms left, 1}, or, where
+#          Redis refuses to write (full, under noeviction), the count without it
+#          and 0;
+#   peek   returns {count, ms left};
+#   read   returns {ms left, the hash}; take, the same and deletes the counter.
+# A counter found without an expiry (written by hand) gets one at its next event.
+EVENT_WINDOW = """
+local key, mode = KEYS[1], ARGV[1]
+if mode == 'peek' then
+  return {tonumber(redis.call('HGET', key, 'count') or 0), redis.call('PTTL', key)}
+end
+if mode == 'count' then
+  local now, window, limit = ARGV[2], ARGV[3], tonumber(ARGV[5])
+  local count = tonumber(redis.call('HGET', key, 'count') or 0) + 1
+  local written = redis.pcall('HSET', key, 'count', count)
+  if type(written) == 'table' and written.err then
+    return {count - 1, redis.call('PTTL', key), 0}
+  end
+  if count == 1 then redis.call('HSET', key, 'since', now, 'subject', ARGV[6]) end
+  if count == 1 or ARGV[4] == '1' or redis.call('PTTL', key) < 0 then
+    redis.call('PEXPIRE', key, window)
+  end
+  if count == limit then redis.call('HSET', key, 'over', now) end
+  return {count, redis.call('PTTL', key), 1}
+end
+local reply = {redis.call('PTTL', key), redis.call('HGETALL', key)}
+if mode == 'take' then redis.call('DEL', key) end
+return reply
+"""

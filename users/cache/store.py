@@ -36,25 +36,12 @@ from .counters import WindowCount, local_windows
 from .keys import lease_key
 from .kinds import CachedKind, Entry, is_absent
 from .near import near
-from .transport import call, evalsha, execute, execute_many
+from .transport import call, decode_hash, evalsha, execute, execute_many
 
 logger = logging.getLogger(__name__)
 
 # One entry: its kind and ident.
 Ref = tuple[CachedKind, Hashable]
-
-
-def decode_hash(raw: Mapping[bytes, bytes] | Sequence[bytes]) -> Entry | None:
-    """An HGETALL reply (a dict through a cluster client, else flat: field, value,
-    ...), decoded; None for a missing key or one that is not valid UTF-8."""
-    if not raw:
-        return None
-    try:
-        if isinstance(raw, Mapping):
-            return {field.decode(): value.decode() for field, value in raw.items()}
-        return {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
-    except UnicodeDecodeError:
-        return {}
 
 
 def new_lease_token() -> str:

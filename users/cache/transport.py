@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from django.conf import settings
@@ -140,6 +140,19 @@ def _send(redis: Redis | RedisCluster, commands: Sequence[tuple]) -> list:
         raise
     finally:
         pool.release(connection)
+
+
+def decode_hash(raw: Mapping[bytes, bytes] | Sequence[bytes]) -> dict[str, str] | None:
+    """An HGETALL reply (a dict through a cluster client, else flat: field, value,
+    ...), decoded; None for a missing key or one that is not valid UTF-8."""
+    if not raw:
+        return None
+    try:
+        if isinstance(raw, Mapping):
+            return {field.decode(): value.decode() for field, value in raw.items()}
+        return {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
+    except UnicodeDecodeError:
+        return {}
 
 
 # Script sources by SHA, for the servers that answer NOSCRIPT.

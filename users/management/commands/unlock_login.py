@@ -1,31 +1,76 @@
-from axes.handlers.proxy import AxesProxyHandler
-from django.core.management.base import BaseCommand, CommandError
+import argparse
 
-from users.logins import account_key
+from django.core.management.base import CommandParser
+
+from users.logins import addresses, limits
+from users.management.base import CacheCommand
 
 
-class Command(BaseCommand):
+def group_named(raw: str) -> str:
+    """An argparse type: an IP address, or an address group as --list shows it."""
+    try:
+        return addresses.named_group(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an IP address") from None
+
+
+class Command(CacheCommand):
     help = (
-        "Lifts a login lockout: the failures counted against an account (under any "
-        "spelling of its name), a client address, or both."
+        "Lists the login lockouts (--list), or lifts those of an account, under any "
+        "spelling of its name, of a client address (with the IPv6 network it counts "
+        "in), or both, and says exactly what it removed."
     )
-    requires_system_checks = []
+    usage_error = "name an account (--username), an address (--address), or --list"
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs) -> CommandParser:
+        # Kept for handle(): a missing or conflicting choice is a usage error (exit 2),
+        # like any other argparse finds.
+        self.parser = super().create_parser(prog_name, subcommand, **kwargs)
+        return self.parser
 
     def add_arguments(self, parser):
-        parser.add_argument("--username", help="The account, spelt any way the login form takes.")
-        parser.add_argument("--address", help="A client address, e.g. 203.0.113.7.")
+        parser.add_argument(
+            "--list",
+            action="store_true",
+            help="Every account and address locked out or over its rate of attempts.",
+        )
+        parser.add_argument("--username", help="An account, spelt any way the login form takes.")
+        parser.add_argument(
+            "--address",
+            type=group_named,
+            help="A client address, e.g. 203.0.113.7 or 2001:db8::1 (its /64), or a "
+            "network as --list shows it.",
+        )
 
     def handle(self, *args, **options):
         username, address = options["username"], options["address"]
-        if not username and not address:
-            raise CommandError("Name an account (--username), an address (--address), or both.")
-        reset = 0
-        if username:
-            name = account_key(username)
-            reset += AxesProxyHandler.reset_attempts(username=name)
-            self.stdout.write(f"Account {name!r}: failures cleared.")
-        if address:
-            reset += AxesProxyHandler.reset_attempts(ip_address=address)
-            self.stdout.write(f"Address {address}: failures cleared.")
-        if options["verbosity"] >= 1:
-            self.stdout.write(self.style.SUCCESS(f"Removed {reset} failure counters."))
+        if options["list"]:
+            if username is not None or address is not None:
+                self.parser.error("--list takes no --username or --address")
+            self._list(options["verbosity"])
+            return
+        if username is None and address is None:
+            self.parser.error(self.usage_error)
+        removed = []
+        if username is not None:
+            removed += self._unlock(*limits.unlock_account(username), kind=limits.ACCOUNT)
+        if address is not None:
+            removed += self._unlock(*limits.unlock_address(address), kind=limits.ADDRESS)
+        if options["verbosity"] >= 1 and removed:
+            self.stdout.write(self.style.SUCCESS(f"Removed {len(removed)} counters."))
+
+    def _unlock(self, shown: str, removed: list[limits.Lockout], *, kind: str) -> list:
+        for lockout in removed:
+            self.stdout.write(f"Removed {lockout.describe()}")
+        if not removed:
+            self.stdout.write(f"Nothing to remove for {kind} {shown}.")
+        return removed
+
+    def _list(self, verbosity: int) -> None:
+        lockouts = limits.lockouts()
+        for lockout in lockouts:
+            self.stdout.write(lockout.describe())
+        if verbosity >= 1:
+            self.stdout.write(
+                self.style.SUCCESS(f"{len(lockouts)} lockouts.") if lockouts else "No lockouts."
+            )
