@@ -98,7 +98,8 @@ def login_lockouts_key(minute: int) -> str:
 
 def login_key_parts(key: str) -> tuple[LoginCounter, str] | None:
     """The counter and subject a login counter's key names; None for any other key."""
-    match = re.fullmatch(rf"{re.escape(namespace())}:{LOGIN_FAMILY}:([a-z-]+):\{{([^{{}}]*)\}}", key)
+    prefix = re.escape(f"{namespace()}:{LOGIN_FAMILY}:")
+    match = re.fullmatch(rf"{prefix}([a-z-]+):\{{([^{{}}]*)\}}", key)
     if match is None or match[1] not in set(LoginCounter):
         return None
     return LoginCounter(match[1]), match[2]
