@@ -196,10 +196,15 @@ def blocked_user_inserts() -> int:
 
 def cached_entry(redis_client, user_id: int) -> dict[str, str]:
     """A user's cached hash with its fields named after their columns ("version" and
-    "absent" for the metadata); empty when nothing is cached."""
-    titles = {**entries.COLUMN_OF, kinds.ABSENT: "absent", kinds.EXPIRES: "expires"}
+    "absent" for the metadata, and without its expiry, which a jittered TTL makes
+    differ from one fill to the next); empty when nothing is cached."""
+    titles = {**entries.COLUMN_OF, kinds.ABSENT: "absent"}
     raw = redis_client.hgetall(keys.user_key(user_id))
-    return {titles[field.decode()]: value.decode() for field, value in raw.items()}
+    return {
+        titles[field.decode()]: value.decode()
+        for field, value in raw.items()
+        if field.decode() != kinds.EXPIRES
+    }
 
 
 def absent_marker(seconds: int = 60) -> dict[str, str]:

@@ -653,7 +653,7 @@ def _stored_file(sql) -> str:
 
 OURS = statements.WatchedTables(
     database="usersvc",
-    tables=(follower_module.USER_TABLE, follower_module.TOKEN_TABLE),
+    tables=follower_module.watched_tables(),
     mariadb=True,
 )
 ANSI_QUOTES = statements.MODE_ANSI_QUOTES

@@ -92,7 +92,7 @@ class TestUserGet:
         the table bounds the absences kept, and an id past its end costs two indexed
         queries each time instead (failed on the previous main: it was cached)."""
         largest = make_user(username="largest", email="largest@example.com").id
-        for made_up in (largest + 1, 987654321, 2**63 - 1):
+        for made_up in (largest + 1, largest + 987_654_321, 2**63 - 1):
             with django_assert_num_queries(2):
                 assert reads.user_get(user_id=made_up).value is None
             assert redis_client.exists(keys.user_key(made_up)) == 0

@@ -116,13 +116,14 @@ class UserPagination(pagination.CursorPagination):
 
 
 class TokenRequestNegotiation(DefaultContentNegotiation):
-    """JSON for token requests, whatever ``?format=`` says: the browsable API is for
-    browsers, which log in with a session, and rendering it costs a client many
-    times what its rate limit counts."""
+    """JSON for token requests, whatever ``?format=`` or ``Accept`` ask: the browsable
+    API is for browsers, which log in with a session, and rendering it costs many
+    times what a request counts against its client's rate."""
 
     def select_renderer(self, request, renderers, format_suffix=None):
         if isinstance(request.auth, TokenRead):
-            renderers = [r for r in renderers if not isinstance(r, BrowsableAPIRenderer)]
+            json = next(r for r in renderers if not isinstance(r, BrowsableAPIRenderer))
+            return json, json.media_type
         return super().select_renderer(request, renderers, format_suffix)
 
 
@@ -297,7 +298,7 @@ def _declared_reads(
     """The users a request reads (to prefetch) and its cost, from its URL alone; what
     is malformed there is reported by the action, and reads nothing ahead."""
     try:
-        if action == "retrieve":
+        if action == "retrieve" and "pk" in kwargs:
             user_id = int(kwargs["pk"])
             return ((user_id,) if 1 <= user_id <= MAX_ID else ()), 1
         if action == "batch" or (action == "list" and "ids" in query):

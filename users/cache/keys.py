@@ -132,6 +132,15 @@ def entry_family(key: str, *, any_schema: bool = False) -> str | None:
     return match.group(2)
 
 
+def entry_tag(key: str) -> str | None:
+    """What an entry key of the current schema holds in its hash tag; None for any
+    other key."""
+    match = _entry_shape(user_cache_settings.KEY_PREFIX).fullmatch(key)
+    if match is None or match.group(1) != str(SCHEMA_VERSION):
+        return None
+    return match.group(3)
+
+
 def is_lease(key: str) -> bool:
     """A lease of any schema version: ``<prefix>:v<n>:lease:...``, or an entry's key
     followed by ``:lease`` (schema 1)."""

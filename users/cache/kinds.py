@@ -247,3 +247,8 @@ def key_labels() -> list[str]:
     return [*_kinds, LEASES, OTHER]
 
 
+def describe(label: str) -> str:
+    """A label of ``key_label`` as operators read it: "user entries", "leases"."""
+    return {LEASES: "leases", OTHER: "other keys"}.get(label, f"{label} entries")
+
+

@@ -118,14 +118,17 @@ def _read_misses(kind: CachedKind, idents: list[Hashable]) -> dict[Hashable, Rea
         waiting, waited = busy, True
     if leased:
         try:
-            loaded = load(kind, leased)
+            loaded = load_to_fill(kind, leased)
         except Exception:
             with contextlib.suppress(CacheUnavailable):
                 store.release_many(kind, leased, token)
             raise
         with contextlib.suppress(CacheUnavailable):
             fill(kind, token, loaded)
-        answers |= {i: Read(entry, Source.MISS) for i, entry in loaded.items()}
+        answers |= {
+            i: Read(None if entry is None or is_absent(entry) else entry, Source.MISS)
+            for i, entry in loaded.items()
+        }
     return answers
 
 
@@ -141,6 +144,18 @@ def load(kind: CachedKind, idents: Sequence[Hashable]) -> dict[Hashable, Entry |
     return {i: found.get(i) for i in idents}
 
 
+def load_to_fill(kind: CachedKind, idents: Sequence[Hashable]) -> dict[Hashable, Entry | None]:
+    """``load``, with the idents found nowhere whose absence the kind remembers as
+    ``ABSENT_ENTRY`` (``absent_ttl``, ``absences_kept``: asked here, on the loading
+    thread, not by the fill, which may run on another), the others None."""
+    loaded = load(kind, idents)
+    gone = [i for i, entry in loaded.items() if entry is None]
+    if gone and kind.absent_ttl is not None:
+        kept = gone if kind.absences_kept is None else kind.absences_kept(gone)
+        loaded |= dict.fromkeys(kept, ABSENT_ENTRY)
+    return loaded
+
+
 @dataclasses.dataclass(slots=True)
 class Filled:
     """What a fill stored: entries, absent markers, and fills refused because a
@@ -152,19 +167,11 @@ class Filled:
 
 
 def fill(kind: CachedKind, token: str, loaded: Mapping[Hashable, Entry | None]) -> Filled:
-    """Stores loaded entries under the leases ``token`` holds, in one round trip.
-    Idents without a row are remembered as absent where the kind keeps absences
-    (``absent_ttl``, ``absences_kept``); the others' leases are given back."""
-    gone = [i for i, entry in loaded.items() if entry is None]
-    kept = set()
-    if gone and kind.absent_ttl is not None:
-        kept = set(gone if kind.absences_kept is None else kind.absences_kept(gone))
-    entries = {
-        i: ABSENT_ENTRY if entry is None else entry
-        for i, entry in loaded.items()
-        if entry is not None or i in kept
-    }
-    if released := [i for i in gone if i not in kept]:
+    """Stores what ``load_to_fill`` loaded under the leases ``token`` holds, in one
+    round trip: rows and remembered absences; the leases of the idents left None
+    are given back."""
+    entries = {i: entry for i, entry in loaded.items() if entry is not None}
+    if released := [i for i, entry in loaded.items() if entry is None]:
         store.release_many(kind, released, token)
     filled = Filled()
     if not entries:

@@ -213,7 +213,7 @@ def fill_many(kind: CachedKind, token: str, entries: Mapping[Hashable, Entry]) -
     stamp = near.stamp() if kind.near else None
     # On the near cache's own connections when it tracks: no invalidation of this
     # fill comes back to drop what it stored.
-    replies = near.fill(scripts.FILL, calls) if stamp is not None else None
+    replies = call(lambda _redis: near.fill(scripts.FILL, calls)) if stamp is not None else None
     if replies is None:
         replies = cluster.eval_many(scripts.FILL, calls)
     stored = [bool(reply) for reply in cluster.spread(groups, replies, len(keys))]

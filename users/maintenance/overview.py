@@ -56,9 +56,15 @@ class CacheOverview:
     # (``keys_exact``), else estimated from ``keys_sampled`` of its
     # ``keys_in_database`` keys.
     keys: dict[str, int] = dataclasses.field(default_factory=dict)
+    # How operators read each of ``keys``' labels.
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
     keys_exact: bool = True
     keys_sampled: int = 0
     keys_in_database: int = 0
+
+    @property
+    def key_counts(self) -> list[tuple[str, int]]:
+        return [(self.labels.get(label, label), count) for label, count in self.keys.items()]
     # This service's user lookups by result, over every worker since it started.
     lookups: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -102,6 +108,7 @@ def cache_overview() -> CacheOverview:
         ping_ms=ping_ms,
         info=info,
         keys={label: round(count) for label, count in estimated.items()},
+        labels={label: kinds.describe(label) for label in estimated},
         keys_exact=all(sample.complete for sample in samples),
         keys_sampled=sum(sample.examined for sample in samples),
         keys_in_database=sum(sample.in_database for sample in samples),

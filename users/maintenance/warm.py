@@ -146,7 +146,7 @@ def lease_and_load(kind: CachedKind, ids: Sequence[Hashable], *, mode: str) -> P
     token = store.new_lease_token()
     states = store.lease_many(kind, ids, token, mode=mode)
     leased = [i for i, (state, _) in zip(ids, states, strict=True) if state == scripts.LEASED]
-    loaded = readthrough.load(kind, leased) if leased else {}
+    loaded = readthrough.load_to_fill(kind, leased) if leased else {}
     return Pending(kind=kind, token=token, loaded=loaded, skipped=len(ids) - len(leased))
 
 

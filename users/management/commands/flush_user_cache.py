@@ -38,7 +38,9 @@ class Command(CacheCommand):
         if options["verbosity"] < 1:
             return
         matched = ", ".join(
-            f"{count} {label}" for label, count in report.matched.items() if label != kinds.OTHER
+            f"{count} {kinds.describe(label)}"
+            for label, count in report.matched.items()
+            if label != kinds.OTHER
         )
         if dry_run:
             summary = f"Would remove {report.total} keys ({matched})."
