@@ -5,12 +5,20 @@ trip fails here rather than in a benchmark. Speed itself is measured by the
 benchmark suite, not by tests.
 
 On a Redis Cluster the token and the user live in different hash slots, so the
-user's read is a round trip of its own there.
+user's read is a round trip of its own there. The near cache is off here: these
+are the costs of a read that Redis answers (a process's first read of a user, or
+one the near cache let go); what a near-cache hit costs, none, is
+tests/test_near_cache.py's.
 """
 
 import pytest
 from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
+
+
+@pytest.fixture(autouse=True)
+def _near_cache_off(settings):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "NEAR_CACHE_SIZE": 0}
 
 
 def _user_read_round_trips() -> int:

@@ -6,12 +6,13 @@ import time
 
 import pytest
 from django.db import connection
+from django_redis import get_redis_connection
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import one_server_caches
 from tests.servers import RedisServer, WebService, service_stack
 from users import entries
-from users.cache import keys, store
+from users.cache import keys, kinds, store
 from users.cache.counters import local_windows
 from users.cache.near import near
 from users.conf import user_cache_settings
@@ -407,3 +408,60 @@ def test_two_processes_keep_a_rate_within_the_stated_tolerance(tmp_path):
     allowed = statuses.count(200)
     assert 40 <= allowed <= 40 + 25, allowed
     assert set(statuses) <= {200, 429}
+
+
+def test_a_fill_is_held_at_once(hot, reader_client, make_user, redis_round_trips):
+    """After one miss, the next read of that user in the process makes no Redis
+    command: the fill goes out on the tracking connection, whose NOLOOP spares the
+    process its own invalidation (failed on the previous main: the fill's own
+    invalidation dropped what it stored, and the next read asked Redis again)."""
+    other = make_user(username="filled", email="filled@example.com")
+    url = f"/api/user/{other.id}"
+    assert reader_client.get(url)["X-Cache"] == "MISS"
+    redis_round_trips.reset()
+
+    response = reader_client.get(url)
+
+    assert (response.status_code, response["X-Cache"]) == (200, "HIT")
+    assert (redis_round_trips.count, redis_round_trips.commands) == (0, 0)
+
+
+def test_a_change_right_after_a_fill_still_reaches_the_process(
+    hot, reader_client, make_user, redis_client
+):
+    """What NOLOOP spares is only the key a process changed last: another client's
+    change after the fill, even in the same pass of Redis's loop, is pushed."""
+    other = make_user(username="changed", email="changed@example.com")
+    url = f"/api/user/{other.id}"
+    assert reader_client.get(url)["X-Cache"] == "MISS"
+    redis_client.hset(keys.user_key(other.id), entries.NAME_OF["first_name"], "elsewhere")
+
+    assert reader_client.get(url).json()["first_name"] == "elsewhere"
+
+
+def test_leases_send_no_invalidation(reader, make_user):
+    """Leases live outside the tracked prefixes: taking and giving them back pushes
+    nothing to any process (failed on the previous main: every lease taken or
+    released was pushed to every process)."""
+    listener = get_redis_connection("default").connection_pool
+    connection = listener.connection_class(**{**listener.connection_kwargs, "protocol": 3})
+    pushed = []
+    connection.connect()
+    connection._parser.set_invalidation_push_handler(lambda push: pushed.append(push) or push)
+    command = ["CLIENT", "TRACKING", "ON", "BCAST"]
+    for prefix in kinds.tracked_prefixes():
+        command += ["PREFIX", prefix]
+    connection.send_command(*command)
+    connection.read_response()
+    try:
+        other = make_user(username="leased", email="leased@example.com")
+        pushed.clear()
+        token = store.new_lease_token()
+        store.lease_many(USERS, [other.id], token, mode="read")
+        store.release_many(USERS, [other.id], token)
+        connection.send_command("PING")
+        assert connection.read_response() == b"PONG"
+    finally:
+        connection.disconnect()
+
+    assert pushed == []

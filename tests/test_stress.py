@@ -18,7 +18,6 @@ import time
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection
-from django.http import Http404
 
 from config.database import WriteConflict
 from tests.conftest import UNGUARDED_FILL, pausing_fills
@@ -85,7 +84,7 @@ def _worker(user_ids: list[int], stop: threading.Event, errors: list) -> None:
                         actor=None, username=name, email=f"{name}@example.com"
                     )
                     user_ids.append(created.id)
-            except (Http404, IntegrityError, WriteConflict, ValidationError):
+            except (User.DoesNotExist, IntegrityError, WriteConflict, ValidationError):
                 pass  # deleting a deleted user, re-creating a live one, a 409
     except Exception as exc:  # surfaced by the test, not swallowed
         errors.append(exc)

@@ -2,7 +2,6 @@
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.http import Http404
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import _token_client, cached_entry
@@ -106,7 +105,7 @@ class TestUserUpdate:
         )
 
     def test_unknown_id_is_http404(self, db):
-        with pytest.raises(Http404):
+        with pytest.raises(User.DoesNotExist):
             services.user_update(actor=None, user_id=987654321, data={"first_name": "x"})
 
     def test_taken_email_is_a_validation_error(self, cached_user, make_user):
@@ -180,7 +179,7 @@ class TestUserDelete:
         assert reads.user_get(user_id=cached_user.id).value["username"] == "reborn"
 
     def test_unknown_id_is_http404(self, db):
-        with pytest.raises(Http404):
+        with pytest.raises(User.DoesNotExist):
             services.user_delete(actor=None, user_id=987654321)
 
 

@@ -26,8 +26,8 @@ from rest_framework.authtoken.models import TokenProxy
 
 from . import services
 from .cache.flush import cache_flush
+from .cache.inspection import EntryInfo
 from .cache.kinds import ABSENT
-from .cache.store import EntryInfo
 from .cache.transport import CacheUnavailable
 from .logins.pages import login_lockouts
 from .maintenance.overview import cache_overview, user_cache_entries

@@ -49,12 +49,19 @@ class RedisRateThrottle(SimpleRateThrottle):
                 counted = counters.count_in_window(key, window_ms, self.cost)
             except CacheUnavailable:
                 return True
+            if self.counts_in_process(request):
+                counters.local_windows.seen(key, counted, window_ms)
         self.seconds_left = max(counted.ms_left, 0) / 1000
         return counted.count <= self.num_requests
 
     def counted_already(self, request: Request) -> counters.WindowCount | None:
         """This request's count, when authentication took it on its way."""
         return None
+
+    def counts_in_process(self, request: Request) -> bool:
+        """Whether this client's next requests may be counted in process (a token
+        the near cache holds): they then continue from the count Redis gave."""
+        return False
 
     def get_ident_for(self, request: Request) -> str | None:
         """Who the request counts against, or None when this throttle skips it."""
@@ -96,6 +103,9 @@ class UserRateThrottle(RedisRateThrottle):
 
     def counted_already(self, request: Request) -> counters.WindowCount | None:
         return request.auth.counted if isinstance(request.auth, TokenRead) else None
+
+    def counts_in_process(self, request: Request) -> bool:
+        return isinstance(request.auth, TokenRead)
 
     def rate_count(self) -> RateCount | None:
         """What a token lookup counts this request against (in the token entry's

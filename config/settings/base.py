@@ -190,7 +190,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "users.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": [
         "users.throttling.AnonRateThrottle",
         "users.throttling.UserRateThrottle",

@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 
 from ..conf import user_cache_settings
 from . import scripts
+from .background import Worker
 from .cluster import eval_many
 from .transport import CacheUnavailable, call, decode_hash, run_script
 
@@ -168,7 +169,7 @@ class LocalWindows:
         # counter key -> [count in Redis when last added to, requests since,
         # window end (monotonic), window (ms)]
         self._windows: dict[str, list] = {}
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("rate-counts", self._add_forever)
 
     def count(self, key: str, window_ms: int, cost: int = 1) -> WindowCount:
         now = time.monotonic()
@@ -178,7 +179,7 @@ class LocalWindows:
                 window = self._windows[key] = [0, 0, now + window_ms / 1000, window_ms]
             window[1] += cost
             counted = WindowCount(window[0] + window[1], int((window[2] - now) * 1000))
-        self._ensure_thread()
+        self._worker.ensure()
         return counted
 
     def seen(self, key: str, counted: WindowCount, window_ms: int) -> None:
@@ -213,15 +214,6 @@ class LocalWindows:
         with self._lock:
             for key in [key for key, window in self._windows.items() if window[2] <= now]:
                 del self._windows[key]
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._add_forever, name="rate-counts", daemon=True
-                    )
-                    self._thread.start()
 
     def _add_forever(self) -> None:
         while True:

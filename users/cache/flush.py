@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from django.db.models import Model
 
-from . import cluster, kinds, store
+from . import cluster, inspection, kinds
 from .keys import lease_key
 from .kinds import RowChange
 from .transport import retrying
@@ -87,4 +87,4 @@ def _owned_key_pages(model: type[Model], pks: Sequence, batch_size: int) -> Iter
         changes = [RowChange(model, rows.get(key, {pk: key}), None) for key in batch]
         owned = kinds.keys_of(changes)
         candidates = [*owned, *(lease_key(key) for key in owned)]
-        yield [info.key for info in store.inspect_many(candidates, fields=()) if info.exists]
+        yield [info.key for info in inspection.inspect_many(candidates, fields=()) if info.exists]

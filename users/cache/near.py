@@ -143,16 +143,20 @@ class NearCache:
         if evicted:
             metrics.NEAR_CACHE_EVICTIONS.inc(evicted)
 
-    def fill(self, source: str, calls: Sequence[tuple[list, list]]) -> list | None:
+    def fill(
+        self, source: str, calls: Sequence[tuple[list, list]], ttls_ms: dict[str, int]
+    ) -> list | None:
         """Runs a fill's script calls on the tracking connections, so that Redis sends
-        this process no invalidation of its own fill; None when not tracking (or
-        tracking failed on the way: the caller sends the calls the usual way, and a
-        fill sent twice under one lease stores at most once)."""
+        this process no invalidation of its own fill (``ttls_ms``: each entry's TTL;
+        ``users.cache.tracking``); None when not tracking (or tracking failed on the
+        way: the caller sends the calls the usual way, and a fill sent twice under
+        one lease stores at most once)."""
         tracking = self._tracking
         if tracking is None:
             return None
+        touch = {key: ms + 1 for key, ms in ttls_ms.items()}
         try:
-            return tracking.run_scripts(source, calls)
+            return tracking.run_scripts(source, calls, then_touch=touch)
         except TrackingLost as exc:
             with self._lock:
                 if self._tracking is tracking:

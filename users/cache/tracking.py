@@ -5,10 +5,16 @@ One RESP3 connection per Redis primary, which asked for ``CLIENT TRACKING ON
 BCAST NOLOOP`` over the prefixes of the kinds the near cache holds: Redis then
 pushes the name of every key under them that anyone changes, deletes or lets
 expire, except the keys this connection itself changed last. The process's own
-fills go out on these connections (``run_scripts``) for that reason: a fill
-sends its own process no invalidation, so what it stored can be kept at once,
-while a change anyone else makes after it, even in the same pass of Redis's
-event loop, still comes.
+fills go out on these connections (``run_scripts``) for that reason, so that
+what a fill stored can be kept at once, while a change anyone else makes after
+it, even in the same pass of Redis's event loop, still comes. Redis sends a
+pass's invalidations once per key, naming the client that changed the key last;
+but it counts a script's writes as its own Lua client's, not the caller's
+(Redis 7.0), so each fill is followed, in the same packet, by a plain
+``PEXPIRE key ttl GT`` of every entry it names, one millisecond longer: the
+tracking connection is then the keys' last writer in that pass, and the fill's
+own invalidation is spared. Should the two land in different passes, the fill's
+invalidation comes, and the near cache just does not keep the entry.
 
 Each connection has a lock, held while a thread sends or reads on it. Pushes
 are collected (``collect``) and handed over (``take_pushes``); applying them is
@@ -133,21 +139,28 @@ class Tracking:
                     raise TrackingLost(exc) from exc
                 primary.pings_unanswered += 1
 
-    def run_scripts(self, source: str, calls: Sequence[tuple[list, list]]) -> list:
+    def run_scripts(
+        self, source: str, calls: Sequence[tuple[list, list]], *, then_touch: dict[str, int]
+    ) -> list:
         """EVALSHA of ``source`` per (keys, args), on the tracking connection of the
-        primary that holds each call's keys, pipelined per primary: replies in the
-        order of ``calls``. Raises ``TrackingLost`` when a connection fails or a
-        primary no longer holds a slot (the caller sends the calls the usual way)."""
+        primary that holds each call's keys, pipelined per primary, followed in the
+        same packet by ``PEXPIRE key ms GT`` of each of ``then_touch``'s keys (see
+        the module's docstring): replies in the order of ``calls``. Raises
+        ``TrackingLost`` when a connection fails or a primary no longer holds a slot
+        (the caller sends the calls the usual way)."""
         by_primary: dict[int, list[int]] = collections.defaultdict(list)
         for index, (keys, _args) in enumerate(calls):
             by_primary[self._primary_index(keys[0])].append(index)
+        touched: dict[int, list[tuple]] = collections.defaultdict(list)
+        for key, ms in then_touch.items():
+            touched[self._primary_index(key)].append(("PEXPIRE", key, ms, "GT"))
         replies: list = [None] * len(calls)
         for number, indexes in by_primary.items():
             primary = self._primaries[number]
             commands = [evalsha(source, *calls[index]) for index in indexes]
             with primary.lock:
                 try:
-                    got = self._send(primary, commands)
+                    got = self._send(primary, [*commands, *touched[number]])[: len(commands)]
                 except (*UNAVAILABLE, OSError) as exc:
                     raise TrackingLost(exc) from exc
             for index, reply in zip(indexes, got, strict=True):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from .. import entries
-from ..cache import cluster, store
+from ..cache import cluster, inspection
 from ..cache.keys import entry_tag, family_pattern
 from ..cache.kinds import ABSENT, EXPIRES, is_absent
 from ..cache.transport import retrying
@@ -90,7 +90,7 @@ def cache_check(
 
 
 def _problems(keys: list[str]) -> list[Problem]:
-    infos = store.inspect_many(keys)
+    infos = inspection.inspect_many(keys)
     user_ids = [_user_id(key) for key in keys]
     expected = entries.load(User.objects.filter(id__in=[i for i in user_ids if i is not None]))
     problems = []
@@ -107,7 +107,7 @@ def _user_id(key: str) -> int | None:
 
 
 def _problem(
-    info: store.EntryInfo, user_id: int | None, expected: dict[str, str] | None
+    info: inspection.EntryInfo, user_id: int | None, expected: dict[str, str] | None
 ) -> tuple[ProblemKind, str] | None:
     if not info.exists:
         return None  # expired or removed since SCAN saw it

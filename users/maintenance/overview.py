@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from .. import metrics
-from ..cache import cluster, kinds, store
+from ..cache import cluster, inspection, kinds
 from ..cache.kinds import ABSENT
 from ..cache.transport import CacheUnavailable
 from ..entries import USERS
@@ -25,12 +25,12 @@ from ..entries import USERS
 SAMPLE_PAGES = 10
 
 
-def user_cache_entries(*, user_ids: Sequence[int]) -> dict[int, store.EntryInfo] | None:
+def user_cache_entries(*, user_ids: Sequence[int]) -> dict[int, inspection.EntryInfo] | None:
     """Each user's entry (TTL, type, whether it is an absent marker), one round trip
     for all of them; None when Redis is unavailable."""
     keys = [USERS.key(user_id) for user_id in user_ids]
     try:
-        infos = store.inspect_many(keys, fields=(ABSENT,))
+        infos = inspection.inspect_many(keys, fields=(ABSENT,))
     except CacheUnavailable:
         return None
     return dict(zip(user_ids, infos, strict=True))
