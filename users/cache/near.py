@@ -290,6 +290,9 @@ class NearCache:
             if tracking is None:
                 return
             with self._lock:
+                if self._tracking is not None:  # another thread connected meanwhile
+                    tracking.close()
+                    return
                 self._apply(None)
                 self._tracking, self._tracked_once = tracking, True
         finally:
