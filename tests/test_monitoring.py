@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import database_url
-from tests.servers import RedisServer, WebService
+from tests.servers import PROJECT_ROOT, RedisServer, WebService, project_python
 from users.cache import keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,3 +146,56 @@ def _scrape(port: int) -> set[str]:
     return {family.name for family in families} | {
         sample.name for family in families for sample in family.samples
     }
+
+
+def _samples(port: int) -> list:
+    """Every sample of /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    body = response.read().decode()
+    connection.close()
+    assert response.status == 200
+    return [sample for family in text_string_to_metric_families(body) for sample in family.samples]
+
+
+@pytest.mark.slow
+def test_a_failing_command_leaves_nothing_in_the_web_services_metrics(tmp_path, transactional_db):
+    """PROMETHEUS_MULTIPROC_DIR in the environment the service and its commands
+    share (a pod's env, a systemd EnvironmentFile): warm_user_cache against a Redis
+    that refuses, its breaker open when it exits, then a scrape of the service."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    web = WebService(
+        tmp_path,
+        database_url=database_url(),
+        redis_url=redis_server.url,
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+    )
+    try:
+        web.prepare()
+        web.start()
+        assert web.request("GET", "/api/user/1")[0] in (200, 404)
+        with socket.socket() as refused:
+            refused.bind(("127.0.0.1", 0))
+            command = subprocess.Popen(
+                [project_python(), "manage.py", "warm_user_cache", "--all"],
+                cwd=PROJECT_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={**web.env, "REDIS_URL": f"redis://127.0.0.1:{refused.getsockname()[1]}/0"},
+            )  # fmt: skip
+            _, stderr = command.communicate(timeout=120)
+        samples = _samples(web.port)
+    finally:
+        web.stop()
+        redis_server.stop()
+
+    assert command.returncode == 1, stderr
+    assert "Redis is unavailable" in stderr
+    assert list(metrics_dir.glob(f"*_{command.pid}.db")) == []
+    assert [s for s in samples if s.labels.get("pid") == str(command.pid)] == []
+    # The service's own Redis answered all along: any error or opening is the command's.
+    failures = ("usersvc_redis_errors_total", "usersvc_cache_breaker_openings_total")
+    assert [s for s in samples if s.name in failures and s.value] == []
+    assert {s.value for s in samples if s.name == "usersvc_cache_breaker_open"} == {0}
