@@ -264,6 +264,46 @@ def test_gunicorn_workers_add_up_and_recycled_ones_still_count(tmp_path, transac
     assert (metrics_dir / "counter_archive.db").exists()
 
 
+@pytest.mark.slow
+def test_each_gunicorn_worker_reports_its_memory_and_cpu(tmp_path, transactional_db):
+    """Multiprocess mode has no process collector: the worker that answers reports
+    every live worker, each by its pid, whichever answers."""
+    web = WebService(
+        tmp_path, database_url=database_url(), **redis_environment(),
+        CACHE_KEY_PREFIX=settings.TEST_RUN_PREFIX, WEB_CONCURRENCY="3",
+    )  # fmt: skip
+    web.prepare()
+    web.start()
+    try:
+        _wait_for(lambda: len(_children(web.process.pid)) == 3)
+        workers = _children(web.process.pid)
+        scrapes = [_scrape(web) for _ in range(6)]
+        resident = {
+            pid: int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+            for pid in workers
+        }
+    finally:
+        web.stop()
+
+    for scraped in scrapes:
+        memory = _by_pid(scraped, "process_resident_memory_bytes")
+        cpu = _by_pid(scraped, "process_cpu_seconds_total")
+        assert set(memory) == set(cpu) == workers
+        for pid, value in memory.items():
+            # An application worker, and what the kernel says it holds, give or take
+            # what it allocated between the scrape and the read.
+            assert 20 * 2**20 < value < 2 * resident[pid]
+        assert all(value > 0 for value in cpu.values())
+
+
+def _by_pid(scraped: dict[str, float], name: str) -> dict[int, float]:
+    return {
+        int(re.search(r'pid="(\d+)"', sample)[1]): value
+        for sample, value in scraped.items()
+        if sample.startswith(name + "{")
+    }
+
+
 def _scrape(web: WebService) -> dict[str, float]:
     import http.client
 

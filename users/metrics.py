@@ -30,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.registry import Collector
 
 from config.metrics_files import WorkerFilesCollector
+from config.worker_processes import WorkerProcessesCollector
 
 # Redis answers in well under a millisecond when healthy; the top buckets catch
 # the read timeout (REDIS_READ_TIMEOUT_MS, 100 ms by default).
@@ -183,11 +184,13 @@ BUILD_INFO.labels(**build_labels()).set(1)
 
 
 def _registry() -> CollectorRegistry:
-    """Every live worker's metrics and the archive of the exited ones' under gunicorn
-    (config/metrics_files.py), else this process's own."""
+    """Under gunicorn, every live worker's metrics and the archive of the exited
+    ones' (config/metrics_files.py), with each live worker's memory and CPU
+    (config/worker_processes.py); else this process's own."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         registry.register(WorkerFilesCollector(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+        registry.register(WorkerProcessesCollector(master=os.getppid()))
         return registry
     return REGISTRY
 
