@@ -339,6 +339,26 @@ def _children(pid: int) -> set[int]:
     return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
+@pytest.mark.slow
+def test_gunicorn_with_preload_refuses_to_start(tmp_path, transactional_db):
+    """--preload loads the application in the master, which is no worker: its
+    workers would inherit a prometheus_client counting in memory, each its own."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    web = WebService(
+        tmp_path, database_url=database_url(), **redis_environment(),
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), GUNICORN_CMD_ARGS="--preload",
+    )  # fmt: skip
+
+    result = subprocess.run(
+        web.command(), cwd=web.root, env=web.env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode != 0
+    assert "usersvc.E002" in result.stderr
+    assert "without --preload" in result.stderr
+
+
 _RECORD_IN_A_SCRIPT = """
 import django
 django.setup()
