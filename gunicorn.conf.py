@@ -86,12 +86,19 @@ def post_fork(server, worker) -> None:
 
 
 def child_exit(server, worker) -> None:
-    """A worker exited: its gauges go, its counts join the archive (config/metrics_files.py)."""
+    """A worker exited: its gauges go, its counts join the archive (config/metrics_files.py).
+    Whatever goes wrong there (a full disk, a damaged file) is logged and the files
+    left for the next exit: an exception here would stop the master."""
     from config import metrics_files
 
-    if not metrics_files.archive_dead_workers(
-        os.environ["PROMETHEUS_MULTIPROC_DIR"], live=server.WORKERS.keys()
-    ):
+    try:
+        archived = metrics_files.archive_dead_workers(
+            os.environ["PROMETHEUS_MULTIPROC_DIR"], live=server.WORKERS.keys()
+        )
+    except Exception:
+        server.log.exception("could not archive the metric files of worker %d", worker.pid)
+        return
+    if not archived:
         server.log.warning(
             "scrapes held the metrics folder for over %.0f s: worker %d's metric files"
             " are archived when the next worker exits",

@@ -340,6 +340,35 @@ def _children(pid: int) -> set[int]:
 
 
 @pytest.mark.slow
+def test_a_damaged_metrics_file_does_not_stop_the_master(tmp_path, transactional_db):
+    """Archiving runs in gunicorn's master, where an exception would stop the server:
+    a file it cannot read is logged, and the files wait for the next exit."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    web = WebService(
+        tmp_path, database_url=database_url(), **redis_environment(),
+        CACHE_KEY_PREFIX=settings.TEST_RUN_PREFIX, WEB_CONCURRENCY="1",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        GUNICORN_CMD_ARGS="--max-requests 2 --max-requests-jitter 0",
+    )  # fmt: skip
+    web.prepare()
+    web.start()
+    try:
+        # A header that says more is used than the file holds.
+        (metrics_dir / "counter_1.db").write_bytes((10**6).to_bytes(4, "little") + bytes(60))
+        for _ in range(2):  # past max_requests: the worker is recycled
+            assert web.request("GET", "/healthz", token=None)[0] == 200
+        _wait_for(lambda: "could not archive" in (tmp_path / "web.log").read_text())
+        (metrics_dir / "counter_1.db").unlink()
+        for _ in range(2):  # past max_requests: the worker is recycled
+            assert web.request("GET", "/healthz", token=None)[0] == 200
+        _wait_for(lambda: _writers(metrics_dir) <= _children(web.process.pid))
+        assert web.process.poll() is None
+    finally:
+        web.stop()
+
+
+@pytest.mark.slow
 def test_gunicorn_with_preload_refuses_to_start(tmp_path, transactional_db):
     """--preload loads the application in the master, which is no worker: its
     workers would inherit a prometheus_client counting in memory, each its own."""
