@@ -429,6 +429,9 @@ class LoadThread:
 
 @dataclass(frozen=True)
 class Phase:
+    """A stretch of the run counted apart: a fault's window (``FAULT``) or the
+    quiet time around them (``QUIET``)."""
+
     name: str
     kind: str
     start: float
@@ -599,6 +602,8 @@ def _check_stores(web, mariadb, redis_server, workers) -> dict:
 
 @dataclass
 class Stack:
+    """The servers a soak runs against; several short soaks can share one."""
+
     mariadb: MariaDBServer
     redis_server: RedisServer
     web: WebService
@@ -622,6 +627,9 @@ def soak_stack(workdir: Path) -> Iterator[Stack]:
 
 @dataclass
 class Report:
+    """What a soak prints (``lines``) and why it failed (``failures``: none when it
+    passed), with the load's own figures for a caller to check."""
+
     lines: list[str]
     failures: list[str]
     load: LoadVerdict
