@@ -109,6 +109,11 @@ class Population:
         self._gone: collections.deque[int] = collections.deque(maxlen=max(3, len(user_ids) // 4))
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        """How many of its users live."""
+        with self._lock:
+            return len(self._alive)
+
     def readable(self) -> list[int]:
         with self._lock:
             return self._alive + list(self._gone)
@@ -120,8 +125,7 @@ class Population:
     def next_change_deletes(self, rng: random.Random) -> bool:
         """Whether the next change of membership is a delete: always above the band,
         never at its floor, else one time in two."""
-        with self._lock:
-            size = len(self._alive)
+        size = len(self)
         return size >= self.high or (size > self.low and rng.random() < 0.5)
 
     def created(self, user_id: int) -> None:
@@ -299,8 +303,11 @@ class BypassWriter:
             }  # fmt: skip
             elapsed = time.monotonic() - committed
             if elapsed > self.GIVE_UP_SECONDS:
-                self.late += [f"user {user_id}: {shape} not in Redis after {elapsed:.0f}s"
-                              for user_id in waiting]  # fmt: skip
+                self.late += [
+                    f"user {user_id}: {shape} to {value!r} not in Redis after {elapsed:.0f}s, "
+                    f"which holds {client.hgetall(self._key(user_id))}"
+                    for user_id in waiting
+                ]
                 return
             disturbed = disturbed or faulting.is_set()
             time.sleep(0.001)
