@@ -24,11 +24,11 @@ gunicorn must not face clients directly: a request that arrives slowly holds a
 thread until it is complete. Put the buffering proxy of deploy/nginx in front.
 """
 
-import glob
 import os
 import shutil
 import tempfile
 
+from config import metrics_writers
 from config.cpus import available_cpus
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -56,7 +56,8 @@ control_socket_disable = True
 # folder, and /metrics adds them up. It must be set before a worker imports
 # prometheus_client, so here, in the master, which the workers inherit it from;
 # each start begins with an empty one. Without it, each worker would count on its
-# own, and the workers refuse to start (config/checks.py).
+# own, and the workers refuse to start (config/checks.py). Only the workers write
+# there: any other process that finds the variable drops it (config/metrics_writers.py).
 _own_metrics_dir: str | None = None
 
 
@@ -67,8 +68,11 @@ def on_starting(server) -> None:
         metrics_dir = _own_metrics_dir = tempfile.mkdtemp(prefix="usersvc-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.makedirs(metrics_dir, exist_ok=True)
-    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
-        os.remove(stale)
+    # Imports prometheus_client: only once the variable is set, which the workers
+    # forked from this process inherit with the module.
+    from config import metrics_files
+
+    metrics_files.clear(metrics_dir)
     server.log.info(
         "%d workers x %d threads for %d CPUs",
         server.cfg.workers,
@@ -77,10 +81,30 @@ def on_starting(server) -> None:
     )
 
 
-def child_exit(server, worker) -> None:
-    from prometheus_client import multiprocess
+def post_fork(server, worker) -> None:
+    metrics_writers.mark_gunicorn_worker()
 
-    multiprocess.mark_process_dead(worker.pid)
+
+def child_exit(server, worker) -> None:
+    """A worker exited: its gauges go, its counts join the archive (config/metrics_files.py).
+    Whatever goes wrong there (a full disk, a damaged file) is logged and the files
+    left for the next exit: an exception here would stop the master."""
+    from config import metrics_files
+
+    try:
+        archived = metrics_files.archive_dead_workers(
+            os.environ["PROMETHEUS_MULTIPROC_DIR"], live=server.WORKERS.keys()
+        )
+    except Exception:
+        server.log.exception("could not archive the metric files of worker %d", worker.pid)
+        return
+    if not archived:
+        server.log.warning(
+            "scrapes held the metrics folder for over %.0f s: worker %d's metric files"
+            " are archived when the next worker exits",
+            metrics_files.ARCHIVE_LOCK_WAIT,
+            worker.pid,
+        )
 
 
 def on_exit(server) -> None:

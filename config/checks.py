@@ -39,9 +39,12 @@ def static_files_manifest_check(app_configs, **kwargs) -> list[Error]:
 
 @register()
 def metrics_shared_by_workers_check(app_configs, **kwargs) -> list[Error]:
-    """Under gunicorn each worker process counts in a registry of its own unless
-    PROMETHEUS_MULTIPROC_DIR names a folder they share (gunicorn.conf.py makes
-    one), and /metrics would report whichever worker answers the scrape."""
+    """Under gunicorn each worker process counts in a registry of its own unless it
+    writes to the folder PROMETHEUS_MULTIPROC_DIR names, and /metrics would report
+    whichever worker answers the scrape. Only a worker that gunicorn.conf.py's
+    master marked keeps that variable (config/metrics_writers.py): gunicorn started
+    with another configuration, or with --preload (the application loaded in the
+    master, before it makes the folder), has none."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not _in_gunicorn():
         return []
     workers = _gunicorn_workers()
@@ -51,8 +54,9 @@ def metrics_shared_by_workers_check(app_configs, **kwargs) -> list[Error]:
         Error(
             f"gunicorn runs {workers} workers without PROMETHEUS_MULTIPROC_DIR: each would"
             " keep metrics of its own, and /metrics would show one worker's.",
-            hint="Start gunicorn in the project's root, where it reads gunicorn.conf.py,"
-            " or set PROMETHEUS_MULTIPROC_DIR to an empty folder the workers share.",
+            hint="Start gunicorn with the project's gunicorn.conf.py (it reads it from the"
+            " folder it starts in; elsewhere, name it with -c), without --preload: it"
+            " gives its workers a folder they share.",
             id="usersvc.E002",
         )
     ]

@@ -17,9 +17,11 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+_can_be_root() { [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null; }; }
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo "$@"
+  elif _can_be_root; then sudo "$@"
   else return 1
   fi
 }
@@ -62,58 +64,153 @@ _endpoint() {
 
 _answers() { timeout 1 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 
+_is_loopback() { case "$1" in 127.*|localhost|::1) return 0 ;; *) return 1 ;; esac; }
+
+# Waits up to 30 s for host:port to answer.
 _wait_for() {
-  local name="$1" host="$2" port="$3"
+  local host="$1" port="$2"
   for _ in $(seq 1 60); do _answers "$host" "$port" && return 0; sleep 0.5; done
-  die "$name did not start answering on $host:$port"
+  return 1
 }
+
+# The path of an installed program, looked for in PATH and in the sbin folders,
+# which a user's PATH may lack (Debian's mariadbd is /usr/sbin/mariadbd).
+_binary() {
+  local folder
+  local IFS=:
+  for folder in $PATH /usr/local/sbin /usr/sbin /sbin; do
+    if [ -f "$folder/$1" ] && [ -x "$folder/$1" ]; then
+      printf '%s\n' "$folder/$1"
+      return 0
+    fi
+  done
+  return 1
+}
+
+_docker_usable() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
 # A development container of a store, on loopback (docker-compose.yml is the
 # deployment's: its stores are its own, and it needs the secrets of .env).
 _docker_run() {
   local name="usersvc-dev-$1" port="$2" inside="$3"; shift 3
-  command -v docker >/dev/null && docker info >/dev/null 2>&1 || return 1
+  _docker_usable || return 1
   say "starting $name with docker"
   docker start "$name" >/dev/null 2>&1 \
     || docker run -d --name "$name" -p "127.0.0.1:$port:$inside" "$@" >/dev/null
 }
 
 _start_mariadb() {
-  if command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; then
+  local mariadbd
+  if mariadbd="$(_binary mariadbd)" && _can_be_root; then
     say "starting the local mariadbd"
-    as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd && return 0
+    as_root start-stop-daemon --start --oknodo --background --exec "$mariadbd" && return 0
   fi
   _docker_run mysql "$1" 3306 -e MYSQL_ALLOW_EMPTY_PASSWORD=yes mysql:8.4 \
     --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci
 }
 
 _start_redis() {
-  if command -v redis-server >/dev/null; then
+  local redis_server
+  if redis_server="$(_binary redis-server)"; then
     say "starting the local redis-server on port $1"
     if [ "$(id -u)" = 0 ] && [ -d /var/lib/redis ] && [ -d /var/log/redis ]; then
-      redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$1" --save "" --appendonly no \
+      "$redis_server" --daemonize yes --bind 127.0.0.1 -::1 --port "$1" --save "" --appendonly no \
         --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null && return 0
     fi
-    redis-server --daemonize yes --bind 127.0.0.1 --port "$1" --save "" --appendonly no \
+    "$redis_server" --daemonize yes --bind 127.0.0.1 --port "$1" --save "" --appendonly no \
       --dir "${TMPDIR:-/tmp}" --logfile "${TMPDIR:-/tmp}/usersvc-redis.log" >/dev/null && return 0
   fi
   _docker_run redis "$1" 6379 redis:7 redis-server --save "" --appendonly no
 }
 
+# Installs Debian's packages of the servers this machine lacks, as root or with
+# passwordless sudo, as the build packages are: on a terminal after asking;
+# without one (CI, a provisioning script) only when running as root, since a
+# user's passwordless sudo does not say that this user wants database servers.
+_install_servers() {
+  local answer
+  command -v apt-get >/dev/null && _can_be_root || return 1
+  if [ -t 0 ]; then
+    read -r -p "==> install $* (Debian's packages, with apt-get as root)? [Y/n] " answer || return 1
+    case "$answer" in ''|[Yy]*) ;; *) return 1 ;; esac
+  elif [ "$(id -u)" != 0 ]; then
+    return 1
+  fi
+  say "installing $*"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null \
+    || { say "could not install $*"; return 1; }
+}
+
+# MySQL and Redis answering where DATABASE_URL and REDIS_URL say, or one message
+# naming everything that is missing. On loopback, a server that does not answer
+# is started: the local mariadbd or redis-server, else a Docker container, else,
+# once installed (_install_servers), Debian's.
 ensure_stores() {
-  local host port
-  read -r host port < <(_endpoint "$DATABASE_URL" 3306)
-  if ! _answers "$host" "$port"; then
-    _start_mariadb "$port" || die "nothing answers on $host:$port and no MySQL could be started: \
-install one ('sudo apt-get install mariadb-server') or Docker, or set DATABASE_URL."
-    _wait_for MySQL "$host" "$port"
+  local db_host db_port redis_host redis_port running
+  local problems=() missing=() waiting=()
+  read -r db_host db_port < <(_endpoint "$DATABASE_URL" 3306)
+  read -r redis_host redis_port < <(_endpoint "$REDIS_URL" 6379)
+  local need_mysql=0 need_redis=0
+  _answers "$db_host" "$db_port" || need_mysql=1
+  _answers "$redis_host" "$redis_port" || need_redis=1
+  [ $need_mysql = 0 ] && [ $need_redis = 0 ] && return 0
+
+  if [ $need_mysql = 1 ] && ! _is_loopback "$db_host"; then
+    problems+=("nothing answers on $db_host:$db_port (DATABASE_URL): start that MySQL, or set DATABASE_URL.")
+    need_mysql=0
+  elif [ $need_mysql = 1 ] && running="$("$PYTHON" scripts/running_mariadbd.py)" && [ -n "$running" ]; then
+    problems+=("mariadbd runs, but not on $db_host:$db_port (DATABASE_URL): ${running//$'\n'/; }. \
+Point DATABASE_URL at the port it listens on, or make it listen on $db_port.")
+    need_mysql=0
   fi
-  read -r host port < <(_endpoint "$REDIS_URL" 6379)
-  if ! _answers "$host" "$port"; then
-    _start_redis "$port" || die "nothing answers on $host:$port and no Redis could be started: \
-install one ('sudo apt-get install redis-server') or Docker, or set REDIS_URL."
-    _wait_for Redis "$host" "$port"
+  if [ $need_redis = 1 ] && ! _is_loopback "$redis_host"; then
+    problems+=("nothing answers on $redis_host:$redis_port (REDIS_URL): start that Redis, or set REDIS_URL.")
+    need_redis=0
   fi
+
+  if ! _docker_usable; then
+    [ $need_mysql = 1 ] && ! _binary mariadbd >/dev/null && missing+=(mariadb-server)
+    [ $need_redis = 1 ] && ! _binary redis-server >/dev/null && missing+=(redis-server)
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    if _install_servers "${missing[@]}"; then
+      # Debian's packages start their servers where a service manager runs.
+      [ $need_mysql = 1 ] && _answers "$db_host" "$db_port" && need_mysql=0
+      [ $need_redis = 1 ] && _answers "$redis_host" "$redis_port" && need_redis=0
+    else
+      local variables=""
+      if [[ " ${missing[*]} " == *" mariadb-server "* ]]; then
+        problems+=("nothing answers on $db_host:$db_port (DATABASE_URL), and neither MariaDB (mariadbd) nor Docker is installed.")
+        need_mysql=0 variables="DATABASE_URL"
+      fi
+      if [[ " ${missing[*]} " == *" redis-server "* ]]; then
+        problems+=("nothing answers on $redis_host:$redis_port (REDIS_URL), and neither Redis (redis-server) nor Docker is installed.")
+        need_redis=0 variables="${variables:+$variables and }REDIS_URL"
+      fi
+      problems+=("to install: 'sudo apt-get install ${missing[*]}' (or install Docker); or set $variables to servers that run.")
+    fi
+  fi
+
+  # Both started before waiting for either.
+  if [ $need_mysql = 1 ]; then
+    if _start_mariadb "$db_port"; then waiting+=("MySQL $db_host $db_port")
+    else problems+=("nothing answers on $db_host:$db_port (DATABASE_URL) and no MySQL could be started.")
+    fi
+  fi
+  if [ $need_redis = 1 ]; then
+    if _start_redis "$redis_port"; then waiting+=("Redis $redis_host $redis_port")
+    else problems+=("nothing answers on $redis_host:$redis_port (REDIS_URL) and no Redis could be started.")
+    fi
+  fi
+  local store host port
+  for store in "${waiting[@]}"; do
+    read -r store host port <<<"$store"
+    _wait_for "$host" "$port" || problems+=("$store did not start answering on $host:$port.")
+  done
+
+  [ ${#problems[@]} -eq 0 ] && return 0
+  printf 'error: %s\n' "${problems[@]}" >&2
+  exit 1
 }
 
 # Optional: Debian's Chromium and its driver, for the browser test of the admin
@@ -166,7 +263,6 @@ ensure_database() {
 
 # The soak and the fuzz run start their own mariadbd and redis-server.
 ensure_server_binaries() {
-  command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] \
-    || die "this runs its own mariadbd: install mariadb-server"
-  command -v redis-server >/dev/null || die "this runs its own redis-server: install redis-server"
+  _binary mariadbd >/dev/null || die "this runs its own mariadbd: install mariadb-server"
+  _binary redis-server >/dev/null || die "this runs its own redis-server: install redis-server"
 }

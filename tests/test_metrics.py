@@ -2,11 +2,14 @@
 round trip, and under gunicorn the counts of every worker add up."""
 
 import datetime
+import fcntl
+import os
 import platform
 import re
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import django
 import pytest
@@ -15,8 +18,9 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import metrics_files
 from tests.conftest import database_url, one_server_caches, pausing_fills, redis_environment
-from tests.servers import RedisServer, WebService
+from tests.servers import RedisServer, WebService, project_python
 from users import metrics, reads, services
 from users.cache import keys, transport
 from users.models import CacheInvalidation, User
@@ -247,6 +251,9 @@ def test_gunicorn_workers_add_up_and_recycled_ones_still_count(tmp_path, transac
         for thread in threads:
             thread.join()
         status, _, _ = web.request("GET", "/healthz")
+        # The exited workers' counts in the archives, their own files gone.
+        _wait_for(lambda: _writers(metrics_dir) <= _children(web.process.pid))
+        recycled = (tmp_path / "web.log").read_text().count("Booting worker") - 3
         scraped = _scrape(web)
     finally:
         web.stop()
@@ -258,7 +265,48 @@ def test_gunicorn_workers_add_up_and_recycled_ones_still_count(tmp_path, transac
         if labels.startswith('usersvc_cache_lookups_total{entity="user"')
     )
     assert user_lookups == 40
-    assert len(list(metrics_dir.glob("counter_*.db"))) > 3, "workers should have been recycled"
+    assert recycled >= 3, "workers should have been recycled"
+    assert (metrics_dir / "counter_archive.db").exists()
+
+
+@pytest.mark.slow
+def test_each_gunicorn_worker_reports_its_memory_and_cpu(tmp_path, transactional_db):
+    """Multiprocess mode has no process collector: the worker that answers reports
+    every live worker, each by its pid, whichever answers."""
+    web = WebService(
+        tmp_path, database_url=database_url(), **redis_environment(),
+        CACHE_KEY_PREFIX=settings.TEST_RUN_PREFIX, WEB_CONCURRENCY="3",
+    )  # fmt: skip
+    web.prepare()
+    web.start()
+    try:
+        _wait_for(lambda: len(_children(web.process.pid)) == 3)
+        workers = _children(web.process.pid)
+        scrapes = [_scrape(web) for _ in range(6)]
+        resident = {
+            pid: int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+            for pid in workers
+        }
+    finally:
+        web.stop()
+
+    for scraped in scrapes:
+        memory = _by_pid(scraped, "process_resident_memory_bytes")
+        cpu = _by_pid(scraped, "process_cpu_seconds_total")
+        assert set(memory) == set(cpu) == workers
+        for pid, value in memory.items():
+            # An application worker, and what the kernel says it holds, give or take
+            # what it allocated between the scrape and the read.
+            assert 20 * 2**20 < value < 2 * resident[pid]
+        assert all(value > 0 for value in cpu.values())
+
+
+def _by_pid(scraped: dict[str, float], name: str) -> dict[int, float]:
+    return {
+        int(re.search(r'pid="(\d+)"', sample)[1]): value
+        for sample, value in scraped.items()
+        if sample.startswith(name + "{")
+    }
 
 
 def _scrape(web: WebService) -> dict[str, float]:
@@ -274,3 +322,215 @@ def _scrape(web: WebService) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     return samples
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.1)
+
+
+def _writers(metrics_dir: Path) -> set[int]:
+    """The processes whose own metric files are in the folder."""
+    return {
+        int(match[1])
+        for path in metrics_dir.iterdir()
+        if (match := re.fullmatch(r"[a-z_]+_(\d+)\.db", path.name))
+    }
+
+
+def _children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+@pytest.mark.slow
+def test_a_damaged_metrics_file_does_not_stop_the_master(tmp_path, transactional_db):
+    """Archiving runs in gunicorn's master, where an exception would stop the server:
+    a file it cannot read is logged, and the files wait for the next exit."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    web = WebService(
+        tmp_path, database_url=database_url(), **redis_environment(),
+        CACHE_KEY_PREFIX=settings.TEST_RUN_PREFIX, WEB_CONCURRENCY="1",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        GUNICORN_CMD_ARGS="--max-requests 2 --max-requests-jitter 0",
+    )  # fmt: skip
+    web.prepare()
+    web.start()
+    try:
+        # A header that says more is used than the file holds.
+        (metrics_dir / "counter_1.db").write_bytes((10**6).to_bytes(4, "little") + bytes(60))
+        for _ in range(2):  # past max_requests: the worker is recycled
+            assert web.request("GET", "/healthz", token=None)[0] == 200
+        _wait_for(lambda: "could not archive" in (tmp_path / "web.log").read_text())
+        (metrics_dir / "counter_1.db").unlink()
+        for _ in range(2):  # past max_requests: the worker is recycled
+            assert web.request("GET", "/healthz", token=None)[0] == 200
+        _wait_for(lambda: _writers(metrics_dir) <= _children(web.process.pid))
+        assert web.process.poll() is None
+    finally:
+        web.stop()
+
+
+@pytest.mark.slow
+def test_gunicorn_with_preload_refuses_to_start(tmp_path, transactional_db):
+    """--preload loads the application in the master, which is no worker: its
+    workers would inherit a prometheus_client counting in memory, each its own."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    web = WebService(
+        tmp_path, database_url=database_url(), **redis_environment(),
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), GUNICORN_CMD_ARGS="--preload",
+    )  # fmt: skip
+
+    result = subprocess.run(
+        web.command(), cwd=web.root, env=web.env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode != 0
+    assert "usersvc.E002" in result.stderr
+    assert "without --preload" in result.stderr
+
+
+_RECORD_IN_A_SCRIPT = """
+import django
+django.setup()
+from users import metrics
+metrics.BREAKER_OPEN.set(1)
+metrics.count_lookup("user", "MISS", found=True)
+print(metrics.REGISTRY.get_sample_value("usersvc_cache_breaker_open"))
+"""
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        pytest.param(["-c", _RECORD_IN_A_SCRIPT], id="a script calling django.setup()"),
+        pytest.param(["manage.py", "shell", "-c", _RECORD_IN_A_SCRIPT], id="manage.py shell"),
+        pytest.param(["manage.py", "follow_binlog", "--check"], id="the binlog follower"),
+    ],
+)
+def test_only_gunicorns_workers_write_to_the_shared_metrics_folder(arguments, tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR in the environment every process shares: a process
+    other than the web service's workers counts in its own memory, and leaves the
+    folder (the web service's) as it found it."""
+    result = subprocess.run(
+        [project_python(), *arguments],
+        cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=120,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.local",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+            "prometheus_multiproc_dir": str(tmp_path),
+        },
+    )  # fmt: skip
+
+    assert list(tmp_path.iterdir()) == [], result.stderr
+    if arguments[-1] == _RECORD_IN_A_SCRIPT:
+        assert (result.returncode, result.stdout.splitlines()[-1]) == (0, "1.0"), result.stderr
+
+
+# A worker as prometheus_client's multiprocess mode makes it: it records, says so,
+# and exits when told (a line on stdin), after recording as much again.
+_WORKER = """
+import sys
+from prometheus_client import Counter, Gauge, Histogram
+lookups = Counter("t_lookups", "Lookups.", ["result"])
+seconds = Histogram("t_seconds", "Durations.", buckets=(0.1, 1))
+entries = Gauge("t_entries", "Entries.", multiprocess_mode="livesum")
+def record():
+    lookups.labels("hit").inc(3)
+    lookups.labels("miss").inc()
+    seconds.observe(0.05)
+    seconds.observe(0.5)
+    entries.set(2)
+record()
+print("recorded", flush=True)
+if sys.argv[1] == "wait":
+    sys.stdin.readline()
+    record()
+"""
+
+
+class _Worker:
+    def __init__(self, metrics_dir: Path, *, wait: bool) -> None:
+        self.process = subprocess.Popen(
+            [project_python(), "-c", _WORKER, "wait" if wait else "exit"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        )  # fmt: skip
+        assert self.process.stdout.readline() == "recorded\n"
+
+    def record_again_and_exit(self) -> None:
+        self.process.communicate("\n", timeout=60)
+        assert self.process.returncode == 0
+
+
+def _collected(metrics_dir: Path) -> dict[tuple[str, str], float]:
+    """What a scrape of the folder adds up: value by sample name and labels."""
+    return {
+        (sample.name, str(sorted(sample.labels.items()))): sample.value
+        for family in metrics_files.WorkerFilesCollector(str(metrics_dir)).collect()
+        for sample in family.samples
+    }
+
+
+def _counts(collected: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    return {key: value for key, value in collected.items() if key[0] != "t_entries"}
+
+
+def test_exited_workers_files_are_archived_and_still_count(tmp_path):
+    for _ in range(4):
+        _Worker(tmp_path, wait=False).process.wait(timeout=60)
+    live = _Worker(tmp_path, wait=True)
+    before = _collected(tmp_path)
+
+    assert metrics_files.archive_dead_workers(str(tmp_path), live={live.process.pid})
+
+    after = _collected(tmp_path)
+    assert _counts(after) == _counts(before)
+    assert after[("t_entries", "[]")] == 2  # the live worker's gauge alone
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [
+            "counter_archive.db", "histogram_archive.db", "scrape.lock",
+            f"counter_{live.process.pid}.db", f"histogram_{live.process.pid}.db",
+            f"gauge_livesum_{live.process.pid}.db",
+        ]
+    )  # fmt: skip
+
+    # Then the last one records more and exits: added to the archive already there.
+    live.record_again_and_exit()
+    assert metrics_files.archive_dead_workers(str(tmp_path), live=())
+    final = _collected(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "counter_archive.db", "histogram_archive.db", "scrape.lock"
+    ]  # fmt: skip
+    assert final[("t_lookups_total", "[('result', 'hit')]")] == 6 * 3
+    assert final[("t_lookups_total", "[('result', 'miss')]")] == 6
+    assert final[("t_seconds_count", "[]")] == 12
+    assert final[("t_seconds_bucket", "[('le', '0.1')]")] == 6
+    assert final[("t_seconds_bucket", "[('le', '1.0')]")] == 12
+    assert final[("t_seconds_sum", "[]")] == pytest.approx(6 * 0.55)
+    assert ("t_entries", "[]") not in final
+
+
+def test_archiving_waits_for_no_scrape_and_leaves_everything_for_the_next_time(
+    tmp_path, monkeypatch
+):
+    """A scrape that holds the folder past the wait: the files stay as they were,
+    and the next call archives them."""
+    _Worker(tmp_path, wait=False).process.wait(timeout=60)
+    collected = _collected(tmp_path)
+    before = sorted(path.name for path in tmp_path.iterdir())
+    monkeypatch.setattr(metrics_files, "ARCHIVE_LOCK_WAIT", 0.2)
+    scrape = os.open(tmp_path / "scrape.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(scrape, fcntl.LOCK_SH)
+        assert not metrics_files.archive_dead_workers(str(tmp_path), live=())
+        assert sorted(path.name for path in tmp_path.iterdir()) == before
+    finally:
+        os.close(scrape)
+
+    assert metrics_files.archive_dead_workers(str(tmp_path), live=())
+    assert _counts(_collected(tmp_path)) == _counts(collected)

@@ -1,16 +1,27 @@
-"""The setup on a stock MariaDB, where root logs in over the unix socket only
-(Debian's mariadb-server, mariadb-install-db's defaults): scripts/create_database.py
-gives the checkout a database account of its own, or says in one line what to run.
+"""The setup scripts on machines that are not ready yet.
 
-Each test runs the script from a checkout of its own (a copy in a temporary
-folder), so the account and its local.env never touch this checkout's. .ci/run
-also runs ./scripts/test and ./scripts/run end to end against such a server
-(.ci/stock-mariadb).
+On a stock MariaDB, where root logs in over the unix socket only (Debian's
+mariadb-server, mariadb-install-db's defaults), scripts/create_database.py gives
+the checkout a database account of its own, or says in one line what to run.
+Each of those tests runs the script from a checkout of its own (a copy in a
+temporary folder), so the account and its local.env never touch this checkout's.
+.ci/run also runs ./scripts/test and ./scripts/run end to end against such a
+server (.ci/stock-mariadb).
+
+scripts/setup.sh's ensure_stores, on a machine without MySQL or Redis, or with a
+mariadbd on another port, runs against loopback ports that nothing listens on,
+with the programs that would change the machine (apt-get, sudo, start-stop-daemon,
+docker) replaced by shims in PATH that only record how they were called. A machine
+without the servers is made by a mount and PID namespace of its own (root only),
+where the servers' programs are hidden and the machine's running servers unseen.
 """
 
+import contextlib
 import importlib.util
 import os
+import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -20,7 +31,7 @@ from urllib.parse import urlsplit
 import MySQLdb
 import pytest
 
-from tests.servers import PROJECT_ROOT, StockMariaDBServer, project_python
+from tests.servers import PROJECT_ROOT, RedisServer, StockMariaDBServer, project_python
 
 pytestmark = pytest.mark.slow
 
@@ -163,3 +174,225 @@ def test_without_root_or_sudo_it_says_in_one_line_what_to_run(
     assert f"--preserve-env=DATABASE_URL,DATABASE_ADMIN_SOCKET {sys.executable}" in err
     assert f"{script}' once" in err
     assert not (checkout / "local.env").exists()
+
+
+# The programs that would change the machine: each records its arguments in a log
+# of its own name, then does what the test says (by default: fail).
+_SHIM = """#!/bin/sh
+printf '%s\\n' "$*" >> "{log}"
+{then}
+"""
+# What the servers' programs are called, wherever they are installed.
+_SERVER_PROGRAMS = ("mariadbd", "mysqld", "redis-server")
+
+
+class Machine:
+    """The shims folder and what the shims recorded."""
+
+    def __init__(self, folder: Path) -> None:
+        self.shims = folder / "shims"
+        self.shims.mkdir()
+        self.logs = folder / "logs"
+        self.logs.mkdir()
+        for program in ("apt-get", "start-stop-daemon", "docker"):
+            self.shim(program, "exit 1")
+        self.shim("sleep", 'exec /bin/sleep "$@"')
+
+    def shim(self, program: str, then: str) -> None:
+        path = self.shims / program
+        path.write_text(_SHIM.format(log=self.logs / program, then=then))
+        path.chmod(0o755)
+
+    def as_user_without_sudo(self) -> None:
+        self.shim("id", '[ "$1" = -u ] && echo 1000 || exec /usr/bin/id "$@"')
+        self.shim("sudo", "exit 1")
+
+    def as_user_with_passwordless_sudo(self) -> None:
+        self.shim("id", '[ "$1" = -u ] && echo 1000 || exec /usr/bin/id "$@"')
+        self.shim("sudo", '[ "$1" = -n ] && shift; exec "$@"')
+
+    def calls(self, program: str) -> list[str]:
+        log = self.logs / program
+        return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.fixture
+def machine(tmp_path) -> Machine:
+    return Machine(tmp_path)
+
+
+_NAMESPACES = ["unshare", "--mount", "--pid", "--fork", "--mount-proc"]
+
+
+@pytest.fixture
+def can_hide_servers() -> None:
+    """Whether this machine lets the test make one without the servers: a mount and
+    PID namespace needs root (and, in a container, CAP_SYS_ADMIN). CI must."""
+    probe = subprocess.run([*_NAMESPACES, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        reason = f"cannot make a machine without the servers: {probe.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def _unused_port():
+    """A loopback port held bound and never listened on: connections are refused
+    and nothing else takes it meanwhile."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+def _ensure_stores(
+    machine: Machine,
+    *,
+    database_url: str,
+    redis_url: str,
+    without_servers: bool = False,
+    terminal_input: str | None = None,
+) -> subprocess.CompletedProcess:
+    """scripts/setup.sh's ensure_stores, with the shims first in PATH; on a machine
+    without the servers' programs or processes with ``without_servers``; with a
+    terminal that the user types ``terminal_input`` into, if given."""
+    command = ["bash", "-c", "source scripts/setup.sh && ensure_stores"]
+    if without_servers:
+        hidden = [
+            path for folder in ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin",
+                                "/usr/bin", "/bin")
+            for program in _SERVER_PROGRAMS
+            if os.path.isfile(path := f"{folder}/{program}")
+        ]  # fmt: skip
+        hide = "".join(f"mount --bind /dev/null {path} && " for path in hidden)
+        command = [*_NAMESPACES, "sh", "-c", f'{hide}exec "$@"', "--", *command]
+    env = {
+        **os.environ,
+        "PATH": f"{machine.shims}:{os.environ['PATH']}",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+    }
+    env.pop("CI", None)
+    if terminal_input is None:
+        return subprocess.run(
+            command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    controller, terminal = os.openpty()
+    try:
+        os.write(controller, terminal_input.encode())
+        return subprocess.run(
+            command, cwd=PROJECT_ROOT, env=env, stdin=terminal,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+
+@contextlib.contextmanager
+def _no_stores():
+    with _unused_port() as mysql_port, _unused_port() as redis_port:
+        yield f"mysql://root@127.0.0.1:{mysql_port}/usersvc", f"redis://127.0.0.1:{redis_port}/0"
+
+
+def _reported_both(result: subprocess.CompletedProcess, database_url: str, redis_url: str) -> None:
+    """One run names both missing servers and the one command that installs them."""
+    assert result.returncode == 1, result.stderr
+    # (After a question, the first error follows on the same line: the answer's
+    # newline went to the terminal.)
+    lines = re.findall(r"error: .*", result.stderr)
+    mysql_address = urlsplit(database_url).netloc.split("@")[1]
+    redis_address = urlsplit(redis_url).netloc
+    assert any(mysql_address in line and "MariaDB (mariadbd)" in line for line in lines), lines
+    assert any(redis_address in line and "Redis (redis-server)" in line for line in lines), lines
+    assert lines[-1] == (
+        "error: to install: 'sudo apt-get install mariadb-server redis-server' (or install"
+        " Docker); or set DATABASE_URL and REDIS_URL to servers that run."
+    )
+
+
+@pytest.mark.usefixtures("can_hide_servers")
+@pytest.mark.parametrize(
+    "user", ["without_sudo", "with_passwordless_sudo"], ids=["no sudo", "sudo, no terminal"]
+)
+def test_without_either_server_one_run_reports_both_and_installs_nothing(machine, user):
+    """A user's run that cannot, or without a terminal may not, install anything."""
+    getattr(machine, f"as_user_{user}")()
+    with _no_stores() as (database_url, redis_url):
+        result = _ensure_stores(
+            machine, database_url=database_url, redis_url=redis_url, without_servers=True
+        )
+
+    _reported_both(result, database_url, redis_url)
+    assert machine.calls("apt-get") == []
+    assert machine.calls("start-stop-daemon") == []
+
+
+@pytest.mark.usefixtures("can_hide_servers")
+def test_as_root_without_a_terminal_both_servers_are_installed_at_once(machine):
+    """As CI runs it: installed the way the build packages are, without asking. (The
+    shim installs nothing, so the run then reports that neither could be started.)"""
+    machine.shim("apt-get", "exit 0")
+    with _no_stores() as (database_url, redis_url):
+        result = _ensure_stores(
+            machine, database_url=database_url, redis_url=redis_url, without_servers=True
+        )
+
+    assert machine.calls("apt-get") == ["update -qq", "install -y -qq mariadb-server redis-server"]
+    assert "installing mariadb-server redis-server" in result.stderr
+    assert "[Y/n]" not in result.stderr
+    assert result.returncode == 1
+    assert "no MySQL could be started" in result.stderr
+    assert "no Redis could be started" in result.stderr
+
+
+@pytest.mark.usefixtures("can_hide_servers")
+@pytest.mark.parametrize(
+    ("answer", "installs"), [("\n", True), ("y\n", True), ("n\n", False)], ids=["enter", "y", "n"]
+)
+def test_on_a_terminal_it_asks_before_installing(machine, answer, installs):
+    machine.as_user_with_passwordless_sudo()
+    machine.shim("apt-get", "exit 0")
+    with _no_stores() as (database_url, redis_url):
+        result = _ensure_stores(
+            machine, database_url=database_url, redis_url=redis_url, without_servers=True,
+            terminal_input=answer,
+        )  # fmt: skip
+
+    question = "install mariadb-server redis-server (Debian's packages, with apt-get as root)?"
+    assert f"{question} [Y/n]" in result.stderr
+    if installs:
+        assert [call for call in machine.calls("sudo") if call != "-n true"] == [
+            "apt-get update -qq",
+            "env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server redis-server",
+        ]
+        assert machine.calls("apt-get") == [
+            "update -qq",
+            "install -y -qq mariadb-server redis-server",
+        ]
+    else:
+        assert machine.calls("apt-get") == []
+        _reported_both(result, database_url, redis_url)
+
+
+def test_a_mariadbd_on_another_port_is_reported_at_once(machine, stock_mariadb, tmp_path):
+    """Nothing on DATABASE_URL's port, but a mariadbd runs on another: said at once,
+    with the port it listens on, rather than after waiting for one to start."""
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    try:
+        with _unused_port() as port:
+            result = _ensure_stores(
+                machine, database_url=f"mysql://root@127.0.0.1:{port}/usersvc",
+                redis_url=redis_server.url,
+            )  # fmt: skip
+    finally:
+        redis_server.stop()
+
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: mariadbd runs, but not on 127.0.0.1:{port} (DATABASE_URL)")
+    assert f"pid {stock_mariadb.process.pid} listens on 127.0.0.1:{stock_mariadb.port}" in line
+    assert machine.calls("sleep") == []
+    assert machine.calls("start-stop-daemon") == []

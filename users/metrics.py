@@ -5,7 +5,9 @@ Recording one is an in-process operation: no request pays a network round trip
 for it. Under gunicorn every worker writes its samples to memory-mapped files in
 ``PROMETHEUS_MULTIPROC_DIR`` (``gunicorn.conf.py`` prepares the folder), and a
 scrape, whichever worker answers it, adds up the files of all workers, the
-recycled ones included, so counters never go backwards.
+recycled ones' kept in an archive, so counters never go backwards
+(``config/metrics_files.py``). Any other process (a command, the binary log
+follower) counts in its own memory (``config/metrics_writers.py``).
 """
 
 import functools
@@ -24,9 +26,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
 )
 from prometheus_client.registry import Collector
+
+from config.metrics_files import WorkerFilesCollector
+from config.worker_processes import WorkerProcessesCollector
 
 # Redis answers in well under a millisecond when healthy; the top buckets catch
 # the read timeout (REDIS_READ_TIMEOUT_MS, 100 ms by default).
@@ -180,9 +184,13 @@ BUILD_INFO.labels(**build_labels()).set(1)
 
 
 def _registry() -> CollectorRegistry:
+    """Under gunicorn, every live worker's metrics and the archive of the exited
+    ones' (config/metrics_files.py), with each live worker's memory and CPU
+    (config/worker_processes.py); else this process's own."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(WorkerFilesCollector(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+        registry.register(WorkerProcessesCollector(master=os.getppid()))
         return registry
     return REGISTRY
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config.metrics_writers import confine_to_gunicorn_workers
 from config.redis import cache_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -19,6 +20,10 @@ env = environ.Env()
 # on a MariaDB whose root logs in over its unix socket only (local.env, not in
 # git). The environment's own variables win.
 env.read_env(BASE_DIR / "local.env")
+# Only the web service's gunicorn workers write metrics to PROMETHEUS_MULTIPROC_DIR:
+# any other process (a command, a script, the binary log follower) drops it here,
+# before anything imports prometheus_client.
+confine_to_gunicorn_workers()
 
 # GENERAL
 # ------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 
 The follower is a process of its own, not a gunicorn worker: it serves its
 registry itself, beside the Redis metrics of ``users.metrics`` that its cache
-calls record. The web service never imports this module, so its ``/metrics``
-carries none of these.
+calls record and prometheus_client's process metrics (its memory and CPU). It
+keeps them in its own memory even where ``PROMETHEUS_MULTIPROC_DIR`` is in its
+environment (``config/metrics_writers.py``). The web service never imports this
+module, so its ``/metrics`` carries none of these.
 """
 
 from prometheus_client import Counter, Gauge
