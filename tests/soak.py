@@ -56,7 +56,9 @@ import MySQLdb
 import redis
 
 from tests.servers import BinlogFollower, MariaDBServer, RedisServer, WebService, service_stack
-from users.entries import ABSENT_FIELD, NAME_OF, SCHEMA_VERSION, VERSION
+from users.cache.keys import SCHEMA_VERSION
+from users.cache.kinds import ABSENT as ABSENT_FIELD
+from users.entries import NAME_OF, VERSION
 
 FIRST_NAME = NAME_OF["first_name"]
 
@@ -571,9 +573,8 @@ def _check_stores(web, mariadb, redis_server, workers) -> dict:
 
     client = redis.Redis(port=redis_server.port, decode_responses=True)
     stale, cached = [], 0
-    for key in client.scan_iter(match=f"{web.env['CACHE_KEY_PREFIX']}:v*:user:*", count=1000):
-        if key.endswith(":lease"):
-            continue
+    pattern = f"{web.env['CACHE_KEY_PREFIX']}:v{SCHEMA_VERSION}:user:*"
+    for key in client.scan_iter(match=pattern, count=1000):
         entry = client.hgetall(key)
         if not entry:
             continue  # expired between SCAN and HGETALL
