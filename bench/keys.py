@@ -1,7 +1,7 @@
 """The bench's own Redis client, and counting and deleting its keys by pattern.
 
-Redis is shared, so there is no FLUSHDB here: SCAN finds the keys under the
-bench's prefix and UNLINK frees them in the background, a batch at a time.
+The HTTP scenarios' keys and the bulk measures' share the bench's Redis, so there
+is no FLUSHDB here: SCAN finds the keys under one prefix and UNLINK frees them.
 """
 
 import functools
@@ -10,8 +10,7 @@ from django.conf import settings
 from redis import Redis
 
 from users.cache import keys as cache_keys
-
-from .environment import KEY_PREFIX
+from users.conf import user_cache_settings
 
 _SCAN_COUNT = 10_000
 # Seconds; the service's client gives up after REDIS_READ_TIMEOUT_MS (100 ms), which
@@ -53,7 +52,8 @@ def user_entries_pattern() -> str:
 
 
 def _scan(pattern: str):
-    assert pattern.startswith(f"{KEY_PREFIX}:"), f"not a bench key pattern: {pattern!r}"
+    prefix = user_cache_settings.KEY_PREFIX
+    assert pattern.startswith(f"{prefix}:"), f"not a bench key pattern: {pattern!r}"
     return bench_client().scan_iter(match=pattern, count=_SCAN_COUNT)
 
 
@@ -74,3 +74,8 @@ def delete_keys(pattern: str) -> int:
     if batch:
         deleted += client.unlink(*batch)
     return deleted
+
+
+def all_keys_pattern() -> str:
+    """Every key under this process's prefix (``users.cache.keys.project_pattern``)."""
+    return cache_keys.project_pattern()

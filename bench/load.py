@@ -86,17 +86,20 @@ class LoadError(RuntimeError):
 def run_wrk(
     *,
     url: str,
-    token: str,
+    token: str | None,
     scenario: str,
-    argument: str | None = None,
+    path: str,
+    argument: str = "-",
     duration_s: float,
     connections: int,
 ) -> LoadResult:
-    """Runs one scenario of bench/scenarios.lua for ``duration_s`` seconds, rounded to
-    whole seconds (wrk takes no fractions), at least one.
+    """Runs one scenario of bench/scenarios.lua on ``path`` for ``duration_s`` seconds,
+    rounded to whole seconds (wrk takes no fractions), at least one. ``token``: the
+    API token to send, or None to send no Authorization header (the peers).
 
-    ``get-sequential`` may end sooner: once every wrk thread has walked its ids,
-    wrk is interrupted, and it reports the time it really ran.
+    The walks (``get-sequential``, ``get-burst``) may end sooner: once every wrk
+    thread has walked its ids, wrk is interrupted, and it reports the time it
+    really ran.
     """
     command = [
         "wrk",
@@ -108,11 +111,12 @@ def run_wrk(
         url,
         "--",
         scenario,
-        token,
+        token or "-",
         str(WRK_THREADS),
+        argument,
+        path,
+        str(connections // WRK_THREADS),
     ]
-    if argument is not None:
-        command.append(argument)
     process = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
