@@ -160,7 +160,8 @@ def _tables(options: Options) -> list[_Table]:
         _Table(
             f"Hot reads: ids uniform over users 1 to {options.hot_users:,}",
             "Every server's cache holds these users: the service's near caches (filled"
-            " before the first pass), the peers' Redis (walked once before each pass).",
+            " before the first pass), the peers' Redis (walked once before the first pass,"
+            " cachalot's before every pass: its creates invalidate the whole table).",
             ("true-floor", "floor", "constant", "hot", "hot-near-off", *_PEER_HITS),
             ("constant", "floor", *_PEER_HITS),
         ),

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import django
@@ -31,7 +32,7 @@ _DEFAULTS = {
 }
 # A smoke run: every scenario and peer once, for a couple of seconds, on small data.
 _QUICK = {"users": 2_000, "bulk_users": 20_000, "burst_ids": 500, "duration": 2.0, "repeat": 1}
-_MICRO_CALLS = 20_000
+_MICRO_CALLS = 10_000
 _QUICK_MICRO_CALLS = 2_000
 
 
@@ -96,7 +97,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _say(message: str) -> None:
-    print(f"==> {message}", file=sys.stderr, flush=True)
+    print(f"==> {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 def _interrupt(signum, frame) -> None:

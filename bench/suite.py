@@ -366,8 +366,12 @@ def _one_pass(options: Options, servers: dict, cursors: dict, index: int, say) -
     _expect(servers["service"], "/bench/floor", None)
     _expect(servers["service"], "/api/user/1", "HIT")
     _expect(servers["cache-off"], "/api/user/1", "BYPASS")
-    say("  the caching peers' hot set, walked once; the hot set's near caches filled")
-    for scenario_key, path in _CACHING_PEERS.items():
+    # The first pass fills every caching peer's hot set; later ones only cachalot's,
+    # whose creates in the pass before invalidated every query on the user table
+    # (cacheops invalidates the queries a written row matches: not the hot set's).
+    refill = _CACHING_PEERS if index == 0 else {"cachalot-hit": _CACHING_PEERS["cachalot-hit"]}
+    say(f"  hot set walked once on {', '.join(refill)}; the hot set's near caches filled")
+    for scenario_key, path in refill.items():
         walk = dataclasses.replace(SCENARIO_BY_KEY[scenario_key], wrk="get-sequential", path=path)
         load(walk, hot, _WALK_LIMIT_S)
     # Each id must reach every worker's near cache: three scenario lengths at first,

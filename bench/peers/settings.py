@@ -4,17 +4,19 @@ with no authentication, the bench's MySQL and Redis.
 Only what a peer needs differs from the defaults; what the service's production
 settings add (its middleware, its logging, its access log) is what the
 comparison is about. ``./scripts/bench`` sets ``DATABASE_URL``, ``REDIS_URL`` and
-``SECRET_KEY`` for every server it starts, the service's and the peers' alike.
+``SECRET_KEY`` and ``CACHE_KEY_PREFIX`` for every server it starts, the service's
+and the peers' alike.
 """
 
 import os
 
 import environ
 
-from bench.environment import KEY_PREFIX
-
 SECRET_KEY = os.environ["SECRET_KEY"]
 REDIS_URL = os.environ["REDIS_URL"]
+# The service's key prefix: the peers' keys go under it, and the HGETALL peer reads
+# the service's user hashes there.
+KEY_PREFIX = os.environ["CACHE_KEY_PREFIX"]
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1"]
 USE_TZ = True
