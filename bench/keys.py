@@ -1,7 +1,7 @@
-"""The bench's own Redis client, and counting and deleting its keys by pattern.
+"""The bench's own Redis client, its command count, and counting keys by pattern.
 
-The HTTP scenarios' keys and the bulk measures' share the bench's Redis, so there
-is no FLUSHDB here: SCAN finds the keys under one prefix and UNLINK frees them.
+The HTTP scenarios' keys and the bulk measures' share the bench's Redis: SCAN
+counts the keys under one prefix only.
 """
 
 import functools
@@ -41,11 +41,6 @@ def _user_key_stem() -> str:
     return sample.removesuffix("{0}")
 
 
-def user_keys_pattern() -> str:
-    """The user entries and their leases (not the token lookups or rate-limit counters)."""
-    return _user_key_stem() + "*"
-
-
 def user_entries_pattern() -> str:
     """The user entries alone: a lease's key goes on past the id's closing brace."""
     return _user_key_stem() + "{*}"
@@ -59,21 +54,6 @@ def _scan(pattern: str):
 
 def count_keys(pattern: str) -> int:
     return sum(1 for _ in _scan(pattern))
-
-
-def delete_keys(pattern: str) -> int:
-    """Deletes every key matching ``pattern``; returns how many there were."""
-    deleted = 0
-    batch: list[bytes] = []
-    client = bench_client()
-    for key in _scan(pattern):
-        batch.append(key)
-        if len(batch) == _SCAN_COUNT:
-            deleted += client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
 
 
 def all_keys_pattern() -> str:
