@@ -33,6 +33,10 @@ class LoadResult:
     # Commands Redis ran meanwhile (INFO commandstats), whoever sent them: the
     # service's requests and its background work (batched rate counts, PINGs).
     redis_commands: int = 0
+    # The near cache's lookups meanwhile (entries: tokens and users), on the
+    # service's servers that have one; 0 and 0 elsewhere.
+    near_hits: float = 0
+    near_misses: float = 0
 
     @classmethod
     def merged(cls, results: list[LoadResult]) -> LoadResult:
@@ -42,6 +46,8 @@ class LoadResult:
             latency_us=sum((result.latency_us for result in results), Counter()),
             socket_errors=sum(result.socket_errors for result in results),
             redis_commands=sum(result.redis_commands for result in results),
+            near_hits=sum(result.near_hits for result in results),
+            near_misses=sum(result.near_misses for result in results),
         )
 
     @property
@@ -57,6 +63,12 @@ class LoadResult:
             if seen >= rank:
                 return value / 1000
         raise ValueError("no latency recorded")
+
+    @property
+    def near_hit_ratio(self) -> float | None:
+        """The near cache's hits over its lookups; None where it was not looked at."""
+        lookups = self.near_hits + self.near_misses
+        return self.near_hits / lookups if lookups else None
 
     @property
     def redis_commands_per_request(self) -> float:

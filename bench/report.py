@@ -202,6 +202,14 @@ def _ratio_cell(values: list[float]) -> str:
     return f"{_median(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})"
 
 
+def _near_cell(passes: list[PassResult], key: str) -> str:
+    """The near cache's hit ratio over its lookups (tokens and users), per pass."""
+    ratios = [one.http[key].near_hit_ratio for one in passes]
+    if any(ratio is None for ratio in ratios):
+        return ""
+    return ", ".join(f"{ratio:.1%}" for ratio in ratios)
+
+
 def _scenario_table(passes: list[PassResult], table: _Table) -> list[str]:
     rows = []
     for key in table.rows:
@@ -219,6 +227,7 @@ def _scenario_table(passes: list[PassResult], table: _Table) -> list[str]:
                 f"{_http(passes, key, lambda r: r.p50_ms):.2f}",
                 f"{_http(passes, key, lambda r: r.p99_ms):.2f}",
                 f"{_http(passes, key, lambda r: r.redis_commands_per_request):.2f}",
+                _near_cell(passes, key),
                 f"{_http(passes, key, lambda r: r.socket_errors):.0f}",
                 *ratios,
             ]
@@ -231,10 +240,11 @@ def _scenario_table(passes: list[PassResult], table: _Table) -> list[str]:
             "p50 (ms)",
             "p99 (ms)",
             "Redis commands/request",
+            "near-cache hits",
             "socket errors",
             *(f"x {_BASELINE_NAMES[baseline]}" for baseline in table.baselines),
         ],
-        "lrrrrrr" + "r" * len(table.baselines),
+        "lrrrrrrr" + "r" * len(table.baselines),
         rows,
     )
 

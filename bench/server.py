@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
+from prometheus_client.parser import text_string_to_metric_families
 
 _START_TIMEOUT_S = 60
 _STOP_TIMEOUT_S = 15
@@ -100,6 +101,25 @@ class Gunicorn:
             return response.status, response.getheader("X-Cache")
         finally:
             client.close()
+
+    def near_cache_lookups(self) -> tuple[float, float]:
+        """The service's near-cache lookups so far, hits and misses, summed over its
+        workers (its ``/metrics``, which answers a direct loopback caller)."""
+        client = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            client.request("GET", "/metrics", headers={"X-Forwarded-Proto": "https"})
+            response = client.getresponse()
+            text = response.read().decode()
+        finally:
+            client.close()
+        if response.status != 200:
+            raise RuntimeError(f"{self.name} /metrics: {response.status}")
+        totals = {"hit": 0.0, "miss": 0.0}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "usersvc_near_cache_lookups_total":
+                    totals[sample.labels["result"]] += sample.value
+        return totals["hit"], totals["miss"]
 
     def _wait_until_serving(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S

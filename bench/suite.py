@@ -58,6 +58,9 @@ _WALK_IDS_PER_S = 3_000
 # Seconds a walk or a warm-up may run at most; each ends when its ids do.
 _WALK_LIMIT_S = 600
 _PEER_SETTINGS = "bench.peers.settings"
+# The servers whose near cache is on: their near-cache hit ratio is read from their
+# /metrics around each scenario.
+_NEAR_CACHED = ("service", "hot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,6 +352,7 @@ def _one_pass(options: Options, servers: dict, cursors: dict, index: int, say) -
 
     def load(scenario: Scenario, argument: str = "-", duration_s: float | None = None):
         server = servers[scenario.server]
+        near_before = server.near_cache_lookups() if scenario.server in _NEAR_CACHED else (0.0, 0.0)
         before = keys.commands_processed()
         result = run_wrk(
             url=server.url,
@@ -359,7 +363,14 @@ def _one_pass(options: Options, servers: dict, cursors: dict, index: int, say) -
             duration_s=options.duration_s if duration_s is None else duration_s,
             connections=options.connections,
         )
-        return dataclasses.replace(result, redis_commands=keys.commands_processed() - before)
+        commands = keys.commands_processed() - before
+        near_after = server.near_cache_lookups() if scenario.server in _NEAR_CACHED else (0.0, 0.0)
+        return dataclasses.replace(
+            result,
+            redis_commands=commands,
+            near_hits=near_after[0] - near_before[0],
+            near_misses=near_after[1] - near_before[1],
+        )
 
     hot = f"1:{options.hot_users}"
     everyone = f"1:{options.users}"
