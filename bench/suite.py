@@ -58,6 +58,7 @@ _WALK_IDS_PER_S = 3_000
 # Seconds a walk or a warm-up may run at most; each ends when its ids do.
 _WALK_LIMIT_S = 600
 _PEER_SETTINGS = "bench.peers.settings"
+_BULK_REDIS_TIMEOUT_MS = 5_000
 # The servers whose near cache is on: their near-cache hit ratio is read from their
 # /metrics around each scenario.
 _NEAR_CACHED = ("service", "hot")
@@ -322,6 +323,10 @@ def _bulk(*arguments: str) -> dict:
             **os.environ,
             "DATABASE_URL": database_url_of(os.environ["DATABASE_URL"], BULK_DATABASE),
             "CACHE_KEY_PREFIX": BULK_KEY_PREFIX,
+            # The service's 100 ms is for requests, which bypass a slow Redis; a
+            # batch job waits for it, as an operator runs one: a SCAN page on a
+            # loaded machine can take longer, and would abort the flush.
+            "REDIS_READ_TIMEOUT_MS": str(_BULK_REDIS_TIMEOUT_MS),
         },
         capture_output=True,
         text=True,
