@@ -186,8 +186,8 @@ SCENARIOS = (
           "get-random", "/api/user/"),
     _read("database", "GET /api/user/<id> with a token, cache off (database only)",
           "cache-off", "get-random", "/api/user/"),
-    _read("batch", f"GET /api/user?ids= ({BATCH_SIZE} ids) with a token", "service",
-          "get-batch", "/api/user"),
+    _read("batch", f"GET /api/user/batch?ids= ({BATCH_SIZE} ids) with a token", "service",
+          "get-batch", "/api/user/batch"),
     _read("not-modified", "GET /api/user/<id> with a token and If-None-Match (304)", "service",
           "get-not-modified", "/api/user/"),
     Scenario("miss", "GET /api/user/<id> with a token, miss then fill", "service",
@@ -200,8 +200,9 @@ SCENARIOS = (
              "get-sequential", "/cacheops/", "walks"),
     Scenario("cachalot-miss", "django-cachalot, miss then fill, no auth", "cachalot",
              "get-sequential", "/cachalot/", "walks"),
-    Scenario("burst", f"GET /api/user?ids= ({BATCH_SIZE} ids) with a token, every connection"
-             " on the same cold ids at once", "service", "get-burst", "/api/user", "burst"),
+    Scenario("burst", f"GET /api/user/batch?ids= ({BATCH_SIZE} ids) with a token, every"
+             " connection on the same cold ids at once", "service", "get-burst", "/api/user/batch",
+             "burst"),
     Scenario("create", "POST /api/user with a token", "service", "create", "/api/user",
              "writes"),
     Scenario("create-cache-off", "POST /api/user with a token, cache off", "cache-off",
