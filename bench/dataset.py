@@ -7,12 +7,12 @@ import MySQLdb
 from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from users.models import User
 
-from .environment import BENCH_DATABASE
+from .environment import BENCH_DATABASE, BULK_DATABASE
 
 STAFF_USERNAME = "bench-staff"
 _BATCH_ROWS = 10_000
@@ -40,8 +40,8 @@ _INSERT = (
 
 def _server_connection() -> MySQLdb.Connection:
     database = settings.DATABASES["default"]
-    assert database["NAME"] == BENCH_DATABASE, (
-        f"the bench only creates and drops {BENCH_DATABASE!r}, not {database['NAME']!r}"
+    assert database["NAME"] in (BENCH_DATABASE, BULK_DATABASE), (
+        f"the bench only creates and drops its own databases, not {database['NAME']!r}"
     )
     return MySQLdb.connect(
         host=database["HOST"] or "127.0.0.1",
@@ -55,20 +55,11 @@ def recreate_database() -> None:
     """An empty bench database, whatever an interrupted run left behind, then migrated."""
     server = _server_connection()
     with server.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{BENCH_DATABASE}`")
-        cursor.execute(
-            f"CREATE DATABASE `{BENCH_DATABASE}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-        )
+        name = settings.DATABASES["default"]["NAME"]
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     server.close()
     call_command("migrate", interactive=False, verbosity=0)
-
-
-def drop_database() -> None:
-    connections.close_all()
-    server = _server_connection()
-    with server.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{BENCH_DATABASE}`")
-    server.close()
 
 
 def _user_rows(first_id: int, last_id: int, now: datetime.datetime):
@@ -96,12 +87,13 @@ def _user_rows(first_id: int, last_id: int, now: datetime.datetime):
         )
 
 
-def load_users(count: int) -> None:
-    """Inserts users 1..count, many rows per statement: the ORM would spend minutes on 1M."""
+def load_users(first: int, last: int) -> None:
+    """Inserts users first..last, many rows per statement: the ORM would spend minutes
+    on 1M."""
     now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     with connection.cursor() as cursor:
-        for first_id in range(1, count + 1, _BATCH_ROWS):
-            last_id = min(first_id + _BATCH_ROWS - 1, count)
+        for first_id in range(first, last + 1, _BATCH_ROWS):
+            last_id = min(first_id + _BATCH_ROWS - 1, last)
             cursor.executemany(_INSERT, list(_user_rows(first_id, last_id, now)))
 
 
@@ -124,5 +116,35 @@ def server_version() -> str:
     server = _server_connection()
     try:
         return server.get_server_info()
+    finally:
+        server.close()
+
+
+def general_log_on() -> None:
+    """From now on, MySQL records every statement it receives in ``mysql.general_log``:
+    the server's own account of the queries, whoever sent them. The bench's server
+    serves no one else, so what it records is the bench's."""
+    server = _server_connection()
+    try:
+        with server.cursor() as cursor:
+            cursor.execute("SET GLOBAL general_log = 0")
+            cursor.execute("SET GLOBAL log_output = 'TABLE'")
+            cursor.execute("TRUNCATE mysql.general_log")
+            cursor.execute("SET GLOBAL general_log = 1")
+    finally:
+        server.close()
+
+
+def general_log_off() -> list[str]:
+    """Stops the general log; returns the text of every query it recorded."""
+    server = _server_connection()
+    try:
+        with server.cursor() as cursor:
+            cursor.execute("SET GLOBAL general_log = 0")
+            cursor.execute("SELECT argument FROM mysql.general_log WHERE command_type = 'Query'")
+            return [
+                argument.decode(errors="replace") if isinstance(argument, bytes) else argument
+                for (argument,) in cursor.fetchall()
+            ]
     finally:
         server.close()

@@ -1,8 +1,9 @@
 """Where the bench keeps its data, and the environment that points the service there.
 
-MySQL and Redis are shared with development and the tests, so the bench works in
-a database of its own (created and dropped by each run) and under a Redis key
-prefix of its own (deleted by SCAN and UNLINK), and touches nothing else.
+The bench runs on a MariaDB and a Redis of its own (``stores``): the HTTP
+scenarios' users in one database under one key prefix, the bulk measures' users
+(warm, flush, memory) in another under another, so that neither disturbs the
+other's cache.
 """
 
 import secrets
@@ -10,8 +11,12 @@ from urllib.parse import urlsplit
 
 BENCH_DATABASE = "usersvc_bench"
 KEY_PREFIX = "usersvc-bench"
-# Every key the service writes for the bench (users.cache.keys.project_pattern).
-ALL_KEYS_PATTERN = f"{KEY_PREFIX}:*"
+BULK_DATABASE = "usersvc_bench_bulk"
+BULK_KEY_PREFIX = "usersvc-bulk"
+
+
+def database_url_of(server_url: str, database: str) -> str:
+    return urlsplit(server_url)._replace(path=f"/{database}").geturl()
 
 
 def service_environment(*, database_url: str, redis_url: str) -> dict[str, str]:
@@ -20,7 +25,7 @@ def service_environment(*, database_url: str, redis_url: str) -> dict[str, str]:
     The driver sets these in its own process before it sets up Django, and every
     gunicorn it starts inherits them, so both see the same data.
     """
-    bench_database_url = urlsplit(database_url)._replace(path=f"/{BENCH_DATABASE}").geturl()
+    bench_database_url = database_url_of(database_url, BENCH_DATABASE)
     return {
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "SECRET_KEY": secrets.token_urlsafe(50),

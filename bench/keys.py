@@ -1,7 +1,7 @@
-"""The bench's own Redis client, and counting and deleting its keys by pattern.
+"""The bench's own Redis client, its command count, and counting keys by pattern.
 
-Redis is shared, so there is no FLUSHDB here: SCAN finds the keys under the
-bench's prefix and UNLINK frees them in the background, a batch at a time.
+The HTTP scenarios' keys and the bulk measures' share the bench's Redis: SCAN
+counts the keys under one prefix only.
 """
 
 import functools
@@ -10,8 +10,7 @@ from django.conf import settings
 from redis import Redis
 
 from users.cache import keys as cache_keys
-
-from .environment import KEY_PREFIX
+from users.conf import user_cache_settings
 
 _SCAN_COUNT = 10_000
 # Seconds; the service's client gives up after REDIS_READ_TIMEOUT_MS (100 ms), which
@@ -42,18 +41,14 @@ def _user_key_stem() -> str:
     return sample.removesuffix("{0}")
 
 
-def user_keys_pattern() -> str:
-    """The user entries and their leases (not the token lookups or rate-limit counters)."""
-    return _user_key_stem() + "*"
-
-
 def user_entries_pattern() -> str:
     """The user entries alone: a lease's key goes on past the id's closing brace."""
     return _user_key_stem() + "{*}"
 
 
 def _scan(pattern: str):
-    assert pattern.startswith(f"{KEY_PREFIX}:"), f"not a bench key pattern: {pattern!r}"
+    prefix = user_cache_settings.KEY_PREFIX
+    assert pattern.startswith(f"{prefix}:"), f"not a bench key pattern: {pattern!r}"
     return bench_client().scan_iter(match=pattern, count=_SCAN_COUNT)
 
 
@@ -61,16 +56,6 @@ def count_keys(pattern: str) -> int:
     return sum(1 for _ in _scan(pattern))
 
 
-def delete_keys(pattern: str) -> int:
-    """Deletes every key matching ``pattern``; returns how many there were."""
-    deleted = 0
-    batch: list[bytes] = []
-    client = bench_client()
-    for key in _scan(pattern):
-        batch.append(key)
-        if len(batch) == _SCAN_COUNT:
-            deleted += client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
+def all_keys_pattern() -> str:
+    """Every key under this process's prefix (``users.cache.keys.project_pattern``)."""
+    return cache_keys.project_pattern()

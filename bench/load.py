@@ -33,6 +33,10 @@ class LoadResult:
     # Commands Redis ran meanwhile (INFO commandstats), whoever sent them: the
     # service's requests and its background work (batched rate counts, PINGs).
     redis_commands: int = 0
+    # The near cache's lookups meanwhile (entries: tokens and users), on the
+    # service's servers that have one; 0 and 0 elsewhere.
+    near_hits: float = 0
+    near_misses: float = 0
 
     @classmethod
     def merged(cls, results: list[LoadResult]) -> LoadResult:
@@ -42,6 +46,8 @@ class LoadResult:
             latency_us=sum((result.latency_us for result in results), Counter()),
             socket_errors=sum(result.socket_errors for result in results),
             redis_commands=sum(result.redis_commands for result in results),
+            near_hits=sum(result.near_hits for result in results),
+            near_misses=sum(result.near_misses for result in results),
         )
 
     @property
@@ -57,6 +63,12 @@ class LoadResult:
             if seen >= rank:
                 return value / 1000
         raise ValueError("no latency recorded")
+
+    @property
+    def near_hit_ratio(self) -> float | None:
+        """The near cache's hits over its lookups; None where it was not looked at."""
+        lookups = self.near_hits + self.near_misses
+        return self.near_hits / lookups if lookups else None
 
     @property
     def redis_commands_per_request(self) -> float:
@@ -86,17 +98,20 @@ class LoadError(RuntimeError):
 def run_wrk(
     *,
     url: str,
-    token: str,
+    token: str | None,
     scenario: str,
-    argument: str | None = None,
+    path: str,
+    argument: str = "-",
     duration_s: float,
     connections: int,
 ) -> LoadResult:
-    """Runs one scenario of bench/scenarios.lua for ``duration_s`` seconds, rounded to
-    whole seconds (wrk takes no fractions), at least one.
+    """Runs one scenario of bench/scenarios.lua on ``path`` for ``duration_s`` seconds,
+    rounded to whole seconds (wrk takes no fractions), at least one. ``token``: the
+    API token to send, or None to send no Authorization header (the peers).
 
-    ``get-sequential`` may end sooner: once every wrk thread has walked its ids,
-    wrk is interrupted, and it reports the time it really ran.
+    The walks (``get-sequential``, ``get-burst``) may end sooner: once every wrk
+    thread has walked its ids, wrk is interrupted, and it reports the time it
+    really ran.
     """
     command = [
         "wrk",
@@ -108,11 +123,12 @@ def run_wrk(
         url,
         "--",
         scenario,
-        token,
+        token or "-",
         str(WRK_THREADS),
+        argument,
+        path,
+        str(connections // WRK_THREADS),
     ]
-    if argument is not None:
-        command.append(argument)
     process = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,

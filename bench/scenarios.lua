@@ -1,19 +1,23 @@
 -- The wrk side of every HTTP scenario; bench/load.py runs it.
 --
--- wrk -s bench/scenarios.lua URL -- SCENARIO TOKEN THREADS [ARGUMENT]
---   true-floor              GET /bench/true-floor (no authentication, no I/O)
---   floor                   GET /bench/floor
---   get-zipf USERS          GET /api/user/<id>, ids from a Zipf law over 1..USERS (a hot set)
---   get-random USERS        GET /api/user/<id>, ids drawn uniformly from 1..USERS
---   get-sequential USERS    GET /api/user/<id>, each id in 1..USERS once, then stop
---   get-batch USERS:N       GET /api/user?ids=<N ids drawn uniformly from 1..USERS>
---   get-not-modified USERS  GET /api/user/<id> with If-None-Match: * (a 304 on a hit)
---   create RUN_ID           POST /api/user, a new username on every request
+-- wrk -s bench/scenarios.lua URL -- SCENARIO TOKEN THREADS ARGUMENT PATH
+--   fixed -                     GET PATH
+--   get-random FIRST:LAST       GET PATH<id>, ids drawn uniformly from FIRST..LAST
+--   get-sequential FIRST:LAST   GET PATH<id>, each id in FIRST..LAST once, then stop
+--   get-burst FIRST:LAST:N      GET PATH?ids=<N ids>: every connection asks every id in
+--                               FIRST..LAST, N consecutive ids a request, all the
+--                               connections on the same ids at once, then stop
+--   get-batch FIRST:LAST:N      GET PATH?ids=<N ids drawn uniformly from FIRST..LAST>
+--   get-not-modified FIRST:LAST GET PATH<id> with If-None-Match: * (a 304 on a hit)
+--   create RUN_ID               POST PATH, a new username on every request
+--   patch FIRST:LAST            PATCH PATH<id>, a new first name, ids drawn uniformly
+-- TOKEN is the API token, or - to send no Authorization header (the peers).
 --
 -- Each thread is its own Lua state: setup() numbers them so that they split the
 -- ids (get-sequential) and never repeat a username (create) without talking.
 -- wrk calls request() once on the first thread to check the script, and never
--- sends that request: with get-sequential, id 1 is the one never asked for.
+-- sends that request: with get-sequential, the first id of thread 0 is the one
+-- never asked for; with get-burst, one of the copies of the first batch.
 -- done() prints one line, BENCH-RESULT {json}, that bench/load.py parses.
 
 local thread_count = 0
@@ -23,106 +27,124 @@ function setup(thread)
   thread_count = thread_count + 1
 end
 
-local scenario, floor_request, user_count, thread_total, next_id, run_id, counter, batch_size
-local zipf_cdf
+local scenario, path, first_id, last_id, thread_total, next_id, run_id, counter, batch_size
+local copies, copies_left
 local exhausted = false
+
+local function parse_range(argument)
+  local first, last, rest = string.match(argument, "^(%d+):(%d+):?(%d*)$")
+  if not first then
+    error("expected FIRST:LAST[:N], got " .. tostring(argument))
+  end
+  return tonumber(first), tonumber(last), tonumber(rest)
+end
 
 function init(args)
   scenario = args[1]
-  wrk.headers["Authorization"] = "Token " .. args[2]
+  if args[2] ~= "-" then
+    wrk.headers["Authorization"] = "Token " .. args[2]
+  end
   -- As the TLS-terminating proxy in front of production says: no redirect to https.
   wrk.headers["X-Forwarded-Proto"] = "https"
   thread_total = tonumber(args[3])
-  floor_request = wrk.format("GET", "/bench/floor")
-  if scenario == "true-floor" then
-    floor_request = wrk.format("GET", "/bench/true-floor")
-  elseif scenario == "get-zipf" then
-    -- P(rank k) proportional to 1/k: a few ids take most requests, as real traffic's do.
-    user_count = tonumber(args[4])
-    zipf_cdf = {}
-    local total = 0
-    for k = 1, user_count do
-      total = total + 1 / k
-      zipf_cdf[k] = total
-    end
-    for k = 1, user_count do
-      zipf_cdf[k] = zipf_cdf[k] / total
-    end
-    math.randomseed(1 + thread_index)
-  elseif scenario == "get-random" then
-    user_count = tonumber(args[4])
-    math.randomseed(1 + thread_index)
-  elseif scenario == "get-sequential" then
-    user_count = tonumber(args[4])
-    next_id = 1 + thread_index
-  elseif scenario == "get-batch" then
-    local users, size = string.match(args[4], "(%d+):(%d+)")
-    user_count, batch_size = tonumber(users), tonumber(size)
-    math.randomseed(1 + thread_index)
-  elseif scenario == "get-not-modified" then
-    user_count = tonumber(args[4])
-    math.randomseed(1 + thread_index)
-    wrk.headers["If-None-Match"] = "*"
+  local argument = args[4]
+  path = args[5]
+  math.randomseed(1 + thread_index)
+  if scenario == "fixed" then
+    return
   elseif scenario == "create" then
-    run_id = args[4]
+    run_id = argument
     counter = 0
     wrk.headers["Content-Type"] = "application/json"
-  elseif scenario ~= "floor" then
+    return
+  end
+  first_id, last_id, batch_size = parse_range(argument)
+  if scenario == "get-sequential" then
+    next_id = first_id + thread_index
+  elseif scenario == "get-burst" then
+    -- Every connection of every thread asks each batch: this thread's connections
+    -- take it one after the other, as many copies as it has connections.
+    next_id = first_id
+    copies = tonumber(args[6])
+    copies_left = copies
+  elseif scenario == "get-not-modified" then
+    wrk.headers["If-None-Match"] = "*"
+  elseif scenario == "patch" then
+    counter = 0
+    wrk.headers["Content-Type"] = "application/json"
+  elseif scenario ~= "get-random" and scenario ~= "get-batch" then
     error("unknown scenario: " .. tostring(scenario))
   end
 end
 
+local function stop_walk()
+  -- This thread's ids are done: stop its loop and tell bench/load.py, which
+  -- interrupts wrk once every thread has said so. The request returned here is
+  -- never answered (the loop stops), so it only has to be harmless.
+  if not exhausted then
+    exhausted = true
+    io.stdout:write("ids-exhausted\n")
+    io.stdout:flush()
+    wrk.thread:stop()
+  end
+  return wrk.format("GET", path .. first_id)
+end
+
 local function next_sequential_request()
-  if next_id > user_count then
-    -- This thread's ids are done: stop its loop and tell bench/load.py, which
-    -- interrupts wrk once every thread has said so. The request returned here is
-    -- never answered (the loop stops), so it only has to be harmless.
-    if not exhausted then
-      exhausted = true
-      io.stdout:write("ids-exhausted\n")
-      io.stdout:flush()
-      wrk.thread:stop()
-    end
-    return floor_request
+  if next_id > last_id then
+    return stop_walk()
   end
   local user_id = next_id
   next_id = next_id + thread_total
-  return wrk.format("GET", "/api/user/" .. user_id)
+  return wrk.format("GET", path .. user_id)
 end
 
-local function zipf_id()
-  local u, low, high = math.random(), 1, user_count
-  while low < high do
-    local middle = math.floor((low + high) / 2)
-    if zipf_cdf[middle] < u then low = middle + 1 else high = middle end
+local function next_burst_request()
+  if next_id > last_id then
+    return stop_walk()
   end
-  return low
+  local ids = {}
+  for user_id = next_id, math.min(next_id + batch_size - 1, last_id) do
+    ids[#ids + 1] = user_id
+  end
+  copies_left = copies_left - 1
+  if copies_left == 0 then
+    copies_left = copies
+    next_id = next_id + batch_size
+  end
+  return wrk.format("GET", path .. "?ids=" .. table.concat(ids, ","))
+end
+
+local function random_id()
+  return math.random(first_id, last_id)
 end
 
 function request()
-  if scenario == "floor" or scenario == "true-floor" then
-    return floor_request
-  elseif scenario == "get-zipf" then
-    return wrk.format("GET", "/api/user/" .. zipf_id())
-  elseif scenario == "get-random" then
-    return wrk.format("GET", "/api/user/" .. math.random(1, user_count))
+  if scenario == "fixed" then
+    return wrk.format("GET", path)
+  elseif scenario == "get-random" or scenario == "get-not-modified" then
+    return wrk.format("GET", path .. random_id())
   elseif scenario == "get-sequential" then
     return next_sequential_request()
+  elseif scenario == "get-burst" then
+    return next_burst_request()
   elseif scenario == "get-batch" then
     local ids = {}
     for i = 1, batch_size do
-      ids[i] = math.random(1, user_count)
+      ids[i] = random_id()
     end
-    return wrk.format("GET", "/api/user?ids=" .. table.concat(ids, ","))
-  elseif scenario == "get-not-modified" then
-    return wrk.format("GET", "/api/user/" .. math.random(1, user_count))
+    return wrk.format("GET", path .. "?ids=" .. table.concat(ids, ","))
   end
   counter = counter + 1
+  if scenario == "patch" then
+    local body = string.format('{"first_name": "Patched%d-%d"}', thread_index, counter)
+    return wrk.format("PATCH", path .. random_id(), nil, body)
+  end
   local name = string.format("bench-%s-%d-%d", run_id, thread_index, counter)
   local body = string.format(
     '{"username": "%s", "email": "%s@example.com", "first_name": "Bench", "last_name": "Create"}',
     name, name)
-  return wrk.format("POST", "/api/user", nil, body)
+  return wrk.format("POST", path, nil, body)
 end
 
 -- The whole latency histogram (distinct values in µs, with their counts), so that

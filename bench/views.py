@@ -6,17 +6,7 @@ from rest_framework.views import APIView
 
 from users.api import UserViewSet
 
-# The size and shape of a user's representation, so rendering costs what it costs there.
-_CONSTANT_USER = {
-    "id": 1,
-    "username": "user0000001",
-    "email": "user0000001@example.com",
-    "first_name": "Ada",
-    "last_name": "Lovelace",
-    "is_active": True,
-    "date_joined": "2024-01-01T00:00:00.000000Z",
-    "updated_at": "2024-01-01T00:00:00.000000Z",
-}
+from .user_shape import CONSTANT_USER
 
 
 class TrueFloorView(APIView):
@@ -28,7 +18,7 @@ class TrueFloorView(APIView):
     throttle_classes = []
 
     def get(self, request: Request) -> Response:
-        return Response(_CONSTANT_USER)
+        return Response(CONSTANT_USER)
 
 
 class FrameworkFloorView(APIView):
@@ -42,4 +32,4 @@ class FrameworkFloorView(APIView):
     permission_classes = UserViewSet.permission_classes
 
     def get(self, request: Request) -> Response:
-        return Response(_CONSTANT_USER)
+        return Response(CONSTANT_USER)
