@@ -16,7 +16,7 @@ from users.cache import keys, kinds, store
 from users.cache.counters import local_windows
 from users.cache.near import near
 from users.conf import user_cache_settings
-from users.entries import USERS
+from users.reads import USERS
 
 
 def _sample(name: str, **labels) -> float:

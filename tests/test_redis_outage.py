@@ -14,8 +14,8 @@ from tests.servers import RedisServer
 from users import reads, services
 from users.cache import keys, outbox, store, transport
 from users.conf import user_cache_settings
-from users.entries import USERS
 from users.models import CacheInvalidation, User
+from users.reads import USERS
 
 
 def _serve_cache_from(server: RedisServer, settings):

@@ -10,8 +10,8 @@ from django.db import connection
 from tests.conftest import pausing_fills
 from users import reads
 from users.cache import scripts, store
-from users.entries import USERS
 from users.models import User
+from users.reads import USERS
 
 READERS = 50
 

@@ -7,8 +7,8 @@ from rest_framework.authtoken.models import Token
 from tests.conftest import _token_client, cached_entry
 from users import entries, reads, services
 from users.cache import keys, store
-from users.entries import USERS
 from users.models import CacheInvalidation, User
+from users.reads import USERS
 
 
 @pytest.fixture(params=["invalidate", "write-through"])

@@ -7,7 +7,7 @@ class UsersConfig(AppConfig):
 
     def ready(self) -> None:
         # The modules that register the cached kinds (users.cache.kinds).
-        from . import entries, invalidation, logins, lookups, tokens  # noqa: F401
+        from . import invalidation, logins, lookups, reads, tokens  # noqa: F401
         from .cache import kinds
         from .conf import user_cache_settings
 

@@ -1,7 +1,7 @@
 """A cached user, described once: its fields (``FIELDS``), and everything derived from
 them: the entry of a saved user, the entries of a query (the database converts
-the values, for bulk loads), the API's shape of an entry, what a valid entry
-holds, and the user kind of the cache's registry (``USERS``). Adding a field to
+the values, for bulk loads), the API's shape of an entry, and what a valid entry
+holds (the user kind of the cache's registry is ``users.reads.USERS``). Adding a field to
 the projection is a line in ``FIELDS`` and a bump of
 ``users.cache.keys.SCHEMA_VERSION``, beside the model and its migration and the
 API schema.
@@ -19,12 +19,9 @@ import datetime
 import time
 from collections.abc import Callable
 
-from django.db.models import BigIntegerField, Case, CharField, F, Func, Max, QuerySet, Value, When
+from django.db.models import BigIntegerField, Case, CharField, F, Func, QuerySet, Value, When
 
-from .cache import kinds
-from .cache.kinds import CachedKind, Codec, Entry, MadeFrom, RowChange
-from .conf import user_cache_settings
-from .models import User
+from .cache.kinds import Entry
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
@@ -143,36 +140,9 @@ def to_public(user_id: int, entry: dict[str, str]) -> dict:
     return public
 
 
-def _valid(user_id: int, entry: Entry) -> bool:
+def valid(user_id: int, entry: Entry) -> bool:
     """Whether a cached entry's values are what ``encode`` writes: every read of it
     must be able to shape it for the API."""
     return entry[_FLAG_FIELD] in ("0", "1") and all(
         entry[name].isascii() and entry[name].isdigit() for name in _NUMBER_FIELDS
     )
-
-
-def _user_ids(changes: list[RowChange]) -> list[int]:
-    return [user_id for change in changes for user_id in change.values("id")]
-
-
-def _below_largest_id(user_ids: list[int]) -> list[int]:
-    """Of ids found nowhere, those no larger than the largest id in the table: the
-    gaps deletes leave, whose number the table bounds. An id above it is not
-    remembered, however many a client makes up (one indexed query, on a miss)."""
-    largest = User.objects.aggregate(largest=Max("id"))["largest"] or 0
-    return [user_id for user_id in user_ids if user_id <= largest]
-
-
-USERS = kinds.register(
-    CachedKind(
-        name="user",
-        codec=Codec(fields=frozenset(ENTRY_NAMES), valid=_valid),
-        load=lambda user_ids: load(User.objects.filter(id__in=user_ids)),
-        ttl=lambda: user_cache_settings.TTL,
-        absent_ttl=lambda: user_cache_settings.NEGATIVE_TTL,
-        absences_kept=_below_largest_id,
-        near=True,
-        sources={User: MadeFrom(columns=frozenset(COLUMN_OF.values()), idents=_user_ids)},
-        entry_of=encode,
-    )
-)

@@ -9,7 +9,7 @@ from collections.abc import Hashable
 
 from django.core.exceptions import ValidationError
 
-from . import entries, identity
+from . import entries, identity, reads
 from .cache import kinds, store
 from .cache.keys import digest
 from .cache.kinds import CachedKind, Codec, Entry, MadeFrom, RowChange
@@ -91,7 +91,7 @@ def user_by(*, field: str, value: str) -> UserRead:
     if named.entry is None:
         return UserRead(value=None, source=named.source)
     user_id = int(named.entry[NAME_ID])
-    read = read_through(entries.USERS, [user_id])[user_id]
+    read = read_through(reads.USERS, [user_id])[user_id]
     if read.entry is not None and _holds(field, read.entry, asked):
         return user_read(user_id, read.entry, overall([named.source, read.source]))
     with contextlib.suppress(CacheUnavailable):
@@ -100,7 +100,7 @@ def user_by(*, field: str, value: str) -> UserRead:
     if found is None:
         return UserRead(value=None, source=ReadSource.MISS)
     user_id = int(found[NAME_ID])
-    entry = load(entries.USERS, [user_id])[user_id]
+    entry = load(reads.USERS, [user_id])[user_id]
     if entry is None or not _holds(field, entry, asked):
         return UserRead(value=None, source=ReadSource.MISS)
     return user_read(user_id, entry, ReadSource.MISS)

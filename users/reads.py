@@ -1,4 +1,5 @@
-"""The reads of users: one user, many users, and the list, each through the cache's
+"""The user kind of the cache's registry (``USERS``: a user's entry by id), and the
+reads of users: one user, many users, and the list, each through the cache's
 read-through (``users.cache.readthrough``) where the cache serves it.
 
 A user read with a token may have been prefetched: the token lookup of the same
@@ -13,15 +14,45 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
 
 from . import entries
-from .cache.kinds import Entry
+from .cache import kinds
+from .cache.kinds import CachedKind, Codec, Entry, MadeFrom, RowChange
 from .cache.readthrough import Source, overall, read_through
-from .entries import USERS
+from .conf import user_cache_settings
 from .models import User
 
 logger = logging.getLogger(__name__)
+
+
+def _user_ids(changes: list[RowChange]) -> list[int]:
+    return [user_id for change in changes for user_id in change.values("id")]
+
+
+def _below_largest_id(user_ids: list[int]) -> list[int]:
+    """Of ids found nowhere, those no larger than the largest id in the table: the
+    gaps deletes leave, whose number the table bounds. An id above it is not
+    remembered, however many a client makes up (one indexed query, on a miss)."""
+    largest = User.objects.aggregate(largest=Max("id"))["largest"] or 0
+    return [user_id for user_id in user_ids if user_id <= largest]
+
+
+USERS = kinds.register(
+    CachedKind(
+        name="user",
+        codec=Codec(fields=frozenset(entries.ENTRY_NAMES), valid=entries.valid),
+        load=lambda user_ids: entries.load(User.objects.filter(id__in=user_ids)),
+        ttl=lambda: user_cache_settings.TTL,
+        absent_ttl=lambda: user_cache_settings.NEGATIVE_TTL,
+        absences_kept=_below_largest_id,
+        near=True,
+        sources={
+            User: MadeFrom(columns=frozenset(entries.COLUMN_OF.values()), idents=_user_ids)
+        },
+        entry_of=entries.encode,
+    )
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from django.conf import settings
 from rest_framework.authtoken.models import Token
 
-from . import entries, metrics
+from . import metrics, reads
 from .cache import kinds, store
 from .cache.counters import WindowCount
 from .cache.keys import throttle_key
@@ -247,7 +247,7 @@ def token_cached(*, key: str, prefetch: Sequence[int], rate: RateCount | None) -
     try:
         outbox.before_cached_read()
         reading = store.read_many(
-            [(TOKENS, ref), *((entries.USERS, user_id) for user_id in prefetch)], count=count
+            [(TOKENS, ref), *((reads.USERS, user_id) for user_id in prefetch)], count=count
         )
     except CacheUnavailable:
         return TokenRead(ref, Found.UNAVAILABLE)

@@ -19,8 +19,8 @@ of those rows touches. From that one description:
   the check and the admin's overview;
 * the kind's ``name`` labels its metrics.
 
-Adding a kind is one ``register`` call, in the module that defines the kind's
-entries (``users.entries``, ``users.lookups``, ``users.tokens``), which
+Adding a kind is one ``register`` call, in the module that reads the kind's
+entries (``users.reads``, ``users.lookups``, ``users.tokens``), which
 ``UsersConfig.ready`` imports.
 """
 

@@ -12,8 +12,8 @@ from ..cache import cluster, inspection
 from ..cache.keys import entry_tag, family_pattern
 from ..cache.kinds import ABSENT, EXPIRES, is_absent
 from ..cache.transport import retrying
-from ..entries import USERS
 from ..models import User
+from ..reads import USERS
 from .warm import DEFAULT_BATCH_SIZE, warm_ids
 
 

@@ -18,7 +18,7 @@ from .. import metrics
 from ..cache import cluster, inspection, kinds
 from ..cache.kinds import ABSENT
 from ..cache.transport import CacheUnavailable
-from ..entries import USERS
+from ..reads import USERS
 
 # SCAN pages of up to about a thousand keys each, per server: the sample's size,
 # and so the overview's cost in Redis calls, whatever the size of the database.

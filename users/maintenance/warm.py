@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from django.db.models import QuerySet
 
-from .. import entries
+from .. import entries, reads
 from ..cache import readthrough, scripts, store
 from ..cache.kinds import CachedKind, Entry
 from ..cache.transport import retrying
@@ -29,7 +29,7 @@ MAX_BATCH_SIZE = 10_000
 # The users a warm fills. Not held in this process's near cache: a command's
 # process never reads them, and the web process's copies are dropped by the
 # invalidations the fills cause, as any process's are.
-_USERS = dataclasses.replace(entries.USERS, near=False)
+_USERS = dataclasses.replace(reads.USERS, near=False)
 # A keyset batch of all users holds every id between its first and last, which
 # MySQL serves faster as a primary-key range than as an IN list.
 _USERS_BY_RANGE = dataclasses.replace(
