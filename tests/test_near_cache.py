@@ -7,6 +7,7 @@ import time
 import pytest
 from django.db import connection
 from django_redis import get_redis_connection
+from redis.cluster import RedisCluster
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import one_server_caches
@@ -451,7 +452,11 @@ def test_leases_send_no_invalidation(reader, make_user):
     """Leases live outside the tracked prefixes: taking and giving them back pushes
     nothing to any process (failed on the previous main: every lease taken or
     released was pushed to every process)."""
-    listener = get_redis_connection("default").connection_pool
+    other = make_user(username="leased", email="leased@example.com")
+    redis = get_redis_connection("default")
+    if isinstance(redis, RedisCluster):  # the node that holds the user's entry and lease
+        redis = redis.get_redis_connection(redis.get_node_from_key(keys.user_key(other.id)))
+    listener = redis.connection_pool
     connection = listener.connection_class(**{**listener.connection_kwargs, "protocol": 3})
     pushed = []
     connection.connect()
@@ -462,7 +467,6 @@ def test_leases_send_no_invalidation(reader, make_user):
     connection.send_command(*command)
     connection.read_response()
     try:
-        other = make_user(username="leased", email="leased@example.com")
         pushed.clear()
         token = store.new_lease_token()
         store.lease_many(USERS, [other.id], token, mode="read")
