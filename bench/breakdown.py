@@ -88,7 +88,7 @@ def _patched(stages: Stages) -> Iterator[None]:
     from users.api import UserViewSet
     from users.cache import counters
     from users.cache.near import near
-    from users.outbox import outbox
+    from users.cache.outbox import outbox
 
     undo: list[Callable[[], None]] = []
 
@@ -120,8 +120,9 @@ def _patched(stages: Stages) -> Iterator[None]:
     patch(signals.request_finished, "send", "Django: request_started, request_finished")
     patch(APIView, "dispatch", "DRF: dispatch, the rest")
     patch(APIView, "initialize_request", "DRF: Request wrapping, parsers")
-    patch(APIView, "initial", "DRF: initial, the rest (versioning, read-ahead ids)")
-    patch(UserViewSet, "initial", "DRF: initial, the rest (versioning, read-ahead ids)")
+    patch(UserViewSet, "initialize_request", "DRF: Request wrapping, parsers")
+    patch(APIView, "initial", "DRF: initial, the rest (versioning, the id)")
+    patch(UserViewSet, "initial", "DRF: initial, the rest (versioning, the id)")
     patch(APIView, "perform_authentication", "authentication (token lookup)")
     patch(APIView, "check_permissions", "permission")
     patch(APIView, "check_throttles", "throttling (the check)")
@@ -134,7 +135,6 @@ def _patched(stages: Stages) -> Iterator[None]:
     patch(counters.local_windows, "count", "throttling: the count, in process")
     patch(outbox, "before_cached_read", "outbox check before a cached read")
     patch(tokens, "token_mac", "authentication: token's name (HMAC)")
-    patch(tokens, "decode_entry", "authentication: token entry's signature (HMAC)")
     patch(entries, "to_public", "view: the user's public shape")
     patch(reads, "user_get", "view: users.reads.user_get, its own time")
     patch(Response, "__init__", "DRF: the Response object")

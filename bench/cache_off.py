@@ -16,5 +16,6 @@ from users.models import User
 
 __all__ = ["application"]
 
-post_save.disconnect(sender=User, dispatch_uid="users.user_saved")
-post_delete.disconnect(sender=User, dispatch_uid="users.user_deleted")
+# The uids users.invalidation.connect gives its receivers.
+assert post_save.disconnect(sender=User, dispatch_uid="users.cache.users.user.saved")
+assert post_delete.disconnect(sender=User, dispatch_uid="users.cache.users.user.deleted")

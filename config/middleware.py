@@ -3,7 +3,7 @@ token-authenticated API requests.
 
 They serve the admin and the browsable API, which log in with a session. An API
 request that carries ``Authorization: Token ...`` is authenticated by DRF
-(``users.access``) and uses neither a session, ``request.user`` before
+(``users.authentication``) and uses neither a session, ``request.user`` before
 the view, nor messages; skipping the three saved about a tenth of
 a cached read's time in process (measured side by side on the framework-floor
 endpoint). Everything else, the admin included,

@@ -13,6 +13,7 @@ import copy
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from unittest import mock
 from urllib.parse import quote, urlsplit
@@ -30,9 +31,10 @@ from rest_framework.test import APIClient
 
 from config.redis import CLUSTER_CLIENT, SENTINEL_CLIENT, cache_from_env
 from tests.servers import RedisClusterServers, SentinelGroup
-from users import entries, reads
-from users.cache import keys, scripts, store, transport
+from users import entries
+from users.cache import keys, kinds, readthrough, scripts, store, transport
 from users.cache.breaker import CircuitBreaker
+from users.cache.counters import local_windows
 from users.models import User
 
 REDIS_TOPOLOGIES = {"cluster": RedisClusterServers, "sentinel": SentinelGroup}
@@ -174,9 +176,13 @@ def _closed_breaker(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(redis_topology):
-    """Each test starts and ends with none of this run's keys; other data is untouched."""
+    """Each test starts and ends with none of this run's keys; other data is untouched.
+    The counts a test's near-cache hits took in process are added to Redis first,
+    so that the thread that adds them does not write a counter into the next test."""
     _delete_run_keys()
     yield
+    with contextlib.suppress(transport.CacheUnavailable):
+        local_windows.add_to_redis()
     _delete_run_keys()
 
 
@@ -195,10 +201,20 @@ def blocked_user_inserts() -> int:
 
 def cached_entry(redis_client, user_id: int) -> dict[str, str]:
     """A user's cached hash with its fields named after their columns ("version" and
-    "absent" for the metadata); empty when nothing is cached."""
-    titles = {**entries.COLUMN_OF, entries.ABSENT_FIELD: "absent"}
+    "absent" for the metadata, and without its expiry, which a jittered TTL makes
+    differ from one fill to the next); empty when nothing is cached."""
+    titles = {**entries.COLUMN_OF, kinds.ABSENT: "absent"}
     raw = redis_client.hgetall(keys.user_key(user_id))
-    return {titles[field.decode()]: value.decode() for field, value in raw.items()}
+    return {
+        titles[field.decode()]: value.decode()
+        for field, value in raw.items()
+        if field.decode() != kinds.EXPIRES
+    }
+
+
+def absent_marker(seconds: int = 60) -> dict[str, str]:
+    """A cached absence as this service writes one, valid for ``seconds``."""
+    return {kinds.ABSENT: "1", kinds.EXPIRES: str(int(time.time()) + seconds)}
 
 
 @pytest.fixture
@@ -285,6 +301,17 @@ def make_user(db):
     return make
 
 
+@pytest.fixture
+def deleted_id(make_user) -> int:
+    """The id of a user since deleted, below the largest id: an absence the cache
+    remembers (an id above the largest, it does not: ``users.entries``)."""
+    gone = make_user(username="deleted", email="deleted@example.com")
+    make_user(username="after-deleted", email="after-deleted@example.com")
+    gone_id = gone.id
+    gone.delete()
+    return gone_id
+
+
 def _token_client(user: User) -> APIClient:
     client = APIClient()
     token, _ = Token.objects.get_or_create(user=user)
@@ -300,14 +327,15 @@ def reader(make_user) -> User:
 @contextlib.contextmanager
 def pausing_fills(hook):
     """Runs ``hook(kind, loaded)`` in every reader between its MySQL load and its Redis
-    fill (``users.reads.fill``): how a test drives a race to the moment it needs."""
-    original = reads.fill
+    fill (``users.cache.readthrough.fill``): how a test drives a race to the moment it
+    needs."""
+    original = readthrough.fill
 
     def fill(kind, token, loaded):
         hook(kind, loaded)
         return original(kind, token, loaded)
 
-    with mock.patch.object(reads, "fill", fill):
+    with mock.patch.object(readthrough, "fill", fill):
         yield
 
 

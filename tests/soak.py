@@ -40,6 +40,7 @@ import http.client
 import itertools
 import json
 import math
+import os
 import random
 import secrets
 import statistics
@@ -52,11 +53,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import django
 import MySQLdb
 import redis
 
-from tests.servers import BinlogFollower, MariaDBServer, RedisServer, WebService, service_stack
-from users.entries import ABSENT_FIELD, NAME_OF, SCHEMA_VERSION, VERSION
+# The entry's field names come from the code that writes them, which is a Django
+# app's: set up with the test settings when run on its own (./scripts/soak).
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+django.setup()
+
+from tests.servers import (  # noqa: E402
+    BinlogFollower,
+    MariaDBServer,
+    RedisServer,
+    WebService,
+    service_stack,
+)
+from users.cache.keys import SCHEMA_VERSION  # noqa: E402
+from users.cache.kinds import ABSENT as ABSENT_FIELD  # noqa: E402
+from users.entries import NAME_OF, VERSION  # noqa: E402
 
 FIRST_NAME = NAME_OF["first_name"]
 
@@ -571,9 +586,8 @@ def _check_stores(web, mariadb, redis_server, workers) -> dict:
 
     client = redis.Redis(port=redis_server.port, decode_responses=True)
     stale, cached = [], 0
-    for key in client.scan_iter(match=f"{web.env['CACHE_KEY_PREFIX']}:v*:user:*", count=1000):
-        if key.endswith(":lease"):
-            continue
+    pattern = f"{web.env['CACHE_KEY_PREFIX']}:v{SCHEMA_VERSION}:user:*"
+    for key in client.scan_iter(match=pattern, count=1000):
         entry = client.hgetall(key)
         if not entry:
             continue  # expired between SCAN and HGETALL

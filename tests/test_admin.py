@@ -5,12 +5,11 @@ import re
 
 import pytest
 
-from tests.conftest import cached_entry, one_server_caches, redis_nodes_holding
+from tests.conftest import absent_marker, cached_entry, one_server_caches, redis_nodes_holding
 from tests.servers import RedisServer
 from users import admin as user_admin
-from users import entries, reads
+from users import reads
 from users.cache import keys
-from users.cache.keys import KeyKind
 from users.maintenance import overview, warm
 from users.models import LOOKALIKE_MESSAGE, User
 
@@ -173,7 +172,7 @@ def test_list_shows_cache_state_from_one_round_trip_for_the_page(
 ):
     warm.cache_warm(user_ids=[user.id for user in many_users[:3]])
     absent_key = keys.user_key(many_users[3].id)
-    redis_client.hset(absent_key, mapping=entries.ABSENT_ENTRY)
+    redis_client.hset(absent_key, mapping=absent_marker())
     redis_client.pexpire(absent_key, 20_000)
     redis_round_trips.count = 0
 
@@ -278,7 +277,7 @@ def test_a_selection_over_the_limit_is_sent_to_the_command(admin_client, redis_c
     assert f"Warming {everyone} users is more than the admin does in a request" in warmed
     assert _run_instead(warmed) == "python manage.py warm_user_cache --all"
     assert _run_instead(evicted) == "python manage.py flush_user_cache --all"
-    user_entries = redis_client.scan_iter(match=keys.user_pattern(), count=1000)
+    user_entries = redis_client.scan_iter(match=keys.family_pattern("user"), count=1000)
     assert [key.decode() for key in user_entries] == [keys.user_key(cached)]
 
 
@@ -368,8 +367,8 @@ def test_cache_overview_estimates_a_large_database_in_a_fixed_number_of_redis_ca
 
         assert not estimated.keys_exact
         assert estimated.keys_in_database == 100_000 + more
-        assert 54_000 <= estimated.keys[KeyKind.USER] <= 66_000
-        assert estimated.keys[KeyKind.TOKEN] == estimated.keys[KeyKind.LEASE] == 0
+        assert 54_000 <= estimated.keys["user"] <= 66_000
+        assert estimated.keys["token"] == estimated.keys["leases"] == 0
     assert calls == [3 + overview.SAMPLE_PAGES] * 2
 
     html = admin_client.get("/admin/users/user/cache/").content.decode()

@@ -43,7 +43,7 @@ from tests.servers import (
 )
 from users.binlog import follower as follower_module
 from users.binlog import statements
-from users.cache.keys import lease_key, token_key, user_key
+from users.cache.keys import lease_key, name_key, token_key, user_key
 from users.tokens import token_mac
 
 pytestmark = pytest.mark.slow
@@ -187,6 +187,30 @@ def redis_client():
 
 
 class TestChangesInSQL:
+    @pytest.mark.parametrize("change", ["rename", "insert"])
+    def test_a_name_given_in_sql_is_no_longer_remembered_as_absent(
+        self, start_follower, sql, redis_client, change
+    ):
+        """A lookup of "ghost" remembered it as nobody's; then SQL gives that username
+        and e-mail to a user. The keys a row owns are the registry's, old names and
+        new, on every path (failed on the previous main: the follower dropped the
+        user's entry and tokens, not the absences of its new names)."""
+        user_id = _insert_user(sql)
+        start_follower()
+        ghost = f"ghost{next(_counter)}"
+        names = [name_key("username", ghost), name_key("email", f"{ghost}@example.com")]
+        _cache(redis_client, *names)
+
+        if change == "rename":
+            sql.execute(
+                "UPDATE users_user SET username = %s, email = %s WHERE id = %s",
+                [ghost, f"{ghost}@example.com", user_id],
+            )
+        else:
+            _insert_user(sql, username=ghost, email=f"{ghost}@example.com")
+
+        _reach_the_cache(redis_client, *names)
+
     def test_a_single_row_update_drops_the_user_and_its_token_lookups(
         self, start_follower, sql, redis_client
     ):
@@ -653,7 +677,7 @@ def _stored_file(sql) -> str:
 
 OURS = statements.WatchedTables(
     database="usersvc",
-    tables=(follower_module.USER_TABLE, follower_module.TOKEN_TABLE),
+    tables=follower_module.watched_tables(),
     mariadb=True,
 )
 ANSI_QUOTES = statements.MODE_ANSI_QUOTES

@@ -10,8 +10,12 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import _token_client, cached_entry
-from users.models import User
+from tests.conftest import _token_client, absent_marker, grant_user_permissions
+from users import services
+from users.cache import keys, store
+from users.cache.outbox import outbox
+from users.cache.transport import CacheUnavailable
+from users.models import CacheInvalidation, User
 
 
 @pytest.fixture
@@ -64,8 +68,10 @@ def test_createsuperuser_replaces_a_cached_absence(transactional_db, make_user, 
     probe = make_user(username="probe", email="probe@example.com")
     next_id = probe.id + 1
     reader = _token_client(probe)
-    assert reader.get(f"/api/user/{next_id}").status_code == 404  # cached as absent
-    assert cached_entry(redis_client, next_id).get("absent") == "1"
+    # An absence a reader cached while the id was below the largest (a row since
+    # deleted, its id reused by an insert that names it).
+    redis_client.hset(keys.user_key(next_id), mapping=absent_marker())
+    assert reader.get(f"/api/user/{next_id}").status_code == 404
 
     with mock.patch.dict("os.environ", {"DJANGO_SUPERUSER_PASSWORD": "a-New-passphrase-31"}):
         call_command(
@@ -105,3 +111,75 @@ def test_a_login_does_not_drop_the_cached_user(transactional_db, make_user, clie
     )
 
     assert reader.get(f"/api/user/{user.id}")["X-Cache"] == "HIT"
+
+
+class TestANameRememberedAsAbsent:
+    """``?username=ghost`` remembered nobody holds "ghost"; then a user takes that
+    username and e-mail. Every write path drops the absences of the row's new names
+    (and the entries of its old ones), from the one list of keys a row owns; the
+    binary log follower's path is tests/test_binlog.py's."""
+
+    @pytest.fixture
+    def looked_up(self, transactional_db, make_user):
+        holder = make_user(username="holder", email="holder@example.com")
+        reader = _token_client(make_user(username="looker", email="looker@example.com"))
+        for query in ("username=ghost", "email=ghost@example.com"):
+            assert reader.get(f"/api/user?{query}").json()["results"] == []
+        return holder, reader
+
+    @staticmethod
+    def _found(reader) -> list[list[int]]:
+        return [
+            [user["id"] for user in reader.get(f"/api/user?{query}").json()["results"]]
+            for query in ("username=ghost", "email=ghost@example.com")
+        ]
+
+    def test_through_the_api(self, looked_up, make_user):
+        holder, reader = looked_up
+        staff = grant_user_permissions(
+            make_user(username="boss", email="boss@example.com", is_staff=True)
+        )
+        renamed = _token_client(staff).patch(
+            f"/api/user/{holder.id}",
+            {"username": "ghost", "email": "ghost@example.com"},
+            format="json",
+        )
+        assert renamed.status_code == 200
+        assert self._found(reader) == [[holder.id], [holder.id]]
+
+    def test_through_the_admin(self, looked_up, root_client):
+        holder, reader = looked_up
+        form = {
+            "username": "ghost", "email": "ghost@example.com", "first_name": "",
+            "last_name": "", "is_active": "on", "date_joined_0": "2026-01-01",
+            "date_joined_1": "00:00:00",
+        }  # fmt: skip
+        response = root_client.post(f"/admin/users/user/{holder.id}/change/", form)
+        assert response.status_code == 302, response.content
+        assert self._found(reader) == [[holder.id], [holder.id]]
+
+    def test_through_a_model_save(self, looked_up):
+        holder, reader = looked_up
+        user = User.objects.get(pk=holder.id)
+        user.username, user.email = "ghost", "ghost@example.com"
+        user.save()
+        assert self._found(reader) == [[holder.id], [holder.id]]
+
+    def test_through_the_outbox_replay(self, looked_up, monkeypatch):
+        """Redis missed the write's own step: the replay of its outbox row drops the
+        same keys."""
+        holder, reader = looked_up
+
+        def redis_away(keys, *, fill=None):
+            raise CacheUnavailable("Redis is away")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(store, "write", redis_away)
+            services.user_update(
+                actor=None,
+                user_id=holder.id,
+                data={"username": "ghost", "email": "ghost@example.com"},
+            )
+        assert CacheInvalidation.objects.exists()
+        outbox.replay()
+        assert self._found(reader) == [[holder.id], [holder.id]]

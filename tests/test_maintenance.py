@@ -7,11 +7,11 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import cached_entry, redis_nodes_holding
+from tests.conftest import absent_marker, cached_entry, redis_nodes_holding
 from users import entries, reads, services, tokens
-from users.cache import keys, scripts, store, transport
+from users.cache import flush, keys, scripts, store, transport
 from users.conf import user_cache_settings
-from users.maintenance import check, flush, overview, warm
+from users.maintenance import check, overview, warm
 from users.models import User
 from users.tokens import token_mac
 
@@ -39,9 +39,7 @@ def scripts_loaded(redis_client):
 
 def _cache_token(token: Token) -> None:
     """Caches a token's lookup, as its first request would."""
-    tokens.token_lookup(
-        key=token.key, counter=lambda _mac: None, read_ahead_ids=(), before_load=lambda: None
-    )
+    tokens.token_loaded(tokens.token_cached(key=token.key, prefetch=(), rate=None))
 
 
 def _cached(redis_client, user_id: int) -> dict[str, str]:
@@ -127,7 +125,7 @@ class TestCacheWarm:
         report = warm.cache_warm(user_ids=[SPARSE_IDS[0], 424242])
 
         assert (report.filled, report.absent) == (1, 1)
-        assert _cached(redis_client, 424242) == {"absent": "1", "version": "0"}
+        assert _cached(redis_client, 424242) == {"absent": "1"}
         ttl_ms = redis_client.pttl(keys.user_key(424242))
         assert 0 < ttl_ms <= user_cache_settings.NEGATIVE_TTL * 1000
         assert reads.user_get(user_id=424242).value is None
@@ -169,11 +167,11 @@ class TestCacheWarm:
     def test_a_redis_blip_costs_a_retry_not_the_run(self, sparse_users, redis_client, monkeypatch):
         fill_many, failures = store.fill_many, []
 
-        def fail_once(fills, **options):
+        def fail_once(kind, token, entries):
             if not failures:
                 failures.append(1)
                 raise transport.CacheUnavailable("TimeoutError: Timeout reading from socket")
-            return fill_many(fills, **options)
+            return fill_many(kind, token, entries)
 
         monkeypatch.setattr(store, "fill_many", fail_once)
         report = warm.cache_warm(batch_size=2)
@@ -221,11 +219,12 @@ class TestCacheFlush:
         report = flush.cache_flush(batch_size=2)
 
         assert report.matched == {
-            keys.KeyKind.USER: 5,
-            keys.KeyKind.TOKEN: 1,
-            keys.KeyKind.NAME: 0,
-            keys.KeyKind.LEASE: 1,
-            keys.KeyKind.OTHER: 2,
+            "user": 5,
+            "token": 1,
+            "username": 0,
+            "email": 0,
+            "leases": 1,
+            "other": 2,
         }
         assert report.removed == 7
         remaining = set(redis_client.scan_iter(match=f"{settings.TEST_RUN_PREFIX}*"))
@@ -237,7 +236,7 @@ class TestCacheFlush:
         key = keys.user_key(SPARSE_IDS[0])
         redis_client.set(keys.lease_key(key), "t", px=60_000)
 
-        report = flush.cache_flush(user_ids=[SPARSE_IDS[0]])
+        report = flush.cache_flush(model=User, pks=[SPARSE_IDS[0]])
 
         assert report.removed == 2
         assert redis_client.exists(key, keys.lease_key(key)) == 0
@@ -256,10 +255,10 @@ class TestCacheFlush:
         for token in tokens:
             _cache_token(token)
 
-        report = flush.cache_flush(user_ids=[SPARSE_IDS[0], 777])
+        report = flush.cache_flush(model=User, pks=[SPARSE_IDS[0], 777])
 
-        assert report.matched[keys.KeyKind.USER] == 1
-        assert report.matched[keys.KeyKind.TOKEN] == 1
+        assert report.matched["user"] == 1
+        assert report.matched["token"] == 1
         assert report.removed == 2
         assert not _cached(redis_client, SPARSE_IDS[0])
         assert _cached(redis_client, SPARSE_IDS[1])
@@ -278,7 +277,7 @@ class TestCacheCheck:
         stale, orphaned, falsely_absent, no_expiry = SPARSE_IDS
         User.objects.filter(pk=stale).update(first_name="changed-behind-the-cache")
         User.objects.filter(pk=orphaned).delete()
-        redis_client.hset(keys.user_key(falsely_absent), entries.ABSENT_FIELD, "1")
+        redis_client.hset(keys.user_key(falsely_absent), mapping=absent_marker())
         redis_client.hdel(keys.user_key(falsely_absent), *"uefl")
         redis_client.persist(keys.user_key(no_expiry))
         redis_client.set(keys.user_key(12), "not a hash", ex=60)
@@ -306,7 +305,7 @@ class TestCacheCheck:
 
     def test_an_absence_of_a_user_who_exists_is_stale(self, sparse_users, redis_client):
         key = keys.user_key(SPARSE_IDS[0])
-        redis_client.hset(key, mapping=entries.ABSENT_ENTRY)
+        redis_client.hset(key, mapping=absent_marker())
         redis_client.expire(key, 30)
         seen = []
         check.cache_check(on_problem=seen.append)
@@ -328,7 +327,7 @@ class TestCacheCheck:
         assert (fixed.problems, fixed.fixed) == (4, 4)
         assert again.problems == 0
         assert _cached(redis_client, SPARSE_IDS[0])["first_name"] == "changed-behind-the-cache"
-        assert _cached(redis_client, SPARSE_IDS[1]) == {"absent": "1", "version": "0"}
+        assert _cached(redis_client, SPARSE_IDS[1]) == {"absent": "1"}
         assert not redis_client.exists(nameless)
 
     def test_sample_stops_after_that_many_entries(self, sparse_users):

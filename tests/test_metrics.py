@@ -69,7 +69,8 @@ def test_token_lookups_have_their_own_label(reader_client, reader):
     assert (miss.value, hit.value) == (1, 1)
 
 
-def test_cache_and_database_latencies_are_observed(user):
+def test_cache_and_database_latencies_are_observed(user, settings):
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "NEAR_CACHE_SIZE": 0}
     with (
         Delta("usersvc_redis_call_seconds_count") as redis_calls,
         Delta("usersvc_database_load_seconds_count", entity="user") as loads,
@@ -79,7 +80,11 @@ def test_cache_and_database_latencies_are_observed(user):
     assert (redis_calls.value, loads.value) == (4, 1)
 
 
-def test_a_hit_is_one_round_trip_and_no_query(user, redis_round_trips, django_assert_num_queries):
+def test_a_hit_is_one_round_trip_and_no_query(
+    user, settings, redis_round_trips, django_assert_num_queries
+):
+    """A hit in Redis (the near cache off: a hit there makes none)."""
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "NEAR_CACHE_SIZE": 0}
     reads.user_get(user_id=user.id)
     redis_round_trips.count = 0
     with django_assert_num_queries(0):

@@ -6,15 +6,18 @@ import time
 
 import pytest
 from django.db import connection
+from django_redis import get_redis_connection
+from redis.cluster import RedisCluster
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import one_server_caches
 from tests.servers import RedisServer, WebService, service_stack
 from users import entries
-from users.cache import keys, store
+from users.cache import keys, kinds, store
 from users.cache.counters import local_windows
 from users.cache.near import near
 from users.conf import user_cache_settings
+from users.reads import USERS
 
 
 def _sample(name: str, **labels) -> float:
@@ -27,9 +30,18 @@ def _sample(name: str, **labels) -> float:
 def hot(reader_client, reader):
     """The reader's own entry and token, read until the near cache holds both."""
     url = f"/api/user/{reader.id}"
-    for _ in range(2):
-        assert reader_client.get(url).status_code == 200
+    hold_both(reader_client, url, reader.id)
     return url
+
+
+def hold_both(client, url: str, user_id: int) -> None:
+    """Reads ``url`` until the near cache holds its user (and so the token read with
+    it): tracking may be coming up on the near cache's own thread (after a change of
+    settings), while which reads go to Redis and keep nothing."""
+    deadline = time.monotonic() + 10
+    while keys.user_key(user_id) not in near._entries or len(near._entries) < 2:
+        assert time.monotonic() < deadline, "the near cache never held the reader"
+        assert client.get(url).status_code == 200
 
 
 def test_a_hot_get_costs_no_round_trip_and_no_sql(
@@ -113,8 +125,7 @@ def test_an_entry_leaves_after_its_maximum_age(reader_client, hot, settings, red
     """However quiet Redis is: a backstop, should an invalidation ever be lost. (Three
     seconds: the reads before the sleep must fit in it, on a loaded machine too.)"""
     settings.USERS_CACHE = {**settings.USERS_CACHE, "NEAR_CACHE_MAX_AGE": 3}
-    for _ in range(2):
-        reader_client.get(hot)
+    hold_both(reader_client, hot, int(hot.rsplit("/", 1)[1]))
     redis_round_trips.reset()
     reader_client.get(hot)
     assert redis_round_trips.count == 0
@@ -159,31 +170,23 @@ def test_near_hits_are_rate_limited_in_process_and_reach_redis(
     assert counters and max(counters) >= 9, counters
 
 
-def test_an_absence_is_held_no_longer_than_redis_remembers_it(
-    tmp_path, settings, reader_client, redis_round_trips
-):
-    """Redis says an absence expired only once it deletes the key, which among many
-    keys can take minutes for one nobody reads (here: active expiry off): the near
-    cache keeps its own clock."""
-    server = RedisServer(tmp_path, options=["--enable-debug-command", "yes"])
-    server.start()
-    try:
-        server.client().execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0")
-        settings.CACHES = one_server_caches(server.url)
-        # Three seconds: the reads before the sleep must fit in them on a loaded machine.
-        settings.USERS_CACHE = {**settings.USERS_CACHE, "NEGATIVE_TTL": 3}
-        for _ in range(3):
-            assert reader_client.get("/api/user/987654321").status_code == 404
-        redis_round_trips.reset()
-        reader_client.get("/api/user/987654321")
-        assert redis_round_trips.count == 0
+def test_an_absence_is_never_held(reader_client, make_user, redis_round_trips):
+    """What one client can make a process hold must not grow with the ids it can
+    make up: a cached absence stays in Redis, where its TTL bounds it, and every
+    read of it asks Redis."""
+    gone = make_user(username="gone", email="gone@example.com")
+    make_user(username="later", email="later@example.com")
+    url = f"/api/user/{gone.id}"
+    gone.delete()
+    for _ in range(3):
+        assert reader_client.get(url).status_code == 404
+    redis_round_trips.reset()
 
-        time.sleep(3.1)
-        reader_client.get("/api/user/987654321")
+    response = reader_client.get(url)
 
-        assert redis_round_trips.count >= 1
-    finally:
-        server.stop()
+    assert (response.status_code, response["X-Cache"]) == (404, "HIT")
+    assert redis_round_trips.count == 1
+    assert not [key for key in near._entries if key.endswith(f"{{{gone.id}}}")]
 
 
 def test_a_push_it_cannot_read_whole_still_drops_its_keys(hot, reader, reader_client, redis_client):
@@ -204,7 +207,7 @@ def test_key_names_pushed_cost_the_process_no_memory_beyond_a_key(hot, reader_cl
     """Whoever can write under the tracked prefixes can make Redis push key names of
     any length (a SET and a DEL leave nothing in Redis): the process keeps none
     longer than a key it could hold."""
-    long_name = keys.user_key_prefix() + "{" + "9" * 100_000 + "}"
+    long_name = keys.entry_key_prefix("user") + "{" + "9" * 100_000 + "}"
     for _ in range(3):
         redis_client.set(long_name, "x")
         redis_client.delete(long_name)
@@ -221,17 +224,17 @@ def test_an_old_entry_read_between_a_write_and_its_delete_is_not_kept(
     message is late (here: never drained). The writer's second drop, once Redis
     has deleted the key, still keeps the old entry out of the near cache."""
     key = keys.user_key(reader.id)
-    monkeypatch.setattr(near._tracking, "drain", lambda: None)
+    monkeypatch.setattr(near._tracking, "collect", lambda wait: None)
     in_between = {}
-    delete = store.invalidate
+    write = store._write
 
-    def read_then_delete(entry_keys):
+    def read_then_write(redis, entry_keys, fill):
         if key in entry_keys and not in_between:
             in_between["stamp"] = near.stamp()
-            in_between["entry"] = store.read_many([key])[0]
-        delete(entry_keys)
+            in_between["entry"] = store.read_many([(USERS, reader.id)]).entries[0]
+        return write(redis, entry_keys, fill)
 
-    monkeypatch.setattr(store, "invalidate", read_then_delete)
+    monkeypatch.setattr(store, "_write", read_then_write)
     with django_capture_on_commit_callbacks(execute=True):
         reader.first_name = "Renamed"
         reader.save()
@@ -407,9 +410,70 @@ def test_two_processes_keep_a_rate_within_the_stated_tolerance(tmp_path):
         statuses = []
         for _ in range(160):
             sent = time.monotonic()
-            statuses.append(web.request("GET", "/api/user")[0])
+            # A page of one costs one request's worth of the rate.
+            statuses.append(web.request("GET", "/api/user?page_size=1")[0])
             time.sleep(max(0.0, sent + 0.01 - time.monotonic()))
 
     allowed = statuses.count(200)
     assert 40 <= allowed <= 40 + 25, allowed
     assert set(statuses) <= {200, 429}
+
+
+def test_a_fill_is_held_at_once(hot, reader_client, make_user, redis_round_trips):
+    """After one miss, the next read of that user in the process makes no Redis
+    command: the fill goes out on the tracking connection, whose NOLOOP spares the
+    process its own invalidation (failed on the previous main: the fill's own
+    invalidation dropped what it stored, and the next read asked Redis again)."""
+    other = make_user(username="filled", email="filled@example.com")
+    url = f"/api/user/{other.id}"
+    assert reader_client.get(url)["X-Cache"] == "MISS"
+    redis_round_trips.reset()
+
+    response = reader_client.get(url)
+
+    assert (response.status_code, response["X-Cache"]) == (200, "HIT")
+    assert (redis_round_trips.count, redis_round_trips.commands) == (0, 0)
+
+
+def test_a_change_right_after_a_fill_still_reaches_the_process(
+    hot, reader_client, make_user, redis_client
+):
+    """What NOLOOP spares is only the key a process changed last: another client's
+    change after the fill, even in the same pass of Redis's loop, is pushed."""
+    other = make_user(username="changed", email="changed@example.com")
+    url = f"/api/user/{other.id}"
+    assert reader_client.get(url)["X-Cache"] == "MISS"
+    redis_client.hset(keys.user_key(other.id), entries.NAME_OF["first_name"], "elsewhere")
+
+    assert reader_client.get(url).json()["first_name"] == "elsewhere"
+
+
+def test_leases_send_no_invalidation(reader, make_user):
+    """Leases live outside the tracked prefixes: taking and giving them back pushes
+    nothing to any process (failed on the previous main: every lease taken or
+    released was pushed to every process)."""
+    other = make_user(username="leased", email="leased@example.com")
+    redis = get_redis_connection("default")
+    if isinstance(redis, RedisCluster):  # the node that holds the user's entry and lease
+        redis = redis.get_redis_connection(redis.get_node_from_key(keys.user_key(other.id)))
+    listener = redis.connection_pool
+    connection = listener.connection_class(**{**listener.connection_kwargs, "protocol": 3})
+    pushed = []
+    connection.connect()
+    connection._parser.set_invalidation_push_handler(lambda push: pushed.append(push) or push)
+    command = ["CLIENT", "TRACKING", "ON", "BCAST"]
+    for prefix in kinds.tracked_prefixes():
+        command += ["PREFIX", prefix]
+    connection.send_command(*command)
+    connection.read_response()
+    try:
+        pushed.clear()
+        token = store.new_lease_token()
+        store.lease_many(USERS, [other.id], token, mode="read")
+        store.release_many(USERS, [other.id], token)
+        connection.send_command("PING")
+        assert connection.read_response() == b"PONG"
+    finally:
+        connection.disconnect()
+
+    assert pushed == []

@@ -11,10 +11,11 @@ import pytest
 
 from tests.conftest import _token_client, cached_entry, one_server_caches
 from tests.servers import RedisServer
-from users import outbox, reads, services
-from users.cache import keys, store, transport
+from users import reads, services
+from users.cache import keys, outbox, store, transport
 from users.conf import user_cache_settings
 from users.models import CacheInvalidation, User
+from users.reads import USERS
 
 
 def _serve_cache_from(server: RedisServer, settings):
@@ -79,10 +80,10 @@ def test_the_breaker_opens_and_then_fails_fast(settings, own_redis, user):
     try:
         for _ in range(2):
             with pytest.raises(transport.CacheUnavailable, match="Timeout"):
-                store.read_many(["any-key"])
+                store.read_many([(USERS, 1)])
         assert transport.breaker.is_open
         with pytest.raises(transport.CacheUnavailable, match="circuit breaker open"):
-            store.read_many(["any-key"])
+            store.read_many([(USERS, 1)])
     finally:
         own_redis.resume()
 

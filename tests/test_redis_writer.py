@@ -25,7 +25,7 @@ from rest_framework.test import APIClient
 
 from config.checks import cache_serializer_check
 from tests.conftest import grant_user_permissions
-from users.cache import keys
+from users.cache import keys, kinds
 from users.models import User
 
 PASSWORD = "a-Long-passphrase-7"
@@ -159,9 +159,11 @@ def _api_client(user: User) -> APIClient:
 
 def _family(key: str) -> str:
     """Which of the service's (and its libraries') key families ``key`` is in."""
-    kind = keys.key_kind(key)
-    if kind is not keys.KeyKind.OTHER:
-        return key.split(":")[2] + (" lease" if kind is keys.KeyKind.LEASE else "")
+    label = kinds.key_label(key)
+    if label == kinds.LEASES:
+        return key.split(":")[3] + " lease"
+    if label != kinds.OTHER:
+        return label
     if ":throttle:" in key:
         return "throttle"
     if key.startswith(f"{settings.TEST_RUN_PREFIX}:1:"):

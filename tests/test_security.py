@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from rest_framework.test import APIClient
 
 from tests.conftest import _token_client, grant_user_permissions
 from tests.servers import collected_static_files
+from users import entries
+from users.cache import keys, kinds
+from users.cache.near import near
 from users.models import User
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,6 +177,93 @@ class TestThrottling:
     def test_a_scope_can_be_turned_off(self, rates, reader_client, reader):
         rates(user=None)
         assert all(reader_client.get(f"/api/user/{reader.id}").status_code == 200 for _ in range(5))
+
+    def test_a_request_counts_the_users_it_reads(self, rates, reader_client, reader, make_user):
+        """A batch of eight ids is eight reads of the client's rate, not one (failed on
+        the previous main: any request counted one)."""
+        rates(user="10/min")
+        others = [make_user(username=f"c{n}", email=f"c{n}@example.com") for n in range(8)]
+        ids = ",".join(str(user.id) for user in others)
+
+        assert reader_client.get(f"/api/user/batch?ids={ids}").status_code == 200
+        statuses = [reader_client.get(f"/api/user/{reader.id}").status_code for _ in range(3)]
+
+        assert statuses == [200, 200, 429]
+
+    def test_a_page_counts_the_users_it_renders(
+        self, rates, reader_client, staff_client, make_user
+    ):
+        """A page of five users costs five; the costliest page still gets through
+        once a window (its cost is capped at the window's budget)."""
+        rates(user="10/min")
+        for n in range(6):
+            make_user(username=f"p{n}", email=f"p{n}@example.com")
+
+        statuses = [reader_client.get(f"/api/user?page_size={size}").status_code
+                    for size in (5, 5, 1)]  # fmt: skip
+        assert statuses == [200, 200, 429]
+        pages = [staff_client.get("/api/user?page_size=500").status_code for _ in range(2)]
+        assert pages == [200, 429]
+
+
+@pytest.mark.slow
+def test_one_clients_costliest_requests_leave_others_their_share(tmp_path):
+    """One token sends the costliest request it may (a page of 500 users), as fast as
+    its rate lets it (it waits out each 429), while another token reads one cached
+    user: the reader keeps at least half the throughput it has alone. Measured in
+    alternating seconds, each reader's rate against its own in the same run. Failed
+    on the previous main: pages counted one request each, and the reader fell to a
+    few requests a second."""
+    import threading
+    import time
+
+    from tests.servers import service_stack
+
+    with service_stack(tmp_path, THROTTLE_RATE_USER="12000/min") as (_mariadb, _redis, web):
+        web.manage("shell", "-c", _MANY_USERS)
+        web.start()
+        other = web.manage("drf_create_token", "reader").split()[2]
+        attacking = threading.Event()
+        stop = threading.Event()
+
+        def attack():
+            while not stop.is_set():
+                if not attacking.wait(timeout=0.1):
+                    continue
+                status, headers, _ = web.request("GET", "/api/user?page_size=500", token=other)
+                if status == 429:
+                    stop.wait(min(float(headers.get("retry-after", 1)), 1.0))
+
+        def reads_in(seconds: float) -> int:
+            done, deadline = 0, time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                assert web.request("GET", "/api/user/1")[0] == 200
+                done += 1
+            return done
+
+        attacker = threading.Thread(target=attack)
+        attacker.start()
+        try:
+            alone, attacked = 0, 0
+            for _ in range(4):
+                alone += reads_in(1.0)
+                attacking.set()
+                attacked += reads_in(1.0)
+                attacking.clear()
+        finally:
+            stop.set()
+            attacker.join(timeout=60)
+
+    assert attacked >= alone / 2, (alone, attacked)
+
+
+_MANY_USERS = """
+from users.models import User
+User.objects.bulk_create(
+    [User(username=f"bulk{n}", email=f"bulk{n}@example.com") for n in range(600)]
+)
+User.objects.create_user(username="reader", email="reader@example.com")
+"""
 
 
 class TestInputs:
@@ -381,3 +472,81 @@ class TestContentSecurityPolicy:
         assert "<script>" not in page and '<script src="/api/docs/?script=">' in page
         assert script["Content-Type"].startswith("application/javascript")
         assert "SwaggerUIBundle" in script.content.decode()
+
+
+class TestCacheStatusHeader:
+    """A HIT on a name or an id tells that someone read it, or found it absent, a
+    short while ago: by default only staff see where an answer came from."""
+
+    @pytest.fixture(autouse=True)
+    def production_default(self, settings):
+        settings.CACHE_STATUS_HEADER = "staff"
+
+    def test_a_reader_does_not_see_it(self, reader_client, reader):
+        """Failed on the previous main: every caller saw X-Cache."""
+        for url in (f"/api/user/{reader.id}", "/api/user?username=ghost",
+                    f"/api/user/batch?ids={reader.id}"):  # fmt: skip
+            response = reader_client.get(url)
+            assert response.status_code == 200
+            assert "X-Cache" not in response, url
+
+    def test_staff_see_it(self, staff_client, reader):
+        assert staff_client.get(f"/api/user/{reader.id}")["X-Cache"] in ("HIT", "MISS")
+
+    def test_all_and_off(self, settings, reader_client, staff_client, reader):
+        settings.CACHE_STATUS_HEADER = "all"
+        assert "X-Cache" in reader_client.get(f"/api/user/{reader.id}")
+        settings.CACHE_STATUS_HEADER = "off"
+        assert "X-Cache" not in staff_client.get(f"/api/user/{reader.id}")
+
+
+class TestEntriesAsRead:
+    """An entry in Redis is what its codec describes, or a miss: a hash written by
+    someone else (a field missing, a value of the wrong form) or kept past its own
+    expiry is deleted, counted and read from MySQL again, never a 500 (failed on
+    the previous main: a missing field made every read of the user a 500, and a
+    PERSIST kept false data forever)."""
+
+    @pytest.fixture
+    def cached(self, reader_client, reader, redis_client):
+        reader_client.get(f"/api/user/{reader.id}")
+        key = keys.user_key(reader.id)
+        assert redis_client.exists(key)
+        return key
+
+    @pytest.mark.parametrize(
+        "tamper",
+        [
+            lambda redis, key: redis.hdel(key, entries.NAME_OF["email"]),
+            lambda redis, key: redis.hset(key, entries.NAME_OF["date_joined"], "yesterday"),
+            lambda redis, key: redis.hset(key, entries.NAME_OF["is_active"], "yes"),
+            lambda redis, key: redis.hset(key, "extra", "1"),
+            lambda redis, key: redis.hset(key, kinds.EXPIRES, str(int(time.time()) - 1)),
+            lambda redis, key: redis.hdel(key, kinds.EXPIRES),
+            lambda redis, key: redis.hset(key, entries.NAME_OF["first_name"], b"\xff"),
+        ],
+        ids=["field missing", "timestamp", "flag", "field extra", "expired", "no expiry",
+             "not utf-8"],
+    )  # fmt: skip
+    def test_a_malformed_entry_is_a_miss(
+        self, reader_client, reader, cached, redis_client, tamper
+    ):
+        tamper(redis_client, cached)
+        redis_client.persist(cached)
+        near.invalidate([cached])
+
+        for url in (f"/api/user/{reader.id}", f"/api/user/batch?ids={reader.id}"):
+            response = reader_client.get(url)
+            assert response.status_code == 200, (url, response.content)
+        assert reader_client.get(f"/api/user/{reader.id}").json()["email"] == reader.email
+        assert redis_client.ttl(cached) > 0
+
+    def test_a_name_entry_naming_no_id_is_a_miss(self, reader_client, reader, redis_client):
+        reader_client.get("/api/user?username=reader")
+        key = keys.name_key("username", "reader")
+        redis_client.hset(key, "i", "not-an-id")
+
+        response = reader_client.get("/api/user?username=reader")
+
+        assert response.status_code == 200
+        assert [user["id"] for user in response.json()["results"]] == [reader.id]

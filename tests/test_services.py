@@ -5,9 +5,10 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from tests.conftest import cached_entry
+from tests.conftest import absent_marker, cached_entry
 from users import entries, identity, reads, services
 from users.cache import keys
+from users.cache.readthrough import Source
 from users.conf import user_cache_settings
 from users.models import LOOKALIKE_MESSAGE, SKELETON_FIELDS, User
 
@@ -28,7 +29,7 @@ class TestUserGet:
         with django_assert_num_queries(1):
             result = reads.user_get(user_id=user.id)
 
-        assert result.source is reads.Source.MISS
+        assert result.source is Source.MISS
         assert result.value["username"] == "bob"
         stored = cached_entry(redis_client, user.id)
         assert stored["username"] == "bob"
@@ -43,7 +44,7 @@ class TestUserGet:
         with django_assert_num_queries(0):
             hit = reads.user_get(user_id=user.id)
 
-        assert hit.source is reads.Source.HIT
+        assert hit.source is Source.HIT
         assert hit.value == miss.value
 
     def test_hit_does_not_see_the_database(self, make_user):
@@ -65,25 +66,44 @@ class TestUserGet:
         assert miss["is_active"] is True
         assert miss["date_joined"].endswith("Z")
 
-    def test_unknown_id_is_not_found_and_cached_as_absent(
-        self, db, redis_client, django_assert_num_queries
+    def test_a_deleted_users_id_is_not_found_and_cached_as_absent(
+        self, make_user, redis_client, django_assert_num_queries
     ):
-        with django_assert_num_queries(1):
-            first = reads.user_get(user_id=987654321)
+        """A gap below the largest id (its load, and one query for that largest id)."""
+        gone = make_user(username="gone", email="gone@example.com")
+        make_user(username="later", email="later@example.com")
+        gone_id = gone.id
+        gone.delete()
+        with django_assert_num_queries(2):
+            first = reads.user_get(user_id=gone_id)
         with django_assert_num_queries(0):
-            second = reads.user_get(user_id=987654321)
+            second = reads.user_get(user_id=gone_id)
 
-        assert first.value is None and first.source is reads.Source.MISS
-        assert second.value is None and second.source is reads.Source.HIT
-        key = keys.user_key(987654321)
-        assert cached_entry(redis_client, 987654321)["absent"] == "1"
+        assert first.value is None and first.source is Source.MISS
+        assert second.value is None and second.source is Source.HIT
+        key = keys.user_key(gone_id)
+        assert cached_entry(redis_client, gone_id)["absent"] == "1"
         assert 0 < redis_client.pttl(key) <= user_cache_settings.NEGATIVE_TTL * 1000
+
+    def test_an_id_above_the_largest_is_not_remembered(
+        self, make_user, redis_client, django_assert_num_queries
+    ):
+        """What a client can make Redis hold must not grow with the ids it makes up:
+        the table bounds the absences kept, and an id past its end costs two indexed
+        queries each time instead (failed on the previous main: it was cached)."""
+        largest = make_user(username="largest", email="largest@example.com").id
+        for made_up in (largest + 1, largest + 987_654_321, 2**63 - 1):
+            with django_assert_num_queries(2):
+                assert reads.user_get(user_id=made_up).value is None
+            assert redis_client.exists(keys.user_key(made_up)) == 0
+            assert redis_client.exists(keys.lease_key(keys.user_key(made_up))) == 0
 
     def test_keys_carry_prefix_schema_version_and_hash_tag(self, settings):
         key = keys.user_key(42)
-        schema = entries.SCHEMA_VERSION
+        schema = keys.SCHEMA_VERSION
         assert key == f"{settings.TEST_RUN_PREFIX}:v{schema}:user:{{42}}"
-        assert keys.lease_key(key).startswith(key)
+        # The lease shares the entry's hash tag, outside the tracked prefixes.
+        assert keys.lease_key(key) == f"{settings.TEST_RUN_PREFIX}:v{schema}:lease:user:{{42}}"
 
 
 class TestUserCreate:
@@ -107,7 +127,7 @@ class TestUserCreate:
 
         with django_assert_num_queries(0):
             result = reads.user_get(user_id=created.id)
-        assert result.source is reads.Source.HIT
+        assert result.source is Source.HIT
         assert result.value == entries.to_public(created.id, entries.encode(created))
 
     def test_rolled_back_create_writes_neither_store(self, transactional_db, redis_client):
@@ -129,7 +149,7 @@ class TestUserCreate:
         next_id = probe.id + 1
         probe.delete()
         key = keys.user_key(next_id)
-        redis_client.hset(key, mapping=entries.ABSENT_ENTRY)
+        redis_client.hset(key, mapping=absent_marker())
 
         with django_capture_on_commit_callbacks(execute=True):
             created = _create()
@@ -214,6 +234,6 @@ class TestExpiry:
 
         result = reads.user_get(user_id=user.id)
 
-        assert result.source is reads.Source.MISS
+        assert result.source is Source.MISS
         assert result.value["first_name"] == "changed-meanwhile"
         assert redis_client.pttl(key) > 0

@@ -9,8 +9,9 @@ from django.db import connection
 
 from tests.conftest import pausing_fills
 from users import reads
-from users.cache import keys, scripts, store
+from users.cache import scripts, store
 from users.models import User
+from users.reads import USERS
 
 READERS = 50
 
@@ -93,13 +94,14 @@ def test_a_slow_lease_holder_makes_others_wait_no_longer_than_the_bound(settings
 
 def test_a_dead_lease_holder_is_replaced_once_its_lease_expires(settings, user):
     settings.USERS_CACHE = {**settings.USERS_CACHE, "LEASE_TTL_MS": 300, "LEASE_WAIT_MS": 50}
-    key = keys.user_key(user.id)
-    [(state, _)] = store.lease_many([key], "crashed-reader", 300, mode="read")
+    [(state, _)] = store.lease_many(USERS, [user.id], "crashed-reader", mode="read")
     assert state == scripts.LEASED
 
     during = reads.user_get(user_id=user.id)
     assert during.value["username"] == "hot" and during.source is reads.Source.MISS
-    assert store.read_many([key]) == [None], "a reader without the lease must not fill"
+    assert store.read_many([(USERS, user.id)]).entries == [None], (
+        "a reader without the lease must not fill"
+    )
 
     time.sleep(0.35)
     assert reads.user_get(user_id=user.id).source is reads.Source.MISS

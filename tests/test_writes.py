@@ -2,13 +2,13 @@
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.http import Http404
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import _token_client, cached_entry
 from users import entries, reads, services
 from users.cache import keys, store
 from users.models import CacheInvalidation, User
+from users.reads import USERS
 
 
 @pytest.fixture(params=["invalidate", "write-through"])
@@ -76,16 +76,18 @@ class TestUserUpdate:
         """A later write takes the lease over; the earlier write's late fill then
         deletes the entry instead of storing its older state."""
         key = keys.user_key(cached_user.id)
-        entry = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+        entry = entries.encode(cached_user)
         first_name = entries.NAME_OF["first_name"]
-        store.take_lease(key, "earlier-write", 60_000)
-        store.take_lease(key, "later-write", 60_000)
+        store.take_lease(key, "earlier-write")
+        store.take_lease(key, "later-write")
 
-        assert (
-            store.fill_or_delete(key, "earlier-write", entry | {first_name: "x"}, 60_000) is False
-        )
+        def write(token: str, name: str) -> bool:
+            fill = store.WriteFill(USERS, cached_user.id, entry | {first_name: name}, token)
+            return store.write([key], fill=fill)
+
+        assert write("earlier-write", "x") is False
         assert redis_client.exists(key) == 0
-        assert store.fill_or_delete(key, "later-write", entry | {first_name: "New"}, 60_000) is True
+        assert write("later-write", "New") is True
         assert cached_entry(redis_client, cached_user.id)["first_name"] == "New"
         assert redis_client.exists(keys.lease_key(key)) == 0
 
@@ -103,7 +105,7 @@ class TestUserUpdate:
         )
 
     def test_unknown_id_is_http404(self, db):
-        with pytest.raises(Http404):
+        with pytest.raises(User.DoesNotExist):
             services.user_update(actor=None, user_id=987654321, data={"first_name": "x"})
 
     def test_taken_email_is_a_validation_error(self, cached_user, make_user):
@@ -177,7 +179,7 @@ class TestUserDelete:
         assert reads.user_get(user_id=cached_user.id).value["username"] == "reborn"
 
     def test_unknown_id_is_http404(self, db):
-        with pytest.raises(Http404):
+        with pytest.raises(User.DoesNotExist):
             services.user_delete(actor=None, user_id=987654321)
 
 

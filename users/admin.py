@@ -25,11 +25,11 @@ from rest_framework.authtoken.admin import TokenAdmin as DRFTokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
 from . import services
-from .cache.store import EntryInfo
+from .cache.flush import cache_flush
+from .cache.inspection import EntryInfo
+from .cache.kinds import ABSENT
 from .cache.transport import CacheUnavailable
-from .entries import ABSENT_FIELD
 from .logins.pages import login_lockouts
-from .maintenance.flush import cache_flush
 from .maintenance.overview import cache_overview, user_cache_entries
 from .maintenance.warm import cache_warm
 from .models import User
@@ -161,7 +161,7 @@ class UserAdmin(DjangoUserAdmin):
         user_ids = self._bounded_selection(request, queryset, "Evicting", "flush_user_cache")
         if user_ids is None:
             return
-        report = self._on_cache(request, lambda: cache_flush(user_ids=user_ids))
+        report = self._on_cache(request, lambda: cache_flush(model=User, pks=user_ids))
         if report is None:
             return
         self.message_user(
@@ -286,7 +286,7 @@ def describe_cache_entry(entry: EntryInfo | None) -> str:
         return "not cached"
     if entry.fields is None:
         return f"malformed ({entry.type})"
-    state = "absent" if ABSENT_FIELD in entry.fields else "cached"
+    state = "absent" if ABSENT in entry.fields else "cached"
     if entry.ttl_ms < 0:
         return f"{state}, no expiry"
     return f"{state}, {_duration(entry.ttl_ms / 1000)} left"

@@ -68,11 +68,14 @@ class UserCacheSettings:
 
             self._user_settings = getattr(settings, "USERS_CACHE", {})
             unknown = set(self._user_settings) - set(DEFAULTS)
-            assert not unknown, f"Unknown USERS_CACHE settings: {sorted(unknown)}"
+            if unknown:
+                raise ImproperlyConfigured(f"Unknown USERS_CACHE settings: {sorted(unknown)}")
             strategy = self._user_settings.get("UPDATE_STRATEGY", DEFAULTS["UPDATE_STRATEGY"])
-            assert strategy in UPDATE_STRATEGIES, (
-                f"USERS_CACHE['UPDATE_STRATEGY'] is {strategy!r}; use one of {UPDATE_STRATEGIES}"
-            )
+            if strategy not in UPDATE_STRATEGIES:
+                raise ImproperlyConfigured(
+                    f"USER_CACHE_UPDATE_STRATEGY (USERS_CACHE['UPDATE_STRATEGY']) is "
+                    f"{strategy!r}; use one of {', '.join(UPDATE_STRATEGIES)}."
+                )
             prefix = self._user_settings.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
             if not isinstance(prefix, str) or not _KEY_PREFIX_SHAPE.fullmatch(prefix):
                 raise ImproperlyConfigured(

@@ -1,8 +1,10 @@
 """A cached user, described once: its fields (``FIELDS``), and everything derived from
 them: the entry of a saved user, the entries of a query (the database converts
-the values, for bulk loads), the API's shape of an entry, and the marker of an
-absent user. Adding a field to the projection is a line in ``FIELDS`` and a bump
-of ``SCHEMA_VERSION``, beside the model and its migration and the API schema.
+the values, for bulk loads), the API's shape of an entry, and what a valid entry
+holds (the user kind of the cache's registry is ``users.reads.USERS``). Adding a field to
+the projection is a line in ``FIELDS`` and a bump of
+``users.cache.keys.SCHEMA_VERSION``, beside the model and its migration and the
+API schema.
 
 Every byte of a cached entry is paid once per cached user, so the hash is
 compact: one-letter field names, no id (the key has it), booleans as "1"/"0"
@@ -19,14 +21,7 @@ from collections.abc import Callable
 
 from django.db.models import BigIntegerField, Case, CharField, F, Func, QuerySet, Value, When
 
-from . import identity
-
-# A cached entry: a Redis hash of strings.
-Entry = dict[str, str]
-
-# Bumped whenever FIELDS change, so that an entry of an older shape is never read:
-# it is part of every key (``users.cache.keys``).
-SCHEMA_VERSION = 1
+from .cache.kinds import Entry
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
@@ -98,10 +93,6 @@ FIELDS = (
 # The row version the entry was made from: the ETag, and how check_user_cache
 # tells an entry's age. Not part of the API's shape.
 VERSION = Field("version", "v", INTEGER)
-# Present on an entry that records "no such row" (the negative cache): how a
-# cached absence is told apart from a miss.
-ABSENT_FIELD = "x"
-ABSENT_ENTRY = {ABSENT_FIELD: "1", VERSION.name: "0"}
 
 PUBLIC_FIELDS = ("id", *(field.column for field in FIELDS))
 _STORED = (*FIELDS, VERSION)
@@ -109,25 +100,8 @@ _STORED = (*FIELDS, VERSION)
 ENTRY_NAMES = tuple(field.name for field in _STORED)
 COLUMN_OF = {field.name: field.column for field in _STORED}
 NAME_OF = {field.column: field.name for field in _STORED}
-
-
-# A username's or an e-mail's entry: the id of the user who holds it.
-NAME_ID_FIELD = "i"
-LOOKUP_FIELDS = ("username", "email")
-
-
-def lookup_value(field: str, value: str) -> str:
-    """How a username or an e-mail is looked up: a username exactly as it is stored
-    (NFKC, ``users.identity``), an e-mail in its canonical form compared
-    case-insensitively, as its uniqueness is. Raises ``ValidationError`` for an
-    e-mail whose domain is no valid domain name."""
-    if field == "username":
-        return identity.normalize_username(value)
-    return identity.normalize_email(value).casefold()
-
-
-def is_absent(entry: dict[str, str]) -> bool:
-    return ABSENT_FIELD in entry
+_FLAG_FIELD = NAME_OF["is_active"]
+_NUMBER_FIELDS = tuple(field.name for field in _STORED if field.kind in (TIMESTAMP, INTEGER))
 
 
 def etag(version: int | str) -> str:
@@ -164,3 +138,11 @@ def to_public(user_id: int, entry: dict[str, str]) -> dict:
     for field in FIELDS:
         public[field.column] = field.kind.decode(entry[field.name])
     return public
+
+
+def valid(user_id: int, entry: Entry) -> bool:
+    """Whether a cached entry's values are what ``encode`` writes: every read of it
+    must be able to shape it for the API."""
+    return entry[_FLAG_FIELD] in ("0", "1") and all(
+        entry[name].isascii() and entry[name].isdigit() for name in _NUMBER_FIELDS
+    )

@@ -1,157 +1,138 @@
-"""How a change to a user or a token reaches the cache, whoever makes it.
+"""How a change to a row the cache is made from reaches the cache, whoever makes it.
 
-The services save and delete through the ORM, and so do Django's and DRF's own
-paths that never call them: the admin's token pages, ``changepassword``,
-``createsuperuser``, ``drf_create_token -r``. The model signals below see every
-one of those writes, so each goes through the same steps (only
-``QuerySet.update()`` and SQL typed elsewhere pass by: ``follow_binlog`` finds
-them in MySQL's binary log and calls ``invalidate_rows``):
+The keys a change owns are the registry's (``users.cache.kinds.keys_of``): every
+kind says which rows its entries are made from. Two ways in:
 
-1. Inside the write's transaction the affected keys are recorded in the outbox.
-2. After the commit, the token lookups and the leases are deleted, and the
-   user entry is either deleted (``UPDATE_STRATEGY`` "invalidate", and every
-   delete) or filled with the committed state (a create, so that a POST writes
-   Redis as the design says, and every save under "write-through").
-3. If Redis misses step 2, the outbox replays it as a deletion (``users.outbox``).
+* **Saves and deletes through the ORM** (the services, the admin, Django's and
+  DRF's own commands and forms): the model signals of every model a kind reads,
+  connected here, call ``rows_changed`` inside the write's transaction:
 
-A deletion is safe whenever it lands: a reader that loaded the old row finds
-its lease gone and its fill refused. A fill is not, by itself: the after-commit
-steps of two writes can reach Redis in either order. So a write that fills
-takes the entry's lease inside its transaction, under the row lock it holds,
-with a token of its own; the lease replaces any reader's and any older write's,
-and the write's fill stands only while its lease does. A later write replaces
-the lease in turn, and then the fill deletes the entry instead of storing: a
-late after-commit step never leaves a state older than the last committed one.
+  1. the keys are recorded in the outbox, in the same transaction;
+  2. after the commit, they are deleted (with their leases), or, for a kind that
+     stores a saved row (``CachedKind.entry_of``: a create, and every save under
+     ``UPDATE_STRATEGY`` "write-through"), that one entry is filled with the
+     committed state;
+  3. if Redis misses step 2, the outbox replays it as a deletion
+     (``users.cache.outbox``).
+
+* **Everything else** (``QuerySet.update()``, raw SQL, another application):
+  ``follow_binlog`` reads MySQL's binary log and calls ``rows_changed_elsewhere``,
+  which deletes at once; the follower retries until it succeeds.
+
+A deletion is safe whenever it lands: a reader that loaded the old row finds its
+lease gone and its fill refused. A fill is not, by itself: the after-commit
+steps of two writes can reach Redis in either order. So a write that fills takes
+the entry's lease inside its transaction, under the row lock it holds, with a
+token of its own; the lease replaces any reader's and any older write's, and the
+write's fill stands only while its lease does. A later write replaces the lease
+in turn, and then the fill deletes the entry instead of storing: a late
+after-commit step never leaves a state older than the last committed one.
 
 A save outside a transaction (Django's commands run in autocommit) has already
 committed when its signal fires, with no row lock left to order it against
-other writes: its entry is only ever deleted.
+other writes: its keys are only ever deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 
 from django.db import connection, transaction
+from django.db.models import Model
 from django.db.models.signals import post_delete, post_save
-from rest_framework.authtoken.models import Token, TokenProxy
 
-from . import entries
-from .cache import store
-from .cache.keys import name_key, token_key, user_key
-from .cache.near import near
+from .cache import kinds, store
+from .cache.kinds import RowChange
+from .cache.outbox import outbox
 from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
-from .models import User
-from .outbox import outbox
-from .tokens import token_mac
 
-# Ids in one IN list, and keys in one pipelined round trip, of ``invalidate_rows``.
-_ROWS_PER_QUERY = 500
+# Keys in one pipelined round trip of ``rows_changed_elsewhere``.
+_KEYS_PER_CALL = 500
 
 
-def user_changed(user: User, *, created: bool = False, deleted: bool = False) -> None:
-    """Steps 1 to 3 for a user saved or deleted in the current transaction."""
-    key = user_key(user.pk)
-    # The user's token lookups carry its active and staff flags; a cached absence
-    # of its username or e-mail must not outlive a create or a rename. (A name that
-    # a rename or a delete frees is checked against the user on every lookup.)
-    others = [
-        *([] if deleted else _token_keys(user.pk)),
-        *(name_key(field, entries.lookup_value(field, getattr(user, field)))
-          for field in entries.LOOKUP_FIELDS),
-    ]  # fmt: skip
-    keys = [key, *others]
-    fill = not deleted and (created or user_cache_settings.UPDATE_STRATEGY == "write-through")
-    if not (fill and connection.in_atomic_block):
-        _after_commit(keys, lambda: store.invalidate(keys))
+def rows_changed(
+    changes: Sequence[RowChange], *, saved: Model | None = None, created: bool = False
+) -> None:
+    """Steps 1 to 3 for rows changed in the current transaction. ``saved``: the
+    instance a save wrote (``created``: inserted), whose entry a kind may store
+    instead of deleting."""
+    keys = kinds.keys_of(changes)
+    if not keys:
         return
-    lease = store.new_lease_token()
-    with contextlib.suppress(CacheUnavailable):
-        store.take_lease(key, lease, user_cache_settings.LEASE_TTL_MS)
-    entry = entries.encode(user)
-
-    def fill_or_delete() -> None:
-        store.invalidate(others)
-        store.fill_or_delete(key, lease, entry, store.jittered_ttl_ms(user_cache_settings.TTL))
-
-    _after_commit(keys, fill_or_delete)
-
-
-def token_changed(token: Token) -> None:
-    """A token created, reassigned or deleted: its cached lookup goes."""
-    keys = [token_key(token_mac(token.key))]
-    _after_commit(keys, lambda: store.invalidate(keys))
-
-
-def invalidate_rows(*, user_ids: Iterable[int] = (), token_keys: Iterable[str] = ()) -> None:
-    """Deletes the entries and leases of these users and tokens, as a write's
-    after-commit step does, for rows that changed where no signal saw it (raw SQL,
-    ``QuerySet.update()``, another application): ``users.binlog`` calls it for every
-    committed change of the two tables. A user's token lookups go too, found in
-    MySQL, since they carry its username, is_active and is_staff.
-
-    Nothing is recorded in the outbox: the caller retries until this returns. Raises
-    ``CacheUnavailable`` when Redis does not answer, ``DatabaseError`` when MySQL does
-    not.
-    """
-    user_ids = sorted(set(user_ids))
-    keys = [token_key(token_mac(key)) for key in set(token_keys)]
-    for start in range(0, len(user_ids), _ROWS_PER_QUERY):
-        batch = user_ids[start : start + _ROWS_PER_QUERY]
-        keys += [user_key(user_id) for user_id in batch]
-        tokens = Token.objects.filter(user_id__in=batch).values_list("key", flat=True)
-        keys += [token_key(token_mac(key)) for key in tokens]
-    for start in range(0, len(keys), _ROWS_PER_QUERY):
-        store.invalidate(keys[start : start + _ROWS_PER_QUERY])
-
-
-def _token_keys(user_id: int) -> list[str]:
-    keys = Token.objects.filter(user_id=user_id).values_list("key", flat=True)
-    return [token_key(token_mac(key)) for key in keys]
-
-
-def _after_commit(keys: list[str], apply: Callable[[], object]) -> None:
-    """Records ``keys`` in the outbox within the current transaction, and runs
-    ``apply`` once it commits; if Redis misses it, the outbox replays it."""
-
-    def after_commit() -> None:
-        # This process's near cache first, whatever Redis does: the writer reads its
-        # own write at once. And again once Redis has dropped the keys: a read of
-        # this process that fetched an old entry from Redis in between would
-        # otherwise keep it until Redis's invalidation message arrives.
-        near.invalidate(keys)
-        outbox.complete(entry_id, keys, apply)
-        near.invalidate(keys)
-
+    fill = None if saved is None else _fill_of(saved, keys, created=created)
+    if fill is not None:
+        with contextlib.suppress(CacheUnavailable):
+            store.take_lease(fill.kind.key(fill.ident), fill.token)
     with transaction.atomic():
         entry_id = outbox.record(keys)
-        transaction.on_commit(after_commit)
+        transaction.on_commit(
+            lambda: outbox.complete(entry_id, keys, lambda: store.write(keys, fill=fill))
+        )
 
 
-def _user_saved(sender, instance: User, created: bool, update_fields, **kwargs) -> None:
-    if update_fields is not None and set(update_fields) <= User.UNCACHED_FIELDS:
-        return
-    user_changed(instance, created=created)
+def _fill_of(saved: Model, keys: list[str], *, created: bool) -> store.WriteFill | None:
+    """The entry a save stores after its commit, if any: for a kind that stores
+    saved rows (keyed by the row's primary key), on a create or under
+    write-through, inside a transaction (whose row lock orders the writes)."""
+    if not connection.in_atomic_block or not (
+        created or user_cache_settings.UPDATE_STRATEGY == "write-through"
+    ):
+        return None
+    model = type(saved)._meta.concrete_model
+    for kind in kinds.registered():
+        if kind.entry_of is not None and model in kind.sources and kind.key(saved.pk) in keys:
+            entry = kind.entry_of(saved)
+            return store.WriteFill(kind, saved.pk, entry, store.new_lease_token())
+    return None
 
 
-def _user_deleted(sender, instance: User, **kwargs) -> None:
-    user_changed(instance, deleted=True)
+def rows_changed_elsewhere(changes: Iterable[RowChange]) -> None:
+    """Deletes the keys of rows that changed where no signal saw it (raw SQL,
+    ``QuerySet.update()``, another application), as a write's after-commit step
+    does. Nothing is recorded in the outbox: the caller retries until this returns.
+    Raises ``CacheUnavailable`` when Redis does not answer, ``DatabaseError`` when
+    MySQL does not (a kind may ask it which entries a change touches: a user's
+    tokens)."""
+    keys = kinds.keys_of(changes)
+    for start in range(0, len(keys), _KEYS_PER_CALL):
+        store.invalidate(keys[start : start + _KEYS_PER_CALL])
 
 
-def _token_saved_or_deleted(sender, instance: Token, **kwargs) -> None:
-    token_changed(instance)
+def row_images(instance: Model) -> dict:
+    """An instance's columns as a change of its row names them."""
+    fields = instance._meta.concrete_fields
+    return {field.attname: getattr(instance, field.attname) for field in fields}
+
+
+def _saved(sender, instance: Model, created: bool, update_fields, **kwargs) -> None:
+    model = sender._meta.concrete_model
+    before = None if created else getattr(instance, "_loaded_values", None)
+    after = row_images(instance)
+    if update_fields is not None and before is not None:
+        # Only these columns were written: the others hold what was loaded.
+        written = {model._meta.get_field(name).attname for name in update_fields}
+        after = {**before, **{column: after[column] for column in written}}
+    instance._loaded_values = after
+    change = RowChange(model, before, after, known_before=created or before is not None)
+    rows_changed([change], saved=instance, created=created)
+
+
+def _deleted(sender, instance: Model, **kwargs) -> None:
+    model = sender._meta.concrete_model
+    rows_changed([RowChange(model, row_images(instance), None)])
 
 
 def connect() -> None:
-    """Called once, from ``UsersConfig.ready``. The admin edits tokens as
-    ``TokenProxy``, whose signals name the proxy, not ``Token``."""
-    post_save.connect(_user_saved, sender=User, dispatch_uid="users.user_saved")
-    post_delete.connect(_user_deleted, sender=User, dispatch_uid="users.user_deleted")
-    for model in (Token, TokenProxy):
-        name = model.__name__
-        post_save.connect(_token_saved_or_deleted, sender=model, dispatch_uid=f"users.{name}_saved")
-        post_delete.connect(
-            _token_saved_or_deleted, sender=model, dispatch_uid=f"users.{name}_deleted"
-        )
+    """Called from ``UsersConfig.ready``, once the kinds are registered, and again
+    whenever one is: the signals of every model a kind reads, and of its proxies
+    (the admin edits tokens as ``TokenProxy``, whose signals name the proxy)."""
+    from django.apps import apps
+
+    watched = set(kinds.watched_models())
+    for model in apps.get_models():
+        if model._meta.concrete_model in watched:
+            uid = f"users.cache.{model._meta.label_lower}"
+            post_save.connect(_saved, sender=model, dispatch_uid=f"{uid}.saved")
+            post_delete.connect(_deleted, sender=model, dispatch_uid=f"{uid}.deleted")

@@ -166,6 +166,14 @@ class User(AbstractUser):
             raise ValidationError(errors)
 
     @classmethod
+    def from_db(cls, db, field_names, values):
+        """Keeps the columns as loaded: a save's change then names the old values
+        too (a renamed user's old username), whose cached entries it drops."""
+        instance = super().from_db(db, field_names, values)
+        instance._loaded_values = dict(zip(field_names, values, strict=True))
+        return instance
+
+    @classmethod
     def normalize_username(cls, username: str) -> str:
         return identity.normalize_username(username)
 

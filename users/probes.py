@@ -28,8 +28,8 @@ from config.request_context import begin_request
 
 from . import metrics
 from .cache import cluster
+from .cache.outbox import BacklogCollector
 from .cache.transport import CacheUnavailable
-from .outbox import BacklogCollector
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The API's shapes: the serializers that validate what clients send, and the
-OpenAPI description (drf-spectacular) of what it answers, put together for
-``users.api.UserViewSet`` by ``describe_user_viewset``. The API answers with
+"""The API's OpenAPI description (drf-spectacular): what it answers, put together
+for ``users.api.UserViewSet`` by ``describe_user_viewset`` (what clients send is
+``users.serializers``'). The API answers with
 plain dicts from the reads and writes, so the response shapes exist for the
 description only; ``tests/test_openapi.py`` holds them to the API, and
 ``tests/test_generated_client.py`` holds them to what a generated client can use:
@@ -8,7 +8,6 @@ one success shape per operation, and error shapes a client tells apart by trying
 them in the order given.
 """
 
-from django.contrib.auth.validators import UnicodeUsernameValidator
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -24,33 +23,7 @@ from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-# Requests.
-
-# A user id is a positive BIGINT; a batch read takes up to MAX_IDS distinct ones.
-MAX_ID = 2**63 - 1
-MAX_IDS = 100
-
-
-class UserCreateSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150, validators=[UnicodeUsernameValidator()])
-    email = serializers.EmailField(max_length=254)
-    # Spaces are part of a password, as Django's own forms keep them.
-    password = serializers.CharField(
-        required=False,
-        write_only=True,
-        max_length=128,
-        trim_whitespace=False,
-        style={"input_type": "password"},
-    )
-    first_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
-    last_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
-
-
-class UserUpdateSerializer(UserCreateSerializer):
-    """PUT needs username and email; PATCH any subset. Omitted fields keep their value."""
-
-    is_active = serializers.BooleanField(required=False)
-
+from .serializers import MAX_ID, MAX_IDS, UserCreateSerializer, UserUpdateSerializer
 
 # Responses.
 
@@ -198,7 +171,8 @@ X_CACHE = OpenApiParameter(
     enum=["HIT", "MISS", "BYPASS"],
     description="Where the answer came from: HIT (Redis, no SQL), MISS (MySQL, now "
     "cached) or BYPASS (Redis unavailable, MySQL answered). A 404 can be a HIT too: "
-    "unknown ids are cached as absent for a short while.",
+    "unknown ids are cached as absent for a short while. Sent to staff callers only "
+    "unless the service's CACHE_STATUS_HEADER says otherwise.",
 )
 ETAG = OpenApiParameter(
     "ETag",
@@ -323,7 +297,7 @@ describe_user_viewset = extend_schema_view(
 class TokenScheme(OpenApiAuthenticationExtension):
     """``TokenAuthentication`` takes DRF's tokens, looked up through the cache."""
 
-    target_class = "users.access.TokenAuthentication"
+    target_class = "users.authentication.TokenAuthentication"
     name = "tokenAuth"
 
     def get_security_definition(self, auto_schema) -> dict:

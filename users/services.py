@@ -21,10 +21,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count, Q
-from django.http import Http404
 from django.utils.http import parse_etags
-from rest_framework import status
-from rest_framework.exceptions import APIException
 
 from config.database import WriteConflict, is_conflict
 
@@ -116,7 +113,7 @@ def user_update(
 ) -> User:
     """Changes some of a user's fields (``UPDATABLE_FIELDS`` and ``password``).
 
-    Raises ``Http404`` for an unknown id, ``PermissionDenied`` when the actor may
+    Raises ``User.DoesNotExist`` for an unknown id, ``PermissionDenied`` when the actor may
     not change this user, ``PreconditionFailed`` when ``if_match`` (an If-Match
     header) names no current ETag of the user, and ``ValidationError`` for a taken
     username or email or a weak password. A new password revokes the user's
@@ -172,7 +169,7 @@ def user_save(*, actor: User | None, user: User) -> User:
 def user_delete(
     *, actor: User | Principal | None, user_id: int, if_match: str | None = None
 ) -> None:
-    """Deletes a user; its tokens go with it. Raises ``Http404`` for an unknown id,
+    """Deletes a user; its tokens go with it. Raises ``User.DoesNotExist`` for an unknown id,
     ``PermissionDenied`` when the actor may not delete this user and
     ``PreconditionFailed`` as ``user_update`` does."""
     with transaction.atomic():
@@ -182,10 +179,9 @@ def user_delete(
         user.delete()
 
 
-class PreconditionFailed(APIException):
-    status_code = status.HTTP_412_PRECONDITION_FAILED
-    default_detail = "The user has changed since the ETag in If-Match: read it again."
-    default_code = "precondition_failed"
+class PreconditionFailed(Exception):
+    """The user has changed since the ETag a write was based on (``If-Match``): the
+    API answers 412 (``users.errors``)."""
 
 
 def _check_precondition(user: User, if_match: str | None) -> None:
@@ -201,7 +197,7 @@ def _check_precondition(user: User, if_match: str | None) -> None:
 def _locked_user(user_id: int) -> User:
     user = User.objects.select_for_update().filter(pk=user_id).first()
     if user is None:
-        raise Http404("No user with this id.")
+        raise User.DoesNotExist("No user with this id.")
     return user
 
 

@@ -171,6 +171,13 @@ STORAGES = {
 
 # Writes (PUT, PATCH, DELETE) without If-Match answer 428 when this is on.
 REQUIRE_IF_MATCH = env.bool("REQUIRE_IF_MATCH", default=False)
+# Who sees X-Cache (HIT, MISS, BYPASS) on cached reads: "staff", "all" or "off". A
+# hit tells that someone read the same user, name or e-mail a short while ago.
+CACHE_STATUS_HEADER = env("CACHE_STATUS_HEADER", default="staff")
+if CACHE_STATUS_HEADER not in ("staff", "all", "off"):
+    raise ImproperlyConfigured(
+        f"CACHE_STATUS_HEADER is {CACHE_STATUS_HEADER!r}; use 'staff', 'all' or 'off'."
+    )
 
 # Request bodies: the API takes small JSON documents only.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 1024)
@@ -179,7 +186,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 102
 # ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "users.access.TokenAuthentication",
+        "users.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -188,10 +195,10 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "users.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": [
-        "users.access.AnonRateThrottle",
-        "users.access.UserRateThrottle",
+        "users.throttling.AnonRateThrottle",
+        "users.throttling.UserRateThrottle",
     ],
     # "off" turns a scope off. auth_failure caps failed token checks per address.
     "DEFAULT_THROTTLE_RATES": {

@@ -11,6 +11,9 @@ from .base import *  # noqa: F403
 from .base import BASE_DIR, CACHES, DATABASES, MIDDLEWARE, USERS_CACHE
 
 SECRET_KEY = "test-only-not-a-secret"
+# Tests read X-Cache to see where an answer came from, whoever asks;
+# tests/test_api.py holds the default ("staff") on its own.
+CACHE_STATUS_HEADER = "all"
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

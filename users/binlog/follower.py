@@ -2,12 +2,12 @@
 tables to the cache, then remembers how far it got.
 
 * **Per transaction.** A transaction's row events reach the binary log together,
-  at its commit, and end with its commit event; the follower collects the users
-  and tokens they name and, at the commit, deletes their entries and leases in
-  one call (``users.invalidation.invalidate_rows``). A rolled-back transaction is
-  never logged, so it changes nothing. An UPDATE that changed only a column the
-  cache does not hold (a login's ``last_login``) is skipped, as the services
-  skip it.
+  at its commit, and end with its commit event; the follower collects the rows
+  they change, in the tables the cache's kinds read (``users.cache.kinds``), and,
+  at the commit, deletes the keys those rows own, old values and new, in one
+  call (``users.invalidation.rows_changed_elsewhere``). A rolled-back
+  transaction is never logged, so it changes nothing. An UPDATE that changed
+  only columns no kind reads (a login's ``last_login``) owns no key.
 * **Position after applying.** The position in memory moves past a transaction
   only once its deletions reached Redis; it is saved to MySQL at most once a
   ``CHECKPOINT_SECONDS`` (and when the follower stops), always a position whose
@@ -46,12 +46,13 @@ from django.db import DatabaseError, connection
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, RotateEvent, XidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
-from rest_framework.authtoken.models import Token
 
+from ..cache import kinds
+from ..cache.flush import cache_flush
+from ..cache.kinds import RowChange
 from ..cache.transport import CacheUnavailable
-from ..invalidation import invalidate_rows
-from ..maintenance.flush import cache_flush
-from ..models import BinlogPosition, User
+from ..invalidation import rows_changed_elsewhere
+from ..models import BinlogPosition
 from . import metrics, server, statements
 from .server import Position, Refused
 
@@ -65,63 +66,56 @@ READ_TIMEOUT_SECONDS = 10
 RETRY_FIRST_SECONDS = 0.05
 RETRY_MAX_SECONDS = 1.0
 
-USER_TABLE = User._meta.db_table
-TOKEN_TABLE = Token._meta.db_table
 POSITION_TABLE = BinlogPosition._meta.db_table
-USER_ID = User._meta.pk.column
-TOKEN_KEY = Token._meta.pk.column
-# Columns whose change alone leaves every cached entry as it is.
-UNCACHED_COLUMNS = frozenset(User._meta.get_field(name).column for name in User.UNCACHED_FIELDS)
+
+
+def watched_tables() -> dict[str, type]:
+    """The tables the cache's kinds read, by name, and their models."""
+    return {model._meta.db_table: model for model in kinds.watched_models()}
 
 
 @dataclasses.dataclass(slots=True)
 class Changes:
     """What one transaction changed in the watched tables."""
 
-    user_ids: set[int] = dataclasses.field(default_factory=set)
-    token_keys: set[str] = dataclasses.field(default_factory=set)
+    rows: list[RowChange] = dataclasses.field(default_factory=list)
     # A change the log does not list row by row: everything cached goes.
     unlisted: bool = False
     # Rows of the follower's own position table only.
     bookkeeping: bool = False
-    rows: dict[str, int] = dataclasses.field(default_factory=dict)
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def any(self) -> bool:
-        return bool(self.user_ids or self.token_keys or self.unlisted)
+        return bool(self.rows or self.unlisted)
 
     def add(self, event: WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent) -> None:
         if event.table == POSITION_TABLE:
             self.bookkeeping = True
             return
+        model = watched_tables().get(event.table)
+        if model is None:
+            return
         for row in event.rows:
-            images = (
-                [row["before_values"], row["after_values"]]
-                if isinstance(event, UpdateRowsEvent) else [row["values"]]
-            )  # fmt: skip
-            if event.table == USER_TABLE:
-                if len(images) == 2 and not _cached_columns_differ(*images):
-                    continue
-                self.user_ids.update(_column(image, event, USER_ID) for image in images)
+            if isinstance(event, UpdateRowsEvent):
+                before, after = row["before_values"], row["after_values"]
+            elif isinstance(event, WriteRowsEvent):
+                before, after = None, row["values"]
             else:
-                self.token_keys.update(_column(image, event, TOKEN_KEY) for image in images)
-            self.rows[event.table] = self.rows.get(event.table, 0) + 1
+                before, after = row["values"], None
+            self.rows.append(RowChange(model, before, after))
+            _check_named(model, event, before or after)
+            self.counts[event.table] = self.counts.get(event.table, 0) + 1
 
 
-def _cached_columns_differ(before: dict, after: dict) -> bool:
-    return any(before[name] != after.get(name) for name in before if name not in UNCACHED_COLUMNS)
-
-
-def _column(image: dict, event, name: str):
-    try:
-        return image[name]
-    except KeyError:
-        # Columns arrive unnamed when binlog_row_metadata was set back to MINIMAL
-        # while the follower ran: stop here, before the position moves past them.
+def _check_named(model: type, event, image: dict) -> None:
+    """Columns arrive unnamed when binlog_row_metadata was set back to MINIMAL while
+    the follower ran: stop here, before the position moves past them."""
+    if model._meta.pk.attname not in image:
         raise Refused(
             f"a change of {event.table} came without column names: set "
             "binlog_row_metadata=FULL again, then restart the follower"
-        ) from None
+        )
 
 
 class Follower:
@@ -138,7 +132,7 @@ class Follower:
         # The statements that change the watched tables without listing their rows.
         self._unlisted = statements.WatchedTables(
             database=connection.settings_dict["NAME"],
-            tables=(USER_TABLE, TOKEN_TABLE),
+            tables=watched_tables(),
             mariadb=connection.mysql_is_mariadb,
         )
         self._progressed = False
@@ -187,7 +181,7 @@ class Follower:
             blocking=True,
             slave_heartbeat=HEARTBEAT_SECONDS,
             only_schemas=[connection.settings_dict["NAME"]],
-            only_tables=[USER_TABLE, TOKEN_TABLE, POSITION_TABLE],
+            only_tables=[*watched_tables(), POSITION_TABLE],
             only_events=[
                 WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
                 RotateEvent, HeartbeatLogEvent,
@@ -258,7 +252,7 @@ class Follower:
         self._behind(timestamp)
         if changes.any and not self._apply(changes, timestamp):
             return  # stopped while Redis was down: the position stays before it
-        for table, count in changes.rows.items():
+        for table, count in changes.counts.items():
             metrics.ROWS.labels(table).inc(count)
         self._show(Position(stream.log_file, stream.log_pos))
         if not changes.bookkeeping or changes.any:
@@ -274,7 +268,7 @@ class Follower:
                 if changes.unlisted:
                     logger.warning("a statement changed rows the log does not list: flushing")
                     cache_flush()
-                invalidate_rows(user_ids=changes.user_ids, token_keys=changes.token_keys)
+                rows_changed_elsewhere(changes.rows)
                 return True
             except CacheUnavailable as exc:
                 metrics.ERRORS.labels("redis").inc()

@@ -32,22 +32,30 @@ def eval_grouped(
     source: str, keys: Sequence[str], call_for: Callable[[Sequence[int]], tuple[list, list]]
 ) -> list:
     """Runs a per-entry script (one reply per entry) over all of ``keys`` in as few
-    calls as the server allows: on a single server one per
-    ``ENTRIES_PER_SCRIPT_CALL`` entries; on a cluster one per hash slot.
-    ``call_for(group)`` makes the keys and arguments of the call for the entries
-    at those indexes of ``keys``. Returns the replies in the order of ``keys``."""
-    groups: list[list[int]] = []
+    calls as the server allows (``plan``), and returns the replies in the order of
+    ``keys``."""
+    groups, calls = plan(keys, call_for)
+    return spread(groups, eval_many(source, calls), len(keys))
 
-    def calls_for(redis: Redis | RedisCluster) -> list[tuple[list, list]]:
-        groups[:] = [
-            group[start : start + ENTRIES_PER_SCRIPT_CALL]
-            for group in slot_groups(redis, keys)
-            for start in range(0, len(group), ENTRIES_PER_SCRIPT_CALL)
-        ]
-        return [call_for(group) for group in groups]
 
-    replies = eval_many(source, calls_for)
-    per_entry: list = [None] * len(keys)
+def plan(
+    keys: Sequence[str], call_for: Callable[[Sequence[int]], tuple[list, list]]
+) -> tuple[list[list[int]], list[tuple[list, list]]]:
+    """The script calls a per-entry script over ``keys`` takes: on a single server one
+    per ``ENTRIES_PER_SCRIPT_CALL`` entries; on a cluster one per hash slot.
+    ``call_for(group)`` makes the keys and arguments of the call for the entries at
+    those indexes of ``keys``. Returns the groups of indexes and their calls."""
+    groups = [
+        group[start : start + ENTRIES_PER_SCRIPT_CALL]
+        for group in slot_groups(client(), keys)
+        for start in range(0, len(group), ENTRIES_PER_SCRIPT_CALL)
+    ]
+    return groups, [call_for(group) for group in groups]
+
+
+def spread(groups: Sequence[Sequence[int]], replies: Sequence[list], count: int) -> list:
+    """Each group's reply (one value per entry) put back in the order of the keys."""
+    per_entry: list = [None] * count
     for group, reply in zip(groups, replies, strict=True):
         for index, value in zip(group, reply, strict=True):
             per_entry[index] = value
@@ -66,11 +74,9 @@ def slot_groups(redis: Redis | RedisCluster, keys: Sequence[str]) -> list[list[i
     return list(by_slot.values())
 
 
-def eval_many(
-    source: str, calls_for: Callable[[Redis | RedisCluster], Sequence[tuple[list, list]]]
-) -> list:
-    """EVALSHA of one script per (keys, args) of ``calls_for(client)``, pipelined
-    without a transaction.
+def eval_many(source: str, calls: Sequence[tuple[list, list]]) -> list:
+    """EVALSHA of one script per (keys, args) of ``calls``, pipelined without a
+    transaction.
 
     A server that does not know the script yet answers NOSCRIPT: the script is
     loaded and only those calls are sent again. redis-py refuses scripts in a
@@ -122,7 +128,6 @@ def eval_many(
         return replies
 
     def run_anywhere(redis: Redis | RedisCluster) -> list:
-        calls = calls_for(redis)
         if isinstance(redis, RedisCluster):
             replies = run_on_cluster(redis, calls)
         else:

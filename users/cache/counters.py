@@ -1,5 +1,6 @@
-"""Rate-limit windows, counted in Redis: DRF's throttles and the token lookup that
-counts its request in the same round trip as it reads the token; and the event
+"""Rate-limit windows, counted in Redis (the throttles; the token lookup counts its
+request in the same round trip as it reads the token: ``store.read_many``), in
+process for requests the near cache answers (``LocalWindows``); and the event
 windows of the login limits, which keep what an operator lists beside the count."""
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from collections.abc import Sequence
 
 from redis import Redis
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError, ResponseError
 
 from ..conf import user_cache_settings
 from . import scripts
+from .background import Worker
 from .cluster import eval_many
-from .store import decode_hash
-from .transport import CacheUnavailable, call, execute, execute_many, run_script, script
+from .transport import CacheUnavailable, call, decode_hash, run_script
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,9 +29,9 @@ class WindowCount:
     ms_left: int
 
 
-def count_in_window(key: str, window_ms: int) -> WindowCount:
-    """Counts one request against a rate limit."""
-    count, ms_left = run_script(scripts.COUNT_IN_WINDOW, [key], [window_ms])[:2]
+def count_in_window(key: str, window_ms: int, cost: int = 1) -> WindowCount:
+    """Counts one request, of ``cost`` units, against a rate limit."""
+    count, ms_left = run_script(scripts.COUNT_IN_WINDOW, [key], [window_ms, cost])[:2]
     return WindowCount(count, ms_left)
 
 
@@ -51,43 +51,6 @@ def window_count(key: str) -> WindowCount:
         # Not written by the scripts: the counter is as good as unreadable, and its
         # INCR fails too, so the limit lets requests through as while Redis is down.
         raise CacheUnavailable(f"{key} holds no count") from None
-
-
-def read_counted(
-    key: str, *, counter: tuple[str, int] | None = None, also: Sequence[str] = ()
-) -> tuple[dict[str, str] | None, WindowCount | None, list[dict[str, str] | None]]:
-    """HGETALL of ``key``, doing more in the same round trip: with ``counter``
-    (counter key, window in ms; the counter must share ``key``'s hash tag) it
-    counts a request as ``count_in_window`` does, when the entry exists; with
-    ``also``, it reads those keys too (on a cluster, where they live in other
-    slots, in round trips of their own). Returns the entry, the count (None
-    without a counter, or when the entry is missing and nothing was counted) and
-    the other entries (None where missing)."""
-    loaded = script(scripts.COUNT_IN_WINDOW)
-    first = (
-        ("HGETALL", key)
-        if counter is None
-        else ("EVALSHA", loaded.sha, 2, counter[0], key, counter[1])
-    )
-    commands = [first, *(("HGETALL", other) for other in also)]
-
-    def run(redis: Redis | RedisCluster) -> list:
-        replies = execute_many(redis, commands)
-        if isinstance(replies[0], NoScriptError):  # a new, restarted or flushed server
-            redis.script_load(loaded.script)
-            replies[0] = execute(redis, *first)
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
-        return replies
-
-    replies = call(run)
-    others = [decode_hash(reply) for reply in replies[1:]]
-    if counter is None:
-        return decode_hash(replies[0]), None, others
-    requests, ms_left, flat = replies[0]
-    counted = WindowCount(requests, ms_left) if requests else None
-    return decode_hash(flat), counted, others
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,7 +100,7 @@ def events_counted(
         return [key], ["count", now_ms, window.window_ms, sliding, window.limit, subject]
 
     calls = [call_of(*count) for count in counts]
-    replies = eval_many(scripts.EVENT_WINDOW, lambda _redis: calls)
+    replies = eval_many(scripts.EVENT_WINDOW, calls)
     return [EventCount(reply[0], reply[1], bool(reply[2:] and reply[2])) for reply in replies]
 
 
@@ -146,7 +109,7 @@ def event_records(keys: Sequence[str], *, take: bool = False) -> list[EventRecor
     per node on a cluster); ``take`` deletes them as it reads them."""
     calls = [([key], ["take" if take else "read"]) for key in keys]
     records: list[EventRecord | None] = []
-    for ms_left, flat in eval_many(scripts.EVENT_WINDOW, lambda _redis: calls):
+    for ms_left, flat in eval_many(scripts.EVENT_WINDOW, calls):
         fields = decode_hash(flat)
         if not fields:
             records.append(None)
@@ -206,17 +169,17 @@ class LocalWindows:
         # counter key -> [count in Redis when last added to, requests since,
         # window end (monotonic), window (ms)]
         self._windows: dict[str, list] = {}
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("rate-counts", self._add_forever)
 
-    def count(self, key: str, window_ms: int) -> WindowCount:
+    def count(self, key: str, window_ms: int, cost: int = 1) -> WindowCount:
         now = time.monotonic()
         with self._lock:
             window = self._windows.get(key)
             if window is None or window[2] <= now:
                 window = self._windows[key] = [0, 0, now + window_ms / 1000, window_ms]
-            window[1] += 1
+            window[1] += cost
             counted = WindowCount(window[0] + window[1], int((window[2] - now) * 1000))
-        self._ensure_thread()
+        self._worker.ensure()
         return counted
 
     def seen(self, key: str, counted: WindowCount, window_ms: int) -> None:
@@ -251,15 +214,6 @@ class LocalWindows:
         with self._lock:
             for key in [key for key, window in self._windows.items() if window[2] <= now]:
                 del self._windows[key]
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._add_forever, name="rate-counts", daemon=True
-                    )
-                    self._thread.start()
 
     def _add_forever(self) -> None:
         while True:

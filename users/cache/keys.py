@@ -1,10 +1,13 @@
 """Every key this service writes, built in one place.
 
-Keys look like ``usersvc:v1:user:{42}``: the configurable prefix, the schema
-version of the cached projection (bumped when its shape changes, so an old-format
-entry is never read), the kind, and a Redis Cluster hash tag, so that an entry
-and its lease (``...:{42}:lease``) always share a slot, as the Lua scripts
-require. A token's key names it by ``users.tokens.token_mac``, never by the token.
+Entries look like ``usersvc:v2:user:{42}``: the configurable prefix, the schema
+version of the cached entries (bumped when their shape changes, so an
+old-format entry is never read), the kind's family (``users.cache.kinds``) and
+a Redis Cluster hash tag. An entry's lease lives beside it under ``lease:``
+(``usersvc:v2:lease:user:{42}``): in the entry's hash slot, as the Lua scripts
+require, but outside the prefixes the near cache tracks, so that taking and
+giving back leases sends no invalidation to every process. Counters (rate
+limits, login limits) live under families of their own.
 """
 
 from __future__ import annotations
@@ -15,39 +18,59 @@ import hashlib
 import re
 
 from ..conf import user_cache_settings
-from ..entries import SCHEMA_VERSION
+
+# Bumped whenever an entry's fields change, so that an entry of an older shape is
+# never read: it is part of every key.
+SCHEMA_VERSION = 2
+
+LEASE_FAMILY = "lease"
+THROTTLE_FAMILY = "throttle"
+LOGIN_FAMILY = "login"
+LOGIN_LOCKOUTS_FAMILY = "login-lockouts"
+# Families that hold no entries: no kind may take these names.
+RESERVED_FAMILIES = frozenset({LEASE_FAMILY, THROTTLE_FAMILY, LOGIN_FAMILY, LOGIN_LOCKOUTS_FAMILY})
 
 
-def _namespace() -> str:
+def namespace() -> str:
     return f"{user_cache_settings.KEY_PREFIX}:v{SCHEMA_VERSION}"
 
 
+def entry_key(family: str, tag: str) -> str:
+    return f"{namespace()}:{family}:{{{tag}}}"
+
+
+def entry_key_prefix(family: str) -> str:
+    """What every entry key of a family starts with."""
+    return f"{namespace()}:{family}:"
+
+
+def lease_key(entry: str) -> str:
+    """The lease of the entry named ``entry``: the same hash tag, another family."""
+    own = namespace()
+    return f"{own}:{LEASE_FAMILY}:{entry[len(own) + 1 :]}"
+
+
+def digest(value: str) -> str:
+    """A value as a hash tag: any character it may hold stays out of the key,
+    hash-tag braces included."""
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
 def user_key(user_id: int) -> str:
-    return f"{_namespace()}:user:{{{user_id}}}"
-
-
-def user_key_prefix() -> str:
-    """What every user entry's key (and its lease's) starts with."""
-    return f"{_namespace()}:user:"
-
-
-def token_key_prefix() -> str:
-    return f"{_namespace()}:token:"
+    return entry_key("user", str(user_id))
 
 
 def token_key(token_mac: str) -> str:
-    return f"{_namespace()}:token:{{{token_mac}}}"
+    return entry_key("token", token_mac)
 
 
 def name_key(field: str, value: str) -> str:
-    """The id a username or an e-mail (``field``) names, by a digest of the value: any
-    character a value may hold stays out of the key, hash-tag braces included."""
-    digest = hashlib.sha256(value.encode()).hexdigest()[:32]
-    return f"{_namespace()}:{field}:{{{digest}}}"
+    """The entry of the id a username or an e-mail (``field``) names."""
+    return entry_key(field, digest(value))
 
 
 def throttle_key(scope: str, ident: str) -> str:
-    return f"{_namespace()}:throttle:{scope}:{{{ident}}}"
+    return f"{namespace()}:{THROTTLE_FAMILY}:{scope}:{{{ident}}}"
 
 
 class LoginCounter(enum.StrEnum):
@@ -64,25 +87,22 @@ def login_key(counter: LoginCounter, subject: str) -> str:
     """``subject`` is an account's digest or a client address group: no braces, so it
     is the key's hash tag whole."""
     assert "{" not in subject and "}" not in subject, f"{subject!r} would split the hash tag"
-    return f"{_namespace()}:login:{counter}:{{{subject}}}"
+    return f"{namespace()}:{LOGIN_FAMILY}:{counter}:{{{subject}}}"
 
 
 def login_lockouts_key(minute: int) -> str:
     """The login counters that reached their limit in this minute since the epoch:
     the operators' list reads a few of these rather than SCAN the whole database."""
-    return f"{_namespace()}:login-lockouts:{{{minute}}}"
+    return f"{namespace()}:{LOGIN_LOCKOUTS_FAMILY}:{{{minute}}}"
 
 
 def login_key_parts(key: str) -> tuple[LoginCounter, str] | None:
     """The counter and subject a login counter's key names; None for any other key."""
-    match = re.fullmatch(rf"{re.escape(_namespace())}:login:([a-z-]+):\{{([^{{}}]*)\}}", key)
+    prefix = re.escape(f"{namespace()}:{LOGIN_FAMILY}:")
+    match = re.fullmatch(rf"{prefix}([a-z-]+):\{{([^{{}}]*)\}}", key)
     if match is None or match[1] not in set(LoginCounter):
         return None
     return LoginCounter(match[1]), match[2]
-
-
-def lease_key(entry_key: str) -> str:
-    return f"{entry_key}:lease"
 
 
 def project_pattern() -> str:
@@ -91,42 +111,40 @@ def project_pattern() -> str:
     return f"{user_cache_settings.KEY_PREFIX}:*"
 
 
-def user_pattern() -> str:
-    """A SCAN pattern matching the user entries (and their leases) of the current schema."""
-    return f"{_namespace()}:user:*"
-
-
-def user_id_from_key(key: str) -> int | None:
-    """The id in a user entry's key of the current schema; None for any other key."""
-    prefix = f"{_namespace()}:user:{{"
-    if not (key.startswith(prefix) and key.endswith("}")):
-        return None
-    digits = key[len(prefix) : -1]
-    return int(digits) if digits.isascii() and digits.isdigit() else None
-
-
-class KeyKind(enum.StrEnum):
-    """What a key under the project prefix holds, whatever its schema version."""
-
-    USER = "user entries"
-    TOKEN = "token lookups"
-    NAME = "name lookups"
-    LEASE = "leases"
-    # Anything else under the prefix: rate-limit and login counters, Django's cache.
-    OTHER = "other keys"
+def family_pattern(family: str) -> str:
+    """A SCAN pattern matching the entries of one family under the current schema."""
+    return f"{entry_key_prefix(family)}*"
 
 
 @functools.cache
-def _key_shape(prefix: str) -> re.Pattern[str]:
-    return re.compile(
-        rf"{re.escape(prefix)}:v[0-9]+:(user|token|username|email):\{{[^}}]*\}}(:lease)?"
-    )
+def _entry_shape(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(prefix)}:v([0-9]+):([a-z][a-z0-9_-]*):\{{([^}}]*)\}}")
 
 
-def key_kind(key: str) -> KeyKind:
-    match = _key_shape(user_cache_settings.KEY_PREFIX).fullmatch(key)
-    if match is None:
-        return KeyKind.OTHER
-    if match.group(2):
-        return KeyKind.LEASE
-    return {"user": KeyKind.USER, "token": KeyKind.TOKEN}.get(match.group(1), KeyKind.NAME)
+def entry_family(key: str, *, any_schema: bool = False) -> str | None:
+    """The family of an entry key of the current schema (or, with ``any_schema``, of
+    any schema version); None for any other key (a lease, a counter)."""
+    match = _entry_shape(user_cache_settings.KEY_PREFIX).fullmatch(key)
+    if match is None or match.group(2) in RESERVED_FAMILIES:
+        return None
+    if not any_schema and match.group(1) != str(SCHEMA_VERSION):
+        return None
+    return match.group(2)
+
+
+def entry_tag(key: str) -> str | None:
+    """What an entry key of the current schema holds in its hash tag; None for any
+    other key."""
+    match = _entry_shape(user_cache_settings.KEY_PREFIX).fullmatch(key)
+    if match is None or match.group(1) != str(SCHEMA_VERSION):
+        return None
+    return match.group(3)
+
+
+def is_lease(key: str) -> bool:
+    """A lease of any schema version: ``<prefix>:v<n>:lease:...``, or an entry's key
+    followed by ``:lease`` (schema 1)."""
+    prefix = user_cache_settings.KEY_PREFIX
+    if not key.startswith(f"{prefix}:v"):
+        return False
+    return f":{LEASE_FAMILY}:" in key or (key.endswith("}:lease") and key.count(":") >= 4)

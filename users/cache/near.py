@@ -1,30 +1,38 @@
 """The near cache: a bounded in-process LRU of entries read from Redis, kept coherent
-by Redis itself.
+by Redis itself. Only ``users.cache.store`` uses it.
 
 Each process holds one tracking connection per Redis primary
-(``users/cache/tracking.py``), on which it asked for ``CLIENT TRACKING ON BCAST``
-over the prefixes of user and token entries: Redis then pushes the name of every
-such key anyone changes, deletes or lets expire, and the process drops it.
-Three rules make that enough:
+(``users/cache/tracking.py``), on which it asked for ``CLIENT TRACKING ON BCAST
+NOLOOP`` over the prefixes of the kinds it holds (``users.cache.kinds``): Redis
+then pushes the name of every such key anyone else changes, deletes or lets
+expire, and the process drops it. Four rules make that enough:
 
 * **Drained before served.** Every read of the near cache first applies every
   invalidation already on the tracking connections (a poll of their sockets, no
   round trip). Redis sends a write's invalidation in the same pass of its event
   loop as the writer's answer; by the time the writer has acknowledged its
   request and a client has asked this process, the message has normally arrived
-  (docs/near-cache.md gives the cases where it has not, and their bounds).
-* **Stored only if not invalidated since.** A value read from Redis is kept only
-  if no invalidation of its key was applied after the read began (a stamp taken
-  before it): an invalidation that overtakes the reply cannot be lost.
+  (docs/near-cache.md gives the cases where it has not, and their bounds). A
+  read that finds a tracking connection in another thread's hands (a fill
+  waiting for its reply) cannot know that, and goes to Redis.
+* **Stored only if not invalidated since.** A value read from Redis, or stored
+  there by this process's fill, is kept only if no invalidation of its key was
+  applied after the read or fill began (a stamp taken before it): an
+  invalidation that overtakes the reply cannot be lost. Fills go out on the
+  tracking connections, whose NOLOOP spares them their own invalidation
+  (``fill``): what a miss stored is held at once.
+* **Own writes dropped twice.** A write of this process drops its keys before
+  it changes Redis and again after (``users.cache.store.write``).
 * **Nothing without tracking.** Until tracking is up, and from the moment a
   tracking connection fails, or answers no PING for a second (a restart, a
   failover, a network error), the near cache is emptied and every read goes to
   Redis, until tracking is back.
 
-Entries also leave after ``NEAR_CACHE_MAX_AGE`` seconds (an absence after
-``NEGATIVE_TTL``), counted from when they were read, however quiet Redis is,
-and when the cache is full (least recently used first). No network wait happens
-under the lock that reads take: connecting and checking are a thread's
+Entries also leave after ``NEAR_CACHE_MAX_AGE`` seconds, counted from when they
+were read, or at the expiry they carry if that is sooner, however quiet Redis
+is, and when the cache is full (least recently used first). Only present
+entries are held, never a cached absence. No network wait happens under the
+lock that reads take: connecting and checking are a thread's
 (``near-cache-tracking``).
 """
 
@@ -32,19 +40,19 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .. import metrics
 from ..conf import user_cache_settings
-from ..entries import Entry, is_absent
-from . import keys
-from .tracking import Tracking, TrackingLost
+from . import kinds
+from .background import Worker
+from .kinds import EXPIRES, Entry
+from .tracking import Tracking, TrackingBusy, TrackingLost
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +61,8 @@ _CHECK_EVERY_S = 1.0
 
 
 class NearCache:
-    """One per process (``near``). Thread-safe: one lock guards the entries, the
-    invalidation bookkeeping and the tracking connections' reading."""
+    """One per process (``near``). Thread-safe: one lock guards the entries and the
+    invalidation bookkeeping; each tracking connection has its own."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -66,12 +74,10 @@ class NearCache:
         self._pruned_up_to = 0
         self._tracking: Tracking | None = None
         self._tracked_once = False
-        # Set by a push that could not be applied: the next drain ends tracking.
-        self._broken: str | None = None
         # One connection attempt at a time, and when the next may start.
         self._connecting = threading.Lock()
         self._next_attempt = 0.0
-        self._thread: threading.Thread | None = None
+        self._tracker = Worker("near-cache-tracking", self._track_forever)
         self._wake = threading.Event()
 
     @property
@@ -79,8 +85,8 @@ class NearCache:
         return bool(user_cache_settings.NEAR_CACHE_SIZE)
 
     def stamp(self) -> int | None:
-        """Taken before a Redis read whose result may be kept; None while the near
-        cache is off or not tracking."""
+        """Taken before a Redis read or fill whose result may be kept; None while the
+        near cache is off or not tracking."""
         if not self.enabled:
             return None
         self._ensure_tracker()
@@ -107,45 +113,58 @@ class NearCache:
                     continue
                 self._entries.move_to_end(key)
                 found[key] = held[0]
-        metrics.NEAR_CACHE_LOOKUPS.labels("hit").inc(len(found))
+        if found:
+            metrics.NEAR_CACHE_LOOKUPS.labels("hit").inc(len(found))
         return found
 
     def put_many(self, entries: dict[str, Entry], stamp: int | None) -> None:
-        """Keeps entries read from Redis after ``stamp``, unless one of their keys was
-        invalidated since (or tracking failed meanwhile)."""
+        """Keeps entries read from Redis, or filled by this process, after ``stamp``,
+        unless one of their keys was invalidated since (or tracking failed)."""
         if stamp is None or not entries:
             return
-        now = time.monotonic()
-        # An absence is held no longer than Redis keeps one it is given.
-        held_for = {
-            key: min(
-                user_cache_settings.NEAR_CACHE_MAX_AGE,
-                user_cache_settings.NEGATIVE_TTL if is_absent(entry) else math.inf,
-            )
-            for key, entry in entries.items()
-        }
+        now, wall = time.monotonic(), time.time()
         with self._lock:
             if not self._drain() or stamp < self._pruned_up_to:
                 return
-            size = user_cache_settings.NEAR_CACHE_SIZE
             if not self._tracking.covers(entries):
                 self._lose_tracking("a cluster primary is not tracked")
                 return
             for key, entry in entries.items():
                 if self._invalidated.get(key, -1) > stamp:
                     continue
-                self._entries[key] = (entry, now + held_for[key])
+                held_for = min(user_cache_settings.NEAR_CACHE_MAX_AGE, int(entry[EXPIRES]) - wall)
+                self._entries[key] = (entry, now + held_for)
                 self._entries.move_to_end(key)
             evicted = 0
-            while len(self._entries) > size:
+            while len(self._entries) > user_cache_settings.NEAR_CACHE_SIZE:
                 self._entries.popitem(last=False)
                 evicted += 1
             metrics.NEAR_CACHE_SIZE.set(len(self._entries))
         if evicted:
             metrics.NEAR_CACHE_EVICTIONS.inc(evicted)
 
+    def fill(
+        self, source: str, calls: Sequence[tuple[list, list]], ttls_ms: dict[str, int]
+    ) -> list | None:
+        """Runs a fill's script calls on the tracking connections, so that Redis sends
+        this process no invalidation of its own fill (``ttls_ms``: each entry's TTL;
+        ``users.cache.tracking``); None when not tracking (or tracking failed on the
+        way: the caller sends the calls the usual way, and a fill sent twice under
+        one lease stores at most once)."""
+        tracking = self._tracking
+        if tracking is None:
+            return None
+        touch = {key: ms + 1 for key, ms in ttls_ms.items()}
+        try:
+            return tracking.run_scripts(source, calls, then_touch=touch)
+        except TrackingLost as exc:
+            with self._lock:
+                if self._tracking is tracking:
+                    self._lose_tracking(exc)
+            return None
+
     def invalidate(self, entry_keys: Iterable[str]) -> None:
-        """Drops keys this process changed, before its write is acknowledged."""
+        """Drops keys this process changes, around its write."""
         with self._lock:
             self._apply(entry_keys)
 
@@ -156,7 +175,8 @@ class NearCache:
     # Tracking.
 
     def _apply(self, entry_keys: Iterable[str] | None) -> None:
-        """An invalidation: of these keys, or of everything (None: a FLUSHDB)."""
+        """An invalidation: of these keys, or of everything (None: a FLUSHDB, a lost
+        connection). Call with the lock held."""
         self._sequence += 1
         if entry_keys is None:
             self._entries.clear()
@@ -174,32 +194,33 @@ class NearCache:
         metrics.NEAR_CACHE_INVALIDATIONS.inc()
         metrics.NEAR_CACHE_SIZE.set(len(self._entries))
 
-    def _drain(self) -> bool:
-        """Applies every invalidation already received (no waiting: only what the
-        sockets hold); False, and the near cache emptied, when tracking is down or
-        failed. Call with the lock held."""
+    def _drain(self, *, wait: bool = False) -> bool:
+        """Applies every invalidation already received (no waiting for data: only what
+        the sockets hold); False when that cannot be known now (a connection in
+        another thread's hands, without ``wait``) or tracking is down or failed (the
+        near cache is then emptied). Call with the lock held."""
         if self._tracking is None:
             return False
         try:
-            self._tracking.drain()
+            self._tracking.collect(wait=wait)
+        except TrackingBusy:
+            self._apply_pushes()
+            return False
         except TrackingLost as exc:
             self._lose_tracking(exc)
             return False
-        if self._broken is not None:
-            self._lose_tracking(self._broken)
+        return self._apply_pushes()
+
+    def _apply_pushes(self) -> bool:
+        """Applies the pushes collected so far. A push that cannot be applied ends
+        tracking: an invalidation must not be lost. Call with the lock held."""
+        try:
+            for names in self._tracking.take_pushes():
+                self._apply(None if names is None else _held_shapes(names))
+        except Exception as exc:
+            self._lose_tracking(f"an invalidation could not be applied: {exc!r}")
             return False
         return True
-
-    def _on_push(self, response: list) -> list:
-        """redis-py's handler for invalidation pushes: ``[b"invalidate", keys or None]``.
-        redis-py logs and drops what a handler raises, so nothing may escape here: a
-        push that cannot be applied marks tracking broken, and the next drain ends it."""
-        try:
-            names = response[1]
-            self._apply(None if names is None else _held_shapes(names))
-        except Exception as exc:
-            self._broken = f"an invalidation could not be applied: {exc!r}"
-        return response
 
     def _lose_tracking(self, reason: object) -> None:
         logger.warning("near cache emptied: tracking lost (%s)", reason)
@@ -213,51 +234,50 @@ class NearCache:
         on the reading thread (one round trip per primary), so that a process's first
         reads are already tracked. Never waits: another thread connecting, or Redis
         not answering, leaves this read to go to Redis as if the near cache were off."""
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._track_forever, name="near-cache-tracking", daemon=True
-                    )
-                    self._thread.start()
+        self._tracker.ensure()
         if not self._tracked_once and time.monotonic() >= self._next_attempt:
             self._connect()
 
     def _track_forever(self) -> None:
         """Reconnects when tracking is down (every ``OUTBOX_RETRY_MS``), and otherwise
-        checks the connections every second: drains them, so that a quiet process does
-        not let invalidations pile up, and PINGs them, without waiting for the answer
-        (the next check wants it: a connection that answers nothing in a second is
-        lost). No network wait happens under the lock readers take."""
+        checks the connections every second: collects what they hold, so that a quiet
+        process does not let invalidations pile up, and PINGs them, without waiting
+        for the answer (the next check wants it: a connection that answers nothing in
+        a second is lost). No network wait happens under the lock readers take."""
         while True:
             # First a pause: the thread starts on a read, which connects by itself.
             down = self._tracking is None and self.enabled
             self._wake.wait(user_cache_settings.OUTBOX_RETRY_MS / 1000 if down else _CHECK_EVERY_S)
             self._wake.clear()
+            tracking = self._tracking
             if not self.enabled:
                 self.forget()
-            elif self._tracking is None:
+            elif tracking is None:
                 self._connect()
             else:
-                with self._lock:
-                    self._check()
+                self._check(tracking)
+
+    def _check(self, tracking: Tracking) -> None:
+        try:
+            tracking.collect(wait=True)
+            tracking.ping()
+        except TrackingLost as exc:
+            with self._lock:
+                if self._tracking is tracking:
+                    self._lose_tracking(exc)
+            return
+        with self._lock:
+            if self._tracking is tracking:
+                self._apply_pushes()
 
     def forget(self) -> None:
         """Empties the near cache and drops tracking; it reconnects to whatever Redis
-        and prefix the settings name now."""
+        and prefixes the settings and the registry name now."""
         with self._lock:
             if self._tracking is not None:
                 self._lose_tracking("the cache settings changed")
             self._tracked_once = False
             self._next_attempt = 0.0
-
-    def _check(self) -> None:
-        if not self._drain():
-            return
-        try:
-            self._tracking.ping()
-        except TrackingLost as exc:
-            self._lose_tracking(exc)
 
     def _connect(self) -> None:
         """Opens tracking without the lock; then, under it, the near cache starts
@@ -266,13 +286,15 @@ class NearCache:
             return
         try:
             self._next_attempt = time.monotonic() + user_cache_settings.OUTBOX_RETRY_MS / 1000
-            prefixes = [keys.user_key_prefix(), keys.token_key_prefix()]
-            tracking = Tracking.open(prefixes, self._on_push)
+            tracking = Tracking.open(kinds.tracked_prefixes())
             if tracking is None:
                 return
             with self._lock:
+                if self._tracking is not None:  # another thread connected meanwhile
+                    tracking.close()
+                    return
                 self._apply(None)
-                self._tracking, self._broken, self._tracked_once = tracking, None, True
+                self._tracking, self._tracked_once = tracking, True
         finally:
             self._connecting.release()
         metrics.NEAR_CACHE_TRACKING_CONNECTS.inc()
@@ -283,16 +305,19 @@ near = NearCache()
 
 
 def _held_shapes(names: list[bytes]) -> list[str]:
-    """The pushed key names that could name an entry this cache holds: a user's or a
-    token's, no longer than a token's key. The others need no record, and keeping
-    them would let anyone who can write a key under the tracked prefixes grow every
-    process's memory with long names (the record keeps up to 2 x NEAR_CACHE_SIZE)."""
-    longest = len(keys.token_key("0" * 64))  # a token's name: an HMAC-SHA256 in hex
+    """The pushed key names that could name an entry this cache holds: an entry key
+    of a kind it holds, no longer than such a key can be. The others need no
+    record, and keeping them would let anyone who can write a key under the
+    tracked prefixes grow every process's memory with long names (the record
+    keeps up to 2 x NEAR_CACHE_SIZE)."""
+    # The longest tag is a token's: an HMAC-SHA256 in hex, in braces.
+    longest = max(map(len, kinds.tracked_prefixes()), default=0) + 66
     held = []
     for name in names:
         if len(name) <= longest:
             key = name.decode(errors="replace")
-            if keys.key_kind(key) in (keys.KeyKind.USER, keys.KeyKind.TOKEN):
+            kind = kinds.kind_of_key(key)
+            if kind is not None and kind.near:
                 held.append(key)
     return held
 
@@ -303,3 +328,7 @@ def _forget_on_new_settings(*, setting: str, **kwargs) -> None:
     prefix or size."""
     if setting in ("CACHES", "USERS_CACHE"):
         near.forget()
+
+
+# A kind registered or removed changes the prefixes to track.
+kinds.on_change(near.forget)

@@ -43,27 +43,30 @@ return replies
 """
 
 # KEYS: entry, lease, entry, lease, ... ARGV: lease token, and a JSON document
-# [field names, [[ttl (ms), value, ...] per entry]], all strings. Stores each entry
-# only while its filler still holds the entry's lease, and gives the lease back.
-# Returns 1 (stored) or 0 (refused: a write took the lease meanwhile) per entry.
-# The entries travel as one JSON argument: the client packs one string instead
-# of ten arguments per entry, at about the same cost to the script.
+# [shapes, entries]: shapes is a list of field-name lists, and each entry is
+# [shape (its index in shapes, from 1), ttl (ms), value, ...], all values strings.
+# Stores each entry only while its filler still holds the entry's lease, and gives
+# the lease back. Returns 1 (stored) or 0 (refused: a write took the lease
+# meanwhile) per entry. The entries travel as one JSON argument: the client packs
+# one string instead of ten arguments per entry, at about the same cost to the
+# script, and the field names travel once per shape.
 FILL = """
 local token = ARGV[1]
 local batch = cjson.decode(ARGV[2])
-local names, entries = batch[1], batch[2]
+local shapes, entries = batch[1], batch[2]
 local stored = {}
 for e = 1, #entries do
   local entry, key, lease = entries[e], KEYS[2 * e - 1], KEYS[2 * e]
   stored[e] = 0
   if redis.call('GET', lease) == token then
+    local names = shapes[entry[1]]
     local hash = {}
     for f = 1, #names do
-      hash[2 * f - 1], hash[2 * f] = names[f], entry[f + 1]
+      hash[2 * f - 1], hash[2 * f] = names[f], entry[f + 2]
     end
     redis.call('DEL', key, lease)
     redis.call('HSET', key, unpack(hash))
-    redis.call('PEXPIRE', key, entry[1])
+    redis.call('PEXPIRE', key, entry[2])
     stored[e] = 1
   end
 end
@@ -102,13 +105,6 @@ redis.call('DEL', KEYS[1])
 return 0
 """
 
-# KEYS: counter[, entry]. ARGV: window (ms). Counts a request in a fixed window
-# that starts with its first request; returns the count and the window's time
-# left. When an entry is named too (in the counter's hash slot), returns its
-# HGETALL as well, and counts only if the entry exists: a token lookup counts
-# its request in the same round trip, and a guessed token creates no counter.
-# A request not counted here (the reply's count is 0) is counted by the
-# throttle once authentication succeeds.
 # KEYS: counter. ARGV: requests, window (ms). Adds requests a process counted on
 # its own (``counters.LocalWindows``) to a window as COUNT_IN_WINDOW counts them;
 # returns the count and the window's time left.
@@ -118,14 +114,21 @@ if count == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {count, redis.call('PTTL', KEYS[1])}
 """
 
+# KEYS: counter[, entry]. ARGV: window (ms), cost. Counts a request of ``cost``
+# units in a fixed window that starts with its first request; returns the count
+# and the window's time left. When an entry is named too (in the counter's hash
+# slot), returns its HGETALL as well, and counts only if the entry exists: a
+# token lookup counts its request in the same round trip, and a guessed token
+# creates no counter. A request not counted here (the reply's count is 0) is
+# counted by the throttle once authentication succeeds.
 COUNT_IN_WINDOW = """
 local entry
 if KEYS[2] then
   entry = redis.call('HGETALL', KEYS[2])
   if #entry == 0 then return {0, 0, entry} end
 end
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {count, redis.call('PTTL', KEYS[1]), entry}
 """
 

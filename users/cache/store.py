@@ -1,38 +1,47 @@
-"""Operations on entries, one or a batch at a time. Every entry is a Redis hash of
-strings; ``users.entries`` says what its fields mean. A batch costs one round
-trip on one server (one per node on a cluster). The read-through's reads and
-fills consult the process's near cache here (``near_cache=True``); the token
-lookup's first read, which counts its request in the same round trip, does so
-itself (``users.tokens``)."""
+"""Entries in Redis and in the process's near cache, one or a batch at a time: the
+only module that talks to the near cache (``users.cache.near``).
+
+Every entry is a Redis hash of strings, described by its kind
+(``users.cache.kinds``). What is read from Redis is opened by the kind's codec
+first: a malformed, forged or expired entry is deleted, counted, and read as a
+miss. A batch costs one round trip on one server (one per node on a cluster).
+
+The near cache answers first for the kinds it holds, and keeps what Redis
+answered (present entries only: what one client can make a process hold does
+not grow with the ids it can make up) and what a fill stored. A write's change
+goes to the near cache, then Redis, then the near cache again (``invalidate``,
+``write``): the writer reads its own write at once, and a read of this process
+that fetched the old entry in between does not keep it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from .. import metrics
 from ..conf import user_cache_settings
-from . import scripts
-from .cluster import eval_grouped
+from . import cluster, scripts
+from .cluster import eval_grouped, slot_groups
+from .counters import WindowCount, local_windows
 from .keys import lease_key
+from .kinds import CachedKind, Entry, is_absent
 from .near import near
-from .transport import call, execute, execute_many, run_script
+from .transport import call, decode_hash, evalsha, execute, execute_many
 
+logger = logging.getLogger(__name__)
 
-def decode_hash(raw: Mapping[bytes, bytes] | Sequence[bytes]) -> dict[str, str] | None:
-    """An HGETALL reply (a dict through a cluster client, else flat: field, value,
-    ...), decoded; None for a missing key."""
-    if not raw:
-        return None
-    if isinstance(raw, Mapping):
-        return {field.decode(): value.decode() for field, value in raw.items()}
-    return {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
+# One entry: its kind and ident.
+Ref = tuple[CachedKind, Hashable]
 
 
 def new_lease_token() -> str:
@@ -46,95 +55,184 @@ def jittered_ttl_ms(seconds: int) -> int:
     return int(seconds * 1000 * (1 - jitter * random.random()))
 
 
-def read_many(keys: Sequence[str], *, near_cache: bool = False) -> list[dict[str, str] | None]:
-    """HGETALL of every key, one round trip: each entry's fields, or None on a miss.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Count:
+    """A request to count against a rate limit, in the same round trip as the first
+    entry of a read: the counter (in that entry's hash slot), its window, and what
+    the request costs."""
 
-    With ``near_cache``, the process's near cache (``users.cache.near``) answers
-    first, and keeps what Redis answers for the rest: no round trip at all when it
-    holds every key.
+    key: str
+    window_ms: int
+    cost: int = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reading:
+    """What ``read_many`` found: each entry (None for a miss), and the request's count
+    when one was asked for and taken (None when the first entry was missing:
+    nothing was counted)."""
+
+    entries: list[Entry | None]
+    counted: WindowCount | None = None
+
+
+def read_many(refs: Sequence[Ref], *, count: Count | None = None) -> Reading:
+    """Each entry, the near cache first and Redis for the rest in one round trip.
+
+    With ``count``, the request is counted against that rate limit when the first
+    entry exists: in process when the near cache holds it, else by the script
+    that reads it (``scripts.COUNT_IN_WINDOW``).
     """
-    held = near.get_many(keys) if near_cache else {}
-    rest = [key for key in keys if key not in held]
+    keys = [kind.key(ident) for kind, ident in refs]
+    held = near.get_many([key for key, (kind, _) in zip(keys, refs, strict=True) if kind.near])
+    counted = None
+    if count is not None and keys[0] in held:
+        counted = local_windows.count(count.key, count.window_ms, count.cost)
+    rest = [index for index, key in enumerate(keys) if key not in held]
     if not rest:
-        return [held[key] for key in keys]
-    stamp = near.stamp() if near_cache else None
-    read = dict(zip(rest, [decode_hash(reply) for reply in call(_hgetall(rest))], strict=True))
-    if near_cache:
-        near.count_miss(len(rest))
-        near.put_many({key: entry for key, entry in read.items() if entry}, stamp)
-    return [held[key] if key in held else read[key] for key in keys]
+        return Reading([held[key] for key in keys], counted)
+    near.count_miss(sum(1 for index in rest if refs[index][0].near))
+    stamp = near.stamp()
+    first_counted = count if count is not None and rest[0] == 0 else None
+    replies, counted_now = _read(keys, rest, first_counted)
+    if counted_now is not None:
+        counted = counted_now
+        local_windows.seen(count.key, counted_now, count.window_ms)
+    now = time.time()
+    found = dict(held)
+    refused = []
+    for index, raw in zip(rest, replies, strict=True):
+        kind, ident = refs[index]
+        entry = kind.codec.open(ident, raw, now)
+        if raw is not None and entry is None:
+            refused.append((kind, keys[index]))
+        found[keys[index]] = entry
+    if refused:
+        _refuse(refused)
+    near.put_many(
+        {keys[i]: found[keys[i]] for i in rest if refs[i][0].near and _holdable(found[keys[i]])},
+        stamp,
+    )
+    return Reading([found[key] for key in keys], counted)
 
 
-def _hgetall(keys: Sequence[str]) -> Callable[[Redis | RedisCluster], list]:
-    def read(redis: Redis | RedisCluster) -> list:
-        replies = execute_many(redis, [("HGETALL", key) for key in keys])
+def _read(
+    keys: Sequence[str], indexes: Sequence[int], count: Count | None
+) -> tuple[list[Entry | None], WindowCount | None]:
+    """HGETALL of ``keys[i]`` for each index, one round trip; with ``count``, the
+    first through the counting script."""
+    commands: list[tuple] = [("HGETALL", keys[i]) for i in indexes]
+    if count is not None:
+        commands[0] = evalsha(
+            scripts.COUNT_IN_WINDOW, [count.key, keys[indexes[0]]], [count.window_ms, count.cost]
+        )
+
+    def run(redis: Redis | RedisCluster) -> list:
+        replies = execute_many(redis, commands)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
         return replies
 
-    return read
+    replies = call(run)
+    if count is None:
+        return [decode_hash(reply) for reply in replies], None
+    requests, ms_left, flat = replies[0]
+    counted = WindowCount(requests, ms_left) if requests else None
+    return [decode_hash(flat), *(decode_hash(reply) for reply in replies[1:])], counted
+
+
+def _holdable(entry: Entry | None) -> bool:
+    return entry is not None and not is_absent(entry)
+
+
+def _refuse(refused: Sequence[tuple[CachedKind, str]]) -> None:
+    """Entries that failed their codec: written or kept by someone other than this
+    service (or by an older version of it). Deleted, so the next read loads them."""
+    for kind, key in refused:
+        logger.warning("refused a cached %s entry that fails its check: %s", kind.name, key)
+        metrics.ENTRIES_REFUSED.labels(kind.name).inc()
+    invalidate([key for _, key in refused])
 
 
 def lease_many(
-    keys: Sequence[str], token: str, lease_ms: int, *, mode: str
-) -> list[tuple[int, dict[str, str] | None]]:
+    kind: CachedKind, idents: Sequence[Hashable], token: str, *, mode: str
+) -> list[tuple[int, Entry | None]]:
     """Each entry's state after ``scripts.LEASE`` in ``mode`` ("read", "missing",
-    "refresh"): ``(PRESENT, fields)``, ``(LEASED, None)`` or ``(NOT_LEASED, None)``."""
+    "refresh"): ``(PRESENT, entry)``, ``(LEASED, None)`` or ``(NOT_LEASED, None)``.
+    A present entry that fails its codec is deleted and reported as NOT_LEASED:
+    the caller looks again, and finds it missing."""
+    keys = [kind.key(ident) for ident in idents]
 
     def call_for(group: Sequence[int]) -> tuple[list, list]:
-        return _entries_and_leases(keys, group), [token, lease_ms, mode]
+        return _entries_and_leases(keys, group), [token, user_cache_settings.LEASE_TTL_MS, mode]
 
-    replies = eval_grouped(scripts.LEASE, keys, call_for)
-    return [
-        (reply[0], decode_hash(reply[1]) if reply[0] == scripts.PRESENT else None)
-        for reply in replies
-    ]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FillBatch:
-    """Entries of one shape filled under one lease token: ``rows[i]`` holds the values
-    of ``names`` for ``keys[i]``, stored with a TTL of ``ttls_ms[i]``.
-
-    Columns rather than a mapping per entry: the field names travel to Redis once
-    per call instead of with every entry.
-    """
-
-    token: str
-    names: Sequence[str]
-    keys: list[str] = dataclasses.field(default_factory=list)
-    rows: list[Sequence[str | int]] = dataclasses.field(default_factory=list)
-    ttls_ms: list[int] = dataclasses.field(default_factory=list)
-
-    def add(self, key: str, row: Sequence[str | int], ttl_ms: int) -> None:
-        self.keys.append(key)
-        self.rows.append(row)
-        self.ttls_ms.append(ttl_ms)
+    now = time.time()
+    states, refused = [], []
+    for ident, key, reply in zip(idents, keys, eval_grouped(scripts.LEASE, keys, call_for),
+                                 strict=True):  # fmt: skip
+        if reply[0] != scripts.PRESENT:
+            states.append((reply[0], None))
+            continue
+        entry = kind.codec.open(ident, decode_hash(reply[1]), now)
+        if entry is None:
+            refused.append((kind, key))
+        states.append((scripts.PRESENT, entry) if entry else (scripts.NOT_LEASED, None))
+    if refused:
+        _refuse(refused)
+    return states
 
 
-def fill_many(batch: FillBatch, *, near_cache: bool = False) -> list[bool]:
-    """Stores every entry of ``batch`` whose lease still stands (``scripts.FILL``);
-    True where it was stored, False where a write took the lease meanwhile. With
-    ``near_cache``, the process's near cache keeps what was stored."""
-    names = list(batch.names)
+def fill_many(kind: CachedKind, token: str, entries: Mapping[Hashable, Entry]) -> list[bool]:
+    """Stores each entry (a row's, or ``kinds.ABSENT_ENTRY`` with the kind's absent
+    TTL) while ``token`` still holds its lease (``scripts.FILL``), one round trip
+    for all; True where it was stored, False where a write took the lease
+    meanwhile. The near cache keeps the rows stored, for the kinds it holds."""
+    idents = list(entries)
+    keys = [kind.key(ident) for ident in idents]
+    now = time.time()
+    closed, rows = [], []
+    shapes: dict[tuple[str, ...], int] = {}
+    for ident in idents:
+        entry = entries[ident]
+        ttl_ms = jittered_ttl_ms(kind.absent_ttl() if is_absent(entry) else kind.ttl())
+        entry = kind.codec.close(ident, entry, expires=now + ttl_ms / 1000)
+        closed.append(entry)
+        # Lua numbers its tables from 1.
+        shape = shapes.setdefault(tuple(entry), len(shapes) + 1)
+        rows.append([shape, ttl_ms, *entry.values()])
 
     def call_for(group: Sequence[int]) -> tuple[list, list]:
-        entries = [[str(batch.ttls_ms[index]), *map(str, batch.rows[index])] for index in group]
-        document = json.dumps([names, entries], ensure_ascii=False, separators=(",", ":"))
-        return _entries_and_leases(batch.keys, group), [batch.token, document]
+        document = json.dumps(
+            [list(shapes), [rows[index] for index in group]],
+            ensure_ascii=False, separators=(",", ":"),
+        )  # fmt: skip
+        return _entries_and_leases(keys, group), [token, document]
 
-    stamp = near.stamp() if near_cache else None
-    stored = [bool(reply) for reply in eval_grouped(scripts.FILL, batch.keys, call_for)]
+    groups, calls = cluster.plan(keys, call_for)
+    stamp = near.stamp() if kind.near else None
+    # On the near cache's own connections when it tracks: no invalidation of this
+    # fill comes back to drop what it stored.
+    ttls = {key: row[1] for key, row in zip(keys, rows, strict=True)}
+    replies = (
+        call(lambda _redis: near.fill(scripts.FILL, calls, ttls)) if stamp is not None else None
+    )
+    if replies is None:
+        replies = cluster.eval_many(scripts.FILL, calls)
+    stored = [bool(reply) for reply in cluster.spread(groups, replies, len(keys))]
     if stamp is not None:
-        kept = [index for index, ok in enumerate(stored) if ok]
-        rows = {batch.keys[i]: dict(zip(names, map(str, batch.rows[i]), strict=True)) for i in kept}
-        near.put_many(rows, stamp)
+        near.put_many(
+            {key: entry for key, entry, ok in zip(keys, closed, stored, strict=True)
+             if ok and _holdable(entry)},
+            stamp,
+        )  # fmt: skip
     return stored
 
 
-def release_many(keys: Sequence[str], token: str) -> None:
-    """Gives back the leases ``token`` still holds (``scripts.RELEASE``)."""
+def release_many(kind: CachedKind, idents: Sequence[Hashable], token: str) -> None:
+    """Gives back the leases ``token`` still holds (``scripts.RELEASE``): after a
+    failed load, or for idents found nowhere whose absence is not kept."""
+    keys = [kind.key(ident) for ident in idents]
 
     def call_for(group: Sequence[int]) -> tuple[list, list]:
         return _entries_and_leases(keys, group), [token]
@@ -146,94 +244,64 @@ def _entries_and_leases(keys: Sequence[str], group: Sequence[int]) -> list[str]:
     return [name for index in group for name in (keys[index], lease_key(keys[index]))]
 
 
-def take_lease(key: str, token: str, lease_ms: int) -> None:
+# Writes.
+
+
+def take_lease(key: str, token: str) -> None:
     """Takes the entry's lease whoever holds it: a write does, inside its transaction,
     so that every fill begun before it is refused (``users.invalidation``)."""
+    lease_ms = user_cache_settings.LEASE_TTL_MS
     call(lambda redis: execute(redis, "SET", lease_key(key), token, "PX", lease_ms))
 
 
-def fill_or_delete(key: str, token: str, fields: Mapping[str, str], ttl_ms: int) -> bool:
-    """A write's after-commit step (``scripts.FILL_OR_DELETE``); True when it stored."""
-    args = [token, ttl_ms, *(item for pair in fields.items() for item in pair)]
-    return bool(run_script(scripts.FILL_OR_DELETE, [key, lease_key(key)], args))
-
-
 def invalidate(keys: Iterable[str]) -> None:
-    """Deletes entries and their leases, one pipelined round trip for all of them
-    (on a cluster, one per node that holds some of them).
+    """Deletes entries and their leases, here and in Redis: one pipelined round trip
+    for all of them (on a cluster, one per node that holds some of them). This
+    process's near cache drops them before and after Redis does. Raises
+    ``CacheUnavailable`` when Redis does not answer (the near cache has dropped them)."""
+    write(list(keys))
 
-    One key per DEL: a cluster pipeline refuses multi-key commands, and a plain
-    server does not mind.
-    """
 
-    def delete_all(redis: Redis | RedisCluster) -> None:
-        with redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.delete(key)
-                pipe.delete(lease_key(key))
-            pipe.execute()
-
-    call(delete_all)
+def write(keys: Sequence[str], *, fill: WriteFill | None = None) -> bool:
+    """A write's after-commit step: ``keys`` deleted with their leases, and with
+    ``fill``, one entry stored instead, only while the write's own lease stands
+    (``scripts.FILL_OR_DELETE``: otherwise it is deleted too). The near cache drops
+    every key before Redis is asked and again after. Returns whether ``fill``
+    stored; raises ``CacheUnavailable`` when Redis does not answer."""
+    near.invalidate(keys)
+    stored = call(lambda redis: _write(redis, keys, fill))
+    near.invalidate(keys)
+    return stored
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class EntryInfo:
-    """What ``inspect_many`` saw at one key."""
+class WriteFill:
+    """An entry a write stores after its commit: its kind, ident and row, under the
+    lease ``token`` the write took inside its transaction."""
 
-    key: str
-    # PTTL: milliseconds left, -1 for a key without expiry, -2 for no such key.
-    ttl_ms: int
-    # TYPE: "hash" for a well-formed entry, "none" for no such key.
-    type: str
-    # The hash (all of it, or the fields asked for); None when the key is not a hash.
-    fields: dict[str, str] | None
-
-    @property
-    def exists(self) -> bool:
-        return self.ttl_ms != -2
+    kind: CachedKind
+    ident: Hashable
+    entry: Entry
+    token: str
 
 
-def inspect_many(keys: Sequence[str], *, fields: Sequence[str] | None = None) -> list[EntryInfo]:
-    """PTTL, TYPE and the hash of every key, in one round trip.
-
-    ``fields=None`` reads the whole hash (HGETALL), a sequence reads those fields
-    (HMGET), an empty one none at all. A key of another type is reported, not an error.
-    """
-
-    def inspect(redis: Redis | RedisCluster) -> list:
-        with redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.pttl(key)
-                pipe.type(key)
-                if fields is None:
-                    pipe.hgetall(key)
-                elif fields:
-                    pipe.hmget(key, list(fields))
-            return pipe.execute(raise_on_error=False)
-
-    replies = call(inspect)
-    per_key = 2 + (fields is None or bool(fields))
-    infos = []
-    for index, key in enumerate(keys):
-        ttl_ms, key_type, *content = replies[index * per_key : (index + 1) * per_key]
-        key_type = key_type.decode()
-        infos.append(
-            EntryInfo(
-                key=key,
-                ttl_ms=ttl_ms,
-                type=key_type,
-                fields=_entry_fields(content, fields) if key_type == "hash" else None,
-            )
+def _write(redis: Redis | RedisCluster, keys: Sequence[str], fill: WriteFill | None) -> bool:
+    """The DELs (one per hash slot: a cluster refuses a command over several) and the
+    fill, in one round trip on one server."""
+    filled_key = None if fill is None else fill.kind.key(fill.ident)
+    deleted = [name for key in keys if key != filled_key for name in (key, lease_key(key))]
+    commands = [("DEL", *(deleted[i] for i in group)) for group in slot_groups(redis, deleted)]
+    if fill is not None:
+        ttl_ms = jittered_ttl_ms(fill.kind.ttl())
+        entry = fill.kind.codec.close(fill.ident, fill.entry, expires=time.time() + ttl_ms / 1000)
+        args = [fill.token, ttl_ms, *(item for pair in entry.items() for item in pair)]
+        commands.append(
+            evalsha(scripts.FILL_OR_DELETE, [filled_key, lease_key(filled_key)], args)
         )
-    return infos
-
-
-def _entry_fields(content: list, names: Sequence[str] | None) -> dict[str, str] | None:
-    if not content:
-        return {}
-    reply = content[0]
-    if isinstance(reply, ResponseError):  # the key changed type between TYPE and the read
-        return None
-    if names is None:
-        return decode_hash(reply) or {}
-    return {name: value.decode() for name, value in zip(names, reply, strict=True) if value}
+    if not commands:
+        return False
+    replies = execute_many(redis, commands)
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return fill is not None and bool(replies[-1])

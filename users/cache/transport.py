@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from django.conf import settings
@@ -28,6 +28,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from .. import metrics
+from ..conf import user_cache_settings
 from .breaker import CircuitBreaker
 
 T = TypeVar("T")
@@ -97,11 +98,24 @@ def execute(redis: Redis | RedisCluster, *args: object) -> object:
 def execute_many(redis: Redis | RedisCluster, commands: Sequence[tuple]) -> list:
     """Commands sent together on one pooled connection, one round trip; each reply
     raw (without redis-py's response callbacks), or the error Redis answered it
-    with. What matters of redis-py's machinery is kept: the pool checks a
-    connection when it hands it out and reconnects one that Redis closed, a
-    connection that failed mid-command is dropped, and Redis's timeouts apply.
-    On a cluster, where the keys may live on different nodes, each command goes
-    through the cluster client, which keeps its routing and redirections."""
+    with. An EVALSHA of a script of ``script()`` that a new, restarted or flushed
+    server does not know yet is loaded and sent again (a second round trip, once).
+    What matters of redis-py's machinery is kept: the pool checks a connection
+    when it hands it out and reconnects one that Redis closed, a connection that
+    failed mid-command is dropped, and Redis's timeouts apply. On a cluster,
+    where the keys may live on different nodes, each command goes through the
+    cluster client, which keeps its routing and redirections."""
+    replies = _send(redis, commands)
+    unknown = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if unknown:
+        for sha in {commands[index][1] for index in unknown}:
+            redis.script_load(script_source(sha))
+        for index, reply in zip(unknown, _send(redis, [commands[i] for i in unknown]), strict=True):
+            replies[index] = reply
+    return replies
+
+
+def _send(redis: Redis | RedisCluster, commands: Sequence[tuple]) -> list:
     if isinstance(redis, RedisCluster):
         replies = []
         for command in commands:
@@ -128,23 +142,65 @@ def execute_many(redis: Redis | RedisCluster, commands: Sequence[tuple]) -> list
         pool.release(connection)
 
 
+def decode_hash(raw: Mapping[bytes, bytes] | Sequence[bytes]) -> dict[str, str] | None:
+    """An HGETALL reply (a dict through a cluster client, else flat: field, value,
+    ...), decoded; None for a missing key or one that is not valid UTF-8."""
+    if not raw:
+        return None
+    try:
+        if isinstance(raw, Mapping):
+            return {field.decode(): value.decode() for field, value in raw.items()}
+        return {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
+    except UnicodeDecodeError:
+        return {}
+
+
+# Script sources by SHA, for the servers that answer NOSCRIPT.
+_SOURCES: dict[str, bytes] = {}
+
+
 @functools.cache
 def script(source: str) -> Script:
     """The script object (its SHA); each call names its client, and a server that does
-    not know the script yet is sent it (``run_script``, ``cluster.eval_many``)."""
-    return Script(None, source.encode())
+    not know the script yet is sent it (``execute_many``, ``cluster.eval_many``)."""
+    loaded = Script(None, source.encode())
+    _SOURCES[loaded.sha] = loaded.script
+    return loaded
+
+
+def script_source(sha: str | bytes) -> bytes:
+    """The source of a script of ``script()``, by its SHA."""
+    return _SOURCES[sha.decode() if isinstance(sha, bytes) else sha]
+
+
+def evalsha(source: str, keys: Sequence[str], args: Sequence) -> tuple:
+    """The command that runs ``source`` (see ``script``) on ``keys`` with ``args``."""
+    return ("EVALSHA", script(source).sha, len(keys), *keys, *args)
 
 
 def run_script(source: str, keys: Sequence[str], args: Sequence) -> object:
-    """EVALSHA of one script call, loading the script into a new, restarted or
-    flushed server that answers NOSCRIPT."""
-    loaded = script(source)
+    """One script call, in a round trip of its own."""
+    return call(lambda redis: execute(redis, *evalsha(source, keys, args)))
 
-    def run(redis: Redis | RedisCluster) -> object:
+
+# Tries of one batch's step before a bulk run gives up on Redis.
+REDIS_ATTEMPTS = 3
+
+
+def retrying(step: Callable[[], T]) -> T:
+    """Runs a batch's step again when Redis failed it, after the breaker's cooldown.
+
+    A bulk run holds Redis to the API's short timeouts, and on a busy server one
+    pipeline of a long run may miss them; each step is idempotent (a retried
+    lease-and-load takes new leases and loads again; a retried fill stores under
+    the same leases, which still refuse it if a write came in between), so a
+    blip costs a retry rather than the run.
+    """
+    for attempt in range(1, REDIS_ATTEMPTS + 1):
         try:
-            return execute(redis, "EVALSHA", loaded.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            redis.script_load(loaded.script)
-            return execute(redis, "EVALSHA", loaded.sha, len(keys), *keys, *args)
-
-    return call(run)
+            return step()
+        except CacheUnavailable:
+            if attempt == REDIS_ATTEMPTS:
+                raise
+            time.sleep(user_cache_settings.BREAKER_COOLDOWN_MS / 1000 * attempt)
+    raise AssertionError("unreachable")

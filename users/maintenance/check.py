@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable
 
 from .. import entries
-from ..cache import cluster, store
-from ..cache.keys import KeyKind, key_kind, user_id_from_key, user_pattern
+from ..cache import cluster, inspection
+from ..cache.keys import entry_tag, family_pattern
+from ..cache.kinds import ABSENT, EXPIRES, is_absent
+from ..cache.transport import retrying
 from ..models import User
-from . import retrying
+from ..reads import USERS
 from .warm import DEFAULT_BATCH_SIZE, warm_ids
 
 
@@ -41,7 +43,6 @@ class CheckReport:
         return sum(self.found.values())
 
 
-_ABSENT_NAMES = frozenset(entries.ABSENT_ENTRY)
 _ENTRY_NAMES = frozenset(entries.ENTRY_NAMES)
 # A write's cache change lands just after its commit; an entry read just before
 # the commit and a row read just after look stale for that moment. Suspects are
@@ -66,8 +67,7 @@ def cache_check(
     lease, and deletes keys that name no id.
     """
     report = CheckReport()
-    for page in cluster.scan_project_keys(user_pattern(), count=batch_size):
-        keys = [key for key in page if key_kind(key) is not KeyKind.LEASE]
+    for keys in cluster.scan_project_keys(family_pattern(USERS.name), count=batch_size):
         if sample is not None:
             keys = keys[: sample - report.examined]
         if not keys:
@@ -90,8 +90,8 @@ def cache_check(
 
 
 def _problems(keys: list[str]) -> list[Problem]:
-    infos = store.inspect_many(keys)
-    user_ids = [user_id_from_key(key) for key in keys]
+    infos = inspection.inspect_many(keys)
+    user_ids = [_user_id(key) for key in keys]
     expected = entries.load(User.objects.filter(id__in=[i for i in user_ids if i is not None]))
     problems = []
     for info, user_id in zip(infos, user_ids, strict=True):
@@ -101,8 +101,13 @@ def _problems(keys: list[str]) -> list[Problem]:
     return problems
 
 
+def _user_id(key: str) -> int | None:
+    tag = entry_tag(key)
+    return int(tag) if tag is not None and tag.isascii() and tag.isdigit() else None
+
+
 def _problem(
-    info: store.EntryInfo, user_id: int | None, expected: dict[str, str] | None
+    info: inspection.EntryInfo, user_id: int | None, expected: dict[str, str] | None
 ) -> tuple[ProblemKind, str] | None:
     if not info.exists:
         return None  # expired or removed since SCAN saw it
@@ -112,28 +117,30 @@ def _problem(
         return ProblemKind.MALFORMED, f"a {info.type}, not a hash"
     if info.ttl_ms == -1:
         return ProblemKind.MALFORMED, "no expiry"
-    names = set(info.fields)
-    if entries.ABSENT_FIELD in names:
-        if names != _ABSENT_NAMES:
-            return ProblemKind.MALFORMED, "an absent marker with other fields"
+    names = set(info.fields) - {EXPIRES}
+    if USERS.codec.open(user_id, info.fields, time.time()) is None:
+        if EXPIRES not in info.fields:
+            return ProblemKind.MALFORMED, "no expiry field"
+        if ABSENT not in names and names != _ENTRY_NAMES:
+            missing, extra = sorted(_ENTRY_NAMES - names), sorted(names - _ENTRY_NAMES)
+            return ProblemKind.MALFORMED, f"fields missing {missing}, unexpected {extra}"
+        return ProblemKind.MALFORMED, "a value or the expiry is not one this service writes"
+    if is_absent(info.fields):
         if expected is not None:
             return ProblemKind.STALE, "cached as absent, but the user exists"
         return None
-    if names != _ENTRY_NAMES:
-        missing, extra = sorted(_ENTRY_NAMES - names), sorted(names - _ENTRY_NAMES)
-        return ProblemKind.MALFORMED, f"fields missing {missing}, unexpected {extra}"
     if expected is None:
         return ProblemKind.ORPHANED, "the user no longer exists"
-    if info.fields != expected:
-        differing = sorted(
-            entries.COLUMN_OF[name] for name in expected if info.fields[name] != expected[name]
-        )
+    differing = sorted(
+        entries.COLUMN_OF[name] for name in expected if info.fields[name] != expected[name]
+    )
+    if differing:
         return ProblemKind.STALE, f"differs from MySQL in {', '.join(differing)}"
     return None
 
 
 def _repair(problems: list[Problem]) -> int:
-    user_ids = [user_id_from_key(problem.key) for problem in problems]
+    user_ids = [_user_id(problem.key) for problem in problems]
     nameless = [p.key for p, user_id in zip(problems, user_ids, strict=True) if user_id is None]
     retrying(lambda: cluster.unlink_many(nameless))
     named = [user_id for user_id in user_ids if user_id is not None]

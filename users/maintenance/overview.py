@@ -14,22 +14,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from .. import entries, metrics
-from ..cache import cluster, store
-from ..cache.keys import KeyKind, key_kind, user_key
+from .. import metrics
+from ..cache import cluster, inspection, kinds
+from ..cache.kinds import ABSENT
 from ..cache.transport import CacheUnavailable
+from ..reads import USERS
 
 # SCAN pages of up to about a thousand keys each, per server: the sample's size,
 # and so the overview's cost in Redis calls, whatever the size of the database.
 SAMPLE_PAGES = 10
 
 
-def user_cache_entries(*, user_ids: Sequence[int]) -> dict[int, store.EntryInfo] | None:
+def user_cache_entries(*, user_ids: Sequence[int]) -> dict[int, inspection.EntryInfo] | None:
     """Each user's entry (TTL, type, whether it is an absent marker), one round trip
     for all of them; None when Redis is unavailable."""
-    keys = [user_key(user_id) for user_id in user_ids]
+    keys = [USERS.key(user_id) for user_id in user_ids]
     try:
-        infos = store.inspect_many(keys, fields=(entries.ABSENT_FIELD,))
+        infos = inspection.inspect_many(keys, fields=(ABSENT,))
     except CacheUnavailable:
         return None
     return dict(zip(user_ids, infos, strict=True))
@@ -54,10 +55,16 @@ class CacheOverview:
     # This project's keys by kind: counted when the sample covered the database
     # (``keys_exact``), else estimated from ``keys_sampled`` of its
     # ``keys_in_database`` keys.
-    keys: dict[KeyKind, int] = dataclasses.field(default_factory=dict)
+    keys: dict[str, int] = dataclasses.field(default_factory=dict)
+    # How operators read each of ``keys``' labels.
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
     keys_exact: bool = True
     keys_sampled: int = 0
     keys_in_database: int = 0
+
+    @property
+    def key_counts(self) -> list[tuple[str, int]]:
+        return [(self.labels.get(label, label), count) for label, count in self.keys.items()]
     # This service's user lookups by result, over every worker since it started.
     lookups: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -86,7 +93,7 @@ def cache_overview() -> CacheOverview:
         samples = cluster.sample_keys(pages=SAMPLE_PAGES)
     except CacheUnavailable as exc:
         return CacheOverview(reachable=False, error=str(exc), lookups=lookups)
-    estimated = dict.fromkeys(KeyKind, 0.0)
+    estimated = dict.fromkeys(kinds.key_labels(), 0.0)
     for sample in samples:
         # Each key of a server's sample stands for this many of its database's.
         if sample.complete:
@@ -94,12 +101,14 @@ def cache_overview() -> CacheOverview:
         else:
             weight = sample.in_database / sample.examined if sample.examined else 0.0
         for key in sample.project_keys:
-            estimated[key_kind(key)] += weight
+            label = kinds.key_label(key)
+            estimated[label] = estimated.get(label, 0.0) + weight
     return CacheOverview(
         reachable=True,
         ping_ms=ping_ms,
         info=info,
-        keys={kind: round(count) for kind, count in estimated.items()},
+        keys={label: round(count) for label, count in estimated.items()},
+        labels={label: kinds.describe(label) for label in estimated},
         keys_exact=all(sample.complete for sample in samples),
         keys_sampled=sum(sample.examined for sample in samples),
         keys_in_database=sum(sample.in_database for sample in samples),

@@ -1,6 +1,6 @@
 """Warm: users loaded from MySQL into Redis, a batch at a time, under leases.
 
-The read-through's own steps (``users.reads``), split in two: a batch's leases in
+The read-through's own steps (``users.cache.readthrough``), split in two: a batch's leases in
 one round trip and its rows in one query (``lease_and_load``), then its fill,
 one round trip per kind of entry (users, absent ids). A batch's fill runs in a
 second thread while the next batch's leases and rows are taken, so at most two
@@ -17,10 +17,10 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from django.db.models import QuerySet
 
 from .. import entries, reads
-from ..cache import scripts, store
-from ..conf import user_cache_settings
+from ..cache import readthrough, scripts, store
+from ..cache.kinds import CachedKind, Entry
+from ..cache.transport import retrying
 from ..models import User
-from . import retrying
 
 DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 10_000
@@ -129,26 +129,24 @@ class Pending:
     """A batch between its load and its fill: the entries of the ids whose leases
     ``token`` holds, and how many ids were left alone."""
 
-    kind: reads.EntryKind
+    kind: CachedKind
     token: str
-    loaded: dict[Hashable, reads.Entry | None]
+    loaded: dict[Hashable, Entry | None]
     skipped: int
 
-    def fill(self) -> reads.Filled:
-        return reads.fill(self.kind, self.token, self.loaded)
+    def fill(self) -> readthrough.Filled:
+        return readthrough.fill(self.kind, self.token, self.loaded)
 
 
-def lease_and_load(kind: reads.EntryKind, ids: Sequence[Hashable], *, mode: str) -> Pending:
+def lease_and_load(kind: CachedKind, ids: Sequence[Hashable], *, mode: str) -> Pending:
     """A batch's leases in one round trip (``mode`` "missing" leaves present entries
     and entries another reader is filling alone; "refresh" takes every lease, so
     the fill replaces present entries), then the leased ids' rows in one query.
     Raises ``CacheUnavailable`` when Redis does not answer."""
     token = store.new_lease_token()
-    states = store.lease_many(
-        [kind.key(i) for i in ids], token, user_cache_settings.LEASE_TTL_MS, mode=mode
-    )
+    states = store.lease_many(kind, ids, token, mode=mode)
     leased = [i for i, (state, _) in zip(ids, states, strict=True) if state == scripts.LEASED]
-    loaded = reads.load(kind, leased) if leased else {}
+    loaded = readthrough.load_to_fill(kind, leased) if leased else {}
     return Pending(kind=kind, token=token, loaded=loaded, skipped=len(ids) - len(leased))
 
 

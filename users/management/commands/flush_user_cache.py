@@ -1,7 +1,8 @@
-from users.cache.keys import KeyKind
+from users.cache import kinds
+from users.cache.flush import cache_flush
 from users.conf import user_cache_settings
-from users.maintenance.flush import cache_flush
 from users.management.base import CacheCommand, positive_int
+from users.models import User
 
 
 class Command(CacheCommand):
@@ -33,18 +34,19 @@ class Command(CacheCommand):
 
     def handle(self, *args, **options):
         dry_run = options["dry_run"]
-        report = cache_flush(user_ids=options["ids"], dry_run=dry_run)
+        report = cache_flush(model=User, pks=options["ids"], dry_run=dry_run)
         if options["verbosity"] < 1:
             return
-        kinds = ", ".join(
-            f"{report.matched[kind]} {kind}"
-            for kind in (KeyKind.USER, KeyKind.TOKEN, KeyKind.NAME, KeyKind.LEASE)
+        matched = ", ".join(
+            f"{count} {kinds.describe(label)}"
+            for label, count in report.matched.items()
+            if label != kinds.OTHER
         )
         if dry_run:
-            summary = f"Would remove {report.total} keys ({kinds})."
+            summary = f"Would remove {report.total} keys ({matched})."
         else:
-            summary = f"Removed {report.removed} keys ({kinds})."
-        kept = report.matched[KeyKind.OTHER]
+            summary = f"Removed {report.removed} keys ({matched})."
+        kept = report.matched[kinds.OTHER]
         if kept:
             summary += f" Kept {kept} other keys under {user_cache_settings.KEY_PREFIX}:."
         self.stdout.write(self.style.SUCCESS(summary))

@@ -33,11 +33,11 @@ from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 
-from .cache import store
-from .cache.near import near
-from .cache.transport import CacheUnavailable
-from .conf import user_cache_settings
-from .models import CacheInvalidation
+from ..conf import user_cache_settings
+from ..models import CacheInvalidation
+from . import store
+from .background import Worker
+from .transport import CacheUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Outbox:
         self._replay_lock = threading.Lock()
         self._wake = threading.Event()
         self._retry_at = 0.0
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("cache-outbox", self._drain_forever)
 
     @property
     def pending(self) -> bool:
@@ -90,15 +90,13 @@ class Outbox:
         """Drops the keys this process's writes could not reach Redis with, before it
         trusts the cache. Costs one check when nothing is pending. Raises
         ``CacheUnavailable`` while Redis is still away, so the read bypasses it."""
-        if self._thread is None and user_cache_settings.OUTBOX_SWEEP_SECONDS:
-            self._ensure_thread()
+        if not self._worker.started and user_cache_settings.OUTBOX_SWEEP_SECONDS:
+            self._worker.ensure()
         if not self._keys:
             return
         with self._lock:
             keys = set(self._keys)
-        near.invalidate(keys)
         store.invalidate(keys)
-        near.invalidate(keys)  # what a read of this process fetched in between
         with self._lock:
             self._keys -= keys
 
@@ -140,16 +138,8 @@ class Outbox:
             self._keys.update(keys)
             self._rows_left = True
             self._deferrals += 1
-        self._ensure_thread()
+        self._worker.ensure()
         self._wake.set()
-
-    def _ensure_thread(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._drain_forever, name="cache-outbox", daemon=True
-                )
-                self._thread.start()
 
     def _drain_forever(self) -> None:
         next_sweep = time.monotonic()

@@ -1,0 +1,76 @@
+"""Token authentication through the token cache (DRF's ``authentication`` hook).
+
+A token request whose token and user are cached costs one Redis round trip and
+no SQL (none at all when the near cache holds both): ``TokenAuthentication``
+reads the token's entry, counts the request against the per-token rate limit
+and reads the users the view prefetches, all at once (``tokens.token_cached``).
+The view says which users its request reads and what it costs before
+authentication runs, by making its authenticator with them
+(``UserViewSet.get_authenticators``); the result goes where DRF keeps
+authentication's context, ``request.auth`` (a ``tokens.TokenRead``), where the
+throttle finds the count and the view the prefetched users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed, Throttled
+from rest_framework.request import Request
+
+from . import tokens
+from .cache.kinds import Entry
+from .throttling import AuthFailureThrottle, UserRateThrottle
+from .tokens import Found, Principal, TokenRead
+
+
+def prefetched(request: Request) -> Mapping[int, Entry | None] | None:
+    """The users the token lookup read for this request (``{id: entry or None}``),
+    for ``users.reads``; None for any other request."""
+    auth = request.auth
+    return auth.prefetched if isinstance(auth, TokenRead) else None
+
+
+class TokenAuthentication(BaseAuthentication):
+    """``Authorization: Token <40 lowercase hex digits>``, DRF's tokens, through the cache.
+
+    Anything but exactly that shape is refused before any I/O (``users.tokens``).
+    A well-formed key that is not cached passes the failed-guess limit
+    (``AuthFailureThrottle``) before MySQL is asked, and each failure counts.
+    ``prefetch``: the users the request will read; ``cost``: what it counts
+    against the caller's rate limit (``users.throttling``).
+    """
+
+    keyword = "Token"
+
+    def __init__(self, *, prefetch: Sequence[int] = (), cost: int = 1) -> None:
+        self.prefetch = prefetch
+        self.cost = cost
+
+    def authenticate(self, request: Request) -> tuple[Principal, TokenRead] | None:
+        header = get_authorization_header(request).split()
+        if not header or header[0].lower() != b"token":
+            return None
+        key = header[1].decode("latin-1") if len(header) == 2 else ""
+        if not tokens.is_well_formed(key):
+            raise AuthenticationFailed("Invalid token.")
+        return self.authenticate_credentials(key, request)
+
+    def authenticate_credentials(self, key: str, request: Request) -> tuple[Principal, TokenRead]:
+        rate = UserRateThrottle(cost=self.cost).rate_count()
+        read = tokens.token_cached(key=key, prefetch=self.prefetch, rate=rate)
+        failures = AuthFailureThrottle()
+        if read.found is not Found.CACHED:
+            failures.refuse_if_over(request)
+            read = tokens.token_loaded(read)
+        if read.principal is None or not read.principal.is_active:
+            if not failures.allow_request(request, None):
+                raise Throttled(wait=failures.wait())
+            if read.principal is None:
+                raise AuthenticationFailed("Invalid token.")
+            raise AuthenticationFailed("User inactive or deleted.")
+        return read.principal, read
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword

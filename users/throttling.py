@@ -1,0 +1,139 @@
+"""The rate limits (DRF's ``throttling`` hook), counted in Redis.
+
+They count in a fixed window (one Lua call: INCRBY, and PEXPIRE on the first
+request), which is the usual trade against DRF's sliding log: a client can send
+up to twice its rate across a window boundary. A request counts what it costs,
+not one: the users it reads or renders (``UserViewSet.cost``), so a page of 500
+users is 500 cached reads' worth of a client's budget. Rates come from
+``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` by scope, read when the throttle is
+made; a rate of None turns a scope off. If Redis does not answer, requests are
+let through: an outage of the cache must not become an outage of the API.
+"""
+
+from __future__ import annotations
+
+from rest_framework.exceptions import Throttled
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+from rest_framework.throttling import SimpleRateThrottle
+
+from .cache import counters
+from .cache.keys import throttle_key
+from .cache.transport import CacheUnavailable
+from .logins.addresses import client_address
+from .tokens import RateCount, TokenRead
+
+
+class RedisRateThrottle(SimpleRateThrottle):
+    """A rate limit whose requests cost ``cost`` units each, and never more than a
+    whole window's: the costliest request a client may make still gets through,
+    once a window."""
+
+    def __init__(self, *, cost: int = 1) -> None:
+        super().__init__()
+        self.cost = cost if self.rate is None else max(1, min(cost, self.num_requests))
+
+    def get_rate(self) -> str | None:
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+    def allow_request(self, request: Request, view) -> bool:
+        if self.rate is None:
+            return True
+        ident = self.get_ident_for(request)
+        if ident is None:
+            return True
+        counted = self.counted_already(request)
+        if counted is None:
+            key, window_ms = throttle_key(self.scope, ident), self.duration * 1000
+            try:
+                counted = counters.count_in_window(key, window_ms, self.cost)
+            except CacheUnavailable:
+                return True
+            if self.counts_in_process(request):
+                counters.local_windows.seen(key, counted, window_ms)
+        self.seconds_left = max(counted.ms_left, 0) / 1000
+        return counted.count <= self.num_requests
+
+    def counted_already(self, request: Request) -> counters.WindowCount | None:
+        """This request's count, when authentication took it on its way."""
+        return None
+
+    def counts_in_process(self, request: Request) -> bool:
+        """Whether this client's next requests may be counted in process (a token
+        the near cache holds): they then continue from the count Redis gave."""
+        return False
+
+    def get_ident_for(self, request: Request) -> str | None:
+        """Who the request counts against, or None when this throttle skips it."""
+        raise NotImplementedError
+
+    def wait(self) -> float:
+        return self.seconds_left
+
+    def get_ident(self, request: Request) -> str:
+        """The client address as every per-address limit counts it: IPv6 by network."""
+        return client_address(request)
+
+
+class AnonRateThrottle(RedisRateThrottle):
+    """Unauthenticated requests, per client address."""
+
+    scope = "anon"
+
+    def get_ident_for(self, request: Request) -> str | None:
+        if request.user and request.user.is_authenticated:
+            return None
+        return self.get_ident(request)
+
+
+class UserRateThrottle(RedisRateThrottle):
+    """Authenticated requests: per token when a token authenticated them (the count
+    taken in the token lookup's round trip), else per user. DRF gives a user at
+    most one token, so per token is per user; rotating the token starts a new
+    window, and session logins of the same user count apart."""
+
+    scope = "user"
+
+    def get_ident_for(self, request: Request) -> str | None:
+        if isinstance(request.auth, TokenRead):
+            return request.auth.token_mac
+        if request.user and request.user.is_authenticated:
+            return str(request.user.pk)
+        return None
+
+    def counted_already(self, request: Request) -> counters.WindowCount | None:
+        return request.auth.counted if isinstance(request.auth, TokenRead) else None
+
+    def counts_in_process(self, request: Request) -> bool:
+        return isinstance(request.auth, TokenRead)
+
+    def rate_count(self) -> RateCount | None:
+        """What a token lookup counts this request against (in the token entry's
+        hash slot); None while the scope is off."""
+        if self.rate is None:
+            return None
+        return RateCount(self.scope, self.duration * 1000, self.cost)
+
+
+class AuthFailureThrottle(RedisRateThrottle):
+    """Failed token checks, per client address: each guess costs a MySQL query, so
+    guessing is capped. A failure is counted only when a check fails, and
+    ``refuse_if_over`` runs before MySQL is asked about a token that is not
+    cached, so a client over the limit costs no query at all."""
+
+    scope = "auth_failure"
+
+    def get_ident_for(self, request: Request) -> str | None:
+        return self.get_ident(request)
+
+    def refuse_if_over(self, request: Request) -> None:
+        """Raises ``Throttled`` when this client has used up its failures (counting
+        none); lets it through when the scope is off or Redis does not answer."""
+        if self.rate is None:
+            return
+        try:
+            counted = counters.window_count(throttle_key(self.scope, self.get_ident(request)))
+        except CacheUnavailable:
+            return
+        if counted.count >= self.num_requests:
+            raise Throttled(wait=max(counted.ms_left, 0) / 1000)
