@@ -14,6 +14,7 @@ import environ
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from config.env import Env
 from config.redis import cache_from_env
 from tests.servers import Certificates
 from users.conf import DEFAULTS, VARIABLES, checked
@@ -409,3 +410,42 @@ class TestCacheSettings:
         assert result.returncode != 0
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith(f"django.core.exceptions.ImproperlyConfigured: {variable} ("), last
+
+
+class TestVariablesOfAType:
+    """A variable read as a number (or any type) whose text is no such value stops
+    the start with ImproperlyConfigured naming it, not with the cast's ValueError."""
+
+    @pytest.mark.parametrize(("read", "text"), [("int", "2s"), ("int", ""), ("float", "fast")])
+    def test_a_text_of_another_type_is_refused_with_its_name(self, read, text):
+        env = Env()
+        env.ENVIRON = {"SOME_VARIABLE": text}
+
+        with pytest.raises(ImproperlyConfigured, match=r"^SOME_VARIABLE is '.*': not a value"):
+            getattr(env, read)("SOME_VARIABLE")
+
+    def test_the_default_of_an_unset_variable_is_taken_as_given(self):
+        env = Env()
+        env.ENVIRON = {}
+
+        assert env.int("SOME_VARIABLE", default=2) == 2
+
+    @pytest.mark.parametrize(
+        ("variable", "text"),
+        [
+            ("DB_CONNECT_TIMEOUT", "2s"),
+            ("CONN_MAX_AGE", ""),
+            ("MAX_REQUEST_BODY_BYTES", "64k"),
+            ("LOGIN_FAILURE_LIMIT", "ten"),
+            ("REDIS_READ_TIMEOUT_MS", "0.1s"),
+            ("REDIS_MAX_CONNECTIONS", "many"),
+        ],
+    )
+    def test_a_bad_number_stops_the_start(self, variable, text):
+        result = _start(**{variable: text})
+
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"django.core.exceptions.ImproperlyConfigured: {variable} is {text!r}: not a value"
+            f" of its type (invalid literal for int() with base 10: {text!r})."
+        )

@@ -10,12 +10,15 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config.env import Env
 from config.metrics_writers import confine_to_gunicorn_workers
 from config.redis import cache_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
-env = environ.Env()
+# A variable whose text is no value of its kind (DB_CONNECT_TIMEOUT=2s) stops the
+# start with ImproperlyConfigured naming it (config/env.py).
+env = Env()
 # This checkout's own database account, when scripts/create_database.py made one
 # on a MariaDB whose root logs in over its unix socket only (local.env, not in
 # git). The environment's own variables win.
