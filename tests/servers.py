@@ -25,7 +25,6 @@ from pathlib import Path
 import MySQLdb
 import redis
 
-
 # Ports this process has handed out: the kernel may offer a port again once its
 # probe socket is closed, and a cluster's twelve ports are chosen before any
 # server binds one.

@@ -103,7 +103,8 @@ def _problems(keys: list[str]) -> list[Problem]:
 
 def _user_id(key: str) -> int | None:
     tag = entry_tag(key)
-    return int(tag) if tag is not None and tag.isascii() and tag.isdigit() else None
+    digits = tag is not None and tag.isascii() and tag.isdigit() and len(tag) <= 19
+    return int(tag) if digits else None
 
 
 def _problem(
@@ -118,7 +119,7 @@ def _problem(
     if info.ttl_ms == -1:
         return ProblemKind.MALFORMED, "no expiry"
     names = set(info.fields) - {EXPIRES}
-    if USERS.codec.open(user_id, info.fields, time.time()) is None:
+    if USERS.open(user_id, info.fields, time.time()) is None:
         if EXPIRES not in info.fields:
             return ProblemKind.MALFORMED, "no expiry field"
         if ABSENT not in names and names != _ENTRY_NAMES:
