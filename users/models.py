@@ -253,11 +253,17 @@ class BinlogPosition(models.Model):
     nothing; what it applies twice was a deletion, harmless. ``server`` names the
     server the file and offset belong to (its ``server_uuid``, MariaDB's
     ``server_uid``): another server's binary log has other files at those names.
+
+    ``seconds_behind`` is the follower's lag when it saved the row, which a running
+    follower does at least every ``users.binlog.server.REPORT_SECONDS``; None once
+    it stopped. The admin's overview reads it: the follower's own metrics are
+    served on its host, which the web process may not reach.
     """
 
     server = models.CharField(max_length=64)
     log_file = models.CharField(max_length=255)
     log_pos = models.PositiveBigIntegerField()
+    seconds_behind = models.FloatField(null=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -116,6 +116,12 @@ def read_many(refs: Sequence[Ref], *, count: Count | None = None) -> Reading:
     return Reading([found[key] for key in keys], counted)
 
 
+def held_here(keys: Sequence[str]) -> dict[str, Entry] | None:
+    """What this process's near cache holds of ``keys`` (an operator's view: nothing
+    counted); None when a read now would not be served from it."""
+    return near.peek(keys)
+
+
 def _read(
     keys: Sequence[str], indexes: Sequence[int], count: Count | None
 ) -> tuple[list[Entry | None], WindowCount | None]:
