@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('users', '0005_username_skeletons'),
+        ('users', '0006_username_upper_skeleton'),
     ]
 
     operations = [
