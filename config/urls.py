@@ -10,6 +10,8 @@ urlpatterns = [
     # Swagger UI's page and its start-up script apart (?script): no inline script,
     # so the Content-Security-Policy can refuse them all.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
+    # The admin's own password change, under the login limits (users.logins).
+    path("admin/password_change/", include("users.logins.urls")),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
 ]

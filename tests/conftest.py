@@ -212,8 +212,9 @@ def cached_entry(redis_client, user_id: int) -> dict[str, str]:
     }
 
 
-def absent_marker(seconds: int = 60) -> dict[str, str]:
-    """A cached absence as this service writes one, valid for ``seconds``."""
+def absent_marker(seconds: int = 20) -> dict[str, str]:
+    """A cached absence as this service writes one, valid for ``seconds`` (within
+    ``NEGATIVE_TTL``: a longer one is no absence this service wrote)."""
     return {kinds.ABSENT: "1", kinds.EXPIRES: str(int(time.time()) + seconds)}
 
 
@@ -341,7 +342,8 @@ def pausing_fills(hook):
 
 # The fill script without its lease check: what a naive cache-aside does, for the
 # tests that show the race is real.
-UNGUARDED_FILL = scripts.FILL.replace("if redis.call('GET', lease) == token then", "if true then")
+UNGUARDED_FILL = scripts.FILL.replace("if LEASE_HELD_BY(lease) == token then", "if true then")
+assert UNGUARDED_FILL != scripts.FILL
 
 
 def grant_user_permissions(user: User, *codenames: str) -> User:

@@ -25,11 +25,21 @@ from pathlib import Path
 import MySQLdb
 import redis
 
+# Ports this process has handed out: the kernel may offer a port again once its
+# probe socket is closed, and a cluster's twelve ports are chosen before any
+# server binds one.
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on, never one this process handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _wait(check, what: str, timeout: float = 20.0) -> None:

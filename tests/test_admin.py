@@ -1,17 +1,29 @@
 """The admin edits users through services, so the cache follows its edits; its user
 list shows each user's cache state, and its actions and overview page manage the cache."""
 
+import datetime
+import os
 import re
+import time
 
 import pytest
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
-from tests.conftest import absent_marker, cached_entry, one_server_caches, redis_nodes_holding
+from tests.conftest import (
+    absent_marker,
+    cached_entry,
+    grant_user_permissions,
+    one_server_caches,
+    redis_nodes_holding,
+)
 from tests.servers import RedisServer
 from users import admin as user_admin
-from users import reads
-from users.cache import keys
+from users import entries, lookups, reads, tokens
+from users.binlog import server as binlog_server
+from users.cache import keys, kinds
 from users.maintenance import overview, warm
-from users.models import LOOKALIKE_MESSAGE, User
+from users.models import LOOKALIKE_MESSAGE, BinlogPosition, CacheInvalidation, User
 
 
 @pytest.fixture
@@ -145,6 +157,272 @@ def test_admin_password_change_goes_through_the_service(
     assert after.source is reads.Source.MISS
     assert after.value["updated_at"] > before["updated_at"]
     assert User.objects.get(pk=cached_user.id).check_password("a-New-passphrase-8")
+
+
+# The change page's cache section, and its Warm and Evict buttons.
+
+
+def _cache_token(user: User) -> str:
+    """A token of ``user``, its lookup cached as authentication caches it."""
+    key = Token.objects.create(user=user).key
+    read = tokens.token_cached(key=key, prefetch=(), rate=None)
+    assert tokens.token_loaded(read).principal.id == user.id
+    return key
+
+
+def _user_cache(response) -> dict:
+    """The change page's entries (``overview.EntryState``) by kind."""
+    return {entry.kind: entry for entry in response.context["user_cache"].entries}
+
+
+def test_change_page_shows_each_entry_decoded_and_against_mysql(
+    admin_client, cached_user, redis_client
+):
+    """The user's own entry, its username's and e-mail's, its token's: the registry's
+    kinds, each opened by its codec and compared with what MySQL holds now."""
+    lookups.user_by(field="username", value="cached")
+    _cache_token(cached_user)
+    # Changed around the service (no follower here): the entry is stale.
+    User.objects.filter(pk=cached_user.pk).update(first_name="New")
+
+    response = admin_client.get(f"/admin/users/user/{cached_user.id}/change/")
+
+    assert response.status_code == 200
+    entries_by_kind = _user_cache(response)
+    assert set(entries_by_kind) == {"user", "username", "email", "token"}
+    user_entry = entries_by_kind["user"]
+    assert user_entry.state == "cached" and user_entry.differing == ["first_name"]
+    assert re.fullmatch(r"5\d min left", user_entry.ttl_left), user_entry.ttl_left
+    assert re.fullmatch(r"in 5\d min", user_entry.expiry_left), user_entry.expiry_left
+    fields = {field.column: field for field in user_entry.fields}
+    assert (fields["first_name"].value, fields["first_name"].mysql) == ("Old", "New")
+    assert (fields["email"].value, fields["email"].mysql) == ("cached@example.com", None)
+    assert fields["is_active"].value == "True"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", fields["date_joined"].value)
+    assert entries_by_kind["username"].state == "cached"
+    assert [(f.column, f.value, f.mysql) for f in entries_by_kind["username"].fields] == [
+        ("id", str(cached_user.id), None)
+    ]
+    assert entries_by_kind["email"].state == "not cached"
+    token = entries_by_kind["token"]
+    assert token.state == "cached" and token.differing == []
+    assert {f.column: f.value for f in token.fields}["username"] == "cached"
+    html = response.content.decode()
+    assert "differs in first_name" in html
+    assert 'id="cache-warm"' in html and 'id="cache-evict"' in html
+
+
+def test_change_page_names_the_near_cache_of_the_process_that_answered(
+    admin_client, cached_user, redis_client
+):
+    """The test's client runs the view in this process, whose near cache holds what
+    its own read stored; an entry changed in Redis behind it is dropped by tracking."""
+    response = admin_client.get(f"/admin/users/user/{cached_user.id}/change/")
+    assert _user_cache(response)["user"].held_here is True
+    assert f"process {os.getpid()} on " in response.content.decode()
+
+    redis_client.hset(keys.user_key(cached_user.id), entries.NAME_OF["first_name"], "Edited")
+
+    def held() -> bool | None:
+        page = admin_client.get(f"/admin/users/user/{cached_user.id}/change/")
+        return _user_cache(page)["user"].held_here
+
+    deadline = time.monotonic() + 10
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert held() is False
+
+
+def _entry_of(user: User) -> dict[str, str]:
+    return {**entries.encode(user), kinds.EXPIRES: str(int(time.time()) + 600)}
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "why"),
+    [
+        pytest.param(
+            lambda r, key, entry: r.set(key, "x"), "a Redis string, not a hash", id="not a hash"
+        ),
+        pytest.param(
+            lambda r, key, entry: r.hdel(key, kinds.EXPIRES), "no expiry field (z)", id="no expiry"
+        ),
+        pytest.param(
+            lambda r, key, entry: r.hset(key, kinds.EXPIRES, "soon"),
+            "its expiry (z) is not a time: 'soon'",
+            id="expiry not a time",
+        ),
+        pytest.param(
+            lambda r, key, entry: (r.hdel(key, "e"), r.hset(key, "q", "1")),
+            "fields missing: email; unexpected: q",
+            id="fields",
+        ),
+        pytest.param(
+            lambda r, key, entry: r.hset(key, entries.NAME_OF["is_active"], "yes"),
+            "a value is not in the form this service writes",
+            id="a value",
+        ),
+        pytest.param(
+            lambda r, key, entry: r.hset(key, kinds.EXPIRES, str(int(time.time()) - 5)),
+            "its own expiry has passed, though Redis still holds it",
+            id="expired",
+        ),
+        pytest.param(
+            lambda r, key, entry: (
+                r.delete(key),
+                r.hset(key, mapping={kinds.ABSENT: "2", "z": entry["z"]}),
+            ),
+            "an absence marker holding '2', not '1'",
+            id="absence",
+        ),
+    ],
+)
+def test_change_page_says_why_an_entry_is_refused(
+    admin_client, make_user, redis_client, corrupt, why
+):
+    user = make_user(username="mangled", email="mangled@example.com")
+    key = keys.user_key(user.id)
+    entry = _entry_of(user)
+    redis_client.hset(key, mapping=entry)
+    redis_client.expire(key, 600)
+    corrupt(redis_client, key, entry)
+
+    response = admin_client.get(f"/admin/users/user/{user.id}/change/")
+
+    user_entry = _user_cache(response)["user"]
+    assert (user_entry.state, user_entry.problem) == ("refused", why)
+    assert f"refused: {why}" in response.content.decode().replace("&#x27;", "'")
+
+
+def test_change_page_says_a_forged_token_entry_fails_its_signature(
+    admin_client, cached_user, redis_client
+):
+    key = _cache_token(cached_user)
+    token_key = keys.token_key(tokens.token_mac(key))
+    redis_client.hset(token_key, tokens.STAFF, "1")
+
+    response = admin_client.get(f"/admin/users/user/{cached_user.id}/change/")
+
+    token = _user_cache(response)["token"]
+    assert token.state == "refused"
+    assert token.problem.startswith("its signature does not match")
+    assert {f.column: f.value for f in token.fields}["is_staff"] == "True"
+
+
+def test_change_page_tells_a_stale_absence_and_a_name_given_to_another(
+    admin_client, cached_user, make_user, redis_client
+):
+    """A user cached as absent while MySQL has the row; its e-mail's entry naming
+    another user (a rename around the service)."""
+    other = make_user(username="other", email="other@example.com")
+    assert lookups.user_by(field="email", value="cached@example.com").value is not None
+    email_key = lookups.NAME_KINDS["email"].key("cached@example.com")
+    redis_client.hset(email_key, lookups.NAME_ID, str(other.id))
+    user_key = keys.user_key(cached_user.id)
+    redis_client.delete(user_key)
+    redis_client.hset(user_key, mapping=absent_marker())
+    redis_client.expire(user_key, 60)
+
+    response = admin_client.get(f"/admin/users/user/{cached_user.id}/change/")
+
+    by_kind = _user_cache(response)
+    assert by_kind["user"].state == "absent"
+    assert by_kind["user"].mysql == "MySQL has this row: the absence is stale"
+    assert by_kind["email"].state == "cached" and by_kind["email"].differing == ["id"]
+    assert [(f.value, f.mysql) for f in by_kind["email"].fields] == [
+        (str(other.id), str(cached_user.id))
+    ]
+    html = response.content.decode()
+    assert "MySQL has this row: the absence is stale" in html and "differs in id" in html
+
+
+def test_change_page_costs_one_redis_round_trip_and_a_query_per_kind(
+    cached_user, redis_round_trips, django_assert_num_queries
+):
+    _cache_token(cached_user)
+    lookups.user_by(field="username", value="cached")
+    redis_round_trips.reset()
+
+    # The row, its tokens (the registry's idents), then each kind's load.
+    with django_assert_num_queries(6):
+        state = overview.user_cache_state(user_id=cached_user.id)
+
+    assert redis_round_trips.count == redis_nodes_holding([e.key for e in state.entries])
+
+
+def test_change_page_without_redis(admin_client, cached_user, settings):
+    settings.CACHES = one_server_caches("redis://127.0.0.1:1/0")
+    response = admin_client.get(f"/admin/users/user/{cached_user.id}/change/")
+    assert response.status_code == 200
+    assert 'id="cache-unavailable">Redis is unavailable: ConnectionError' in (
+        response.content.decode()
+    )
+
+
+def _press(client, user: User, button: str):
+    return client.post(f"/admin/users/user/{user.id}/cache/{button}/", follow=True)
+
+
+def test_warm_and_evict_buttons(admin_client, cached_user, redis_client):
+    _cache_token(cached_user)
+    User.objects.filter(pk=cached_user.pk).update(first_name="New")
+
+    warmed = _press(admin_client, cached_user, "warm")
+
+    assert warmed.redirect_chain == [(f"/admin/users/user/{cached_user.id}/change/#cache", 302)]
+    assert "Cached 1 of 1 user (cached)." in warmed.content.decode()
+    assert cached_entry(redis_client, cached_user.id)["first_name"] == "New"
+    assert _user_cache(warmed)["user"].differing == []
+
+    evicted = _press(admin_client, cached_user, "evict")
+
+    # The user's entry and its token's.
+    assert "Evicted 1 user (cached): 2 keys removed." in evicted.content.decode()
+    assert {entry.state for entry in _user_cache(evicted).values()} == {"not cached"}
+
+
+def test_buttons_report_an_unavailable_redis(admin_client, cached_user, settings):
+    settings.CACHES = one_server_caches("redis://127.0.0.1:1/0")
+    response = _press(admin_client, cached_user, "evict")
+    assert "Redis is unavailable: ConnectionError" in response.content.decode()
+
+
+def test_buttons_need_what_the_lists_actions_need(client, make_user, redis_client):
+    """Staff who may view users but not change them see the entries, no button, and
+    a POST is refused; with change_user, the buttons work on any user, as the
+    list's actions do (they change no user)."""
+    target = make_user(username="target", email="target@example.com", is_superuser=True)
+    viewer = grant_user_permissions(
+        make_user(username="viewer", email="viewer@example.com", is_staff=True), "view_user"
+    )
+    client.force_login(viewer)
+
+    page = client.get(f"/admin/users/user/{target.id}/change/")
+    assert page.status_code == 200 and "user_cache" in page.context
+    assert 'id="cache-warm"' not in page.content.decode()
+    assert 'id="cache-evict"' not in page.content.decode()
+    assert _press(client, target, "warm").status_code == 403
+    assert not redis_client.exists(keys.user_key(target.id))
+
+    grant_user_permissions(viewer, "change_user")
+    viewer = User.objects.get(pk=viewer.pk)  # a fresh permission cache
+    client.force_login(viewer)
+    assert (
+        'id="cache-warm"' in client.get(f"/admin/users/user/{target.id}/change/").content.decode()
+    )
+    assert "Cached 1 of 1 user (target)." in _press(client, target, "warm").content.decode()
+    assert redis_client.exists(keys.user_key(target.id))
+
+
+def test_buttons_take_a_post_with_its_csrf_token_for_an_existing_user(admin_client, cached_user):
+    from django.test import Client
+
+    url = f"/admin/users/user/{cached_user.id}/cache/warm/"
+    assert admin_client.get(url).status_code == 405
+    assert admin_client.post("/admin/users/user/999999/cache/warm/").status_code == 404
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(User.objects.get(username="root"))
+    assert strict.post(url).status_code == 403
 
 
 # The user list: search, filters, the cache column and the cache actions.
@@ -390,3 +668,88 @@ def test_cache_overview_needs_view_permission(client, make_user):
 
 def test_changelist_links_to_the_overview(admin_client):
     assert b'href="/admin/users/user/cache/"' in admin_client.get("/admin/users/user/").content
+
+
+def _waiting_invalidations(count: int, age: datetime.timedelta) -> None:
+    """Outbox rows a write left when Redis missed its invalidation, ``age`` ago, and
+    no other (a test's own writes leave theirs: their commit never comes)."""
+    CacheInvalidation.objects.all().delete()
+    for _ in range(count):
+        CacheInvalidation.objects.create(keys=[keys.user_key(0)])
+    CacheInvalidation.objects.update(created_at=timezone.now() - age)
+
+
+def test_cache_overview_shows_the_outbox_backlog_as_metrics_do(admin_client):
+    _waiting_invalidations(0, datetime.timedelta(0))
+    empty = admin_client.get("/admin/users/user/cache/").content.decode()
+    _waiting_invalidations(3, datetime.timedelta(minutes=7, seconds=5))
+
+    html = admin_client.get("/admin/users/user/cache/").content.decode()
+    scraped = admin_client.get("/metrics").content.decode()
+
+    assert 'id="outbox-backlog">0 rows<' in empty and 'id="outbox-oldest">none waits<' in empty
+    assert 'id="outbox-backlog">3 rows<' in html and 'id="outbox-oldest">7 min old<' in html
+    assert re.search(r"^usersvc_outbox_backlog 3\.0$", scraped, re.MULTILINE)
+    assert re.search(r"^usersvc_outbox_oldest_age_seconds 42\d\.", scraped, re.MULTILINE)
+
+
+def _follower_saved(seconds_behind: float | None, ago: datetime.timedelta) -> None:
+    binlog_server.store_position(
+        "server-uuid", binlog_server.Position("binlog.000042", 1234), seconds_behind=seconds_behind
+    )
+    BinlogPosition.objects.update(updated_at=timezone.now() - ago)
+
+
+def _follower_rows(html: str) -> dict[str, str]:
+    return {
+        name: " ".join(text.split())
+        for name, text in re.findall(r'id="follower-(\w+)">(.*?)</td>', html, re.DOTALL)
+    }
+
+
+@pytest.mark.parametrize(
+    ("saved", "state", "lag"),
+    [
+        pytest.param(None, "never run here: no follower has saved a position", None, id="none"),
+        pytest.param(
+            (2.54, datetime.timedelta(seconds=3)),
+            "running",
+            "2.5 s, as saved 3 s ago",
+            id="running",
+        ),
+        pytest.param(
+            (0.0, datetime.timedelta(minutes=2)),
+            "not running, or unable to save to MySQL: no save for 2 min, where a running "
+            "follower saves every 10 s",
+            "0.0 s, as saved 2 min ago (stale)",
+            id="silent",
+        ),
+        pytest.param(
+            (None, datetime.timedelta(minutes=5)), "stopped, 5 min ago", "-", id="stopped"
+        ),
+    ],
+)
+def test_cache_overview_shows_the_followers_lag_from_its_saved_row(admin_client, saved, state, lag):
+    if saved is not None:
+        _follower_saved(*saved)
+
+    rows = _follower_rows(admin_client.get("/admin/users/user/cache/").content.decode())
+
+    assert rows["state"].startswith(state), rows
+    if lag is None:
+        assert set(rows) == {"state"}
+    else:
+        assert rows["lag"] == lag
+        assert rows["position"].startswith("<code>binlog.000042:1234</code>, saved ")
+
+
+def test_cache_overview_without_redis_still_shows_what_mysql_holds(admin_client, settings):
+    _waiting_invalidations(1, datetime.timedelta(seconds=30))
+    _follower_saved(1.0, datetime.timedelta(seconds=1))
+    settings.CACHES = one_server_caches("redis://127.0.0.1:1/0")
+
+    html = admin_client.get("/admin/users/user/cache/").content.decode()
+
+    assert 'id="redis-reachable">no: ConnectionError' in html
+    assert 'id="outbox-backlog">1 row<' in html
+    assert _follower_rows(html)["state"] == "running"

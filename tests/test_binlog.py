@@ -578,6 +578,61 @@ class TestFaults:
         assert stored_file == log_file and stored_pos >= after_the_change
 
 
+def _saved(sql) -> tuple[int, float | None, float]:
+    """The follower's row: the offset applied, the lag it saved, and the seconds
+    since it saved it (by MariaDB's clock, against the follower's: one machine)."""
+    sql.execute(
+        "SELECT log_pos, seconds_behind, TIMESTAMPDIFF(MICROSECOND, updated_at, UTC_TIMESTAMP(6))"
+        " FROM users_binlog_position"
+    )
+    log_pos, seconds_behind, microseconds = sql.fetchone()
+    return log_pos, seconds_behind, microseconds / 1e6
+
+
+class TestLagSaved:
+    """What the admin's overview reads of the follower: the row it saves with its
+    position, which carries its lag, is saved while it idles and while Redis is
+    down, and says when it stopped."""
+
+    def test_it_saves_its_lag_running_waiting_for_redis_and_stopping(
+        self, start_follower, sql, own_redis
+    ):
+        report_every = follower_module.server.REPORT_SECONDS
+        user_id = _insert_user(sql)
+        follower = start_follower(REDIS_URL=own_redis.url)
+        _cache(own_redis.client(), user_key(user_id))
+        # Idle: the row is saved again, with no lag, though nothing happens.
+        _wait_for(
+            lambda: _saved(sql)[1] == 0 and _saved(sql)[2] < 1,
+            "an idle follower saved its row",
+            within=3 * report_every,
+        )
+
+        own_redis.pause()
+        try:
+            sql.execute("SHOW MASTER STATUS")
+            before_the_change = sql.fetchone()[1]
+            sql.execute("UPDATE users_user SET first_name = 'late' WHERE id = %s", [user_id])
+            # The change waits for Redis: the lag saved grows, the position stays.
+            _wait_for(
+                lambda: (_saved(sql)[1] or 0) >= 1, "the lag saved grew", within=3 * report_every
+            )
+            assert _saved(sql)[0] <= before_the_change
+        finally:
+            own_redis.resume()
+        _reach_the_cache(own_redis.client(), user_key(user_id))
+        _wait_for(
+            lambda: _saved(sql)[0] > before_the_change and _saved(sql)[1] == 0,
+            "the change applied, then no lag saved",
+            within=3 * report_every,
+        )
+
+        follower.process.send_signal(signal.SIGTERM)
+        assert follower.process.wait(timeout=BOUND_SECONDS) == 0
+        follower.process = None
+        assert _saved(sql)[1] is None
+
+
 def _one_line_refusal(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr

@@ -2,13 +2,19 @@
 Debian's chromedriver. Skipped where Chromium is not installed, except in CI (``CI``
 set), where ``.ci/run`` installs it and a missing browser is a failure."""
 
+import datetime
 import os
 import re
 import shutil
 
 import pytest
+from django.utils import timezone
 
-from users.models import User
+from users import reads
+from users.binlog import server as binlog_server
+from users.cache import keys
+from users.maintenance.warm import cache_warm
+from users.models import CacheInvalidation, User
 
 pytestmark = pytest.mark.browser
 
@@ -83,6 +89,140 @@ def test_admin_warm_cache_action_changes_the_users_cache_state(browser, live_ser
 
     state = browser.find_element(By.XPATH, cache_cell).text
     assert re.fullmatch(r"cached, 5\d min left", state), state
+
+
+def _cache_row(browser, kind: str) -> dict[str, str]:
+    """The change page's row of one entry in its cache section, by column class."""
+    from selenium.webdriver.common.by import By
+
+    row = browser.find_element(By.CSS_SELECTOR, f"#cache-entries tr[data-kind='{kind}']")
+    return {cell.get_attribute("class"): cell.text for cell in row.find_elements(By.TAG_NAME, "td")}
+
+
+def test_change_page_shows_the_cache_state_and_its_buttons_work(browser, live_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+
+    User.objects.create_superuser("root", "root@example.com", PASSWORD)
+    ada = User.objects.create(username="ada", email="ada@example.com", first_name="Ada")
+    reads.user_get(user_id=ada.id)
+    # Changed around the service, with no follower to tell the cache.
+    User.objects.filter(pk=ada.pk).update(first_name="Augusta")
+
+    _log_in(browser, live_server, "/admin/login/", "root", f"/admin/users/user/{ada.id}/change/")
+    _wait(browser).until(expected_conditions.title_contains("Change user"))
+    user_entry = _cache_row(browser, "user")
+    assert user_entry["state"] == "cached"
+    assert re.fullmatch(r"5\d min left", user_entry["ttl"]), user_entry
+    assert re.fullmatch(r"\S+ \S+ UTC \(in 5\d min\)", user_entry["expiry"]), user_entry
+    assert user_entry["mysql"] == "differs in first_name"
+    assert user_entry["near"] in ("holds it", "does not hold it")
+    first_name = browser.find_element(
+        By.CSS_SELECTOR, "details.cache-fields[data-kind='user'] tr[data-column='first_name']"
+    )
+    assert first_name.text == "first_name Ada Augusta"
+    note = browser.find_element(By.ID, "near-cache-note").text
+    assert "this page shows the one of process" in note
+
+    browser.find_element(By.ID, "cache-warm").click()
+    _wait(browser).until(
+        expected_conditions.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, "ul.messagelist"), "Cached 1 of 1 user (ada)."
+        )
+    )
+    assert _cache_row(browser, "user")["mysql"] == "same as MySQL"
+
+    browser.find_element(By.ID, "cache-evict").click()
+    _wait(browser).until(
+        expected_conditions.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, "ul.messagelist"), "Evicted 1 user (ada): 1 keys removed."
+        )
+    )
+    assert _cache_row(browser, "user")["state"] == "not cached"
+    assert _policy_violations(browser) == []
+
+
+def _show_at(browser, width: int, height: int) -> None:
+    """A viewport of exactly this many CSS pixels, whatever the window's frame."""
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+    )
+
+
+def _in_sight(browser, element) -> bool:
+    """Whether the element is shown whole as the page stands, without scrolling: in
+    the viewport, and on top at its corners and centre (not clipped by a container
+    scrolled sideways, nor under another element)."""
+    return browser.execute_script(
+        """
+        const element = arguments[0], box = element.getBoundingClientRect();
+        const view = document.documentElement;
+        if (!box.width || box.left < 0 || box.top < 0 || box.right > view.clientWidth
+            || box.bottom > view.clientHeight) return false;
+        const points = [[box.left + 1, box.top + 1], [box.right - 1, box.bottom - 1],
+                        [(box.left + box.right) / 2, (box.top + box.bottom) / 2]];
+        return points.every(([x, y]) => element.contains(document.elementFromPoint(x, y)));
+        """,
+        element,
+    )
+
+
+def test_the_user_lists_cache_column_is_in_sight_at_1400_px(browser, live_server):
+    """A page of cached users with names and addresses of a common length, both
+    sidebars open, as an operator first sees the list."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+
+    User.objects.create_superuser("root", "root@example.com", PASSWORD)
+    User.objects.bulk_create(
+        User(
+            username=f"customer.{n:06d}",
+            email=f"firstname.lastname.{n:06d}@mail.example.com",
+            first_name="Alexandrina",
+            last_name="Featherstonehaugh",
+        )
+        for n in range(100)
+    )
+    cache_warm(user_ids=list(User.objects.values_list("id", flat=True)))
+    _show_at(browser, 1400, 900)
+
+    _log_in(browser, live_server, "/admin/login/", "root", "/admin/users/user/")
+    _wait(browser).until(expected_conditions.title_contains("Select user to change"))
+
+    header = browser.find_element(By.CSS_SELECTOR, "#result_list th.column-cache_state")
+    cells = browser.find_elements(By.CSS_SELECTOR, "#result_list td.field-cache_state")
+    assert len(cells) == 100
+    assert _in_sight(browser, header)
+    # With these names, every column fits beside both sidebars.
+    assert _in_sight(browser, browser.find_element(By.CSS_SELECTOR, "th.column-staff"))
+    assert _in_sight(browser, cells[0])
+    assert re.fullmatch(r"cached, 5\d min left", cells[0].text), cells[0].text
+
+
+def test_cache_overview_shows_the_outbox_backlog_and_the_followers_lag(browser, live_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+
+    User.objects.create_superuser("root", "root@example.com", PASSWORD)
+    CacheInvalidation.objects.all().delete()
+    for _ in range(2):
+        CacheInvalidation.objects.create(keys=[keys.user_key(0)])
+    CacheInvalidation.objects.update(created_at=timezone.now() - datetime.timedelta(minutes=3))
+    binlog_server.store_position(
+        "server-uuid", binlog_server.Position("binlog.000042", 1234), seconds_behind=4.2
+    )
+
+    _log_in(browser, live_server, "/admin/login/", "root", "/admin/users/user/cache/")
+    _wait(browser).until(expected_conditions.title_contains("User cache"))
+
+    def text(element_id: str) -> str:
+        return browser.find_element(By.ID, element_id).text
+
+    assert (text("outbox-backlog"), text("outbox-oldest")) == ("2 rows", "3 min old")
+    assert text("follower-state") == "running"
+    assert re.fullmatch(r"4\.2 s, as saved \d s ago", text("follower-lag"))
+    assert text("follower-position").startswith("binlog.000042:1234, saved ")
 
 
 def test_swagger_ui_renders_the_api(browser, live_server):

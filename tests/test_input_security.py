@@ -39,6 +39,9 @@ LOOK_ALIKES = [
     ("admIn", "admln"),
     ("root", "r00t"),  # DIGIT ZERO
     ("ace", "\u0430\u0441\u0435"),  # written wholly in Cyrillic
+    ("kate", "\u039a\u0391\u03a4\u0395"),  # GREEK CAPITALS: "KATE", which is "kate"
+    ("tom", "\u0422\u041e\u041c"),  # CYRILLIC CAPITALS: "TOM"
+    ("Mike", "\u039c\u0399\u039a\u0395"),  # GREEK CAPITALS: "MIKE"
 ]
 
 
@@ -252,14 +255,19 @@ class TestUnicodeIdentity:
             "lvan": (apart("lvan", "lvan"), "lvan"),
             "bob": ("bob", "bob"),
         }
+        # The third key (migration 0006), of the upper-cased names: "ADMIN" thrice.
+        assert User.objects.get(username="adm\u0131n").username_upper_skeleton == apart(
+            "ADMlN", "adm\u0131n"
+        )
         kept = ids["adm\u0131n"]
         services.user_update(
             actor=None, user_id=kept, data={"username": "adm\u0131n", "first_name": "Kept"}
         )
         User.objects.get(pk=kept).validate_unique()  # as the admin's change form does
         assert User.objects.values_list(*SKELETON_FIELDS).get(pk=kept) == (
-            apart("adrnin", "adm\u0131n"), apart("adrnin", "adm\u0131n")
-        )
+            apart("adrnin", "adm\u0131n"), apart("adrnin", "adm\u0131n"),
+            apart("ADMlN", "adm\u0131n"),
+        )  # fmt: skip
         with pytest.raises(ValidationError) as refused:
             services.user_create(actor=None, username="\u0251dm\u0131n", email="new@example.com")
         assert refused.value.message_dict == {"username": [LOOKALIKE_MESSAGE]}

@@ -618,3 +618,45 @@ class TestOperators:
 
         grant_user_permissions(staff, "change_user")
         assert client.get(LOCKOUTS_PAGE).status_code == 200
+
+
+class TestPasswordChange:
+    """The admin's password change checks the old password: a guess like a login's,
+    counted against the same limits (failed on the previous main: a session could
+    guess its account's password there without end)."""
+
+    def test_guesses_of_the_old_password_lock_the_account(self, limits, root):
+        session = Client(REMOTE_ADDR="10.0.30.1")
+        session.force_login(root)
+
+        def change(old: str):
+            return session.post(
+                "/admin/password_change/",
+                {"old_password": old, "new_password1": "a-New-passphrase-31",
+                 "new_password2": "a-New-passphrase-31"},
+            )  # fmt: skip
+
+        for _ in range(3):
+            assert change("wrong").status_code == 200  # the form again, with its error
+        refused = change(PASSWORD)
+
+        assert refused.status_code == 200
+        assert "Too many attempts" in refused.content.decode()
+        root.refresh_from_db()
+        assert root.check_password(PASSWORD)
+        # And the login forms count the same failures.
+        assert _refused(_login("/admin/login/", "root", PASSWORD, address="10.0.31.1"))
+
+    def test_the_right_old_password_changes_it(self, limits, root):
+        session = Client(REMOTE_ADDR="10.0.32.1")
+        session.force_login(root)
+
+        response = session.post(
+            "/admin/password_change/",
+            {"old_password": PASSWORD, "new_password1": "a-New-passphrase-31",
+             "new_password2": "a-New-passphrase-31"},
+        )  # fmt: skip
+
+        assert response.status_code == 302
+        root.refresh_from_db()
+        assert root.check_password("a-New-passphrase-31")

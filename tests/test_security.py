@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.conf import settings as django_settings
 from django.test import Client
 from rest_framework.authtoken.models import Token
@@ -16,7 +17,7 @@ from rest_framework.test import APIClient
 from tests.conftest import _token_client, grant_user_permissions
 from tests.servers import collected_static_files
 from users import entries
-from users.cache import keys, kinds
+from users.cache import keys, kinds, transport
 from users.cache.near import near
 from users.models import User
 
@@ -524,9 +525,15 @@ class TestEntriesAsRead:
             lambda redis, key: redis.hset(key, kinds.EXPIRES, str(int(time.time()) - 1)),
             lambda redis, key: redis.hdel(key, kinds.EXPIRES),
             lambda redis, key: redis.hset(key, entries.NAME_OF["first_name"], b"\xff"),
+            lambda redis, key: redis.hset(key, entries.NAME_OF["date_joined"], "9" * 25),
+            lambda redis, key: redis.hset(key, entries.NAME_OF["updated_at"], "9" * 5000),
+            lambda redis, key: redis.hset(key, entries.VERSION.name, "9" * 20),
+            lambda redis, key: redis.hset(key, kinds.EXPIRES, str(int(time.time()) + 10**8)),
+            lambda redis, key: (redis.delete(key), redis.set(key, "not a hash")),
         ],
         ids=["field missing", "timestamp", "flag", "field extra", "expired", "no expiry",
-             "not utf-8"],
+             "not utf-8", "a year past 9999", "past int()'s digits", "version past a BIGINT",
+             "an expiry past the TTL", "not a hash"],
     )  # fmt: skip
     def test_a_malformed_entry_is_a_miss(
         self, reader_client, reader, cached, redis_client, tamper
@@ -539,7 +546,46 @@ class TestEntriesAsRead:
             response = reader_client.get(url)
             assert response.status_code == 200, (url, response.content)
         assert reader_client.get(f"/api/user/{reader.id}").json()["email"] == reader.email
-        assert redis_client.ttl(cached) > 0
+        assert redis_client.type(cached) == b"hash"
+        assert 0 < redis_client.ttl(cached) <= 3600
+
+    @pytest.mark.parametrize(
+        "planted",
+        [
+            lambda redis, lease: redis.set(lease, "planted"),
+            lambda redis, lease: redis.set(lease, "planted", px=10**9),
+            lambda redis, lease: redis.hset(lease, "x", "1"),
+        ],
+        ids=["no expiry", "an expiry past a lease's", "not a string"],
+    )
+    def test_a_lease_nobody_could_have_taken_holds_no_reader(
+        self, reader_client, reader, redis_client, planted, django_assert_num_queries
+    ):
+        """A lease lives ``LEASE_TTL_MS`` at most: one without an expiry, or with a
+        longer one, or of another type, is no reader's, and is taken over rather than
+        waited for on every read (failed on the previous main: every read waited
+        ``LEASE_WAIT_MS``, then read MySQL and never filled)."""
+        reader_client.get(f"/api/user/{reader.id}")  # the token is cached
+        key = keys.user_key(reader.id)
+        redis_client.delete(key)
+        near.invalidate([key])
+        planted(redis_client, keys.lease_key(key))
+
+        assert reader_client.get(f"/api/user/{reader.id}").status_code == 200
+        assert redis_client.type(key) == b"hash"  # filled under the lease taken over
+
+    def test_a_counter_that_is_no_count_starts_again(self, reader_client, reader, redis_client):
+        """What Redis holds under a rate limit's counter is counted from nothing again,
+        never a 500 nor a breaker opened for everyone."""
+        reader_client.get(f"/api/user/{reader.id}")
+        for key in redis_client.scan_iter(match=f"{settings.TEST_RUN_PREFIX}*throttle*"):
+            redis_client.set(key, "not a number")
+        near.forget()  # the next request counts in Redis, not in process
+
+        statuses = [reader_client.get(f"/api/user/{reader.id}").status_code for _ in range(3)]
+
+        assert statuses == [200, 200, 200]
+        assert not transport.breaker.is_open
 
     def test_a_name_entry_naming_no_id_is_a_miss(self, reader_client, reader, redis_client):
         reader_client.get("/api/user?username=reader")

@@ -2,8 +2,9 @@
 
 Every save and delete goes through ``users.services``, and the cache follows
 every change of a user or a token whatever path makes it (``users.invalidation``);
-the cache column, the two cache actions and the overview page go through
-``users.maintenance``.
+the cache column, the two cache actions (on the list's selection, and on one
+user from its change page), the change page's cache section and the overview
+page go through ``users.maintenance``.
 
 Who may change whom follows ``users.permissions`` here as in the API: a staff
 account with ``change_user`` cannot edit, set the password of or delete a
@@ -19,8 +20,12 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminPasswordChangeForm, UserCreationForm
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.decorators import method_decorator
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 from rest_framework.authtoken.admin import TokenAdmin as DRFTokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
@@ -30,7 +35,7 @@ from .cache.inspection import EntryInfo
 from .cache.kinds import ABSENT
 from .cache.transport import CacheUnavailable
 from .logins.pages import login_lockouts
-from .maintenance.overview import cache_overview, user_cache_entries
+from .maintenance.overview import cache_overview, duration, user_cache_entries, user_cache_state
 from .maintenance.warm import cache_warm
 from .models import User
 from .permissions import may_write
@@ -106,16 +111,11 @@ class UserAdmin(DjangoUserAdmin):
         (None, {"classes": ("wide",), "fields": ("username", "email", "password1", "password2")}),
     )
     readonly_fields = ("last_login", "date_joined", "updated_at")
-    list_display = (
-        "id",
-        "username",
-        "email",
-        "first_name",
-        "last_name",
-        "is_active",
-        "is_staff",
-        "cache_state",
-    )
+    # The cache state early, and no more columns than fit beside both sidebars at
+    # 1,400 px: a wider list scrolls its last columns out of sight. First and last
+    # names are on the change page, and searched; change_list.html bounds the text
+    # columns' widths.
+    list_display = ("id", "username", "cache_state", "email_address", "active", "staff")
     list_filter = ("is_active", "is_staff", "is_superuser", "date_joined")
     search_fields = ("username", "email", "first_name", "last_name")
     ordering = ("id",)
@@ -143,32 +143,52 @@ class UserAdmin(DjangoUserAdmin):
     def cache_state(self, user: User) -> str:
         return describe_cache_entry(getattr(user, "cache_entry", None))
 
+    @admin.display(description="email address", ordering="email")
+    def email_address(self, user: User) -> str:
+        """Cut short in the list when long (change_list.html): whole on hovering."""
+        return format_html('<span title="{}">{}</span>', user.email, user.email)
+
+    @admin.display(description="active", boolean=True, ordering="is_active")
+    def active(self, user: User) -> bool:
+        return user.is_active
+
+    @admin.display(description="staff", boolean=True, ordering="is_staff")
+    def staff(self, user: User) -> bool:
+        return user.is_staff
+
     @admin.action(description="Warm cache", permissions=["change"])
     def warm_cache(self, request, queryset) -> None:
         user_ids = self._bounded_selection(request, queryset, "Warming", "warm_user_cache")
-        if user_ids is None:
-            return
-        report = self._on_cache(request, lambda: cache_warm(user_ids=user_ids))
-        if report is None:
-            return
-        message = f"Cached {report.filled} of {len(user_ids)} users."
-        if report.refused:
-            message += f" {report.refused} changed meanwhile; their write updated the cache."
-        self.message_user(request, message, messages.SUCCESS)
+        if user_ids is not None:
+            self._warm(request, user_ids, f"{len(user_ids)} users")
 
     @admin.action(description="Evict from cache", permissions=["change"])
     def evict_from_cache(self, request, queryset) -> None:
         user_ids = self._bounded_selection(request, queryset, "Evicting", "flush_user_cache")
-        if user_ids is None:
-            return
-        report = self._on_cache(request, lambda: cache_flush(model=User, pks=user_ids))
+        if user_ids is not None:
+            self._evict(request, user_ids, f"{len(user_ids)} users")
+
+    def _warm(self, request, user_ids: list[int], who: str) -> None:
+        report = self._on_cache(request, lambda: cache_warm(user_ids=user_ids))
         if report is None:
             return
-        self.message_user(
-            request,
-            f"Evicted {len(user_ids)} users: {report.removed} keys removed.",
-            messages.SUCCESS,
-        )
+        message = f"Cached {report.filled} of {who}."
+        if report.refused:
+            message += f" {report.refused} changed meanwhile; their write updated the cache."
+        self.message_user(request, message, messages.SUCCESS)
+
+    def _evict(self, request, user_ids: list[int], who: str) -> None:
+        report = self._on_cache(request, lambda: cache_flush(model=User, pks=user_ids))
+        if report is not None:
+            self.message_user(
+                request, f"Evicted {who}: {report.removed} keys removed.", messages.SUCCESS
+            )
+
+    def _may_manage_cache(self, request) -> bool:
+        """What the list's two cache actions ask (``permissions=["change"]``): the
+        model's change permission. Warming or evicting changes no user, so it is
+        not limited to the users the viewer may edit."""
+        return self.has_change_permission(request)
 
     def _bounded_selection(self, request, queryset, doing: str, command: str) -> list[int] | None:
         """The selected ids; None, after telling the operator which command to run
@@ -211,7 +231,38 @@ class UserAdmin(DjangoUserAdmin):
             self.admin_site.admin_view(self.login_lockouts_view),
             name="users_user_login_lockouts",
         )
-        return [overview, lockouts, *super().get_urls()]
+        one_user = [
+            path(
+                f"<int:user_id>/cache/{operation}/",
+                self.admin_site.admin_view(self.user_cache_view),
+                {"operation": operation},
+                name=f"users_user_cache_{operation}",
+            )
+            for operation in ("warm", "evict")
+        ]
+        return [overview, lockouts, *one_user, *super().get_urls()]
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None and not add:
+            context["user_cache"] = user_cache_state(user_id=obj.pk)
+            context["may_manage_cache"] = self._may_manage_cache(request)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    @method_decorator(require_POST)
+    def user_cache_view(self, request, user_id: int, operation: str):
+        """Warm or Evict on one user's change page: the list's actions on a selection
+        of one, under the same permission."""
+        if not self._may_manage_cache(request):
+            raise PermissionDenied
+        user = self.get_object(request, str(user_id))
+        if user is None:
+            raise Http404(f"No user with id {user_id}.")
+        who = f"1 user ({user.username})"
+        if operation == "warm":
+            self._warm(request, [user.pk], who)
+        else:
+            self._evict(request, [user.pk], who)
+        return HttpResponseRedirect(reverse("admin:users_user_change", args=[user.pk]) + "#cache")
 
     def cache_overview_view(self, request):
         if not self.has_view_permission(request):
@@ -289,12 +340,4 @@ def describe_cache_entry(entry: EntryInfo | None) -> str:
     state = "absent" if ABSENT in entry.fields else "cached"
     if entry.ttl_ms < 0:
         return f"{state}, no expiry"
-    return f"{state}, {_duration(entry.ttl_ms / 1000)} left"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f} min"
-    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+    return f"{state}, {duration(entry.ttl_ms / 1000)} left"

@@ -101,7 +101,13 @@ ENTRY_NAMES = tuple(field.name for field in _STORED)
 COLUMN_OF = {field.name: field.column for field in _STORED}
 NAME_OF = {field.column: field.name for field in _STORED}
 _FLAG_FIELD = NAME_OF["is_active"]
-_NUMBER_FIELDS = tuple(field.name for field in _STORED if field.kind in (TIMESTAMP, INTEGER))
+# The largest value each number field may hold: the end of year 9999 in µs for a
+# time (what ISO 8601 with four digits can show), a BIGINT for the version.
+_LARGEST = {
+    field.name: 253_402_300_799_999_999 if field.kind is TIMESTAMP else 2**63 - 1
+    for field in _STORED
+    if field.kind in (TIMESTAMP, INTEGER)
+}
 
 
 def etag(version: int | str) -> str:
@@ -144,5 +150,7 @@ def valid(user_id: int, entry: Entry) -> bool:
     """Whether a cached entry's values are what ``encode`` writes: every read of it
     must be able to shape it for the API."""
     return entry[_FLAG_FIELD] in ("0", "1") and all(
-        entry[name].isascii() and entry[name].isdigit() for name in _NUMBER_FIELDS
+        value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= largest
+        for name, largest in _LARGEST.items()
+        if (value := entry[name]) is not None
     )

@@ -32,12 +32,19 @@ name would open the account of "xA"). So:
     "M": folded after the skeleton, "ADMIN" would not meet "admin" spelt with an
     alpha.
 
-  Names that differ in both keys are accepted, so "admln" stands beside "admin"
+  - the skeleton of the upper-cased name, compared exactly: "KATE" spelt in Greek
+    capitals or "TOM" in Cyrillic ones reads as "KATE" or "TOM", which are "kate" and
+    "tom" to the collation; their folded skeletons are Greek and Cyrillic small
+    letters, whose prototypes are no Latin ones, so only the capitals meet.
+    Compared exactly, not by the collation, so that "ALI" and "ALL" (capital I
+    and L differ) stay apart.
+
+  Names that differ in every key are accepted, so "admln" stands beside "admin"
   (small l and small i are not confusable). Refusing that too would mean
   treating i and l as one letter (capital I is i in another case and l's
   look-alike), and refusing "all" beside "ali". Accents are the collation's
-  business: "ádmin" is "admin" to the username's own unique index. Both keys are
-  held by unique indexes (``users/migrations/0005``), so of two look-alikes
+  business: "ádmin" is "admin" to the username's own unique index. Every key is
+  held by a unique index (``users/migrations/0005``, ``0006``), so of two look-alikes
   created at the same moment the database refuses the second;
 * an e-mail domain is stored in its Unicode form under IDNA 2008 with UTS #46
   mapping, so ``bücher.example``, ``BÜCHER.example`` and ``xn--bcher-kva.example``
@@ -80,11 +87,14 @@ def skeleton(text: str) -> str:
     )
 
 
-def username_skeletons(username: str) -> tuple[str, str]:
-    """The two keys by which usernames must differ (see the module's docstring): the
-    skeleton of the NFKC name, and that of its case folding."""
+def username_skeletons(username: str) -> tuple[str, str, str]:
+    """The keys by which usernames must differ (see the module's docstring): the
+    skeleton of the NFKC name, that of its case folding, and that of its upper case."""
     name = normalize_username(username)
-    return skeleton(name)[:SKELETON_LENGTH], skeleton(name.casefold())[:SKELETON_LENGTH]
+    return tuple(
+        skeleton(spelling)[:SKELETON_LENGTH]
+        for spelling in (name, name.casefold(), name.upper())
+    )
 
 
 def normalize_email(email: str) -> str:

@@ -17,7 +17,7 @@ from . import identity
 LOOKALIKE_MESSAGE = "A user with a username that looks like this one already exists."
 # The keys of a username's looks (users.identity.username_skeletons), in that order,
 # and the unique indexes that hold them.
-SKELETON_FIELDS = ("username_skeleton", "username_folded_skeleton")
+SKELETON_FIELDS = ("username_skeleton", "username_folded_skeleton", "username_upper_skeleton")
 SKELETON_INDEXES = {field: f"users_user_{field}_uniq" for field in SKELETON_FIELDS}
 
 
@@ -58,20 +58,23 @@ def kept_apart(skeleton: str, user_id: int) -> str:
     return skeleton[: identity.SKELETON_LENGTH - len(suffix)] + suffix
 
 
-def stored_skeletons(user: models.Model) -> dict[str, str]:
+def stored_skeletons(
+    user: models.Model, fields: tuple[str, ...] = SKELETON_FIELDS
+) -> dict[str, str]:
     """What a save stores for ``user``'s name (a ``User``, or a migration's
-    historical one): its skeletons, or those it has where it is kept apart."""
+    historical one, which has the first ``fields``): its skeletons, or those it has
+    where it is kept apart."""
     stored = {}
     keys = identity.username_skeletons(user.username)
-    for field, key in zip(SKELETON_FIELDS, keys, strict=True):
+    for field, key in zip(fields, keys[: len(fields)], strict=True):
         current = getattr(user, field, None)
         kept = user.pk is not None and current == kept_apart(key, user.pk)
         stored[field] = current if kept else key
     return stored
 
 
-def set_skeletons(user: models.Model) -> None:
-    for field, key in stored_skeletons(user).items():
+def set_skeletons(user: models.Model, fields: tuple[str, ...] = SKELETON_FIELDS) -> None:
+    for field, key in stored_skeletons(user, fields).items():
         setattr(user, field, key)
 
 
@@ -121,6 +124,12 @@ class User(AbstractUser):
     # Compared by the username's collation (users/migrations/0005).
     username_folded_skeleton = models.CharField(  # noqa: DJ001
         max_length=identity.SKELETON_LENGTH, null=True, editable=False
+    )
+    username_upper_skeleton = models.CharField(  # noqa: DJ001
+        max_length=identity.SKELETON_LENGTH,
+        null=True,
+        editable=False,
+        db_collation="utf8mb4_bin",
     )
     updated_at = models.DateTimeField(auto_now=True)
     version = models.PositiveBigIntegerField(default=1)
@@ -244,11 +253,17 @@ class BinlogPosition(models.Model):
     nothing; what it applies twice was a deletion, harmless. ``server`` names the
     server the file and offset belong to (its ``server_uuid``, MariaDB's
     ``server_uid``): another server's binary log has other files at those names.
+
+    ``seconds_behind`` is the follower's lag when it saved the row, which a running
+    follower does at least every ``users.binlog.server.REPORT_SECONDS``; None once
+    it stopped. The admin's overview reads it: the follower's own metrics are
+    served on its host, which the web process may not reach.
     """
 
     server = models.CharField(max_length=64)
     log_file = models.CharField(max_length=255)
     log_pos = models.PositiveBigIntegerField()
+    seconds_behind = models.FloatField(null=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -16,6 +16,12 @@ tables to the cache, then remembers how far it got.
   harmless. The follower's own saves are logged too; a transaction that wrote
   only the position does not count as progress, or each save would call for
   the next one.
+* **Its lag beside the position.** Each save carries the follower's lag then
+  (``usersvc_binlog_seconds_behind``), and a save is made at least every
+  ``server.REPORT_SECONDS`` whatever happened (while Redis is down too: the lag
+  grows, the position stays), and on stopping without a lag: the row tells a
+  process on another host how far behind a running follower is, and that none
+  runs once it goes stale.
 * **Redis down.** The deletion is retried, with a growing pause, until Redis
   answers; nothing after it is read meanwhile and the position stays.
 * **MySQL restarts, rotates or drops the connection.** The stream is opened again
@@ -137,6 +143,8 @@ class Follower:
         )
         self._progressed = False
         self._next_checkpoint = 0.0
+        self._next_report = 0.0
+        self.seconds_behind = 0.0
         self._show(position)
 
     def run(self) -> None:
@@ -166,7 +174,7 @@ class Follower:
             self._pending = Changes()
             self.stop.wait(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
-        self._checkpoint(force=True)
+        self._save(seconds_behind=None)
 
     def _open(self) -> BinLogStreamReader:
         return BinLogStreamReader(
@@ -243,7 +251,7 @@ class Follower:
             self._show(position)
         elif isinstance(event, HeartbeatLogEvent):
             metrics.EVENTS.labels("heartbeat").inc()
-            metrics.SECONDS_BEHIND.set(0)
+            self._behind(None)
             self._checkpoint()
 
     def _commit(self, timestamp: int, stream: BinLogStreamReader) -> None:
@@ -278,31 +286,46 @@ class Follower:
                 logger.warning("MySQL is unavailable, retrying at %s: %s", self.position, exc)
                 connection.close()
             self._behind(timestamp)
+            self._checkpoint()
             if self.stop.wait(delay):
                 return False
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    def _checkpoint(self, *, force: bool = False) -> None:
-        """Saves the applied position, at most once a ``CHECKPOINT_SECONDS`` unless
-        forced, and only after progress."""
-        if not self._progressed or (not force and time.monotonic() < self._next_checkpoint):
-            return
+    def _checkpoint(self) -> None:
+        """Saves the applied position and the lag when a save is due: after progress,
+        at most once a ``CHECKPOINT_SECONDS``; in any case, once a
+        ``server.REPORT_SECONDS``."""
+        now = time.monotonic()
+        if (self._progressed and now >= self._next_checkpoint) or now >= self._next_report:
+            self._save(seconds_behind=self.seconds_behind)
+
+    def _save(self, *, seconds_behind: float | None) -> None:
+        """Saves the position and ``seconds_behind``; a failed save is tried again
+        when the next one is due."""
+        now = time.monotonic()
+        self._next_checkpoint = now + CHECKPOINT_SECONDS
+        self._next_report = now + server.REPORT_SECONDS
         try:
-            server.store_position(self.server, self.position)
+            server.store_position(self.server, self.position, seconds_behind=seconds_behind)
         except DatabaseError as exc:
             metrics.ERRORS.labels("mysql").inc()
             logger.warning("could not save the position %s: %s", self.position, exc)
             connection.close()
             return
         self._progressed = False
-        self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
 
     def _show(self, position: Position) -> None:
         self.position = position
         metrics.POSITION_FILE.set(position.file_number)
         metrics.POSITION_OFFSET.set(position.log_pos)
 
-    @staticmethod
-    def _behind(timestamp: int) -> None:
-        if timestamp:
-            metrics.SECONDS_BEHIND.set(max(0.0, time.time() - timestamp))
+    def _behind(self, timestamp: int | None) -> None:
+        """The lag: since the server's start of the change at ``timestamp``, or 0
+        (None: the server has nothing newer)."""
+        if timestamp is None:
+            self.seconds_behind = 0.0
+        elif timestamp:
+            self.seconds_behind = max(0.0, time.time() - timestamp)
+        else:
+            return
+        metrics.SECONDS_BEHIND.set(self.seconds_behind)

@@ -17,6 +17,7 @@ import re
 from django.conf import settings
 from django.db import ProgrammingError, connection
 from django.db.backends.utils import CursorWrapper
+from django.utils import timezone
 
 from ..models import BinlogPosition
 
@@ -37,6 +38,10 @@ SETTINGS_HINT = (
     "in the server's configuration (docs/binlog-follower.md)"
 )
 GRANT_HINT = "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the follower's user"
+# A running follower saves its row at least this often, progress or not, with its
+# lag: whoever reads the row (the admin's overview, on another host than the
+# follower's metrics) can then tell a running follower's lag from a stopped one's.
+REPORT_SECONDS = 10.0
 
 
 class Refused(Exception):
@@ -131,9 +136,17 @@ def stored_position() -> BinlogPosition | None:
     return BinlogPosition.objects.filter(pk=1).first()
 
 
-def store_position(server: str, position: Position) -> None:
-    """Saves ``position`` as applied: one row, whichever follower writes it."""
-    fields = {"server": server, "log_file": position.log_file, "log_pos": position.log_pos}
+def store_position(server: str, position: Position, *, seconds_behind: float | None) -> None:
+    """Saves ``position`` as applied, with the follower's lag at that moment (None: it
+    is stopping): one row, whichever follower writes it. ``updated_at`` is set here,
+    since Django sets an ``auto_now`` field on ``save()`` only, not on ``update()``."""
+    fields = {
+        "server": server,
+        "log_file": position.log_file,
+        "log_pos": position.log_pos,
+        "seconds_behind": seconds_behind,
+        "updated_at": timezone.now(),
+    }
     if not BinlogPosition.objects.filter(pk=1).update(**fields):
         BinlogPosition.objects.create(pk=1, **fields)
 
@@ -163,7 +176,7 @@ def start_position(*, from_end: bool) -> tuple[str, Position]:
         position = end_of_log(cursor)
     # Stored at once: a follower that crashed before its first save would otherwise
     # start again at a later end and miss what came between.
-    store_position(server, position)
+    store_position(server, position, seconds_behind=0.0)
     return server, position
 
 

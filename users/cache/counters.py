@@ -110,21 +110,26 @@ def event_records(keys: Sequence[str], *, take: bool = False) -> list[EventRecor
     calls = [([key], ["take" if take else "read"]) for key in keys]
     records: list[EventRecord | None] = []
     for ms_left, flat in eval_many(scripts.EVENT_WINDOW, calls):
-        fields = decode_hash(flat)
-        if not fields:
-            records.append(None)
-            continue
-        over = fields.get("over")
-        records.append(
-            EventRecord(
-                count=int(fields.get("count", 0)),
-                ms_left=ms_left,
-                since_ms=int(fields.get("since", 0)),
-                over_ms=None if over is None else int(over),
-                subject=fields.get("subject", ""),
-            )
-        )
+        records.append(_event_record(decode_hash(flat), ms_left))
     return records
+
+
+def _event_record(fields: dict[str, str] | None, ms_left: int) -> EventRecord | None:
+    """A counter as its script writes it; None for none, or for one whose numbers are
+    not numbers (written by someone else: it is no counter of this service's)."""
+    if not fields:
+        return None
+    numbers = [fields.get("count", "0"), fields.get("since", "0"), fields.get("over", "0")]
+    if not all(value.isascii() and value.isdigit() and len(value) <= 15 for value in numbers):
+        return None
+    over = fields.get("over")
+    return EventRecord(
+        count=int(numbers[0]),
+        ms_left=ms_left,
+        since_ms=int(numbers[1]),
+        over_ms=None if over is None else int(over),
+        subject=fields.get("subject", ""),
+    )
 
 
 def events_index_add(index_key: str, keys: Sequence[str], *, ttl_ms: int) -> None:

@@ -41,6 +41,9 @@ Entry = dict[str, str]
 # entry read after it is a miss, whatever TTL Redis holds (a PERSIST, an
 # invalidation lost in a failover).
 EXPIRES = "z"
+# An entry whose expiry is further away than its kind's TTL allows was not written
+# by this service (a clock this far ahead of another host's is a fault of its own).
+EXPIRY_SLACK_SECONDS = 2
 # Present on an entry that records "no such row" (the negative cache): how a
 # cached absence is told apart from a miss.
 ABSENT = "x"
@@ -98,10 +101,11 @@ class Codec:
     valid: Callable[[Hashable, Entry], bool] = lambda ident, entry: True
     seal: Callable[[Hashable, Entry], Entry] = lambda ident, entry: entry
 
-    def open(self, ident: Hashable, entry: Entry | None, now: float) -> Entry | None:
+    def open(self, ident: Hashable, entry: Entry | None, now: float, latest: float) -> Entry | None:
         """The entry as read from Redis if it is one this service wrote and it has
-        not expired; None otherwise (a miss). Its expiry is kept: the near cache
-        holds an entry no longer than it."""
+        not expired, nor expires after ``latest`` (later than a fill made now could
+        have set: written by someone else); None otherwise (a miss). Its expiry is
+        kept: the near cache holds an entry no longer than it."""
         if entry is None:
             return None
         names = entry.keys() - {EXPIRES}
@@ -109,10 +113,10 @@ class Codec:
             good = entry[ABSENT] == "1"
         else:
             good = names == self.fields and self.valid(ident, entry)
-        try:
-            return entry if good and int(entry[EXPIRES]) >= now else None
-        except (KeyError, ValueError):
+        expires = entry.get(EXPIRES, "")
+        if not (good and expires.isascii() and expires.isdigit() and len(expires) <= 12):
             return None
+        return entry if now <= int(expires) <= latest else None
 
     def close(self, ident: Hashable, entry: Entry, *, expires: float) -> Entry:
         """``entry`` as it is stored: with its expiry (``expires``, seconds since the
@@ -149,6 +153,13 @@ class CachedKind:
 
     def key(self, ident: Hashable) -> str:
         return keys.entry_key(self.name, self.tag(ident))
+
+    def open(self, ident: Hashable, entry: Entry | None, now: float) -> Entry | None:
+        """``codec.open``, with the latest expiry this kind's TTL allows."""
+        if entry is None:
+            return None
+        seconds = self.absent_ttl() if is_absent(entry) and self.absent_ttl else self.ttl()
+        return self.codec.open(ident, entry, now, now + seconds + EXPIRY_SLACK_SECONDS)
 
     def key_prefix(self) -> str:
         return keys.entry_key_prefix(self.name)

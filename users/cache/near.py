@@ -117,6 +117,24 @@ class NearCache:
             metrics.NEAR_CACHE_LOOKUPS.labels("hit").inc(len(found))
         return found
 
+    def peek(self, entry_keys: Iterable[str]) -> dict[str, Entry] | None:
+        """The entries held for these keys, as ``get_many`` would serve them, for an
+        operator's view: no lookup counted, no recency changed. None when a read
+        now would not be served from here (off, not tracking, or a tracking
+        connection in another thread's hands)."""
+        if not self.enabled:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            if not self._drain():
+                return None
+            found = {}
+            for key in entry_keys:
+                held = self._entries.get(key)
+                if held is not None and held[1] >= now:
+                    found[key] = held[0]
+            return found
+
     def put_many(self, entries: dict[str, Entry], stamp: int | None) -> None:
         """Keeps entries read from Redis, or filled by this process, after ``stamp``,
         unless one of their keys was invalidated since (or tracking failed)."""

@@ -2,10 +2,54 @@
 always land together and a check-then-write cannot be interleaved. Every script
 that names an entry names its lease too: both share the entry's hash tag.
 
+Whatever another writer of Redis left under a key (another type, a value of
+another form, a lease without an expiry), a script neither fails nor waits on
+it: a key of the wrong type is no entry, lease or counter this service wrote,
+and is deleted (``HASH_OF``, ``LEASE_HELD_BY``, ``COUNTED``). A script that
+raised would count as Redis failing, and open the circuit breaker for everyone.
+
 The lease is what keeps the cache from going stale. A reader that misses takes
 the entry's lease before it loads the row and stores its load only while it
 still holds the lease; every write deletes or replaces the lease, so a load made
 before a write is refused ("Scaling Memcache at Facebook", NSDI 2013, 3.2.1).
+"""
+
+# Lua shared by the scripts below (prepended to each).
+# HASH_OF(key): the hash at key, {} when none; a key of another type is deleted.
+# LEASE_HELD_BY(lease): who holds the lease, false when nobody does; a lease of
+#   another type is deleted.
+# TAKE(lease, token, ttl): takes the lease when nobody holds it, or when what holds
+#   it is no lease this service took (without an expiry, or longer than a lease
+#   lives); true when taken.
+# COUNTED(key, n): INCRBY n, starting again from nothing at a value that is no count.
+_HELPERS = """
+local function HASH_OF(key)
+  local ok, hash = pcall(redis.call, 'HGETALL', key)
+  if ok then return hash end
+  redis.call('DEL', key)
+  return {}
+end
+local function LEASE_HELD_BY(lease)
+  local ok, holder = pcall(redis.call, 'GET', lease)
+  if ok then return holder end
+  redis.call('DEL', lease)
+  return false
+end
+local function TAKE(lease, token, ttl)
+  if redis.call('SET', lease, token, 'NX', 'PX', ttl) then return true end
+  local left = redis.call('PTTL', lease)
+  if left < 0 or left > tonumber(ttl) or not LEASE_HELD_BY(lease) then
+    redis.call('SET', lease, token, 'PX', ttl)
+    return true
+  end
+  return false
+end
+local function COUNTED(key, n)
+  local ok, count = pcall(redis.call, 'INCRBY', key, n)
+  if ok then return count end
+  redis.call('DEL', key)
+  return redis.call('INCRBY', key, n)
+end
 """
 
 # Entry states in LEASE's replies.
@@ -19,7 +63,7 @@ PRESENT, LEASED, NOT_LEASED = 1, 2, 0
 #            ({2}), else {0}: a warm that leaves present entries alone;
 #   refresh  the lease whoever holds it ({2}): a warm that replaces present
 #            entries (a reader whose lease this replaces merely fails to store).
-LEASE = """
+LEASE = _HELPERS + """
 local token, ttl, mode = ARGV[1], ARGV[2], ARGV[3]
 local replies = {}
 for i = 1, #KEYS, 2 do
@@ -29,11 +73,10 @@ for i = 1, #KEYS, 2 do
     redis.call('SET', lease, token, 'PX', ttl)
     reply = {2}
   else
-    local hash = mode == 'read' and redis.call('HGETALL', entry) or {}
+    local hash = mode == 'read' and HASH_OF(entry) or {}
     if #hash > 0 then
       reply = {1, hash}
-    elseif (mode == 'read' or redis.call('EXISTS', entry) == 0)
-        and redis.call('SET', lease, token, 'NX', 'PX', ttl) then
+    elseif (mode == 'read' or redis.call('EXISTS', entry) == 0) and TAKE(lease, token, ttl) then
       reply = {2}
     end
   end
@@ -50,7 +93,7 @@ return replies
 # meanwhile) per entry. The entries travel as one JSON argument: the client packs
 # one string instead of ten arguments per entry, at about the same cost to the
 # script, and the field names travel once per shape.
-FILL = """
+FILL = _HELPERS + """
 local token = ARGV[1]
 local batch = cjson.decode(ARGV[2])
 local shapes, entries = batch[1], batch[2]
@@ -58,7 +101,7 @@ local stored = {}
 for e = 1, #entries do
   local entry, key, lease = entries[e], KEYS[2 * e - 1], KEYS[2 * e]
   stored[e] = 0
-  if redis.call('GET', lease) == token then
+  if LEASE_HELD_BY(lease) == token then
     local names = shapes[entry[1]]
     local hash = {}
     for f = 1, #names do
@@ -76,11 +119,11 @@ return stored
 # KEYS: entry, lease, entry, lease, ... ARGV: lease token. Gives back the leases
 # this token still holds: after a failed load, or a load that found no row of a
 # kind whose absence is not cached (tokens). Returns 1 (given back) or 0 per entry.
-RELEASE = """
+RELEASE = _HELPERS + """
 local released = {}
 for i = 1, #KEYS, 2 do
   released[#released + 1] = 0
-  if redis.call('GET', KEYS[i + 1]) == ARGV[1] then
+  if LEASE_HELD_BY(KEYS[i + 1]) == ARGV[1] then
     redis.call('DEL', KEYS[i + 1])
     released[#released] = 1
   end
@@ -94,8 +137,8 @@ return released
 # otherwise deletes the entry. A later write replaces the lease, so a step that
 # arrives late can never leave an older state behind: at worst it drops a newer
 # one, which the next read loads again. Returns 1 (stored) or 0 (deleted).
-FILL_OR_DELETE = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then
+FILL_OR_DELETE = _HELPERS + """
+if LEASE_HELD_BY(KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('HSET', KEYS[1], unpack(ARGV, 3))
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -108,8 +151,8 @@ return 0
 # KEYS: counter. ARGV: requests, window (ms). Adds requests a process counted on
 # its own (``counters.LocalWindows``) to a window as COUNT_IN_WINDOW counts them;
 # returns the count and the window's time left.
-ADD_TO_WINDOW = """
-local count = redis.call('INCRBY', KEYS[1], ARGV[1])
+ADD_TO_WINDOW = _HELPERS + """
+local count = COUNTED(KEYS[1], ARGV[1])
 if count == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {count, redis.call('PTTL', KEYS[1])}
 """
@@ -121,13 +164,13 @@ return {count, redis.call('PTTL', KEYS[1])}
 # token lookup counts its request in the same round trip, and a guessed token
 # creates no counter. A request not counted here (the reply's count is 0) is
 # counted by the throttle once authentication succeeds.
-COUNT_IN_WINDOW = """
+COUNT_IN_WINDOW = _HELPERS + """
 local entry
 if KEYS[2] then
-  entry = redis.call('HGETALL', KEYS[2])
+  entry = HASH_OF(KEYS[2])
   if #entry == 0 then return {0, 0, entry} end
 end
-local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+local count = COUNTED(KEYS[1], ARGV[2])
 if count == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {count, redis.call('PTTL', KEYS[1]), entry}
 """
@@ -142,8 +185,12 @@ return {count, redis.call('PTTL', KEYS[1]), entry}
 #   peek   returns {count, ms left};
 #   read   returns {ms left, the hash}; take, the same and deletes the counter.
 # A counter found without an expiry (written by hand) gets one at its next event.
-EVENT_WINDOW = """
+EVENT_WINDOW = _HELPERS + """
 local key, mode = KEYS[1], ARGV[1]
+-- A counter is a hash whose count is a number; anything else starts again.
+if #HASH_OF(key) > 0 and not tonumber(redis.call('HGET', key, 'count')) then
+  redis.call('DEL', key)
+end
 if mode == 'peek' then
   return {tonumber(redis.call('HGET', key, 'count') or 0), redis.call('PTTL', key)}
 end

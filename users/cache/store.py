@@ -103,7 +103,7 @@ def read_many(refs: Sequence[Ref], *, count: Count | None = None) -> Reading:
     refused = []
     for index, raw in zip(rest, replies, strict=True):
         kind, ident = refs[index]
-        entry = kind.codec.open(ident, raw, now)
+        entry = kind.open(ident, raw, now)
         if raw is not None and entry is None:
             refused.append((kind, keys[index]))
         found[keys[index]] = entry
@@ -114,6 +114,12 @@ def read_many(refs: Sequence[Ref], *, count: Count | None = None) -> Reading:
         stamp,
     )
     return Reading([found[key] for key in keys], counted)
+
+
+def held_here(keys: Sequence[str]) -> dict[str, Entry] | None:
+    """What this process's near cache holds of ``keys`` (an operator's view: nothing
+    counted); None when a read now would not be served from it."""
+    return near.peek(keys)
 
 
 def _read(
@@ -129,8 +135,8 @@ def _read(
 
     def run(redis: Redis | RedisCluster) -> list:
         replies = execute_many(redis, commands)
-        for reply in replies:
-            if isinstance(reply, ResponseError):
+        for reply in replies:  # decode_hash reads a WRONGTYPE as no entry
+            if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
                 raise reply
         return replies
 
@@ -174,7 +180,7 @@ def lease_many(
         if reply[0] != scripts.PRESENT:
             states.append((reply[0], None))
             continue
-        entry = kind.codec.open(ident, decode_hash(reply[1]), now)
+        entry = kind.open(ident, decode_hash(reply[1]), now)
         if entry is None:
             refused.append((kind, key))
         states.append((scripts.PRESENT, entry) if entry else (scripts.NOT_LEASED, None))

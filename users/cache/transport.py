@@ -142,9 +142,17 @@ def _send(redis: Redis | RedisCluster, commands: Sequence[tuple]) -> list:
         pool.release(connection)
 
 
-def decode_hash(raw: Mapping[bytes, bytes] | Sequence[bytes]) -> dict[str, str] | None:
+def decode_hash(
+    raw: Mapping[bytes, bytes] | Sequence[bytes] | ResponseError,
+) -> dict[str, str] | None:
     """An HGETALL reply (a dict through a cluster client, else flat: field, value,
-    ...), decoded; None for a missing key or one that is not valid UTF-8."""
+    ...), decoded; None for a missing key; ``{}``, no entry of anyone's, for a hash
+    that is not valid UTF-8 or a key of another type (the WRONGTYPE error Redis
+    answered: what someone else wrote there is no reason to take Redis for down)."""
+    if isinstance(raw, ResponseError):
+        if str(raw).startswith("WRONGTYPE"):
+            return {}
+        raise raw
     if not raw:
         return None
     try:

@@ -18,7 +18,8 @@ The modules: ``accounts`` (an account as the database tells accounts apart),
 ``addresses`` (the client address every per-address limit counts), ``limits``
 (the counting, in Redis and, while Redis does not answer, in the process; the
 operators' list and unlock), ``guard`` (the backend, the signals, the
-middleware), ``pages`` (the admin's page of lockouts).
+middleware), ``pages`` (the admin's page of lockouts), ``password_change`` (the
+admin's password change, whose check of the old password counts as an attempt).
 """
 
 

@@ -151,7 +151,8 @@ def _user_id(key: str) -> int | None:
     if kinds.kind_of_key(key) is not USERS:
         return None
     tag = entry_tag(key)
-    return int(tag) if tag is not None and tag.isascii() and tag.isdigit() else None
+    digits = tag is not None and tag.isascii() and tag.isdigit() and len(tag) <= 19
+    return int(tag) if digits else None
 
 
 def _ident(kind: CachedKind, key: str) -> Hashable:
@@ -174,7 +175,7 @@ def _malformation(
         return ProblemKind.MALFORMED, f"a {info.type}, not a hash"
     if info.ttl_ms == -1:
         return ProblemKind.MALFORMED, "no expiry"
-    if kind.codec.open(ident, info.fields, time.time()) is not None:
+    if kind.open(ident, info.fields, time.time()) is not None:
         return None
     if EXPIRES not in info.fields:
         return ProblemKind.MALFORMED, "no expiry field"

@@ -11,6 +11,8 @@ from django.db import migrations, models
 import users.models
 
 BATCH = 1000
+# The keys this migration adds (later ones add more: users.models.SKELETON_FIELDS).
+FIELDS = ("username_skeleton", "username_folded_skeleton")
 
 
 def _fold_as_usernames(schema_editor) -> None:
@@ -31,21 +33,21 @@ def _fold_as_usernames(schema_editor) -> None:
 
 def _fill(User) -> None:
     batch = []
-    rows = User.objects.only("pk", "username", *users.models.SKELETON_FIELDS).order_by("pk")
+    rows = User.objects.only("pk", "username", *FIELDS).order_by("pk")
     for user in rows.iterator(chunk_size=BATCH):
-        users.models.set_skeletons(user)
+        users.models.set_skeletons(user, FIELDS)
         batch.append(user)
         if len(batch) == BATCH:
-            User.objects.bulk_update(batch, users.models.SKELETON_FIELDS)
+            User.objects.bulk_update(batch, FIELDS)
             batch = []
-    User.objects.bulk_update(batch, users.models.SKELETON_FIELDS)
+    User.objects.bulk_update(batch, FIELDS)
 
 
 def _keep_apart_existing_lookalikes(User, schema_editor) -> None:
     """Groups by each key as its column compares (GROUP BY uses the collation), so
     what the unique index would refuse is exactly what is found here."""
     quote = schema_editor.quote_name
-    for field in users.models.SKELETON_FIELDS:
+    for field in FIELDS:
         with schema_editor.connection.cursor() as cursor:
             cursor.execute(
                 f"SELECT MIN({quote('id')}) FROM {quote('users_user')} WHERE {quote(field)}"
