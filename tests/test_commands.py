@@ -12,6 +12,7 @@ import subprocess
 import sys
 import termios
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -426,6 +427,40 @@ def test_a_database_mysql_does_not_know_is_named(db):
         " (database no_such_database_here): Unknown database 'no_such_database_here'"
         " (MySQL error 1049)\n"
     )
+
+
+def test_a_database_without_the_tables_is_named(transactional_db):
+    """A query MySQL refuses (here: no table, migrate was not run) is one line too."""
+    database = connection.settings_dict
+    empty = f"test_usersvc_empty_{uuid.uuid4().hex[:8]}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{empty}`")
+    try:
+        result = _manage(
+            "warm_user_cache",
+            "--all",
+            DATABASE_URL=f"mysql://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:"
+            f"{database['PORT'] or 3306}/{empty}",
+        )
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE `{empty}`")
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"CommandError: MySQL at {database['HOST']}:{database['PORT'] or 3306} (database"
+        f" {empty}) refused a query: Table '{empty}.users_user' doesn't exist (MySQL error 1146)\n"
+    )
+
+
+def test_a_redis_password_is_never_shown(settings, db):
+    settings.CACHES = one_server_caches("redis://usersvc:s3cret@127.0.0.1:1/0")
+
+    with pytest.raises(CommandError) as failed:
+        _run("check_user_cache")
+
+    assert str(failed.value).startswith("Redis is unavailable at redis://127.0.0.1:1/0: ")
+    assert "s3cret" not in str(failed.value)
 
 
 def test_flushing_everything_needs_no_mysql(stored_user, redis_client):

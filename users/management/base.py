@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
-from redis.exceptions import RedisError
 from tqdm import tqdm
 
 from users.cache.transport import CacheUnavailable
@@ -110,10 +109,6 @@ class CacheCommand(BaseCommand):
             return super().execute(*args, **options)
         except CacheUnavailable as exc:
             raise CommandError(f"Redis is unavailable at {redis_location()}: {exc}") from exc
-        except RedisError as exc:
-            raise CommandError(
-                f"Redis at {redis_location()} refused a command: {type(exc).__name__}: {exc}"
-            ) from exc
         except (OperationalError, InterfaceError) as exc:
             raise CommandError(
                 f"MySQL is unavailable at {mysql_location()}: {_mysql_error(exc)}"
