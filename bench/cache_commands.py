@@ -8,8 +8,12 @@ WARM_COMMAND = "warm_user_cache"
 FLUSH_COMMAND = "flush_user_cache"
 
 
+# What a scheduled job adds: flush --all asks for confirmation unless told not to.
+_UNATTENDED = {WARM_COMMAND: [], FLUSH_COMMAND: ["--no-input"]}
+
+
 def run_timed(name: str) -> float:
     """Seconds ``manage.py <name> --all`` takes, quiet (as a scheduled job runs it)."""
     start = time.perf_counter()
-    call_command(name, "--all", verbosity=0)
+    call_command(name, "--all", *_UNATTENDED[name], verbosity=0)
     return time.perf_counter() - start

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -13,8 +14,10 @@ import environ
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from config.env import Env
 from config.redis import cache_from_env
 from tests.servers import Certificates
+from users.conf import DEFAULTS, VARIABLES, checked
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,16 +29,20 @@ def _env(**variables: str) -> environ.Env:
 
 
 def _settings_under(**variables: str) -> dict:
-    """DATABASES and CACHES as the settings resolve them in a fresh process."""
+    """DATABASES, CACHES and USERS_CACHE as the settings resolve them in a fresh
+    process, and the user cache's TTL as users/conf.py reads it."""
     environment = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("REDIS_", "DATABASE_URL", "DJANGO_SETTINGS_MODULE"))
+        and key not in VARIABLES.values()
     }
     environment.update(DJANGO_SETTINGS_MODULE="config.settings.local", **variables)
     script = (
         "import json; from django.conf import settings; "
-        "print(json.dumps({'DATABASES': settings.DATABASES, 'CACHES': settings.CACHES}))"
+        "from users.conf import user_cache_settings; "
+        "print(json.dumps({'DATABASES': settings.DATABASES, 'CACHES': settings.CACHES, "
+        "'USERS_CACHE': settings.USERS_CACHE, 'TTL': user_cache_settings.TTL}))"
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-v0", "-c", script], cwd=ROOT, env=environment,
@@ -254,29 +261,191 @@ class TestDatabase:
         assert metadata.version("django-tidb").split(".")[:2] == django.__version__.split(".")[:2]
 
 
+def _start(**variables: str) -> subprocess.CompletedProcess:
+    """``manage.py check`` under the local settings and these variables."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "DJANGO_SETTINGS_MODULE" and key not in VARIABLES.values()
+    }
+    environment.update({"DJANGO_SETTINGS_MODULE": "config.settings.local", **variables})
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=environment,
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
 class TestKeyPrefix:
     """The prefix goes into SCAN patterns and Redis Cluster hash tags: a glob or a
     brace in it would reach other applications' keys or move entries between slots."""
 
     @pytest.mark.parametrize("prefix", ["users*", "a?b", "x[ab]", "esc\\", "t{a}g", "sp ace", ""])
     def test_a_prefix_with_pattern_characters_is_refused_at_start(self, prefix):
-        environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-        environment.update(DJANGO_SETTINGS_MODULE="config.settings.local", CACHE_KEY_PREFIX=prefix)
-        result = subprocess.run(
-            [sys.executable, "manage.py", "check"], cwd=ROOT, env=environment,
-            capture_output=True, text=True,
-        )  # fmt: skip
+        result = _start(CACHE_KEY_PREFIX=prefix)
 
         assert result.returncode != 0
         assert "CACHE_KEY_PREFIX" in result.stderr
 
     @pytest.mark.parametrize("prefix", ["usersvc", "team-a.users", "svc_2:users"])
     def test_an_ordinary_prefix_is_accepted(self, prefix):
-        environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-        environment.update(DJANGO_SETTINGS_MODULE="config.settings.local", CACHE_KEY_PREFIX=prefix)
-        result = subprocess.run(
-            [sys.executable, "manage.py", "check"], cwd=ROOT, env=environment,
-            capture_output=True, text=True,
-        )  # fmt: skip
+        result = _start(CACHE_KEY_PREFIX=prefix)
 
         assert result.returncode == 0, result.stderr
+
+
+class TestCacheSettings:
+    """users/conf.py holds each cache setting's default, once, and checks every
+    value when the settings are first read, at start: a value the cache cannot
+    use stops the process with ImproperlyConfigured, never an assert or an error
+    at the first request that uses it."""
+
+    def test_an_unset_variable_leaves_the_default_to_users_conf(self):
+        resolved = _settings_under()
+
+        assert resolved["USERS_CACHE"] == {}
+        assert resolved["TTL"] == DEFAULTS["TTL"]
+
+    def test_a_set_variable_sets_its_key(self):
+        resolved = _settings_under(USER_CACHE_TTL="60", NEAR_CACHE_SIZE="0")
+
+        assert resolved["USERS_CACHE"] == {"TTL": "60", "NEAR_CACHE_SIZE": "0"}
+        assert resolved["TTL"] == 60
+
+    def test_the_defaults_pass_their_own_check(self):
+        assert checked(DEFAULTS) == DEFAULTS
+
+    def test_numbers_are_read_from_the_environments_strings(self):
+        assert checked({"TTL": "60", "RATE_SYNC_MS": "50", "TTL_JITTER": "0.25"}) == {
+            "TTL": 60,
+            "RATE_SYNC_MS": 50,
+            "TTL_JITTER": 0.25,
+        }
+
+    @pytest.mark.parametrize("key", sorted(DEFAULTS))
+    def test_every_key_is_checked(self, key):
+        """A key added without a check would take anything; nothing takes this."""
+        with pytest.raises(ImproperlyConfigured, match=re.escape(f"USERS_CACHE[{key!r}]")):
+            checked({key: object()})
+
+    @pytest.mark.parametrize(
+        ("key", "value", "use"),
+        [
+            ("TTL", "abc", "a whole number of 1 or more"),
+            ("TTL", 0, "a whole number of 1 or more"),
+            ("TTL", 1.5, "a whole number of 1 or more"),
+            ("TTL", True, "a whole number of 1 or more"),
+            ("TTL", "", "a whole number of 1 or more"),
+            ("TTL_JITTER", 1, "a number from 0 up to, not including, 1"),
+            ("TTL_JITTER", -0.1, "a number from 0 up to, not including, 1"),
+            ("NEGATIVE_TTL", -30, "a whole number of 1 or more"),
+            ("TOKEN_TTL", None, "a whole number of 1 or more"),
+            ("LEASE_TTL_MS", 0, "a whole number of 1 or more"),
+            ("LEASE_WAIT_MS", -1, "a number of 0 or more"),
+            ("LEASE_POLL_MS", 0, "a number of 1 or more"),
+            ("BREAKER_FAILURES", 0, "a whole number of 1 or more"),
+            ("BREAKER_COOLDOWN_MS", "soon", "a number of 0 or more"),
+            ("OUTBOX_RETRY_MS", float("nan"), "a number of 1 or more"),
+            ("OUTBOX_SWEEP_SECONDS", float("inf"), "a number of 0 or more"),
+            ("NEAR_CACHE_SIZE", -1, "a whole number of 0 or more"),
+            ("NEAR_CACHE_MAX_AGE", "0", "a number of 1 or more"),
+            ("RATE_SYNC_MS", "0.5", "a number of 1 or more"),
+        ],
+    )
+    def test_a_number_it_cannot_use_is_refused(self, key, value, use):
+        with pytest.raises(ImproperlyConfigured) as refused:
+            checked({key: value})
+
+        named = (
+            f"{VARIABLES[key]} (USERS_CACHE[{key!r}])"
+            if key in VARIABLES
+            else (f"USERS_CACHE[{key!r}]")
+        )
+        assert str(refused.value) == f"{named} is {value!r}: use {use}."
+
+    @pytest.mark.parametrize(
+        ("user_settings", "message"),
+        [
+            ({"UPDATE_STRATEGY": "sometimes"},
+             "USER_CACHE_UPDATE_STRATEGY (USERS_CACHE['UPDATE_STRATEGY']) is 'sometimes';"
+             " use one of invalidate, write-through."),
+            ({"KEY_PREFIX": 7}, "CACHE_KEY_PREFIX (USERS_CACHE['KEY_PREFIX']) is 7: use 1 to 64"),
+            ({"TTL_SECONDS": 60}, "Unknown USERS_CACHE settings: ['TTL_SECONDS']"),
+        ],
+    )  # fmt: skip
+    def test_a_word_it_does_not_know_is_refused(self, user_settings, message):
+        with pytest.raises(ImproperlyConfigured, match=re.escape(message)):
+            checked(user_settings)
+
+    def test_a_settings_module_of_ones_own_is_checked_at_start(self, tmp_path):
+        """As docs/configuration.md shows: a module that imports the settings and
+        changes a key that has no variable."""
+        (tmp_path / "mysite_settings.py").write_text(
+            "from config.settings.local import *  # noqa: F403\n"
+            "from config.settings.local import USERS_CACHE\n"
+            "USERS_CACHE['LEASE_POLL_MS'] = 0\n"
+        )
+        result = _start(DJANGO_SETTINGS_MODULE="mysite_settings", PYTHONPATH=str(tmp_path))
+
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1] == (
+            "django.core.exceptions.ImproperlyConfigured: USERS_CACHE['LEASE_POLL_MS'] is 0:"
+            " use a number of 1 or more."
+        )
+
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("USER_CACHE_TTL", "1h"),
+            ("USER_CACHE_NEGATIVE_TTL", "0"),
+            ("TOKEN_CACHE_TTL", "-300"),
+            ("USER_CACHE_UPDATE_STRATEGY", "write-back"),
+            ("NEAR_CACHE_SIZE", "10k"),
+            ("NEAR_CACHE_MAX_AGE", "0"),
+            ("RATE_SYNC_MS", ""),
+        ],
+    )
+    def test_a_bad_variable_stops_the_start(self, variable, value):
+        result = _start(**{variable: value})
+
+        assert result.returncode != 0
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"django.core.exceptions.ImproperlyConfigured: {variable} ("), last
+
+
+class TestVariablesOfAType:
+    """A variable read as a number (or any type) whose text is no such value stops
+    the start with ImproperlyConfigured naming it, not with the cast's ValueError."""
+
+    @pytest.mark.parametrize(("read", "text"), [("int", "2s"), ("int", ""), ("float", "fast")])
+    def test_a_text_of_another_type_is_refused_with_its_name(self, read, text):
+        env = Env()
+        env.ENVIRON = {"SOME_VARIABLE": text}
+
+        with pytest.raises(ImproperlyConfigured, match=r"^SOME_VARIABLE is '.*': not a value"):
+            getattr(env, read)("SOME_VARIABLE")
+
+    def test_the_default_of_an_unset_variable_is_taken_as_given(self):
+        env = Env()
+        env.ENVIRON = {}
+
+        assert env.int("SOME_VARIABLE", default=2) == 2
+
+    @pytest.mark.parametrize(
+        ("variable", "text"),
+        [
+            ("DB_CONNECT_TIMEOUT", "2s"),
+            ("CONN_MAX_AGE", ""),
+            ("MAX_REQUEST_BODY_BYTES", "64k"),
+            ("LOGIN_FAILURE_LIMIT", "ten"),
+            ("REDIS_READ_TIMEOUT_MS", "0.1s"),
+            ("REDIS_MAX_CONNECTIONS", "many"),
+        ],
+    )
+    def test_a_bad_number_stops_the_start(self, variable, text):
+        result = _start(**{variable: text})
+
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"django.core.exceptions.ImproperlyConfigured: {variable} is {text!r}: not a value"
+            f" of its type (invalid literal for int() with base 10: {text!r})."
+        )

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from users.conf import DEFAULTS as CACHE_SETTING_DEFAULTS
+from users.conf import VARIABLES as CACHE_SETTING_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
+BASE_SETTINGS = ROOT / "config" / "settings" / "base.py"
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "configuration.md"
@@ -190,7 +192,9 @@ SHELL_DEFAULT = re.compile(r"\$\{([A-Z][A-Z0-9_]*):-([^}]*)\}")
 
 
 def _variables_the_code_reads() -> dict[str, list[tuple[Path, object]]]:
-    """Each variable the code reads, with where and the literal default it gives there."""
+    """Each variable the code reads, with where and the literal default it gives there.
+    A variable that sets a USERS_CACHE key has the default users/conf.py gives the
+    key: the settings read it without one (``_variables_of_cache_settings``)."""
     read: dict[str, list[tuple[Path, object]]] = {}
     for path in PYTHON_SOURCES:
         constants = _module_constants(ast.parse(path.read_text()))
@@ -199,6 +203,8 @@ def _variables_the_code_reads() -> dict[str, list[tuple[Path, object]]]:
     for path in SHELL_SOURCES:
         for name, default in SHELL_DEFAULT.findall(path.read_text()):
             read.setdefault(name, []).append((path, default))
+    for key, name in _variables_of_cache_settings().items():
+        read.setdefault(name, []).append((BASE_SETTINGS, CACHE_SETTING_DEFAULTS[key]))
     return {name: where for name, where in read.items() if name not in NOT_CONFIGURATION}
 
 
@@ -212,21 +218,28 @@ def _as_written(value: object) -> str:
     return str(value)
 
 
-def _variables_of_cache_settings() -> dict[str, str]:
-    """USERS_CACHE key -> the variable config/settings/base.py sets it from."""
-    tree = ast.parse((ROOT / "config" / "settings" / "base.py").read_text())
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and any(isinstance(t, ast.Name) and t.id == "USERS_CACHE" for t in node.targets)
-            and isinstance(node.value, ast.Dict)
+def _cache_settings_block() -> ast.Assign:
+    """config/settings/base.py's ``USERS_CACHE = ...``."""
+    for node in ast.parse(BASE_SETTINGS.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "USERS_CACHE" for target in node.targets
         ):
-            return {
-                key.value: value.args[0].value
-                for key, value in zip(node.value.keys, node.value.values, strict=True)
-                if isinstance(value, ast.Call)
-            }
-    raise AssertionError("config/settings/base.py sets no USERS_CACHE dict")
+            return node
+    raise AssertionError("config/settings/base.py sets no USERS_CACHE")
+
+
+def _variables_of_cache_settings() -> dict[str, str]:
+    """USERS_CACHE key -> the variable config/settings/base.py sets it from: the
+    dict of string keys and string variable names in its ``USERS_CACHE`` block."""
+    for node in ast.walk(_cache_settings_block()):
+        if isinstance(node, ast.Dict) and node.keys:
+            pairs = [
+                (_literal(key, {}), _literal(value, {}))
+                for key, value in zip(node.keys, node.values, strict=True)
+            ]
+            if all(isinstance(key, str) and isinstance(name, str) for key, name in pairs):
+                return dict(pairs)
+    raise AssertionError("config/settings/base.py's USERS_CACHE names no variables")
 
 
 def test_the_readme_stays_a_front_door():
@@ -316,6 +329,31 @@ def test_every_cache_setting_is_in_the_configuration_reference():
         if f"`{_as_written(CACHE_SETTING_DEFAULTS[key])}`" not in settings_table[key]
     ]
     assert not wrong, f"the settings table's defaults differ from users/conf.py's: {wrong}"
+
+
+def test_each_cache_default_is_written_once():
+    """users/conf.py holds the cache's defaults; the settings set a key only when its
+    variable is set. A default written in the settings too would be a second one,
+    which a change to users/conf.py would not reach (USER_CACHE_TTL's 3600 was
+    written in both, once): the USERS_CACHE block holds no value but the keys and
+    their variables' names."""
+    variables = _variables_of_cache_settings()
+    written = [
+        node.value
+        for node in ast.walk(_cache_settings_block().value)
+        if isinstance(node, ast.Constant)
+        and node.value not in variables
+        and node.value not in variables.values()
+    ]
+    assert not written, f"config/settings/base.py's USERS_CACHE writes {written}"
+    assert set(variables) <= set(CACHE_SETTING_DEFAULTS), "USERS_CACHE sets a key with no default"
+
+
+def test_the_cache_errors_name_the_variables_the_settings_read():
+    """users/conf.py names a key's variable when it refuses its value; it cannot
+    import the settings' list (config/ depends on no app), so the two are held
+    together here."""
+    assert _variables_of_cache_settings() == CACHE_SETTING_VARIABLES
 
 
 def test_settings_without_a_variable_are_never_written_as_variables():

@@ -1,10 +1,18 @@
 """The user cache's settings, read from ``settings.USERS_CACHE`` with defaults.
 
 Shaped like DRF's ``api_settings``: one lazy object, attribute access, documented
-defaults, and a reload when a test overrides ``USERS_CACHE``.
+defaults, and a reload when a test overrides ``USERS_CACHE``. This module is the
+one place the defaults are written: the settings set a key only when its
+environment variable is set (``VARIABLES``). Every value is checked when the
+settings are first read, which ``UsersConfig.ready`` does at every start: a
+value the cache cannot use stops the process with ``ImproperlyConfigured``.
 """
 
+import contextlib
+import dataclasses
+import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -50,6 +58,20 @@ DEFAULTS: dict[str, Any] = {
     "RATE_SYNC_MS": 100,
 }
 
+# The environment variable config/settings/base.py sets each of these keys from,
+# when it is set (config/ cannot import this module: it stays below the apps).
+# Named in errors; tests/test_docs.py holds the two lists together.
+VARIABLES = {
+    "KEY_PREFIX": "CACHE_KEY_PREFIX",
+    "TTL": "USER_CACHE_TTL",
+    "NEGATIVE_TTL": "USER_CACHE_NEGATIVE_TTL",
+    "TOKEN_TTL": "TOKEN_CACHE_TTL",
+    "UPDATE_STRATEGY": "USER_CACHE_UPDATE_STRATEGY",
+    "NEAR_CACHE_SIZE": "NEAR_CACHE_SIZE",
+    "NEAR_CACHE_MAX_AGE": "NEAR_CACHE_MAX_AGE",
+    "RATE_SYNC_MS": "RATE_SYNC_MS",
+}
+
 UPDATE_STRATEGIES = ("invalidate", "write-through")
 # A key prefix goes into SCAN patterns, where * ? [ ] \ are wildcards that would
 # reach other applications' keys, and into Redis Cluster hash tags, where { }
@@ -57,31 +79,112 @@ UPDATE_STRATEGIES = ("invalidate", "write-through")
 _KEY_PREFIX_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Number:
+    """What a numeric setting may be: at least ``least`` and, when ``below`` is
+    given, less than it; ``whole`` when it is a count, a size, or a time that
+    Redis takes as a whole number (a TTL, a lease's milliseconds). A string (as
+    the environment gives values) is read as a number first."""
+
+    least: float
+    below: float | None = None
+    whole: bool = True
+
+    def checked(self, name: str, value: Any) -> int | float:
+        number = value
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = _parsed(value, whole=self.whole)
+        allowed = int if self.whole else int | float
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, allowed)
+            or not math.isfinite(number)
+            or number < self.least
+            or (self.below is not None and number >= self.below)
+        ):
+            raise ImproperlyConfigured(f"{_named(name)} is {value!r}: use {self}.")
+        return number
+
+    def __str__(self) -> str:
+        what = "a whole number" if self.whole else "a number"
+        if self.below is None:
+            return f"{what} of {self.least:g} or more"
+        return f"{what} from {self.least:g} up to, not including, {self.below:g}"
+
+
+def _parsed(text: str, *, whole: bool) -> int | float:
+    """A number as the environment writes it: a whole number stays an int."""
+    try:
+        return int(text)
+    except ValueError:
+        if whole:
+            raise
+        return float(text)
+
+
+# Every numeric key's bounds: the values whose use would fail (a TTL of 0 is an
+# error in Redis), spin (a poll every 0 ms) or mean nothing (a negative size).
+_NUMBERS = {
+    "TTL": _Number(1),
+    "TTL_JITTER": _Number(0, below=1, whole=False),
+    "NEGATIVE_TTL": _Number(1),
+    "TOKEN_TTL": _Number(1),
+    "LEASE_TTL_MS": _Number(1),
+    "LEASE_WAIT_MS": _Number(0, whole=False),
+    "LEASE_POLL_MS": _Number(1, whole=False),
+    "BREAKER_FAILURES": _Number(1),
+    "BREAKER_COOLDOWN_MS": _Number(0, whole=False),
+    "OUTBOX_RETRY_MS": _Number(1, whole=False),
+    "OUTBOX_SWEEP_SECONDS": _Number(0, whole=False),
+    "NEAR_CACHE_SIZE": _Number(0),
+    "NEAR_CACHE_MAX_AGE": _Number(1, whole=False),
+    "RATE_SYNC_MS": _Number(1, whole=False),
+}
+
+
+def _named(name: str) -> str:
+    """A key as the operator set it: its variable, where it has one, and the key."""
+    key = f"USERS_CACHE[{name!r}]"
+    return f"{VARIABLES[name]} ({key})" if name in VARIABLES else key
+
+
+def checked(user_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``USERS_CACHE`` as given, each value checked (numbers read from strings);
+    raises ``ImproperlyConfigured`` at the first key that is unknown or has a
+    value the cache cannot use."""
+    unknown = set(user_settings) - set(DEFAULTS)
+    if unknown:
+        raise ImproperlyConfigured(f"Unknown USERS_CACHE settings: {sorted(unknown)}")
+    values = dict(user_settings)
+    for name, number in _NUMBERS.items():
+        if name in values:
+            values[name] = number.checked(name, values[name])
+    strategy = values.get("UPDATE_STRATEGY", DEFAULTS["UPDATE_STRATEGY"])
+    if strategy not in UPDATE_STRATEGIES:
+        raise ImproperlyConfigured(
+            f"{_named('UPDATE_STRATEGY')} is {strategy!r}; use one of "
+            f"{', '.join(UPDATE_STRATEGIES)}."
+        )
+    prefix = values.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
+    if not isinstance(prefix, str) or not _KEY_PREFIX_SHAPE.fullmatch(prefix):
+        raise ImproperlyConfigured(
+            f"{_named('KEY_PREFIX')} is {prefix!r}: use 1 to 64 letters, digits, '.', '_', "
+            "':' or '-', starting with a letter or digit."
+        )
+    return values
+
+
 class UserCacheSettings:
     def __init__(self, user_settings: dict[str, Any] | None = None) -> None:
-        self._user_settings = user_settings
+        self._user_settings = None if user_settings is None else checked(user_settings)
 
     @property
     def user_settings(self) -> dict[str, Any]:
         if self._user_settings is None:
             from django.conf import settings
 
-            self._user_settings = getattr(settings, "USERS_CACHE", {})
-            unknown = set(self._user_settings) - set(DEFAULTS)
-            if unknown:
-                raise ImproperlyConfigured(f"Unknown USERS_CACHE settings: {sorted(unknown)}")
-            strategy = self._user_settings.get("UPDATE_STRATEGY", DEFAULTS["UPDATE_STRATEGY"])
-            if strategy not in UPDATE_STRATEGIES:
-                raise ImproperlyConfigured(
-                    f"USER_CACHE_UPDATE_STRATEGY (USERS_CACHE['UPDATE_STRATEGY']) is "
-                    f"{strategy!r}; use one of {', '.join(UPDATE_STRATEGIES)}."
-                )
-            prefix = self._user_settings.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
-            if not isinstance(prefix, str) or not _KEY_PREFIX_SHAPE.fullmatch(prefix):
-                raise ImproperlyConfigured(
-                    f"CACHE_KEY_PREFIX (USERS_CACHE['KEY_PREFIX']) is {prefix!r}: use 1 to 64 "
-                    "letters, digits, '.', '_', ':' or '-', starting with a letter or digit."
-                )
+            self._user_settings = checked(getattr(settings, "USERS_CACHE", {}))
         return self._user_settings
 
     def __getattr__(self, name: str) -> Any:

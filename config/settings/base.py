@@ -10,12 +10,15 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config.env import Env
 from config.metrics_writers import confine_to_gunicorn_workers
 from config.redis import cache_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
-env = environ.Env()
+# A variable whose text is no value of its kind (DB_CONNECT_TIMEOUT=2s) stops the
+# start with ImproperlyConfigured naming it (config/env.py).
+env = Env()
 # This checkout's own database account, when scripts/create_database.py made one
 # on a MariaDB whose root logs in over its unix socket only (local.env, not in
 # git). The environment's own variables win.
@@ -59,16 +62,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # as the environment says (config/redis.py).
 CACHES = {"default": cache_from_env(env)}
 
-# The user cache (see users/conf.py for every key and its meaning).
+# The user cache. users/conf.py holds every key's meaning, default and valid
+# values, and checks them at start; a key is set here, from its variable, only
+# when the variable is set (to anything, empty included), so that each default
+# is written once.
 USERS_CACHE = {
-    "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="usersvc"),
-    "TTL": env.int("USER_CACHE_TTL", default=3600),
-    "NEGATIVE_TTL": env.int("USER_CACHE_NEGATIVE_TTL", default=30),
-    "TOKEN_TTL": env.int("TOKEN_CACHE_TTL", default=300),
-    "UPDATE_STRATEGY": env("USER_CACHE_UPDATE_STRATEGY", default="invalidate"),
-    "NEAR_CACHE_SIZE": env.int("NEAR_CACHE_SIZE", default=10_000),
-    "NEAR_CACHE_MAX_AGE": env.int("NEAR_CACHE_MAX_AGE", default=300),
-    "RATE_SYNC_MS": env.int("RATE_SYNC_MS", default=100),
+    key: env(variable)
+    for key, variable in {
+        "KEY_PREFIX": "CACHE_KEY_PREFIX",
+        "TTL": "USER_CACHE_TTL",
+        "NEGATIVE_TTL": "USER_CACHE_NEGATIVE_TTL",
+        "TOKEN_TTL": "TOKEN_CACHE_TTL",
+        "UPDATE_STRATEGY": "USER_CACHE_UPDATE_STRATEGY",
+        "NEAR_CACHE_SIZE": "NEAR_CACHE_SIZE",
+        "NEAR_CACHE_MAX_AGE": "NEAR_CACHE_MAX_AGE",
+        "RATE_SYNC_MS": "RATE_SYNC_MS",
+    }.items()
+    if variable in env.ENVIRON
 }
 
 # APPS

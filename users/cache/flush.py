@@ -1,12 +1,13 @@
 """Flush: cached entries removed, a SCAN page at a time, never FLUSHDB. What a flush
 removes is every kind's entries and their leases (``users.cache.kinds``): of some
-rows (the keys they own), or of every row."""
+rows (the keys they own), or of every row. And how many keys there are, estimated
+without a SCAN of them all: what ``flush_user_cache --all`` asks to confirm."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from django.db.models import Model
 
@@ -74,6 +75,42 @@ def cache_flush(
         if in_flight is not None:
             report.removed += in_flight.result()
     return report
+
+
+# SCAN pages of up to a thousand keys each, per server, that an estimate goes over:
+# its cost in Redis calls, whatever the size of the database.
+ESTIMATE_PAGES = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyEstimate:
+    """Keys of the project by label: counted when the sample went over the whole
+    database (``exact``), else scaled from the share of the sample they make up."""
+
+    counts: dict[str, int]
+    exact: bool
+
+    def total(self, labels: Iterable[str]) -> int:
+        return sum(self.counts.get(label, 0) for label in labels)
+
+
+def estimate_keys(label: Callable[[str], str] = kinds.key_label) -> KeyEstimate:
+    """The project's keys by ``label`` (by default ``kinds.key_label``), from
+    ``ESTIMATE_PAGES`` SCAN pages and the key count of each server: the same few
+    round trips at any size, where counting them all costs a SCAN of the whole
+    database (a round trip per thousand keys)."""
+    samples = retrying(lambda: cluster.sample_keys(pages=ESTIMATE_PAGES))
+    estimated: dict[str, float] = {}
+    for sample in samples:
+        # Each key of a server's sample stands for this many of its database's.
+        weight = 1.0 if sample.complete else sample.in_database / max(sample.examined, 1)
+        for key in sample.project_keys:
+            name = label(key)
+            estimated[name] = estimated.get(name, 0.0) + weight
+    return KeyEstimate(
+        counts={name: round(count) for name, count in estimated.items()},
+        exact=all(sample.complete for sample in samples),
+    )
 
 
 def _owned_key_pages(model: type[Model], pks: Sequence, batch_size: int) -> Iterator[list[str]]:

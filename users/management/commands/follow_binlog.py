@@ -23,13 +23,14 @@ class Command(CacheCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument(
+        mode = parser.add_mutually_exclusive_group()
+        mode.add_argument(
             "--check",
             action="store_true",
             help="Only check that the server can be followed (binary log, row format, "
             "privileges): exit 0 if so, else say what to change and exit 1.",
         )
-        parser.add_argument(
+        mode.add_argument(
             "--from-end",
             action="store_true",
             help="Forget the stored position and start at the end of the binary log: after "

@@ -1,7 +1,5 @@
 import argparse
 
-from django.core.management.base import CommandParser
-
 from users.logins import addresses, limits
 from users.management.base import CacheCommand
 
@@ -14,6 +12,13 @@ def group_named(raw: str) -> str:
         raise argparse.ArgumentTypeError(f"{raw!r} is not an IP address") from None
 
 
+def account_named(raw: str) -> str:
+    """An argparse type: a name the login form could have been given."""
+    if not raw.strip():
+        raise argparse.ArgumentTypeError(f"{raw!r} names no account")
+    return raw
+
+
 class Command(CacheCommand):
     help = (
         "Lists the login lockouts (--list), or lifts those of an account, under any "
@@ -22,19 +27,17 @@ class Command(CacheCommand):
     )
     usage_error = "name an account (--username), an address (--address), or --list"
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs) -> CommandParser:
-        # Kept for handle(): a missing or conflicting choice is a usage error (exit 2),
-        # like any other argparse finds.
-        self.parser = super().create_parser(prog_name, subcommand, **kwargs)
-        return self.parser
-
     def add_arguments(self, parser):
         parser.add_argument(
             "--list",
             action="store_true",
             help="Every account and address locked out or over its rate of attempts.",
         )
-        parser.add_argument("--username", help="An account, spelt any way the login form takes.")
+        parser.add_argument(
+            "--username",
+            type=account_named,
+            help="An account, spelt any way the login form takes.",
+        )
         parser.add_argument(
             "--address",
             type=group_named,

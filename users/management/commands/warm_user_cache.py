@@ -1,11 +1,13 @@
-import sys
 import time
 
-from django.core.management.base import CommandError
-from tqdm import tqdm
-
 from users.maintenance import warm
-from users.management.base import CacheCommand, positive_int, utc_date_or_datetime
+from users.management.base import (
+    CacheCommand,
+    Progress,
+    user_id,
+    utc_date_or_datetime,
+    whole_number,
+)
 
 
 class Command(CacheCommand):
@@ -20,7 +22,7 @@ class Command(CacheCommand):
         selection.add_argument(
             "--ids",
             nargs="+",
-            type=positive_int,
+            type=user_id,
             metavar="ID",
             help="These users; an id with no user is cached as absent, as a read would.",
         )
@@ -33,7 +35,7 @@ class Command(CacheCommand):
         )
         parser.add_argument(
             "--batch-size",
-            type=positive_int,
+            type=whole_number(most=warm.MAX_BATCH_SIZE),
             default=warm.DEFAULT_BATCH_SIZE,
             metavar="N",
             help=f"Users per MySQL query and Redis round trip (default "
@@ -46,41 +48,28 @@ class Command(CacheCommand):
         )
 
     def handle(self, *args, **options):
-        if options["batch_size"] > warm.MAX_BATCH_SIZE:
-            raise CommandError(f"--batch-size is at most {warm.MAX_BATCH_SIZE}.")
         verbosity = options["verbosity"]
         selection = {"user_ids": options["ids"], "since": options["since"]}
-        show_bar = verbosity >= 1 and sys.stderr.isatty()
-        total = warm.cache_warm_count(**selection) if show_bar else None
-        started = time.monotonic()
-        done = 0
-
-        with tqdm(total=total, disable=not show_bar, unit=" users", dynamic_ncols=True) as bar:
-
-            def on_batch(batch: warm.WarmReport) -> None:
-                nonlocal done
-                done += batch.examined
-                bar.update(batch.examined)
-                if verbosity >= 2 and not show_bar:
-                    self.stdout.write(f"{done} users so far, {self._rate(done, started)}")
-
+        progress = Progress(
+            self.stdout,
+            verbosity=verbosity,
+            unit="users",
+            total=lambda: warm.cache_warm_count(**selection),
+        )
+        with progress:
             report = warm.cache_warm(
                 **selection,
                 batch_size=options["batch_size"],
                 missing_only=options["missing_only"],
-                on_batch=on_batch,
+                on_batch=lambda batch: progress.advance(batch.examined),
             )
 
         if verbosity >= 1:
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"Warmed {report.examined} users in {time.monotonic() - started:.2f} s "
-                    f"({self._rate(report.examined, started)}): {report.filled} cached, "
+                    f"Warmed {report.examined} users in {time.monotonic() - progress.started:.2f}"
+                    f" s ({progress.rate(report.examined)}): {report.filled} cached, "
                     f"{report.absent} cached as absent, {report.skipped} already cached, "
                     f"{report.refused} changed meanwhile (left to the write)."
                 )
             )
-
-    @staticmethod
-    def _rate(count: int, started: float) -> str:
-        return f"{count / max(time.monotonic() - started, 1e-6):.0f} users/s"
