@@ -183,7 +183,7 @@ def start_position(*, from_end: bool) -> tuple[str, Position]:
 def lost_position_hint() -> str:
     return (
         "changes since then may be missing from the cache; run `manage.py flush_user_cache "
-        "--all`, then `manage.py follow_binlog --from-end`"
+        "--all --no-input`, then `manage.py follow_binlog --from-end`"
     )
 
 
