@@ -94,7 +94,7 @@ def test_a_hit_is_one_round_trip_and_no_query(
 
 def test_stampede_waits_are_counted(user, redis_client, settings):
     settings.USERS_CACHE = {**settings.USERS_CACHE, "LEASE_WAIT_MS": 20}
-    redis_client.set(keys.lease_key(keys.user_key(user.id)), "someone-else", px=5000)
+    redis_client.set(keys.lease_key(keys.user_key(user.id)), "someone-else", px=2000)
     with Delta("usersvc_cache_stampede_waits_total", entity="user", outcome="timed_out") as waits:
         assert reads.user_get(user_id=user.id).source is reads.Source.MISS
     assert waits.value == 1

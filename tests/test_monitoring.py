@@ -165,7 +165,7 @@ def _exercise(mariadb, redis_server: RedisServer, web: WebService, follower) -> 
     for path in (f"/api/user/{user_id}", "/api/user/999000", "/api/user/999000"):
         assert web.request("GET", path)[0] in (200, 404)
     # Another reader's lease on a missing entry: this read waits for it.
-    redis.set(leases[999_001], "another-reader", px=60_000)
+    redis.set(leases[999_001], "another-reader", px=2_000)
     assert web.request("GET", "/api/user/999001")[0] == 404
 
     # A token entry that someone edited in Redis: refused, and read from MySQL again.

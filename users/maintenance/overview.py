@@ -217,7 +217,7 @@ def _entry_state(
     }
     if not info.exists:
         return EntryState(state="not cached", **common)
-    opened = None if raw is None else kind.codec.open(ident, raw, now)
+    opened = None if raw is None else kind.open(ident, raw, now)
     if opened is None:
         problem = _why_refused(kind, ident, info, now)
         shown = tuple(
