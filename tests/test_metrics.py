@@ -53,12 +53,12 @@ def user(make_user) -> User:
     return make_user(username="measured", email="measured@example.com")
 
 
-def test_lookups_are_counted_by_result(user):
+def test_lookups_are_counted_by_result(user, deleted_id):
     with _lookups("miss") as miss, _lookups("hit") as hit, _lookups("negative_hit") as negative:
         reads.user_get(user_id=user.id)
         reads.user_get(user_id=user.id)
-        reads.user_get(user_id=999_999)
-        reads.user_get(user_id=999_999)
+        reads.user_get(user_id=deleted_id)
+        reads.user_get(user_id=deleted_id)
     assert (miss.value, hit.value, negative.value) == (2, 1, 1)
 
 
