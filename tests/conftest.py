@@ -33,7 +33,7 @@ from config.redis import CLUSTER_CLIENT, SENTINEL_CLIENT, cache_from_env
 from tests.servers import RedisClusterServers, SentinelGroup
 from users import entries
 from users.cache import keys, kinds, readthrough, scripts, store, transport
-from users.cache.breaker import CircuitBreaker
+from users.cache.breaker import Breakers
 from users.cache.counters import local_windows
 from users.models import User
 
@@ -169,9 +169,9 @@ def redis_nodes_holding(keys: Iterable[str]) -> int:
 
 @pytest.fixture(autouse=True)
 def _closed_breaker(monkeypatch):
-    """Each test starts with a breaker of its own, closed: one that an earlier test
+    """Each test starts with breakers of its own, closed: one that an earlier test
     opened (by stopping a Redis) does not fail this one's calls."""
-    monkeypatch.setattr(transport, "breaker", CircuitBreaker())
+    monkeypatch.setattr(transport, "breakers", Breakers())
 
 
 @pytest.fixture(autouse=True)

@@ -366,6 +366,18 @@ class RedisClusterServers:
                 return next(node for node in self.nodes if node.port == port)
         raise LookupError(f"no primary serves slot {slot}")
 
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """The node that replicates ``primary`` now."""
+        lines = [line.split() for line in primary.client().execute_command("CLUSTER", "NODES")
+                 .decode().splitlines()]  # fmt: skip
+        # id, address@bus-port, flags, primary id, ...
+        [primary_id] = [fields[0] for fields in lines if "myself" in fields[2].split(",")]
+        for fields in lines:
+            if "slave" in fields[2].split(",") and fields[3] == primary_id:
+                port = int(fields[1].split("@")[0].rpartition(":")[2])
+                return next(node for node in self.nodes if node.port == port)
+        raise LookupError(f"no replica of {primary.address}")
+
     def has_failed_over(self, killed: RedisServer, key: str) -> bool:
         """A replica serves ``key``'s slot in place of ``killed``, and the cluster is ok."""
         running = [node for node in self.nodes if node.is_running]
@@ -501,6 +513,10 @@ class SentinelGroup:
             if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
                 return False
         return True
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """The other server, which replicates ``primary``."""
+        return next(server for server in self.servers if server is not primary)
 
     def has_failed_over(self, killed: RedisServer, key: str) -> bool:
         """Every sentinel names a primary other than ``killed``, and it accepts writes."""

@@ -158,17 +158,20 @@ def test_metrics_endpoint_serves_the_text_format(client, user):
 
 def test_the_breaker_state_and_its_openings(user, stopped_redis, settings):
     settings.USERS_CACHE = {**settings.USERS_CACHE, "BREAKER_COOLDOWN_MS": 50}
-    with Delta("usersvc_cache_breaker_openings_total") as openings:
-        while not transport.breaker.is_open:
+    node = {"node": transport.SERVER}
+    with Delta("usersvc_cache_breaker_openings_total", **node) as openings:
+        while not transport.breakers.is_open:
             reads.user_get(user_id=user.id)
-        open_while_down = _sample("usersvc_cache_breaker_open")
+        open_while_down = _sample("usersvc_cache_breaker_open", **node)
         for _ in range(3):  # fail at once while open; no new opening
             reads.user_get(user_id=user.id)
 
         stopped_redis.start()
         time.sleep(0.1)  # past the cooldown: the next read probes Redis and closes it
         assert reads.user_get(user_id=user.id).source is reads.Source.MISS
-    assert (open_while_down, _sample("usersvc_cache_breaker_open"), openings.value) == (1, 0, 1)
+    assert (open_while_down, _sample("usersvc_cache_breaker_open", **node), openings.value) == (
+        1, 0, 1
+    )  # fmt: skip
 
 
 def _scrape_in_process(client) -> dict[str, float]:
@@ -397,9 +400,9 @@ _RECORD_IN_A_SCRIPT = """
 import django
 django.setup()
 from users import metrics
-metrics.BREAKER_OPEN.set(1)
+metrics.BREAKER_OPEN.labels("server").set(1)
 metrics.count_lookup("user", "MISS", found=True)
-print(metrics.REGISTRY.get_sample_value("usersvc_cache_breaker_open"))
+print(metrics.REGISTRY.get_sample_value("usersvc_cache_breaker_open", {"node": "server"}))
 """
 
 

@@ -228,11 +228,11 @@ def test_an_old_entry_read_between_a_write_and_its_delete_is_not_kept(
     in_between = {}
     write = store._write
 
-    def read_then_write(redis, entry_keys, fill):
+    def read_then_write(redis, node, entry_keys, fill, **options):
         if key in entry_keys and not in_between:
             in_between["stamp"] = near.stamp()
             in_between["entry"] = store.read_many([(USERS, reader.id)]).entries[0]
-        return write(redis, entry_keys, fill)
+        return write(redis, node, entry_keys, fill, **options)
 
     monkeypatch.setattr(store, "_write", read_then_write)
     with django_capture_on_commit_callbacks(execute=True):

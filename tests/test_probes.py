@@ -31,7 +31,7 @@ def test_readyz_reports_each_dependency(client, db):
 
 def test_readyz_asks_redis_itself_not_the_breaker(client, db):
     for _ in range(user_cache_settings.BREAKER_FAILURES):
-        transport.breaker.record_failure()
+        transport.breakers[transport.SERVER].record_failure()
     response = client.get("/readyz")
     assert response.json()["checks"]["redis"]["status"] == "ok"
 

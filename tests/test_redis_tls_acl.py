@@ -39,7 +39,7 @@ from tests.servers import (
 from users import reads, services
 from users.cache import cluster as cache_cluster
 from users.cache import flush, transport
-from users.cache.breaker import CircuitBreaker
+from users.cache.breaker import Breakers
 from users.cache.kinds import ABSENT
 from users.maintenance import check, overview, warm
 
@@ -54,12 +54,14 @@ PASSWORDS = (SERVICE_PASSWORD, SENTINEL_PASSWORD, DEFAULT_PASSWORD, WRONG_PASSWO
 # included (Redis checks a script's calls against the caller's ACL too);
 # docs/configuration.md, "Redis credentials and TLS", lists the same. COMMAND and
 # CLUSTER SLOTS are the cluster client's: it maps the slots and the commands' key
-# positions with them. CLIENT TRACKING is the near cache's (users/cache/near.py).
+# positions with them. CLIENT TRACKING is the near cache's (users/cache/near.py);
+# WAIT a write's, for a replica to confirm its invalidation (INFO tells whether
+# there is one: users/cache/transport.py).
 SERVICE_COMMANDS = (
     "evalsha", "script|load",
     "hgetall", "hmget", "hget", "hset", "get", "set", "del", "unlink", "exists",
     "incr", "incrby", "pexpire", "pttl", "type", "scan",
-    "info", "ping", "client|tracking",
+    "info", "ping", "client|tracking", "wait",
     "cluster|slots", "command",
 )  # fmt: skip
 # What redis-py asks a sentinel: the primary it names for the service.
@@ -197,7 +199,7 @@ def cache_configured_by(variables: dict[str, str]):
     """The ``default`` cache as these environment variables configure it."""
     with (
         override_settings(CACHES={"default": cache_from_variables(variables)}),
-        mock.patch.object(transport, "breaker", CircuitBreaker()),
+        mock.patch.object(transport, "breakers", Breakers()),
     ):
         yield
 

@@ -11,9 +11,10 @@ kind says which rows its entries are made from. Two ways in:
   2. after the commit, they are deleted (with their leases), or, for a kind that
      stores a saved row (``CachedKind.entry_of``: a create, and every save under
      ``UPDATE_STRATEGY`` "write-through"), that one entry is filled with the
-     committed state;
-  3. if Redis misses step 2, the outbox replays it as a deletion
-     (``users.cache.outbox``).
+     committed state (``store.write``: whatever the circuit breakers say, node
+     by node, and confirmed by a replica where the node has one);
+  3. the keys a node missed in step 2, or that no replica confirmed, the outbox
+     replays as deletions (``users.cache.outbox``).
 
 * **Everything else** (``QuerySet.update()``, raw SQL, another application):
   ``follow_binlog`` reads MySQL's binary log and calls ``rows_changed_elsewhere``,
@@ -91,13 +92,14 @@ def _fill_of(saved: Model, keys: list[str], *, created: bool) -> store.WriteFill
 def rows_changed_elsewhere(changes: Iterable[RowChange]) -> None:
     """Deletes the keys of rows that changed where no signal saw it (raw SQL,
     ``QuerySet.update()``, another application), as a write's after-commit step
-    does. Nothing is recorded in the outbox: the caller retries until this returns.
-    Raises ``CacheUnavailable`` when Redis does not answer, ``DatabaseError`` when
-    MySQL does not (a kind may ask it which entries a change touches: a user's
-    tokens)."""
+    does (``store.write``: past the breakers, confirmed by a replica where there
+    is one). Nothing is recorded in the outbox: the caller retries until this
+    returns. Raises ``CacheUnavailable`` when Redis does not take them all,
+    ``DatabaseError`` when MySQL does not answer (a kind may ask it which entries
+    a change touches: a user's tokens)."""
     keys = kinds.keys_of(changes)
     for start in range(0, len(keys), _KEYS_PER_CALL):
-        store.invalidate(keys[start : start + _KEYS_PER_CALL])
+        store.write(keys[start : start + _KEYS_PER_CALL])
 
 
 def row_images(instance: Model) -> dict:

@@ -134,15 +134,19 @@ LOGIN_LOCKOUTS = Counter(
 # (label pid), "livemax" one per label set; both forget a worker once it exits.
 BREAKER_OPEN = Gauge(
     "usersvc_cache_breaker_open",
-    "1 while this process's circuit breaker in front of Redis is open (from the failure "
-    "that opened it until a call succeeds; meanwhile its reads bypass the cache), else 0. "
-    "One sample per worker process (label pid).",
+    "1 while this process's circuit breaker in front of a Redis node is open (from the "
+    "failure that opened it until a call succeeds; meanwhile its reads of that node's keys "
+    "bypass the cache), else 0. One sample per worker process (label pid) and node: a "
+    "cluster primary's host:port, or server for a single server or Sentinel's primary.",
+    ["node"],
     multiprocess_mode="liveall",
 )
 BREAKER_OPENINGS = Counter(
     "usersvc_cache_breaker_openings",
-    "Times a circuit breaker opened after consecutive Redis failures: a breaker that opens "
-    "and closes again between two scrapes shows here only.",
+    "Times a circuit breaker opened after consecutive Redis failures, by node (as "
+    "usersvc_cache_breaker_open): a breaker that opens and closes again between two "
+    "scrapes shows here only.",
+    ["node"],
 )
 BUILD_INFO = Gauge(
     "usersvc_build_info",

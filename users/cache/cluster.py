@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from redis import Redis
 from redis.cluster import RedisCluster
@@ -20,7 +21,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..conf import user_cache_settings
 from . import keys as cache_keys
-from .transport import UNAVAILABLE, CacheUnavailable, call, client, script
+from .transport import (
+    SERVER,
+    UNAVAILABLE,
+    CacheUnavailable,
+    call,
+    client,
+    node_of,
+    reaching,
+    script,
+)
+
+T = TypeVar("T")
 
 # A script holds Redis for its whole run, 10-25 µs per entry here: 250 entries
 # keep a call to a few milliseconds, well inside the API's read timeout, whatever
@@ -113,7 +125,8 @@ def eval_many(source: str, calls: Sequence[tuple[list, list]]) -> list:
         for name, indexes in by_node.items():
             node = redis.get_redis_connection(redis.get_node(node_name=name))
             try:
-                node_replies = run(node, [calls[index] for index in indexes])
+                with reaching(name):
+                    node_replies = run(node, [calls[index] for index in indexes])
             except RedisConnectionError:
                 redirected.extend(indexes)
                 continue
@@ -124,7 +137,8 @@ def eval_many(source: str, calls: Sequence[tuple[list, list]]) -> list:
                     replies[index] = reply
         for index in redirected:
             keys, args = calls[index]
-            replies[index] = loaded(keys=keys, args=args, client=redis)
+            with reaching(node_of(redis, keys[0])):
+                replies[index] = loaded(keys=keys, args=args, client=redis)
         return replies
 
     def run_anywhere(redis: Redis | RedisCluster) -> list:
@@ -148,12 +162,12 @@ def scan_project_keys(pattern: str | None = None, *, count: int = 1000) -> Itera
     assert pattern.startswith(f"{user_cache_settings.KEY_PREFIX}:"), (
         f"{pattern!r} reaches outside this project's prefix {user_cache_settings.KEY_PREFIX!r}"
     )
-    for server in call(_servers_to_scan):
+    for name, server in call(_servers_to_scan):
         cursor = 0
         while True:
             cursor, found = call(
-                lambda _redis, server=server, cursor=cursor: server.scan(
-                    cursor, match=pattern, count=count
+                lambda _redis, name=name, server=server, cursor=cursor: on_node(
+                    name, lambda: server.scan(cursor, match=pattern, count=count)
                 )
             )
             if found:
@@ -186,13 +200,17 @@ def sample_keys(*, pages: int, count: int = 1000) -> list[KeySample]:
     other applications' keys may be most. Only the project's key names are kept."""
     prefix = f"{user_cache_settings.KEY_PREFIX}:".encode()
     samples = []
-    for server in call(_servers_to_scan):
+    for name, server in call(_servers_to_scan):
         database = f"db{server.connection_pool.connection_kwargs.get('db', 0)}"
-        keyspace = call(lambda _redis, server=server: server.info("keyspace"))
+        keyspace = call(
+            lambda _redis, name=name, server=server: on_node(name, lambda: server.info("keyspace"))
+        )
         project_keys, examined, cursor = [], 0, 0
         for _ in range(pages):
             cursor, found = call(
-                lambda _redis, server=server, cursor=cursor: server.scan(cursor, count=count)
+                lambda _redis, name=name, server=server, cursor=cursor: on_node(
+                    name, lambda: server.scan(cursor, count=count)
+                )
             )
             examined += len(found)
             project_keys += [key.decode() for key in found if key.startswith(prefix)]
@@ -209,11 +227,18 @@ def sample_keys(*, pages: int, count: int = 1000) -> list[KeySample]:
     return samples
 
 
-def _servers_to_scan(redis: Redis | RedisCluster) -> list[Redis]:
-    """The server, or each primary of a cluster (through its own connection)."""
+def _servers_to_scan(redis: Redis | RedisCluster) -> list[tuple[str, Redis]]:
+    """The server, or each primary of a cluster (through its own connection), by
+    the name of its breaker."""
     if isinstance(redis, RedisCluster):
-        return [redis.get_redis_connection(node) for node in redis.get_primaries()]
-    return [redis]
+        return [(node.name, redis.get_redis_connection(node)) for node in redis.get_primaries()]
+    return [(SERVER, redis)]
+
+
+def on_node(node: str, send: Callable[[], T]) -> T:
+    """``send``, to that node alone, through its breaker (``transport.reaching``)."""
+    with reaching(node):
+        return send()
 
 
 def unlink_many(keys: Sequence[str]) -> int:
@@ -232,7 +257,7 @@ def unlink_many(keys: Sequence[str]) -> int:
                 pipe.execute_command("UNLINK", *(keys[index] for index in group))
             return pipe.execute()
 
-    return sum(call(unlink_all)) if keys else 0
+    return sum(call(unlink_all, keys=keys)) if keys else 0
 
 
 # Health and the admin's overview: the server's own word, past the breaker, so

@@ -11,10 +11,17 @@ row stays, and:
   for MySQL, and answers while MySQL is away;
 * a background thread replays the rows every ``OUTBOX_RETRY_MS`` until Redis
   and MySQL both answer, so other processes stop seeing the stale entry within
-  about the breaker's cooldown plus one retry after Redis returns;
+  one retry after Redis returns (a replay, like the write itself, asks Redis
+  whatever the breaker says). It replays per node: on a cluster, what a
+  healthy node is owed is replayed while another node is down, and a row keeps
+  only the keys a node missed;
 * every process also sweeps the table every ``OUTBOX_SWEEP_SECONDS`` for rows
   older than that, which replays rows left by a process that died between its
   commit and its invalidation (younger rows belong to writes still applying).
+
+A change Redis took but no replica confirmed (``store.write``) is deferred the
+same way: the replay sends it again until a replica has it, so a failover that
+loses the primary's last writes cannot lose it.
 
 Replaying deletes entries and leases, whatever the change was: deleting twice
 is harmless, and a deleted entry is read again from MySQL.
@@ -79,7 +86,7 @@ class Outbox:
             apply()
         except CacheUnavailable as exc:
             logger.warning("cache change deferred to the outbox (entry %s): %s", entry_id, exc)
-            self._defer(keys)
+            self._defer(exc.keys if isinstance(exc, store.Missed) else keys)
             return
         try:
             CacheInvalidation.objects.filter(pk=entry_id).delete()
@@ -96,7 +103,12 @@ class Outbox:
             return
         with self._lock:
             keys = set(self._keys)
-        store.invalidate(keys)
+        try:
+            store.invalidate(keys)
+        except store.Missed as exc:
+            with self._lock:
+                self._keys -= keys - set(exc.keys)
+            raise
         with self._lock:
             self._keys -= keys
 
@@ -105,9 +117,11 @@ class Outbox:
 
         With ``older_than_seconds`` (the periodic sweep), only entries at least that
         old: a younger one most likely belongs to a write whose process is applying
-        it right now. Returns how many entries were replayed; raises
-        ``CacheUnavailable`` or ``DatabaseError`` when a store does not answer (the
-        entries stay).
+        it right now. Each node takes what it owes whatever the others do: an entry
+        whose keys all reached Redis is deleted, one with keys a node missed keeps
+        those only. Returns how many entries were replayed whole; raises
+        ``CacheUnavailable`` when a node did not take its keys, or ``DatabaseError``
+        when MySQL does not answer (what was not replayed stays).
         """
         entries = CacheInvalidation.objects.order_by("id")
         if older_than_seconds:
@@ -115,19 +129,30 @@ class Outbox:
             entries = entries.filter(created_at__lte=cutoff)
         with self._replay_lock:
             deferrals_before = self._deferrals
-            replayed = 0
-            while batch := list(entries.values_list("id", "keys")[:_BATCH]):
-                store.invalidate(key for _, keys in batch for key in keys)
-                CacheInvalidation.objects.filter(
-                    id__in=[entry_id for entry_id, _ in batch]
-                ).delete()
-                replayed += len(batch)
+            replayed, missed, last_id, reasons = 0, set(), 0, ""
+            while batch := list(entries.filter(id__gt=last_id).values_list("id", "keys")[:_BATCH]):
+                last_id = batch[-1][0]
+                try:
+                    store.write([key for _, keys in batch for key in keys])
+                    batch_missed = set()
+                except store.Missed as exc:
+                    batch_missed, reasons = set(exc.keys), str(exc)
+                done = [entry_id for entry_id, keys in batch if batch_missed.isdisjoint(keys)]
+                CacheInvalidation.objects.filter(id__in=done).delete()
+                for entry_id, keys in batch:
+                    if entry_id not in done:
+                        left = [key for key in keys if key in batch_missed]
+                        CacheInvalidation.objects.filter(id=entry_id).update(keys=left)
+                replayed += len(done)
+                missed |= batch_missed
             with self._lock:
                 if not older_than_seconds and self._deferrals == deferrals_before:
-                    self._rows_left = False
-                    self._keys.clear()
+                    self._rows_left = bool(missed)
+                    self._keys &= missed
         if replayed:
             logger.info("replayed %d outbox entries", replayed)
+        if missed:
+            raise CacheUnavailable(f"{len(missed)} key(s) left in the outbox: {reasons}")
         return replayed
 
     def _defer(self, keys: Iterable[str]) -> None:
@@ -163,6 +188,9 @@ class Outbox:
                 finally:
                     connection.close()
                 self._schedule_retry()
+                if sweep_due:
+                    # A failed sweep is tried again as a retry is, not at once.
+                    next_sweep = self._retry_at
             self._wake.wait(timeout=self._next_wake_in(next_sweep if sweep_every else None))
             self._wake.clear()
 

@@ -1,8 +1,11 @@
-"""How the store talks to Redis: the client, the circuit breaker's gate, and the
+"""How the store talks to Redis: the client, the circuit breakers' gate, and the
 only code here that knows redis-py's internals.
 
 Every call goes through ``call``: a Redis error becomes ``CacheUnavailable`` and
-feeds the circuit breaker, which, once open, fails calls at once.
+feeds the circuit breaker of the node it came from, which, once open, fails the
+calls to that node at once. There is one breaker per node a call can reach
+(``breaker.Breakers``): on a cluster one per primary, so a failing shard does
+not fail the calls to the others; on a single server or behind Sentinel one.
 
 ``execute_many`` sends commands on a pooled connection past redis-py's per-call
 machinery (its retry wrapper, event dispatch and instrumentation), which cost a
@@ -15,9 +18,14 @@ with, and ``tests/test_transport.py`` fails loudly if one of them changes.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
+import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 from django.conf import settings
@@ -25,11 +33,12 @@ from django.utils.module_loading import import_string
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
+from redis.connection import ConnectionPool
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from .. import metrics
 from ..conf import user_cache_settings
-from .breaker import CircuitBreaker
+from .breaker import Breakers, CircuitBreaker
 
 T = TypeVar("T")
 
@@ -38,7 +47,8 @@ T = TypeVar("T")
 # or a slot has no primary (during a failover).
 UNAVAILABLE = (RedisError, RedisClusterException)
 
-breaker = CircuitBreaker()
+SERVER = Breakers.SERVER
+breakers = Breakers()
 
 
 class CacheUnavailable(Exception):
@@ -70,20 +80,101 @@ def client() -> Redis | RedisCluster:
     return redis
 
 
-def call(operation: Callable[[Redis | RedisCluster], T]) -> T:
-    """Runs ``operation`` with the client, through the breaker, timed."""
-    if not breaker.allow():
-        raise CacheUnavailable("circuit breaker open: Redis failed recently")
+def node_of(redis: Redis | RedisCluster, key: str) -> str:
+    """The node that serves ``key`` now, as the client's map of the slots says:
+    a cluster primary's ``host:port``, else ``SERVER``. Raises
+    ``RedisClusterException`` for a slot no node serves (during a failover)."""
+    if isinstance(redis, RedisCluster):
+        return redis.get_node_from_key(key).name
+    return SERVER
+
+
+@dataclasses.dataclass
+class _Reach:
+    """The breakers one ``call`` went through, each entered once: refused at once
+    while open (unless the call probes), then told the call's outcome."""
+
+    probe: bool
+    entered: dict[str, CircuitBreaker] = dataclasses.field(default_factory=dict)
+    # The nodes a send failed on, inside the call.
+    failed: set[str] = dataclasses.field(default_factory=set)
+
+    def enter(self, node: str) -> None:
+        if node in self.entered:
+            return
+        breaker = breakers[node]
+        if not self.probe and not breaker.allow():
+            raise CacheUnavailable(f"circuit breaker open: Redis at {node} failed recently")
+        self.entered[node] = breaker
+
+    def settle(self, *, succeeded: bool, refused: bool = False) -> None:
+        """A failure counts on the nodes it came from, or, when no send inside the
+        call named its node, on every node the call entered."""
+        failed = self.failed or (set() if succeeded or refused else set(self.entered))
+        for node, breaker in self.entered.items():
+            if node in failed:
+                breaker.record_failure()
+            elif succeeded:
+                breaker.record_success()
+            else:
+                breaker.release()
+
+
+_reach: contextvars.ContextVar[_Reach | None] = contextvars.ContextVar("reach", default=None)
+
+
+@contextlib.contextmanager
+def reaching(node: str) -> Iterator[None]:
+    """A send to one node inside ``call``: through that node's breaker, and a
+    failure in it counts as that node's. Outside a call, nothing."""
+    reach = _reach.get()
+    if reach is None:
+        yield
+        return
+    reach.enter(node)
+    try:
+        yield
+    except UNAVAILABLE:
+        reach.failed.add(node)
+        raise
+
+
+def call(
+    operation: Callable[[Redis | RedisCluster], T],
+    *,
+    keys: Iterable[str] | None = None,
+    probe: bool = False,
+) -> T:
+    """Runs ``operation`` with the client, timed, through the breakers of the nodes
+    it reaches: on a single server or behind Sentinel the one breaker; on a
+    cluster the breakers of the nodes that serve ``keys``, and of each node the
+    operation's own sends name (``reaching``: ``execute_many``, the cluster
+    module's per-node pipelines). With ``probe``, the call goes whatever the
+    breakers say, and its outcome counts all the same."""
+    redis = client()
+    reach = _Reach(probe)
+    token = _reach.set(reach)
     started = time.perf_counter()
     try:
-        result = operation(client())
+        if isinstance(redis, RedisCluster):
+            if breakers.is_open:
+                breakers.keep_only({node.name for node in redis.get_primaries()})
+            for key in keys or ():
+                reach.enter(node_of(redis, key))
+        else:
+            reach.enter(SERVER)
+        result = operation(redis)
     except UNAVAILABLE as exc:
-        breaker.record_failure()
+        reach.settle(succeeded=False)
         metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
         raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        reach.settle(succeeded=False, refused=True)
+        raise
     finally:
+        _reach.reset(token)
         metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
-    breaker.record_success()
+    reach.settle(succeeded=True)
     return result
 
 
@@ -104,29 +195,57 @@ def execute_many(redis: Redis | RedisCluster, commands: Sequence[tuple]) -> list
     when it hands it out and reconnects one that Redis closed, a connection that
     failed mid-command is dropped, and Redis's timeouts apply. On a cluster,
     where the keys may live on different nodes, each command goes through the
-    cluster client, which keeps its routing and redirections."""
-    replies = _send(redis, commands)
+    cluster client, which keeps its routing and redirections, and through the
+    breaker of the node that serves its key (``reaching``)."""
+    if isinstance(redis, RedisCluster):
+        return _execute_routed(redis, commands)
+    return on_connection(redis, lambda send: _with_scripts(send, commands))
+
+
+def _execute_routed(redis: RedisCluster, commands: Sequence[tuple]) -> list:
+    def send(batch: Sequence[tuple]) -> list:
+        replies = []
+        for command in batch:
+            key = _key_of(command)
+            with reaching(node_of(redis, key)) if key else contextlib.nullcontext():
+                try:
+                    replies.append(redis.execute_command(*command))
+                except ResponseError as error:
+                    replies.append(error)
+        return replies
+
+    replies = send(commands)
     unknown = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if unknown:
         for sha in {commands[index][1] for index in unknown}:
             redis.script_load(script_source(sha))
-        for index, reply in zip(unknown, _send(redis, [commands[i] for i in unknown]), strict=True):
+        for index, reply in zip(unknown, send([commands[i] for i in unknown]), strict=True):
             replies[index] = reply
     return replies
 
 
-def _send(redis: Redis | RedisCluster, commands: Sequence[tuple]) -> list:
-    if isinstance(redis, RedisCluster):
-        replies = []
-        for command in commands:
-            try:
-                replies.append(redis.execute_command(*command))
-            except ResponseError as error:
-                replies.append(error)
-        return replies
+def _key_of(command: tuple) -> str | None:
+    """The (first) key a command names: after the script and its key count for a
+    script call, else its first argument; None for a command without one (the
+    cluster client sends it where it sends it, past the breakers)."""
+    if str(command[0]).upper() in ("EVALSHA", "EVAL"):
+        return command[3] if int(command[2]) else None
+    return command[1] if len(command) > 1 else None
+
+
+# Sends commands on one connection and returns their replies (an error reply in
+# place of its reply).
+Send = Callable[[Sequence[tuple]], list]
+
+
+def on_connection(redis: Redis, exchange: Callable[[Send], T]) -> T:
+    """Runs ``exchange`` with one pooled connection of ``redis`` (one server, or one
+    cluster node's own client): every round trip it sends goes on that
+    connection, as a WAIT must, after the writes it waits for."""
     pool = redis.connection_pool
     connection = pool.get_connection()
-    try:
+
+    def send(commands: Sequence[tuple]) -> list:
         connection.send_packed_command(connection.pack_commands(commands))
         replies = []
         for _command in commands:
@@ -135,11 +254,102 @@ def _send(redis: Redis | RedisCluster, commands: Sequence[tuple]) -> list:
             except ResponseError as error:  # an error reply: the connection itself is fine
                 replies.append(error)
         return replies
+
+    try:
+        return exchange(send)
     except BaseException:
         connection.disconnect()
         raise
     finally:
         pool.release(connection)
+
+
+def _with_scripts(send: Send, commands: Sequence[tuple]) -> list:
+    """``commands``' replies, the scripts the server did not know loaded and their
+    calls sent again, in one more round trip."""
+    replies = send(commands)
+    _load_unknown_scripts(send, commands, replies)
+    return replies
+
+
+def _load_unknown_scripts(send: Send, commands: Sequence[tuple], replies: list) -> bool:
+    """Loads the scripts whose calls got NOSCRIPT and sends those calls again, on
+    the same connection and in one round trip; their new replies replace the old
+    in ``replies``. Returns whether there were any."""
+    unknown = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if not unknown:
+        return False
+    loads = [("SCRIPT", "LOAD", script_source(sha)) for sha in {commands[i][1] for i in unknown}]
+    again = send([*loads, *(commands[index] for index in unknown)])[len(loads) :]
+    for index, reply in zip(unknown, again, strict=True):
+        replies[index] = reply
+    return True
+
+
+# A server's replicas as it last told (INFO replication), and when (monotonic),
+# by the connection pool of its client (a node's own, on a cluster).
+_replicas: weakref.WeakKeyDictionary[ConnectionPool, tuple[int, float]] = (
+    weakref.WeakKeyDictionary()
+)
+# How long that answer is trusted: a replica that attached since may not be
+# waited for during this long.
+REPLICAS_KNOWN_FOR_S = 1.0
+_CONNECTED_REPLICAS = re.compile(rb"^connected_slaves:(\d+)", re.MULTILINE)
+
+
+def execute_replicated(redis: Redis, commands: Sequence[tuple]) -> tuple[list, bool]:
+    """``commands`` (writes) on one connection of ``redis`` (one server, or a
+    cluster node's own client), then ``WAIT 1`` on it when the server has a
+    replica: the replies, and whether a replica has the writes (True too for a
+    server without one). Redis replicates asynchronously: a write a primary
+    acknowledged and died with before any replica had it is lost when a replica
+    takes over. Whether the server has replicas is asked (``INFO replication``,
+    in the same round trip) when its last answer is more than
+    ``REPLICAS_KNOWN_FOR_S`` old; the WAIT goes in the same round trip as the
+    writes when it is known."""
+    pool = redis.connection_pool
+    known = _replicas.get(pool)
+    if known is not None and time.monotonic() - known[1] > REPLICAS_KNOWN_FOR_S:
+        known = None
+    wait = ("WAIT", 1, _replica_wait_ms(redis))
+
+    def exchange(send: Send) -> tuple[list, bool]:
+        tail = [("INFO", "replication")] if known is None else [wait] if known[0] else []
+        replies = send([*commands, *tail])
+        own, told = replies[: len(commands)], replies[len(commands) :]
+        reloaded = _load_unknown_scripts(send, commands, own)
+        if known is None:
+            replicas = _connected_replicas(told[0])
+            _replicas[pool] = (replicas, time.monotonic())
+            waited = None
+        else:
+            replicas, waited = known[0], told[0] if told else None
+        if not replicas:
+            return own, True
+        if waited is None or reloaded:
+            (waited,) = send([wait])
+        return own, isinstance(waited, int) and waited >= 1
+
+    return on_connection(redis, exchange)
+
+
+def _connected_replicas(info: object) -> int:
+    """``connected_slaves`` of an INFO reply; 0 for an error reply (the node would
+    not say: nothing to wait for)."""
+    if isinstance(info, str):
+        info = info.encode()
+    found = _CONNECTED_REPLICAS.search(info) if isinstance(info, bytes) else None
+    return int(found.group(1)) if found else 0
+
+
+def _replica_wait_ms(redis: Redis) -> int:
+    """The longest a write waits for a replica: half the read timeout, so that the
+    WAIT's answer comes within it. A replica on the same network acknowledges in
+    well under a millisecond; one that takes longer is lagging, and what it has
+    not confirmed goes to the outbox. Without a read timeout, half the default
+    one (``REDIS_READ_TIMEOUT_MS``, 100 ms)."""
+    timeout = redis.connection_pool.connection_kwargs.get("socket_timeout") or 0.1
+    return max(1, int(timeout * 500))
 
 
 def decode_hash(
