@@ -585,7 +585,7 @@ class TestEntriesAsRead:
         statuses = [reader_client.get(f"/api/user/{reader.id}").status_code for _ in range(3)]
 
         assert statuses == [200, 200, 200]
-        assert not transport.breaker.is_open
+        assert not transport.breakers.is_open
 
     def test_a_name_entry_naming_no_id_is_a_miss(self, reader_client, reader, redis_client):
         reader_client.get("/api/user?username=reader")
