@@ -58,7 +58,7 @@ def browser():
 def _wait(browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, 15)
+    return WebDriverWait(browser, 60)
 
 
 def test_admin_warm_cache_action_changes_the_users_cache_state(browser, live_server):
@@ -189,6 +189,13 @@ def test_the_user_lists_cache_column_is_in_sight_at_1400_px(browser, live_server
 
     _log_in(browser, live_server, "/admin/login/", "root", "/admin/users/user/")
     _wait(browser).until(expected_conditions.title_contains("Select user to change"))
+    # The title is there before the page's styles, scripts and fonts are: measure the
+    # layout they settle, not one half-built (a loaded machine shows the difference).
+    _wait(browser).until(
+        lambda browser: browser.execute_script(
+            "return document.readyState === 'complete' && document.fonts.status === 'loaded'"
+        )
+    )
 
     header = browser.find_element(By.CSS_SELECTOR, "#result_list th.column-cache_state")
     cells = browser.find_elements(By.CSS_SELECTOR, "#result_list td.field-cache_state")
