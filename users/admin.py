@@ -14,13 +14,16 @@ user's identity, so tokens follow the same rule, and their keys are shown only
 for the users the viewer may manage.
 """
 
+import math
+
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminPasswordChangeForm, UserCreationForm
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
@@ -39,6 +42,7 @@ from .maintenance.overview import cache_overview, duration, user_cache_entries, 
 from .maintenance.warm import cache_warm
 from .models import User
 from .permissions import may_write
+from .throttling import PasswordHashThrottle
 
 # The user list's filters, and nothing else a URL may ask the changelist to filter by
 # (Django's default takes any lookup on any field: a regex that MySQL refuses is
@@ -278,6 +282,19 @@ class UserAdmin(DjangoUserAdmin):
     def login_lockouts_view(self, request):
         return login_lockouts(self, request)
 
+    def add_view(self, request, form_url="", extra_context=None):
+        refused = _hash_refused(request, "password1", account=None)
+        return refused or super().add_view(request, form_url, extra_context)
+
+    def user_change_password(self, request, id, form_url=""):
+        """Counted against the user's rate only once the viewer may change the user."""
+        user = self.get_object(request, unquote(id))
+        if user is not None and self.has_change_permission(request, user):
+            refused = _hash_refused(request, "password1", account=str(user.pk))
+            if refused is not None:
+                return refused
+        return super().user_change_password(request, id, form_url)
+
     def save_model(self, request, obj: User, form, change: bool) -> None:
         services.user_save(actor=request.user, user=obj)
 
@@ -319,6 +336,21 @@ class TokenAdmin(DRFTokenAdmin):
         if not may_write(request.user, "change", obj.user):
             raise PermissionDenied
         super().save_model(request, obj, form, change)
+
+
+def _hash_refused(request, field: str, *, account: str | None) -> HttpResponse | None:
+    """A 429 when this form's post would hash a password past the rate of the API's
+    writes that do (``PasswordHashThrottle``), per staff account and per user."""
+    if request.method != "POST" or not request.POST.get(field):
+        return None
+    wait = PasswordHashThrottle().hash_wait(request, account=account)
+    if wait is None:
+        return None
+    refused = HttpResponse(
+        "Too many password changes: try again in a minute.", status=429, content_type="text/plain"
+    )
+    refused["Retry-After"] = str(max(1, math.ceil(wait)))
+    return refused
 
 
 def _manageable_users(actor: User, prefix: str = "") -> Q:

@@ -209,14 +209,17 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [
         "users.throttling.AnonRateThrottle",
         "users.throttling.UserRateThrottle",
+        "users.throttling.PasswordHashThrottle",
     ],
-    # "off" turns a scope off. auth_failure caps failed token checks per address.
+    # "off" turns a scope off. auth_failure caps failed token checks per address;
+    # password_hash the writes that hash a password, per client and per account.
     "DEFAULT_THROTTLE_RATES": {
         scope: None if rate == "off" else rate
         for scope, rate in {
             "anon": env("THROTTLE_RATE_ANON", default="60/min"),
             "user": env("THROTTLE_RATE_USER", default="12000/min"),
             "auth_failure": env("THROTTLE_RATE_AUTH_FAILURE", default="30/min"),
+            "password_hash": env("THROTTLE_RATE_PASSWORD_HASH", default="20/min"),
         }.items()
     },
     # Client addresses for throttling come from X-Forwarded-For behind this many proxies.
