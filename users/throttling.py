@@ -5,7 +5,7 @@ request), which is the usual trade against DRF's sliding log: a client can send
 up to twice its rate across a window boundary. A request counts what it costs,
 not one: the users it reads or renders (``UserViewSet.cost``), so a page of 500
 users is 500 cached reads' worth of a client's budget, and a page of the
-browsable API (a session's HTML) ``BROWSABLE_WEIGHT`` times its JSON. A request
+browsable API (a session's HTML) ``BROWSABLE_COST`` more than its JSON. A request
 that hashes a password counts against a rate of its own as well
 (``PasswordHashThrottle``), per client and per account. Rates come from
 ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` by scope, read when the throttle is
@@ -27,10 +27,10 @@ from .cache.transport import CacheUnavailable
 from .logins.addresses import client_address
 from .tokens import RateCount, TokenRead
 
-# What a browsable API page counts against its client's rate, in JSON answers of
-# the same data: the HTML page also renders the forms and the indented JSON
-# (docs/benchmarks.md measures the ratio). Tokens are always answered in JSON.
-BROWSABLE_WEIGHT = 20
+# What a browsable API page counts against its client's rate on top of its JSON,
+# in cached reads: the page also renders its forms and template, whatever the
+# rows (docs/benchmarks.md, "Browsable API"). Tokens are always answered in JSON.
+BROWSABLE_COST = 20
 
 
 class RedisRateThrottle(SimpleRateThrottle):
@@ -64,11 +64,11 @@ class RedisRateThrottle(SimpleRateThrottle):
         return counted.count <= self.num_requests
 
     def cost_of(self, request: Request) -> int:
-        """``cost``, times ``BROWSABLE_WEIGHT`` for a browsable API page; never more
+        """``cost``, and ``BROWSABLE_COST`` more for a browsable API page; never more
         than a window's budget."""
         renderer = getattr(request, "accepted_renderer", None)
         if isinstance(renderer, BrowsableAPIRenderer):
-            return min(self.cost * BROWSABLE_WEIGHT, self.num_requests)
+            return min(self.cost + BROWSABLE_COST, self.num_requests)
         return self.cost
 
     def counted_already(self, request: Request) -> counters.WindowCount | None:
