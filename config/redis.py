@@ -61,10 +61,10 @@ def cache_from_env(env: environ.Env) -> dict:
     # into slow requests. The pool size applies per process, and on a cluster per
     # node and process.
     timeouts = {
-        "socket_connect_timeout": env.int("REDIS_CONNECT_TIMEOUT_MS", default=100) / 1000,
-        "socket_timeout": env.int("REDIS_READ_TIMEOUT_MS", default=100) / 1000,
+        "socket_connect_timeout": env.int("REDIS_CONNECT_TIMEOUT_MS", default=100, least=1) / 1000,
+        "socket_timeout": env.int("REDIS_READ_TIMEOUT_MS", default=100, least=1) / 1000,
     }
-    pool_kwargs = {"max_connections": env.int("REDIS_MAX_CONNECTIONS", default=64)}
+    pool_kwargs = {"max_connections": env.int("REDIS_MAX_CONNECTIONS", default=64, least=1)}
     options = {
         "SOCKET_CONNECT_TIMEOUT": timeouts["socket_connect_timeout"],
         "SOCKET_TIMEOUT": timeouts["socket_timeout"],
