@@ -16,16 +16,6 @@ from users.throttling import BROWSABLE_COST
 
 
 @pytest.fixture
-def rates(settings):
-    def set_rates(**rates):
-        rest = {**settings.REST_FRAMEWORK}
-        rest["DEFAULT_THROTTLE_RATES"] = {**rest["DEFAULT_THROTTLE_RATES"], **rates}
-        settings.REST_FRAMEWORK = rest
-
-    return set_rates
-
-
-@pytest.fixture
 def schema_builds(monkeypatch) -> list[int]:
     """The description's builds in this process, from a fresh start."""
     monkeypatch.setattr(schema_view, "_built", {})
@@ -50,9 +40,7 @@ def _connections(user, count: int) -> list[APIClient]:
 
 
 class TestTheDescription:
-    def test_it_is_built_once_per_form_whatever_the_connections(
-        self, rates, schema_builds, reader
-    ):
+    def test_it_is_built_once_per_form_whatever_the_connections(self, rates, schema_builds, reader):
         """Four connections of one token ask for it in YAML and JSON as fast as their
         shared rate lets them: two builds in all, and the rate holds across them
         (failed on the previous main: every request built it again)."""

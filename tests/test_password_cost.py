@@ -32,16 +32,6 @@ def recording_hasher(settings):
     return hashed_in_transaction
 
 
-@pytest.fixture
-def rates(settings):
-    def set_rates(**rates):
-        rest = {**settings.REST_FRAMEWORK}
-        rest["DEFAULT_THROTTLE_RATES"] = {**rest["DEFAULT_THROTTLE_RATES"], **rates}
-        settings.REST_FRAMEWORK = rest
-
-    return set_rates
-
-
 class TestHashBeforeTheLock:
     """The hash is made before the write's transaction opens, so a slow hash never
     holds the row lock (failed on the previous main: an update hashed under
@@ -155,9 +145,7 @@ class TestPasswordHashRate:
         assert statuses == [201, 201, 429]
         assert without.status_code == 201
 
-    def test_the_admin_password_change_counts_per_account(
-        self, rates, admin_client, make_user
-    ):
+    def test_the_admin_password_change_counts_per_account(self, rates, admin_client, make_user):
         rates(password_hash="2/min")
         target = make_user(username="target", email="target@example.com")
         statuses = [

@@ -52,9 +52,7 @@ class SchemaView(SpectacularAPIView):
                     schema, renderer.media_type, self.get_renderer_context()
                 )
         answer = HttpResponse(content, content_type=_content_type(renderer))
-        answer["Content-Disposition"] = (
-            f'inline; filename="{self._get_filename(request, version)}"'
-        )
+        answer["Content-Disposition"] = f'inline; filename="{self._get_filename(request, version)}"'
         return answer
 
     def _get_version_parameter(self, request) -> str | None:
