@@ -41,16 +41,7 @@ class Env(environ.Env):
         most: int | None = None,
     ) -> int:
         """The variable as a whole number, from ``least`` to ``most`` when given."""
-        value = super().int(var, default=default)
-        if (least is not None and value < least) or (most is not None and value > most):
-            if most is None:
-                allowed = f"a whole number of {least} or more"
-            elif least is None:
-                allowed = f"a whole number of {most} or less"
-            else:
-                allowed = f"a whole number from {least} to {most}"
-            raise ImproperlyConfigured(f"{var} is {self.ENVIRON.get(var)!r}: use {allowed}.")
-        return value
+        return in_range(var, super().int(var, default=default), least=least, most=most)
 
     def rate(self, var: str, default: str) -> str | None:
         """A rate limit: ``N/s``, ``N/min``, ``N/hour`` or ``N/day`` (N at least 1),
@@ -61,3 +52,18 @@ class Env(environ.Env):
                 f"{var} is {value!r}: use N/s, N/min, N/hour or N/day (N at least 1), or off."
             )
         return None if value == "off" else value
+
+
+def in_range(var: str, value: int, *, least: int | None = None, most: int | None = None) -> int:
+    """``value``, read from ``var``, when it is from ``least`` to ``most`` (each when
+    given); else ``ImproperlyConfigured`` naming the variable and the range. Also
+    for a caller given another ``environ.Env`` than this module's."""
+    if (least is None or value >= least) and (most is None or value <= most):
+        return value
+    if most is None:
+        allowed = f"a whole number of {least} or more"
+    elif least is None:
+        allowed = f"a whole number of {most} or less"
+    else:
+        allowed = f"a whole number from {least} to {most}"
+    raise ImproperlyConfigured(f"{var} is {str(value)!r}: use {allowed}.")
