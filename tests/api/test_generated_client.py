@@ -1,7 +1,7 @@
 """The API as a client generated from its OpenAPI schema sees it.
 
 openapi-python-client, the generator API consumers reach for, makes a client from
-the schema ``manage.py spectacular`` writes; ``tests/generated_client_calls.py``
+the schema ``manage.py spectacular`` writes; ``tests/api/generated_client_calls.py``
 calls every operation with it. mypy --strict type-checks that script, so an
 operation with a union for its answer, or an error shape a client cannot tell
 apart, fails here; then the script runs against a live server, so the calls

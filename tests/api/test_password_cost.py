@@ -27,7 +27,7 @@ class RecordingHasher(MD5PasswordHasher):
 
 @pytest.fixture
 def recording_hasher(settings):
-    settings.PASSWORD_HASHERS = ["tests.test_password_cost.RecordingHasher"]
+    settings.PASSWORD_HASHERS = ["tests.api.test_password_cost.RecordingHasher"]
     hashed_in_transaction.clear()
     return hashed_in_transaction
 

@@ -2,7 +2,7 @@
 from its schema, used as a caller would: each answer through one typed helper,
 its type asserted (``assert_type``: exactly the operation's one success shape,
 not a union, not Any), its attributes used directly.
-``tests/test_generated_client.py`` generates the client as ``usersvc_client``,
+``tests/api/test_generated_client.py`` generates the client as ``usersvc_client``,
 type-checks this file with ``mypy --strict``, and runs it against a live server:
 
     python generated_client_calls.py BASE_URL STAFF_TOKEN READER_TOKEN

@@ -23,8 +23,8 @@ from django.test import Client
 from redis.exceptions import OutOfMemoryError
 
 from tests.conftest import grant_user_permissions, one_server_caches, redis_nodes_holding
+from tests.operations.test_commands import _manage
 from tests.servers import RedisServer
-from tests.test_commands import _manage
 from users import metrics
 from users.cache import keys
 from users.logins import limits as login_limits

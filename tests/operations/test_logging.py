@@ -22,7 +22,7 @@ from config.logs import DisallowedHostFilter, JsonFormatter, PlainFormatter, Req
 from tests.conftest import database_url, redis_environment
 from tests.servers import WebService
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import pytest
 from users.conf import DEFAULTS as CACHE_SETTING_DEFAULTS
 from users.conf import VARIABLES as CACHE_SETTING_VARIABLES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE_SETTINGS = ROOT / "config" / "settings" / "base.py"
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"

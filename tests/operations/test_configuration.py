@@ -19,7 +19,7 @@ from config.redis import cache_from_env
 from tests.servers import Certificates
 from users.conf import DEFAULTS, VARIABLES, checked
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(**variables: str) -> environ.Env:

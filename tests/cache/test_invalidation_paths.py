@@ -117,7 +117,7 @@ class TestANameRememberedAsAbsent:
     """``?username=ghost`` remembered nobody holds "ghost"; then a user takes that
     username and e-mail. Every write path drops the absences of the row's new names
     (and the entries of its old ones), from the one list of keys a row owns; the
-    binary log follower's path is tests/test_binlog.py's."""
+    binary log follower's path is tests/cache/test_binlog.py's."""
 
     @pytest.fixture
     def looked_up(self, transactional_db, make_user):

@@ -9,7 +9,7 @@ import pytest
 
 from config.cpus import available_cpus, cgroup_cpu_limit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cgroup(tmp_path: Path, proc_lines: str, files: dict[str, str]) -> dict[str, Path]:

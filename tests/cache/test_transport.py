@@ -17,7 +17,7 @@ from redis.connection import AbstractConnection, ConnectionPool
 from tests.conftest import one_server_caches
 from users.cache import transport
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_redis_py_is_within_the_pinned_range():

@@ -11,8 +11,8 @@ import time
 import pytest
 from django_redis import get_redis_connection
 
+from tests.cache.test_binlog import _environment, _insert_user, mariadb, sql  # noqa: F401 (fixtures)
 from tests.servers import BinlogFollower, project_python
-from tests.test_binlog import _environment, _insert_user, mariadb, sql  # noqa: F401 (fixtures)
 from users import services
 from users.cache import kinds
 from users.cache.flush import cache_flush
@@ -132,7 +132,7 @@ class FollowerWithInitials(BinlogFollower):
         return [
             project_python(), "-c",
             "import django; django.setup();"
-            " from tests.test_registry import register_initials; register_initials();"
+            " from tests.cache.test_registry import register_initials; register_initials();"
             " from django.core.management import call_command; call_command('follow_binlog')",
         ]  # fmt: skip
 

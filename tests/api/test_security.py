@@ -21,7 +21,7 @@ from users.cache import keys, kinds, transport
 from users.cache.near import near
 from users.models import User
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "a-Long-passphrase-7"
 
 
@@ -436,7 +436,7 @@ class TestErrorsAreJson:
 
 
 class TestContentSecurityPolicy:
-    """The policy on every page (tests/test_browser.py shows the pages work under it)."""
+    """The policy on every page (tests/api/test_browser.py shows the pages work under it)."""
 
     @pytest.mark.parametrize(
         "path",

@@ -8,7 +8,7 @@ On a Redis Cluster the token and the user live in different hash slots, so the
 user's read is a round trip of its own there. The near cache is off here: these
 are the costs of a read that Redis answers (a process's first read of a user, or
 one the near cache let go); what a near-cache hit costs, none, is
-tests/test_near_cache.py's.
+tests/cache/test_near_cache.py's.
 """
 
 import pytest

@@ -29,7 +29,7 @@ from users.cache.readthrough import read_through
 from users.models import User
 from users.tokens import TOKENS, TokenRef
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IDS = [5, 600, 7_000_000, 80_000_000_000]
 
 

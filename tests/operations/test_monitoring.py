@@ -37,7 +37,7 @@ from tests.servers import (
 from users import tokens
 from users.cache import keys
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 RULE_FILES = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))
 RULES = ROOT / "deploy" / "prometheus" / "usersvc.rules.yml"
