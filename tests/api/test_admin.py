@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import (
+from tests.helpers import (
     absent_marker,
     cached_entry,
     grant_user_permissions,

@@ -6,7 +6,7 @@ import json
 import pytest
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import cached_entry
+from tests.helpers import cached_entry
 from users.models import User
 
 
@@ -233,9 +233,9 @@ class TestAuthentication:
         assert not User.objects.filter(username="newbie").exists()
 
     def test_inactive_user_token_gets_401(self, make_user, target):
-        from tests.conftest import _token_client
+        from tests.helpers import token_client
 
-        client = _token_client(make_user(username="gone", email="g@example.com", is_active=False))
+        client = token_client(make_user(username="gone", email="g@example.com", is_active=False))
         assert client.get(f"/api/user/{target.id}").status_code == 401
 
     def test_session_authentication_for_the_browsable_api(self, client, reader, target):
@@ -260,10 +260,10 @@ class TestAuthentication:
     def test_deleting_a_token_stops_it_at_once(
         self, transactional_db, make_user, django_capture_on_commit_callbacks
     ):
-        from tests.conftest import _token_client
+        from tests.helpers import token_client
 
         user = make_user(username="holder", email="holder@example.com")
-        client = _token_client(user)
+        client = token_client(user)
         assert client.get(f"/api/user/{user.id}").status_code == 200
         assert client.get(f"/api/user/{user.id}")["X-Cache"] == "HIT"
 
@@ -274,10 +274,10 @@ class TestAuthentication:
     def test_rotating_a_token_with_drf_create_token(self, transactional_db, make_user):
         from django.core.management import call_command
 
-        from tests.conftest import _token_client
+        from tests.helpers import token_client
 
         user = make_user(username="rotator", email="rotator@example.com")
-        client = _token_client(user)
+        client = token_client(user)
         assert client.get(f"/api/user/{user.id}").status_code == 200
 
         call_command("drf_create_token", "rotator", "-r", stdout=io.StringIO())

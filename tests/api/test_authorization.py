@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token, TokenProxy
 
-from tests.conftest import _token_client
+from tests.helpers import token_client
 from users.models import User
 
 PERMISSIONS = ("add_user", "change_user", "delete_user")
@@ -95,7 +95,7 @@ def _unchanged(target: User) -> bool:
 ])  # fmt: skip
 def test_write_matrix(actors, make_user, actor_kind):
     actor = actors[actor_kind]
-    create = _token_client(actor).post(
+    create = token_client(actor).post(
         "/api/user", {"username": "fresh", "email": "fresh@example.com"}, format="json"
     )
     may_create = actor.is_staff and actor.has_perm("users.add_user")
@@ -110,7 +110,7 @@ def test_write_matrix(actors, make_user, actor_kind):
             n += 1
             target = _target(target_kind, actor, make_user, n)
             target.refresh_from_db()
-            client = _token_client(actor)
+            client = token_client(actor)
             response = _send(client, operation, target)
             expected = _expected(actor, operation, target_kind)
             assert response.status_code == expected, (
@@ -127,7 +127,7 @@ def test_write_matrix(actors, make_user, actor_kind):
 def test_a_permission_revoked_takes_effect_at_once(actors, make_user):
     """Permissions are read from MySQL on every write, never from the token cache."""
     actor = actors["staff with all three"]
-    client = _token_client(actor)
+    client = token_client(actor)
     target = make_user(username="t", email="t@example.com")
     assert (
         client.patch(f"/api/user/{target.id}", {"first_name": "a"}, format="json").status_code
@@ -141,7 +141,7 @@ def test_a_permission_revoked_takes_effect_at_once(actors, make_user):
 
 
 def test_a_cached_read_still_runs_no_sql(actors, make_user, django_assert_num_queries):
-    client = _token_client(actors["staff with all three"])
+    client = token_client(actors["staff with all three"])
     target = make_user(username="t", email="t@example.com")
     client.get(f"/api/user/{target.id}")
 

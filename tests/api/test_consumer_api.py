@@ -11,7 +11,7 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.conftest import _token_client, one_server_caches, pausing_fills
+from tests.helpers import one_server_caches, pausing_fills, token_client
 from users import services
 from users.cache import keys
 from users.models import User
@@ -370,7 +370,7 @@ class TestRenameRaces:
                 actor=None, user_id=renamer.id, data={"username": "after"}
             ),
         )
-        reader = _token_client(User.objects.create(username="r", email="r@example.com"))
+        reader = token_client(User.objects.create(username="r", email="r@example.com"))
 
         assert reader.get("/api/user?username=before").json()["results"] == []
         assert [u["id"] for u in reader.get("/api/user?username=after").json()["results"]] == [
@@ -384,7 +384,7 @@ class TestRenameRaces:
                 actor=None, user_id=renamer.id, data={"username": "fresh"}
             ),
         )
-        reader = _token_client(User.objects.create(username="r", email="r@example.com"))
+        reader = token_client(User.objects.create(username="r", email="r@example.com"))
 
         assert [u["id"] for u in reader.get("/api/user?username=fresh").json()["results"]] == [
             renamer.id

@@ -18,7 +18,7 @@ import pytest
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import grant_user_permissions
+from tests.helpers import grant_user_permissions
 from users.models import User
 
 SCRIPT = Path(__file__).with_name("generated_client_calls.py")

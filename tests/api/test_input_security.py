@@ -16,7 +16,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.test import RequestFactory
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import _token_client, blocked_user_inserts
+from tests.helpers import blocked_user_inserts, token_client
 from users import identity, services
 from users.models import LOOKALIKE_MESSAGE, SKELETON_FIELDS, User, kept_apart
 
@@ -186,7 +186,7 @@ class TestUnicodeIdentity:
         """The loser's check runs while the winner's row is uncommitted and sees
         nothing; its INSERT waits on the winner's key in a skeleton index, and fails
         once the winner commits: a 400 on the username, and one user."""
-        client = _token_client(staff)
+        client = token_client(staff)
         winner_inserted, release_winner = threading.Event(), threading.Event()
 
         def winner():
@@ -309,7 +309,7 @@ class TestPasswords:
         self, transactional_db, staff_client, make_user
     ):
         user = make_user(username="holder", email="holder@example.com")
-        api = _token_client(user)
+        api = token_client(user)
         assert api.get(f"/api/user/{user.id}").status_code == 200
 
         response = staff_client.patch(
@@ -341,7 +341,7 @@ class TestPasswords:
 
     def test_other_changes_keep_the_token(self, transactional_db, staff_client, make_user):
         user = make_user(username="holder", email="holder@example.com")
-        api = _token_client(user)
+        api = token_client(user)
         staff_client.patch(f"/api/user/{user.id}", {"first_name": "New"}, format="json")
 
         assert api.get(f"/api/user/{user.id}").status_code == 200

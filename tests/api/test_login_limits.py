@@ -22,7 +22,7 @@ from django.db import connections
 from django.test import Client
 from redis.exceptions import OutOfMemoryError
 
-from tests.conftest import grant_user_permissions, one_server_caches, redis_nodes_holding
+from tests.helpers import grant_user_permissions, one_server_caches, redis_nodes_holding
 from tests.operations.test_commands import _manage
 from tests.servers import RedisServer
 from users import metrics

@@ -7,7 +7,7 @@ from django.contrib.auth.hashers import MD5PasswordHasher
 from django.db import connection
 from rest_framework.test import APIClient
 
-from tests.conftest import grant_user_permissions
+from tests.helpers import grant_user_permissions
 from users.models import User
 
 # Whether a transaction was open each time RecordingHasher hashed.

@@ -14,7 +14,7 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.conftest import _token_client, grant_user_permissions
+from tests.helpers import grant_user_permissions, token_client
 from tests.servers import collected_static_files
 from users import entries
 from users.cache import keys, kinds, transport
@@ -69,7 +69,7 @@ def principals(transactional_db, make_user):
     )
     inactive = make_user(username="inactive", email="inactive@example.com", is_active=False)
     deleted_token_user = make_user(username="untokened", email="untokened@example.com")
-    deleted_token = _token_client(deleted_token_user)
+    deleted_token = token_client(deleted_token_user)
     assert deleted_token.get(f"/api/user/{reader.id}").status_code == 200  # now cached
     Token.objects.filter(user=deleted_token_user).delete()
     invalid = APIClient()
@@ -78,9 +78,9 @@ def principals(transactional_db, make_user):
         "anonymous": APIClient(),
         "invalid token": invalid,
         "deleted token": deleted_token,
-        "inactive": _token_client(inactive),
-        "non-staff": _token_client(reader),
-        "staff": _token_client(staff),
+        "inactive": token_client(inactive),
+        "non-staff": token_client(reader),
+        "staff": token_client(staff),
     }
 
 
@@ -298,7 +298,7 @@ def test_no_secret_in_responses_logs_or_redis(
     )
     responses.append(created)
     user_id = created.json()["id"]
-    victim_client = _token_client(User.objects.get(pk=user_id))
+    victim_client = token_client(User.objects.get(pk=user_id))
     victim_token = Token.objects.get(user_id=user_id).key  # revoked by the new password
     new_password = "another-Long-phrase-8"
     responses += [

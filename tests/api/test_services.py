@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from tests.conftest import absent_marker, cached_entry
+from tests.helpers import absent_marker, cached_entry
 from users import entries, identity, reads, services
 from users.cache import keys
 from users.cache.readthrough import Source

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.conftest import _token_client
+from tests.helpers import token_client
 from users.models import User
 
 
@@ -120,7 +120,7 @@ class TestRedisCannotVouch:
 
     def test_an_edited_principal_is_not_believed(self, holder, redis_client):
         """The attacker holds a plain user's token and raises its cached entry to staff."""
-        client = _token_client(holder)
+        client = token_client(holder)
         assert client.get(f"/api/user/{holder.id}").status_code == 200
         token_entries = [
             key for key in _project_keys(redis_client) if b":token:" in key and b":lease" not in key

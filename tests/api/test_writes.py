@@ -4,7 +4,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import _token_client, cached_entry
+from tests.helpers import cached_entry, token_client
 from users import entries, reads, services
 from users.cache import keys, store
 from users.models import CacheInvalidation, User
@@ -188,7 +188,7 @@ class TestTokensFollowTheirUser:
         self, transactional_db, make_user, staff_client
     ):
         user = make_user(username="leaver", email="leaver@example.com")
-        client = _token_client(user)
+        client = token_client(user)
         assert client.get(f"/api/user/{user.id}")["X-Cache"] in {"MISS", "HIT"}
         assert client.get(f"/api/user/{user.id}").status_code == 200
 
@@ -201,7 +201,7 @@ class TestTokensFollowTheirUser:
         self, transactional_db, make_user, staff_client
     ):
         user = make_user(username="leaver", email="leaver@example.com")
-        client = _token_client(user)
+        client = token_client(user)
         assert client.get(f"/api/user/{user.id}").status_code == 200
 
         assert staff_client.delete(f"/api/user/{user.id}").status_code == 204

@@ -32,7 +32,7 @@ import pytest
 from django.conf import settings
 from django_redis import get_redis_connection
 
-from tests.conftest import redis_environment
+from tests.helpers import redis_environment
 from tests.servers import (
     PROJECT_ROOT,
     BinlogFollower,

@@ -7,7 +7,7 @@ from django.db import connection, transaction
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.conftest import blocked_user_inserts
+from tests.helpers import blocked_user_inserts
 from users import services
 from users.models import User
 

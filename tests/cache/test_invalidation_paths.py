@@ -10,7 +10,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import _token_client, absent_marker, grant_user_permissions
+from tests.helpers import absent_marker, grant_user_permissions, token_client
 from users import services
 from users.cache import keys, store
 from users.cache.outbox import outbox
@@ -32,7 +32,7 @@ def test_reassigning_a_token_in_the_admin_drops_its_cached_principal(
     owner.user_permissions.add(*Permission.objects.filter(codename="add_user"))
     heir = make_user(username="heir", email="heir@example.com")
     token = Token.objects.create(user=owner)
-    api = _token_client(owner)
+    api = token_client(owner)
     assert api.get(f"/api/user/{owner.id}").status_code == 200  # the principal is cached
 
     response = root_client.post(
@@ -47,7 +47,7 @@ def test_reassigning_a_token_in_the_admin_drops_its_cached_principal(
 
 def test_changepassword_drops_the_cached_user_and_revokes_the_token(transactional_db, make_user):
     user = make_user(username="walker", email="walker@example.com")
-    api = _token_client(user)
+    api = token_client(user)
     assert api.get(f"/api/user/{user.id}").status_code == 200
     cached_before = api.get(f"/api/user/{user.id}")
     assert cached_before["X-Cache"] == "HIT"
@@ -58,7 +58,7 @@ def test_changepassword_drops_the_cached_user_and_revokes_the_token(transactiona
     user.refresh_from_db()
     assert user.check_password("a-New-passphrase-31")
     assert api.get(f"/api/user/{user.id}").status_code == 401
-    reader = _token_client(make_user(username="reader2", email="reader2@example.com"))
+    reader = token_client(make_user(username="reader2", email="reader2@example.com"))
     after = reader.get(f"/api/user/{user.id}")
     assert after["X-Cache"] == "MISS"
     assert after.json()["updated_at"] != cached_before.json()["updated_at"]
@@ -67,7 +67,7 @@ def test_changepassword_drops_the_cached_user_and_revokes_the_token(transactiona
 def test_createsuperuser_replaces_a_cached_absence(transactional_db, make_user, redis_client):
     probe = make_user(username="probe", email="probe@example.com")
     next_id = probe.id + 1
-    reader = _token_client(probe)
+    reader = token_client(probe)
     # An absence a reader cached while the id was below the largest (a row since
     # deleted, its id reused by an insert that names it).
     redis_client.hset(keys.user_key(next_id), mapping=absent_marker())
@@ -85,7 +85,7 @@ def test_createsuperuser_replaces_a_cached_absence(transactional_db, make_user, 
 
 def test_a_model_save_outside_the_services_drops_the_cached_user(transactional_db, make_user):
     user = make_user(username="saved", email="saved@example.com", first_name="Old")
-    reader = _token_client(make_user(username="reader2", email="reader2@example.com"))
+    reader = token_client(make_user(username="reader2", email="reader2@example.com"))
     reader.get(f"/api/user/{user.id}")
     assert reader.get(f"/api/user/{user.id}")["X-Cache"] == "HIT"
 
@@ -100,7 +100,7 @@ def test_a_login_does_not_drop_the_cached_user(transactional_db, make_user, clie
     user = make_user(username="visitor", email="visitor@example.com")
     user.set_password("a-New-passphrase-31")
     user.save()
-    reader = _token_client(make_user(username="reader2", email="reader2@example.com"))
+    reader = token_client(make_user(username="reader2", email="reader2@example.com"))
     reader.get(f"/api/user/{user.id}")
 
     assert (
@@ -122,7 +122,7 @@ class TestANameRememberedAsAbsent:
     @pytest.fixture
     def looked_up(self, transactional_db, make_user):
         holder = make_user(username="holder", email="holder@example.com")
-        reader = _token_client(make_user(username="looker", email="looker@example.com"))
+        reader = token_client(make_user(username="looker", email="looker@example.com"))
         for query in ("username=ghost", "email=ghost@example.com"):
             assert reader.get(f"/api/user?{query}").json()["results"] == []
         return holder, reader
@@ -139,7 +139,7 @@ class TestANameRememberedAsAbsent:
         staff = grant_user_permissions(
             make_user(username="boss", email="boss@example.com", is_staff=True)
         )
-        renamed = _token_client(staff).patch(
+        renamed = token_client(staff).patch(
             f"/api/user/{holder.id}",
             {"username": "ghost", "email": "ghost@example.com"},
             format="json",

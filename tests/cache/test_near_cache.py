@@ -10,7 +10,7 @@ from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import one_server_caches
+from tests.helpers import one_server_caches
 from tests.servers import RedisServer, WebService, service_stack
 from users import entries
 from users.cache import keys, kinds, store

@@ -15,7 +15,7 @@ import time
 import pytest
 from django.db import connection
 
-from tests.conftest import UNGUARDED_FILL, blocked_user_inserts, cached_entry, pausing_fills
+from tests.helpers import UNGUARDED_FILL, blocked_user_inserts, cached_entry, pausing_fills
 from users import reads, services
 from users.cache import keys, scripts
 from users.models import User

@@ -24,7 +24,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from config.checks import cache_serializer_check
-from tests.conftest import grant_user_permissions
+from tests.helpers import grant_user_permissions
 from users.cache import keys, kinds
 from users.models import User
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from django.db import connection
 
-from tests.conftest import pausing_fills
+from tests.helpers import pausing_fills
 from users import reads
 from users.cache import keys, scripts, store
 from users.models import User

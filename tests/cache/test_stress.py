@@ -20,7 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection
 
 from config.database import WriteConflict
-from tests.conftest import UNGUARDED_FILL, pausing_fills
+from tests.helpers import UNGUARDED_FILL, pausing_fills
 from users import entries, reads, services
 from users.cache import keys, kinds, outbox, scripts
 from users.models import User

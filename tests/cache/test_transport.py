@@ -14,7 +14,7 @@ from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
 from redis.connection import AbstractConnection, ConnectionPool
 
-from tests.conftest import one_server_caches
+from tests.helpers import one_server_caches
 from users.cache import transport
 
 ROOT = Path(__file__).resolve().parents[2]

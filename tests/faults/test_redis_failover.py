@@ -29,7 +29,7 @@ from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
 from redis.sentinel import SentinelConnectionPool
 
-from tests.conftest import _token_client, cached_entry
+from tests.helpers import cached_entry, token_client
 from tests.servers import RedisClusterServers, RedisServer
 from users import reads, services
 from users.cache import keys, outbox, store, transport
@@ -93,7 +93,7 @@ class Load:
 
     def _run(self, seed: int, writes: bool) -> None:
         rng = random.Random(seed)
-        client = _token_client(self.staff)
+        client = token_client(self.staff)
         try:
             while not self._stop.is_set():
                 user_id = rng.choice(self.user_ids)
@@ -129,7 +129,7 @@ def test_a_primary_killed_under_load(topology, unthrottled, transactional_db, st
         User.objects.create(username=f"load{n}", email=f"load{n}@example.com").id
         for n in range(USERS)
     ]
-    client = _token_client(staff)
+    client = token_client(staff)
     for user_id in user_ids:
         client.get(f"/api/user/{user_id}")
     watched_key = keys.user_key(user_ids[0])

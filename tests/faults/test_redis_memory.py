@@ -16,7 +16,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from tests.conftest import database_url
+from tests.helpers import database_url
 from tests.servers import RedisServer, WebService
 from users.cache import keys
 from users.models import User

@@ -10,7 +10,7 @@ import time
 import pytest
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import _token_client, cached_entry, database_url, one_server_caches
+from tests.helpers import cached_entry, database_url, one_server_caches, token_client
 from tests.servers import RedisServer, WebService
 from users import reads, services
 from users.cache import keys, outbox, store, transport
@@ -66,7 +66,7 @@ def test_reads_bypass_a_paused_redis_and_never_write_back(own_redis, user):
 
 
 def test_the_api_answers_bypass_not_5xx(own_redis, user):
-    client = _token_client(user)
+    client = token_client(user)
     own_redis.stop()
 
     response = client.get(f"/api/user/{user.id}")

@@ -21,7 +21,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import cached_entry, one_server_caches, redis_environment
+from tests.helpers import cached_entry, one_server_caches, redis_environment
 from tests.servers import RedisServer
 from users import lookups, reads
 from users.cache import keys, kinds

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from django.conf import settings
 
-from tests.conftest import redis_environment
+from tests.helpers import redis_environment
 from tests.servers import PROJECT_ROOT, BinlogFollower, MariaDBServer, WebService
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"

@@ -19,7 +19,7 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from config.logs import DisallowedHostFilter, JsonFormatter, PlainFormatter, RequestIdFilter
-from tests.conftest import database_url, redis_environment
+from tests.helpers import database_url, redis_environment
 from tests.servers import WebService
 
 ROOT = Path(__file__).resolve().parents[2]

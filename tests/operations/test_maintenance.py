@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import absent_marker, cached_entry, redis_nodes_holding
+from tests.helpers import absent_marker, cached_entry, redis_nodes_holding
 from users import entries, reads, services, tokens
 from users.cache import flush, keys, scripts, store, transport
 from users.conf import user_cache_settings

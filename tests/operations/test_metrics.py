@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import metrics_files
-from tests.conftest import database_url, one_server_caches, pausing_fills, redis_environment
+from tests.helpers import database_url, one_server_caches, pausing_fills, redis_environment
 from tests.servers import RedisServer, WebService, project_python
 from users import metrics, reads, services
 from users.cache import keys, transport

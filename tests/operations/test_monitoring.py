@@ -25,7 +25,7 @@ import yaml
 from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import database_url
+from tests.helpers import database_url
 from tests.servers import (
     PROJECT_ROOT,
     BinlogFollower,

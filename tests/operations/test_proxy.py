@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 
-from tests.conftest import database_url, redis_environment
+from tests.helpers import database_url, redis_environment
 from tests.servers import NGINX, NginxServer, WebService
 from users.models import User
 

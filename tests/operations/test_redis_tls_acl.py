@@ -27,7 +27,7 @@ from django.test import override_settings
 from django_redis.pool import ConnectionFactory
 
 from config.redis import TLS_FILE_VARIABLES
-from tests.conftest import _token_client, cache_from_variables
+from tests.helpers import cache_from_variables, token_client
 from tests.servers import (
     Certificates,
     RedisClusterServers,
@@ -217,7 +217,7 @@ def test_the_service_works_through_the_cache(
         process.client().acl_log_reset()
     with cache_configured_by(topology.variables):
         user = make_user(username="tls", email="tls@example.com", first_name="Old")
-        reader = _token_client(user)
+        reader = token_client(user)
         url = f"/api/user/{user.id}"
 
         assert [reader.get(url)["X-Cache"] for _ in range(2)] == ["MISS", "HIT"]

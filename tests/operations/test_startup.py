@@ -11,7 +11,7 @@ import pytest
 from django.test import override_settings
 
 from config.checks import metrics_shared_by_workers_check, static_files_manifest_check
-from tests.conftest import database_url, redis_environment
+from tests.helpers import database_url, redis_environment
 from tests.servers import PROJECT_ROOT, WebService, collected_static_files
 
 MANIFEST_STORAGE = {
