@@ -200,11 +200,30 @@ def test_the_user_lists_cache_column_is_in_sight_at_1400_px(browser, live_server
     header = browser.find_element(By.CSS_SELECTOR, "#result_list th.column-cache_state")
     cells = browser.find_elements(By.CSS_SELECTOR, "#result_list td.field-cache_state")
     assert len(cells) == 100
-    assert _in_sight(browser, header)
-    # With these names, every column fits beside both sidebars.
-    assert _in_sight(browser, browser.find_element(By.CSS_SELECTOR, "th.column-staff"))
-    assert _in_sight(browser, cells[0])
+    # The cache column's text first: a longer one (an error) would widen the table.
     assert re.fullmatch(r"cached, 5\d min left", cells[0].text), cells[0].text
+    layout = _column_widths(browser)
+    assert _in_sight(browser, header), layout
+    # With these names, every column fits beside both sidebars.
+    assert _in_sight(browser, browser.find_element(By.CSS_SELECTOR, "th.column-staff")), layout
+    assert _in_sight(browser, cells[0]), layout
+
+
+def _column_widths(browser) -> dict:
+    """The change list's columns and the room they have, in CSS pixels: what a failure
+    of the test above needs to tell a layout from a page not yet settled."""
+    return browser.execute_script(
+        """
+        const table = document.querySelector('#result_list').getBoundingClientRect();
+        const columns = {};
+        for (const th of document.querySelectorAll('#result_list thead th')) {
+            const box = th.getBoundingClientRect();
+            columns[th.className] = [Math.round(box.left), Math.round(box.right)];
+        }
+        return {viewport: document.documentElement.clientWidth, table_left: table.left,
+                table_right: table.right, columns, readyState: document.readyState};
+        """
+    )
 
 
 def test_cache_overview_shows_the_outbox_backlog_and_the_followers_lag(browser, live_server):
