@@ -35,7 +35,7 @@ from .models import User
 from .permissions import IsStaffOrReadOnly
 from .schema import describe_user_viewset
 from .serializers import MAX_ID, MAX_IDS, UserCreateSerializer, UserUpdateSerializer
-from .throttling import RedisRateThrottle
+from .throttling import UserRateThrottle
 from .tokens import TokenRead
 
 # A positive BIGINT id: at most 19 digits (the URL pattern) and at most MAX_ID.
@@ -176,20 +176,32 @@ class UserViewSet(viewsets.ViewSet):
         ]
 
     def get_throttles(self) -> list:
+        """An authenticated request counts what it reads; an anonymous one counts
+        one: it is refused, and reads nothing."""
         return [
-            throttle(cost=self.cost) if issubclass(throttle, RedisRateThrottle) else throttle()
+            throttle(cost=self.cost) if issubclass(throttle, UserRateThrottle) else throttle()
             for throttle in self.throttle_classes
         ]
 
     def initial(self, request: Request, *args, **kwargs) -> None:
-        """The id in the URL becomes an int in ``self.kwargs`` (the dict the action is
-        called with), or a 404 when it is out of range."""
+        """DRF's steps with the throttles ahead of the permissions: DRF checks the
+        permissions first, so a request refused for want of credentials was never
+        counted and an anonymous client had no limit. And the id in the URL becomes
+        an int in ``self.kwargs`` (the dict the action is called with), or a 404
+        when it is out of range."""
         if "pk" in self.kwargs:
             user_id = int(self.kwargs["pk"])
             if not 1 <= user_id <= MAX_ID:
                 raise NotFound("No user with this id.")
             self.kwargs["pk"] = user_id
-        super().initial(request, *args, **kwargs)
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        negotiated = self.perform_content_negotiation(request)
+        request.accepted_renderer, request.accepted_media_type = negotiated
+        version = self.determine_version(request, *args, **kwargs)
+        request.version, request.versioning_scheme = version
+        self.perform_authentication(request)
+        self.check_throttles(request)
+        self.check_permissions(request)
 
     def finalize_response(self, request: Request, response: Response, *args, **kwargs) -> Response:
         """``GET /api/user?ids=``, the batch read before it had a path of its own,

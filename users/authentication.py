@@ -24,6 +24,12 @@ from .cache.kinds import Entry
 from .throttling import AuthFailureThrottle, UserRateThrottle
 from .tokens import Found, Principal, TokenRead
 
+# How many of the users a request declares are read in the token lookup's round
+# trip, before the token is known to be good: enough for a single read and a
+# small batch, and a bound on what a client without a valid token makes Redis
+# do (a batch names up to 100). The view reads the rest once the token passed.
+PREFETCHED_WITH_TOKEN = 8
+
 
 def prefetched(request: Request) -> Mapping[int, Entry | None] | None:
     """The users the token lookup read for this request (``{id: entry or None}``),
@@ -38,14 +44,15 @@ class TokenAuthentication(BaseAuthentication):
     Anything but exactly that shape is refused before any I/O (``users.tokens``).
     A well-formed key that is not cached passes the failed-guess limit
     (``AuthFailureThrottle``) before MySQL is asked, and each failure counts.
-    ``prefetch``: the users the request will read; ``cost``: what it counts
-    against the caller's rate limit (``users.throttling``).
+    ``prefetch``: the users the request will read (the first
+    ``PREFETCHED_WITH_TOKEN`` of them are read with the token); ``cost``: what it
+    counts against the caller's rate limit (``users.throttling``).
     """
 
     keyword = "Token"
 
     def __init__(self, *, prefetch: Sequence[int] = (), cost: int = 1) -> None:
-        self.prefetch = prefetch
+        self.prefetch = prefetch[:PREFETCHED_WITH_TOKEN]
         self.cost = cost
 
     def authenticate(self, request: Request) -> tuple[Principal, TokenRead] | None:
