@@ -200,7 +200,7 @@ def _application(log_file):
     logging afresh, so this comes after)."""
     application = get_wsgi_application()
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler):
+        if hasattr(handler, "setStream"):
             handler.setStream(log_file)
     return application
 

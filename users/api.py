@@ -12,6 +12,7 @@ renders), handed to the authenticator and the throttles it makes.
 """
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -23,13 +24,13 @@ from django.utils.http import parse_etags
 from rest_framework import pagination, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
-from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.renderers import BrowsableAPIRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import entries, lookups, reads, services
-from .authentication import TokenAuthentication, prefetched
+from .authentication import TokenAuthentication
+from .cache.kinds import Entry
 from .cache.readthrough import Source
 from .models import User
 from .permissions import IsStaffOrReadOnly
@@ -43,6 +44,8 @@ _ID_DIGITS = "[0-9]{1,19}"
 _ID_PATTERN = re.compile(_ID_DIGITS)
 # The query parameters that find users through the cache instead of paging.
 _LOOKUPS = ("ids", *lookups.LOOKUP_FIELDS)
+# What every token request is answered in (renderers keep no state between requests).
+_JSON = JSONRenderer()
 # When ``GET /api/user?ids=`` was deprecated for ``GET /api/user/batch?ids=``: its
 # answers say so in RFC 9745's Deprecation header, an sf-date (``@`` Unix seconds).
 IDS_ON_LIST_DEPRECATED = datetime(2026, 12, 7, tzinfo=UTC)
@@ -110,18 +113,6 @@ class UserPagination(pagination.CursorPagination):
         return parameters
 
 
-class TokenRequestNegotiation(DefaultContentNegotiation):
-    """JSON for token requests, whatever ``?format=`` or ``Accept`` ask: the browsable
-    API is for browsers, which log in with a session, and rendering it costs many
-    times what a request counts against its client's rate."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        if isinstance(request.auth, TokenRead):
-            json = next(r for r in renderers if not isinstance(r, BrowsableAPIRenderer))
-            return json, json.media_type
-        return super().select_renderer(request, renderers, format_suffix)
-
-
 class PreconditionRequired(APIException):
     status_code = status.HTTP_428_PRECONDITION_REQUIRED
     default_detail = "Send If-Match with the ETag the change is based on (or *)."
@@ -155,7 +146,6 @@ class UserViewSet(viewsets.ViewSet):
     # Anything but digits is no user id: the URL does not match, a JSON 404.
     lookup_value_regex = _ID_DIGITS
     pagination_class = UserPagination
-    content_negotiation_class = TokenRequestNegotiation
     # What the request reads, declared from its URL before authentication: the
     # users the token lookup reads in its own round trip (so that a cached read
     # costs one round trip in all), and its cost against the rate limit.
@@ -174,6 +164,15 @@ class UserViewSet(viewsets.ViewSet):
             else auth()
             for auth in self.authentication_classes
         ]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple:
+        """JSON for token requests, whatever ``?format=`` or ``Accept`` ask, without
+        negotiating: the browsable API is for browsers, which log in with a
+        session, and rendering it costs many times what a request counts against
+        its client's rate."""
+        if isinstance(request.auth, TokenRead):
+            return _JSON, _JSON.media_type
+        return super().perform_content_negotiation(request, force)
 
     def get_throttles(self) -> list:
         """An authenticated request counts what it reads; an anonymous one counts
@@ -236,7 +235,7 @@ class UserViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["get"])
     def batch(self, request: Request) -> Response:
         ids = _parse_ids(request.query_params)
-        found = reads.users_get(user_ids=ids, prefetched=prefetched(request))
+        found = reads.users_get(user_ids=ids, prefetched=_prefetched(request))
         body = {"results": found.values, "missing": found.missing}
         return Response(body, headers=_cache_status(request, found.source))
 
@@ -248,12 +247,12 @@ class UserViewSet(viewsets.ViewSet):
             raise ValidationError({field: exc.messages}) from exc
 
     def retrieve(self, request: Request, pk: int) -> Response:
-        result = reads.user_get(user_id=pk, prefetched=prefetched(request))
+        result = reads.user_get(user_id=pk, prefetched=_prefetched(request))
         headers = _cache_status(request, result.source)
         if result.value is None:
             return Response({"detail": "No user with this id."}, status=404, headers=headers)
         headers["ETag"] = result.etag
-        held = parse_etags(request.headers.get("If-None-Match", ""))
+        held = parse_etags(request.META.get("HTTP_IF_NONE_MATCH", ""))
         if "*" in held or result.etag in (tag.removeprefix("W/") for tag in held):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(result.value, headers=headers)
@@ -316,6 +315,13 @@ def _declared_reads(
     except ValidationError:
         pass
     return (), 1
+
+
+def _prefetched(request: Request) -> Mapping[int, Entry | None] | None:
+    """The users the token lookup read for this request (``{id: entry or None}``),
+    for ``users.reads``; None for any other request."""
+    auth = request.auth
+    return auth.prefetched if isinstance(auth, TokenRead) else None
 
 
 def _cache_status(request: Request, source: Source) -> dict[str, str]:

@@ -13,14 +13,13 @@ throttle finds the count and the view the prefetched users.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
 
 from . import tokens
-from .cache.kinds import Entry
 from .throttling import AuthFailureThrottle, UserRateThrottle
 from .tokens import Found, Principal, TokenRead
 
@@ -29,13 +28,6 @@ from .tokens import Found, Principal, TokenRead
 # small batch, and a bound on what a client without a valid token makes Redis
 # do (a batch names up to 100). The view reads the rest once the token passed.
 PREFETCHED_WITH_TOKEN = 8
-
-
-def prefetched(request: Request) -> Mapping[int, Entry | None] | None:
-    """The users the token lookup read for this request (``{id: entry or None}``),
-    for ``users.reads``; None for any other request."""
-    auth = request.auth
-    return auth.prefetched if isinstance(auth, TokenRead) else None
 
 
 class TokenAuthentication(BaseAuthentication):
@@ -67,6 +59,8 @@ class TokenAuthentication(BaseAuthentication):
     def authenticate_credentials(self, key: str, request: Request) -> tuple[Principal, TokenRead]:
         rate = UserRateThrottle(cost=self.cost).rate_count()
         read = tokens.token_cached(key=key, prefetch=self.prefetch, rate=rate)
+        if read.found is Found.CACHED and read.principal.is_active:
+            return read.principal, read
         failures = AuthFailureThrottle()
         if read.found is not Found.CACHED:
             failures.refuse_if_over(request)

@@ -329,9 +329,10 @@ LOGGING = {
         "json": {"()": "config.logs.JsonFormatter"},
     },
     "handlers": {
+        # To stderr, formatted and written on a thread of its own (config/logs.py).
         "console": {
-            "class": "logging.StreamHandler",
-            "formatter": LOG_FORMAT,
+            "()": "config.logs.BackgroundStreamHandler",
+            "log_format": LOG_FORMAT,
             "filters": ["request_id"],
         }
     },

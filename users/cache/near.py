@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 # How often the tracker checks its connections (a PING), and reconnects when down.
 _CHECK_EVERY_S = 1.0
+# The lookup counters, resolved once: every read counts itself.
+_HITS = metrics.NEAR_CACHE_LOOKUPS.labels("hit")
+_MISSES = metrics.NEAR_CACHE_LOOKUPS.labels("miss")
 
 
 class NearCache:
@@ -101,20 +104,21 @@ class NearCache:
         self._ensure_tracker()
         found = {}
         now = time.monotonic()
+        entries = self._entries
         with self._lock:
             if not self._drain():
                 return {}
             for key in entry_keys:
-                held = self._entries.get(key)
+                held = entries.get(key)
                 if held is None:
                     continue
                 if held[1] < now:
-                    del self._entries[key]
+                    del entries[key]
                     continue
-                self._entries.move_to_end(key)
+                entries.move_to_end(key)
                 found[key] = held[0]
         if found:
-            metrics.NEAR_CACHE_LOOKUPS.labels("hit").inc(len(found))
+            _HITS.inc(len(found))
         return found
 
     def peek(self, entry_keys: Iterable[str]) -> dict[str, Entry] | None:
@@ -188,7 +192,7 @@ class NearCache:
 
     def count_miss(self, count: int) -> None:
         if self.enabled and count:
-            metrics.NEAR_CACHE_LOOKUPS.labels("miss").inc(count)
+            _MISSES.inc(count)
 
     # Tracking.
 
