@@ -131,7 +131,7 @@ MIDDLEWARE = [
     "config.request_context.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below).
-    "csp.middleware.CSPMiddleware",
+    "config.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Sessions, request.user and messages for the admin and the browsable API;
     # token-authenticated API requests skip them (config/middleware.py).
