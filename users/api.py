@@ -1,9 +1,7 @@
 """The HTTP API: ``/api/user``, ``/api/user/batch`` and ``/api/user/<id>``, each
 action a call into the reads (``users.reads``) or the writes (``users.services``).
 
-Query parameters are read as clients send them: ``ids``, a list, in every form a
-client encodes one (repeated keys, commas, both); every other parameter takes
-one value, and a second one is a 400 rather than a guess at which one was meant.
+Query parameters are read as clients send them (``users.queries``).
 
 Before authentication runs, the view declares what its request reads: the users
 the token lookup prefetches in its own round trip (``prefetch``), and what the
@@ -11,7 +9,6 @@ request costs against the caller's rate limit (``cost``: the users it reads or
 renders), handed to the authenticator and the throttles it makes.
 """
 
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -21,7 +18,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpRequest, QueryDict
 from django.urls import reverse
 from django.utils.http import parse_etags
-from rest_framework import pagination, permissions, status, viewsets
+from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.renderers import JSONRenderer
@@ -34,14 +31,12 @@ from .cache.kinds import Entry
 from .cache.readthrough import Source
 from .models import User
 from .permissions import IsStaffOrReadOnly
+from .queries import ID_DIGITS, UserPagination, one_value, parse_ids
 from .schema import describe_user_viewset
-from .serializers import MAX_ID, MAX_IDS, UserCreateSerializer, UserUpdateSerializer
+from .serializers import MAX_ID, UserCreateSerializer, UserUpdateSerializer
 from .throttling import UserRateThrottle
 from .tokens import TokenRead
 
-# A positive BIGINT id: at most 19 digits (the URL pattern) and at most MAX_ID.
-_ID_DIGITS = "[0-9]{1,19}"
-_ID_PATTERN = re.compile(_ID_DIGITS)
 # The query parameters that find users through the cache instead of paging.
 _LOOKUPS = ("ids", *lookups.LOOKUP_FIELDS)
 # What every token request is answered in (renderers keep no state between requests).
@@ -51,100 +46,17 @@ _JSON = JSONRenderer()
 IDS_ON_LIST_DEPRECATED = datetime(2026, 12, 7, tzinfo=UTC)
 
 
-def one_value(query: QueryDict, name: str) -> str | None:
-    """The value of a single-valued query parameter, None when absent; a 400 naming
-    it when it is repeated, where ``QueryDict.get`` would silently take the last."""
-    values = query.getlist(name)
-    if len(values) > 1:
-        raise ValidationError({name: [f"Give {name} once ({len(values)} values given)."]})
-    return values[0] if values else None
-
-
-class UserPagination(pagination.CursorPagination):
-    ordering = "id"
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-    def get_page_size(self, request: Request) -> int:
-        """``page_size`` from 1 to ``max_page_size``, else a 400: DRF would clamp a
-        larger one and quietly use the default for a malformed one, so a client
-        would never learn that it was not given what it asked for."""
-        return self.page_size_of(request.query_params)
-
-    def page_size_of(self, query: QueryDict) -> int:
-        raw = one_value(query, self.page_size_query_param)
-        if raw is None:
-            return self.page_size
-        # ASCII digits only: int() would also take " 5", "+5" and other scripts' digits.
-        if not _ID_PATTERN.fullmatch(raw) or not 1 <= int(raw) <= self.max_page_size:
-            message = f"A whole number from 1 to {self.max_page_size}: {raw[:40]!r}."
-            raise ValidationError({self.page_size_query_param: [message]})
-        return int(raw)
-
-    def decode_cursor(self, request: Request) -> pagination.Cursor | None:
-        """DRF's decoding, and a position that can be an id: any other position a
-        crafted cursor carries is the same 404 as an unreadable cursor."""
-        one_value(request.query_params, self.cursor_query_param)
-        cursor = super().decode_cursor(request)
-        position = None if cursor is None else cursor.position
-        if position is not None and not _ID_PATTERN.fullmatch(position):
-            raise NotFound(self.invalid_cursor_message)
-        return cursor
-
-    def get_schema_operation_parameters(self, view) -> list[dict]:
-        """DRF's parameters, with what ``get_page_size`` and ``decode_cursor`` hold
-        clients to."""
-        parameters = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            if parameter["name"] == self.page_size_query_param:
-                parameter["schema"].update(
-                    minimum=1, maximum=self.max_page_size, default=self.page_size
-                )
-                parameter["description"] = (
-                    f"Users per page, 1 to {self.max_page_size} (default {self.page_size}); "
-                    "anything else is a 400."
-                )
-            elif parameter["name"] == self.cursor_query_param:
-                parameter["description"] = (
-                    "Where the page starts: the cursor of a `next` or `previous` link. "
-                    "Any other is a 404."
-                )
-        return parameters
-
-
 class PreconditionRequired(APIException):
     status_code = status.HTTP_428_PRECONDITION_REQUIRED
     default_detail = "Send If-Match with the ETag the change is based on (or *)."
     default_code = "precondition_required"
 
 
-def _parse_ids(query: QueryDict) -> list[int]:
-    """``ids`` in every form clients send a list: repeated (``?ids=1&ids=2``, what
-    ``requests`` and generated clients send), comma-separated (``?ids=1,2``), or
-    both. Up to ``MAX_IDS`` distinct positive ids, duplicates collapsed in the order
-    first given; any part that is not an id (an empty one too) is a 400 naming
-    ``ids``, so that no id is ever dropped."""
-    values = query.getlist("ids")
-    parts = [part.strip() for value in values for part in value.split(",")]
-    if parts in ([], [""]):
-        raise ValidationError({"ids": ["Give at least one id."]})
-    bad = [
-        part for part in parts if not _ID_PATTERN.fullmatch(part) or not 1 <= int(part) <= MAX_ID
-    ]
-    if bad:
-        raise ValidationError({"ids": [f"Not a user id (1 to {MAX_ID}): {bad[0][:40]!r}."]})
-    ids = list(dict.fromkeys(int(part) for part in parts))
-    if len(ids) > MAX_IDS:
-        raise ValidationError({"ids": [f"At most {MAX_IDS} ids; {len(ids)} given."]})
-    return ids
-
-
 @describe_user_viewset
 class UserViewSet(viewsets.ViewSet):
     permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
     # Anything but digits is no user id: the URL does not match, a JSON 404.
-    lookup_value_regex = _ID_DIGITS
+    lookup_value_regex = ID_DIGITS
     pagination_class = UserPagination
     # What the request reads, declared from its URL before authentication: the
     # users the token lookup reads in its own round trip (so that a cached read
@@ -234,7 +146,7 @@ class UserViewSet(viewsets.ViewSet):
 
     @action(detail=False, methods=["get"])
     def batch(self, request: Request) -> Response:
-        ids = _parse_ids(request.query_params)
+        ids = parse_ids(request.query_params)
         found = reads.users_get(user_ids=ids, prefetched=_prefetched(request))
         body = {"results": found.values, "missing": found.missing}
         return Response(body, headers=_cache_status(request, found.source))
@@ -308,7 +220,7 @@ def _declared_reads(
             user_id = int(kwargs["pk"])
             return ((user_id,) if 1 <= user_id <= MAX_ID else ()), 1
         if action == "batch" or (action == "list" and "ids" in query):
-            ids = _parse_ids(query)
+            ids = parse_ids(query)
             return tuple(ids), len(ids)
         if action == "list" and not any(name in query for name in lookups.LOOKUP_FIELDS):
             return (), UserPagination().page_size_of(query)
