@@ -32,7 +32,7 @@ from .cache.readthrough import Source
 from .models import User
 from .permissions import IsStaffOrReadOnly
 from .queries import ID_DIGITS, UserPagination, one_value, parse_ids
-from .schema import describe_user_viewset
+from .schema.operations import describe_user_viewset
 from .serializers import MAX_ID, UserCreateSerializer, UserUpdateSerializer
 from .throttling import UserRateThrottle
 from .tokens import TokenRead
