@@ -143,11 +143,14 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
         self._stream = logging.StreamHandler(sys.stderr)
         self._stream.setFormatter(formatter(log_format))
         self._listener: logging.handlers.QueueListener | None = None
+        self._open = True
         self._start()
         os.register_at_fork(after_in_child=self._start)
         atexit.register(self.close)
 
     def _start(self) -> None:
+        if not self._open:  # closed (logging configured again) before a fork
+            return
         self.queue = queue.SimpleQueue()
         self._listener = logging.handlers.QueueListener(self.queue, self._stream)
         self._listener.start()
@@ -161,6 +164,7 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
 
     def close(self) -> None:
         """Writes what is queued, then stops the thread."""
+        self._open = False
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()
