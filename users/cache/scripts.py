@@ -14,6 +14,36 @@ still holds the lease; every write deletes or replaces the lease, so a load made
 before a write is refused ("Scaling Memcache at Facebook", NSDI 2013, 3.2.1).
 """
 
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from redis.commands.core import Script
+
+# Script sources by SHA, for the servers that answer NOSCRIPT.
+_SOURCES: dict[str, bytes] = {}
+
+
+@functools.cache
+def script(source: str) -> Script:
+    """The script object (its SHA); each call names its client, and a server that does
+    not know the script yet is sent it (``execute_many``, ``cluster.eval_many``)."""
+    loaded = Script(None, source.encode())
+    _SOURCES[loaded.sha] = loaded.script
+    return loaded
+
+
+def script_source(sha: str | bytes) -> bytes:
+    """The source of a script of ``script()``, by its SHA."""
+    return _SOURCES[sha.decode() if isinstance(sha, bytes) else sha]
+
+
+def evalsha(source: str, keys: Sequence[str], args: Sequence) -> tuple:
+    """The command that runs ``source`` (see ``script``) on ``keys`` with ``args``."""
+    return ("EVALSHA", script(source).sha, len(keys), *keys, *args)
+
+
 # Lua shared by the scripts below (prepended to each).
 # HASH_OF(key): the hash at key, {} when none; a key of another type is deleted.
 # LEASE_HELD_BY(lease): who holds the lease, false when nobody does; a lease of

@@ -18,8 +18,8 @@ from django.db.models import QuerySet
 
 from .. import entries, reads
 from ..cache import readthrough, scripts, store
+from ..cache.bulk import retrying
 from ..cache.kinds import CachedKind, Entry
-from ..cache.transport import retrying
 from ..models import User
 
 DEFAULT_BATCH_SIZE = 500
