@@ -159,10 +159,12 @@ def lease_many(
     kind: CachedKind, idents: Sequence[Hashable], token: str, *, mode: str
 ) -> list[tuple[int, Entry | None]]:
     """Each entry's state after ``scripts.LEASE`` in ``mode`` ("read", "missing",
-    "refresh"): ``(PRESENT, entry)``, ``(LEASED, None)`` or ``(NOT_LEASED, None)``.
-    A present entry that fails its codec is deleted and reported as NOT_LEASED:
-    the caller looks again, and finds it missing."""
+    "refresh"), or "take": ``(PRESENT, entry)``, ``(LEASED, None)`` or
+    ``(NOT_LEASED, None)``. A present entry that fails its codec is deleted and
+    reported as NOT_LEASED: the caller looks again, and finds it missing."""
     keys = [kind.key(ident) for ident in idents]
+    if mode == "take":
+        return _take(keys, token)
 
     def call_for(group: Sequence[int]) -> tuple[list, list]:
         return _entries_and_leases(keys, group), [token, user_cache_settings.LEASE_TTL_MS, mode]
@@ -183,11 +185,33 @@ def lease_many(
     return states
 
 
-def fill_many(kind: CachedKind, token: str, entries: Mapping[Hashable, Entry]) -> list[bool]:
+def _take(keys: Sequence[str], token: str) -> list[tuple[int, Entry | None]]:
+    """A plain ``SET lease token NX PX`` per entry the caller has just read as
+    missing, one round trip: LEASED, or NOT_LEASED where a lease is held (by
+    another reader, a reader that filled it since and keeps it, a write, or a
+    key of someone else's, which the "read" mode that follows takes over)."""
+    lease_ms = user_cache_settings.LEASE_TTL_MS
+    commands = [("SET", lease_key(key), token, "NX", "PX", lease_ms) for key in keys]
+
+    def run(redis: Redis | RedisCluster) -> list:
+        replies = execute_many(redis, commands)
+        for reply in replies:  # refused (a full Redis under noeviction): as if down
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    replies = call(run, keys=keys)
+    return [(scripts.LEASED if reply else scripts.NOT_LEASED, None) for reply in replies]
+
+
+def fill_many(
+    kind: CachedKind, token: str, entries: Mapping[Hashable, Entry], *, release: bool = False
+) -> list[bool]:
     """Stores each entry (a row's, or ``kinds.ABSENT_ENTRY`` with the kind's absent
     TTL) while ``token`` still holds its lease (``scripts.FILL``), one round trip
     for all; True where it was stored, False where a write took the lease
-    meanwhile. The near cache keeps the rows stored, for the kinds it holds."""
+    meanwhile. The leases are kept until they expire, or with ``release`` given
+    back. The near cache keeps the rows stored, for the kinds it holds."""
     idents = list(entries)
     keys = [kind.key(ident) for ident in idents]
     now = time.time()
@@ -207,7 +231,7 @@ def fill_many(kind: CachedKind, token: str, entries: Mapping[Hashable, Entry]) -
             [list(shapes), [rows[index] for index in group]],
             ensure_ascii=False, separators=(",", ":"),
         )  # fmt: skip
-        return _entries_and_leases(keys, group), [token, document]
+        return _entries_and_leases(keys, group), [token, document, "1" if release else "0"]
 
     groups, calls = cluster.plan(keys, call_for)
     stamp = near.stamp() if kind.near else None

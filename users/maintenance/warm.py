@@ -135,7 +135,7 @@ class Pending:
     skipped: int
 
     def fill(self) -> readthrough.Filled:
-        return readthrough.fill(self.kind, self.token, self.loaded)
+        return readthrough.fill(self.kind, self.token, self.loaded, release=True)
 
 
 def lease_and_load(kind: CachedKind, ids: Sequence[Hashable], *, mode: str) -> Pending:
