@@ -41,8 +41,8 @@ from tests.servers import (
     project_python,
     service_stack,
 )
+from users.binlog import changes, statements
 from users.binlog import follower as follower_module
-from users.binlog import statements
 from users.cache.keys import lease_key, name_key, token_key, user_key
 from users.tokens import token_mac
 
@@ -732,7 +732,7 @@ def _stored_file(sql) -> str:
 
 OURS = statements.WatchedTables(
     database="usersvc",
-    tables=follower_module.watched_tables(),
+    tables=changes.watched_tables(),
     mariadb=True,
 )
 ANSI_QUOTES = statements.MODE_ANSI_QUOTES
