@@ -37,6 +37,8 @@ from django.core.exceptions import ImproperlyConfigured
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from config.env import in_range
+
 # django-redis, reading back JSON only: never a pickle (config/redis_cache.py).
 BACKEND = "config.redis_cache.RedisCache"
 SERIALIZER = "config.redis_cache.JSONSerializer"
@@ -60,11 +62,14 @@ def cache_from_env(env: environ.Env) -> dict:
     # Short timeouts on purpose: a slow Redis must turn into a cache bypass, not
     # into slow requests. The pool size applies per process, and on a cluster per
     # node and process.
+    connect_ms = env.int("REDIS_CONNECT_TIMEOUT_MS", default=100)
+    read_ms = env.int("REDIS_READ_TIMEOUT_MS", default=100)
+    max_connections = env.int("REDIS_MAX_CONNECTIONS", default=64)
     timeouts = {
-        "socket_connect_timeout": env.int("REDIS_CONNECT_TIMEOUT_MS", default=100) / 1000,
-        "socket_timeout": env.int("REDIS_READ_TIMEOUT_MS", default=100) / 1000,
+        "socket_connect_timeout": in_range("REDIS_CONNECT_TIMEOUT_MS", connect_ms, least=1) / 1000,
+        "socket_timeout": in_range("REDIS_READ_TIMEOUT_MS", read_ms, least=1) / 1000,
     }
-    pool_kwargs = {"max_connections": env.int("REDIS_MAX_CONNECTIONS", default=64)}
+    pool_kwargs = {"max_connections": in_range("REDIS_MAX_CONNECTIONS", max_connections, least=1)}
     options = {
         "SOCKET_CONNECT_TIMEOUT": timeouts["socket_connect_timeout"],
         "SOCKET_TIMEOUT": timeouts["socket_timeout"],

@@ -378,3 +378,15 @@ def staff_client(staff) -> APIClient:
 @pytest.fixture
 def anonymous_client() -> APIClient:
     return APIClient()
+
+
+@pytest.fixture
+def rates(settings):
+    """Sets throttle rates by scope for the test (``rates(user="3/min")``; None: off)."""
+
+    def set_rates(**rates):
+        rest = {**settings.REST_FRAMEWORK}
+        rest["DEFAULT_THROTTLE_RATES"] = {**rest["DEFAULT_THROTTLE_RATES"], **rates}
+        settings.REST_FRAMEWORK = rest
+
+    return set_rates

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             THROTTLE_RATE_USER="off",
             THROTTLE_RATE_ANON="off",
             THROTTLE_RATE_AUTH_FAILURE="off",
+            THROTTLE_RATE_PASSWORD_HASH="off",
         ) as (_mariadb, _redis_server, web),
     ):
         web.manage("shell", "-c", _CREATE_READER)

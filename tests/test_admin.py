@@ -19,11 +19,11 @@ from tests.conftest import (
     redis_nodes_holding,
 )
 from tests.servers import RedisServer
-from users import admin as user_admin
 from users import entries, lookups, reads, tokens
+from users.admin import cache as admin_cache
 from users.binlog import server as binlog_server
-from users.cache import keys, kinds
-from users.maintenance import overview, warm
+from users.cache import flush, keys, kinds
+from users.maintenance import overview, user_state, warm
 from users.models import LOOKALIKE_MESSAGE, BinlogPosition, CacheInvalidation, User
 
 
@@ -175,7 +175,7 @@ def _cache_token(user: User) -> str:
 
 
 def _user_cache(response) -> dict:
-    """The change page's entries (``overview.EntryState``) by kind."""
+    """The change page's entries (``user_state.EntryState``) by kind."""
     return {entry.kind: entry for entry in response.context["user_cache"].entries}
 
 
@@ -348,7 +348,7 @@ def test_change_page_costs_one_redis_round_trip_and_a_query_per_kind(
 
     # The row, its tokens (the registry's idents), then each kind's load.
     with django_assert_num_queries(6):
-        state = overview.user_cache_state(user_id=cached_user.id)
+        state = user_state.user_cache_state(user_id=cached_user.id)
 
     assert redis_round_trips.count == redis_nodes_holding([e.key for e in state.entries])
 
@@ -547,7 +547,7 @@ def test_a_selection_over_the_limit_is_sent_to_the_command(admin_client, redis_c
     warmed or evicted, and the message says what to run."""
     User.objects.bulk_create(
         User(username=f"bulk{n}", email=f"bulk{n}@example.com")
-        for n in range(user_admin.CACHE_ACTION_MAX)
+        for n in range(admin_cache.CACHE_ACTION_MAX)
     )  # and the admin: one more than the limit
     everyone = User.objects.count()
     cached = User.objects.get(username="root").id
@@ -566,7 +566,7 @@ def test_a_selection_over_the_limit_is_sent_to_the_command(admin_client, redis_c
 def test_a_large_selection_of_some_users_names_their_ids(
     admin_client, many_users, redis_client, monkeypatch
 ):
-    monkeypatch.setattr(user_admin, "CACHE_ACTION_MAX", 10)
+    monkeypatch.setattr(admin_cache, "CACHE_ACTION_MAX", 10)
     selected = sorted(user.id for user in many_users[:12])
 
     html = _select(admin_client, "warm_cache", ids=selected)
@@ -578,8 +578,8 @@ def test_a_large_selection_of_some_users_names_their_ids(
 
 
 def test_a_larger_filtered_selection_is_sent_to_all(admin_client, many_users, monkeypatch):
-    monkeypatch.setattr(user_admin, "CACHE_ACTION_MAX", 10)
-    monkeypatch.setattr(user_admin, "_IDS_IN_COMMAND_MAX", 20)
+    monkeypatch.setattr(admin_cache, "CACHE_ACTION_MAX", 10)
+    monkeypatch.setattr(admin_cache, "_IDS_IN_COMMAND_MAX", 20)
 
     html = _select(admin_client, "warm_cache", across=True, filters={"is_staff__exact": "0"})
 
@@ -651,7 +651,7 @@ def test_cache_overview_estimates_a_large_database_in_a_fixed_number_of_redis_ca
         assert estimated.keys_in_database == 100_000 + more
         assert 54_000 <= estimated.keys["user"] <= 66_000
         assert estimated.keys["token"] == estimated.keys["leases"] == 0
-    assert calls == [3 + overview.SAMPLE_PAGES] * 2
+    assert calls == [3 + flush.ESTIMATE_PAGES] * 2
 
     html = admin_client.get("/admin/users/user/cache/").content.decode()
     assert re.fullmatch(r"about \d{2},\d{3}", _key_counts(html)["User entries"])

@@ -449,3 +449,77 @@ class TestVariablesOfAType:
             f"django.core.exceptions.ImproperlyConfigured: {variable} is {text!r}: not a value"
             f" of its type (invalid literal for int() with base 10: {text!r})."
         )
+
+
+class TestVariablesInTheirRange:
+    """A number of its type but outside what its setting can use stops the start with
+    ImproperlyConfigured naming the variable and the range (failed on the previous
+    main: each was taken silently; NUM_PROXIES=-1 counted clients by the wrong
+    X-Forwarded-For entry), one family each: MySQL, request bodies and proxies,
+    Redis, the login limits and client networks, the rate limits."""
+
+    @pytest.mark.parametrize(
+        ("variable", "text", "allowed"),
+        [
+            ("DB_CONNECT_TIMEOUT", "0", "a whole number of 1 or more"),
+            ("CONN_MAX_AGE", "-1", "a whole number of 0 or more"),
+            ("MAX_REQUEST_BODY_BYTES", "0", "a whole number of 1 or more"),
+            ("NUM_PROXIES", "-1", "a whole number of 0 or more"),
+            ("REDIS_CONNECT_TIMEOUT_MS", "0", "a whole number of 1 or more"),
+            ("REDIS_READ_TIMEOUT_MS", "-5", "a whole number of 1 or more"),
+            ("REDIS_MAX_CONNECTIONS", "0", "a whole number of 1 or more"),
+            ("LOGIN_FAILURE_LIMIT", "0", "a whole number of 1 or more"),
+            ("LOGIN_LOCKOUT_MINUTES", "-15", "a whole number of 1 or more"),
+            ("CLIENT_IPV6_PREFIX", "129", "a whole number from 1 to 128"),
+        ],
+    )
+    def test_a_number_out_of_range_stops_the_start(self, variable, text, allowed):
+        result = _start(**{variable: text})
+
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"django.core.exceptions.ImproperlyConfigured: {variable} is {text!r}: use {allowed}."
+        )
+
+    @pytest.mark.parametrize(
+        "variable",
+        [
+            "THROTTLE_RATE_USER",
+            "THROTTLE_RATE_ANON",
+            "THROTTLE_RATE_AUTH_FAILURE",
+            "THROTTLE_RATE_PASSWORD_HASH",
+        ],
+    )
+    @pytest.mark.parametrize("text", ["-1/min", "0/s", "ten/min", "100", "5/week"])
+    def test_a_rate_not_of_the_form_stops_the_start(self, variable, text):
+        """DRF would read "-1/min" as a limit nobody is within, and fail on the others
+        at the first request (a 500)."""
+        result = _start(**{variable: text})
+
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1].startswith(
+            f"django.core.exceptions.ImproperlyConfigured: {variable} is {text!r}: use N/s"
+        )
+
+    def test_the_hsts_age_is_held_to_its_range(self):
+        """The production settings' one number of their own."""
+        result = _start(
+            DJANGO_SETTINGS_MODULE="config.settings.production",
+            SECRET_KEY="a-long-random-production-secret-0123456789-abcdefg",
+            SECURE_HSTS_SECONDS="-1",
+        )
+
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1] == (
+            "django.core.exceptions.ImproperlyConfigured: SECURE_HSTS_SECONDS is '-1': use a"
+            " whole number of 0 or more."
+        )
+
+    @pytest.mark.parametrize(
+        ("variable", "text"),
+        [("NUM_PROXIES", "0"), ("CLIENT_IPV6_PREFIX", "128"), ("THROTTLE_RATE_USER", "off")],
+    )
+    def test_the_ends_of_a_range_are_accepted(self, variable, text):
+        result = _start(**{variable: text})
+
+        assert result.returncode == 0, result.stderr

@@ -28,6 +28,8 @@ from tests.test_commands import _manage
 from users import metrics
 from users.cache import keys
 from users.logins import limits as login_limits
+from users.logins import lockouts as login_lockouts
+from users.logins import memory as login_memory
 from users.logins.accounts import account_key
 from users.logins.addresses import client_address
 from users.models import User
@@ -40,7 +42,7 @@ LOCKOUTS_PAGE = "/admin/users/user/login-lockouts/"
 @pytest.fixture(autouse=True)
 def _fresh_process_counters(monkeypatch):
     """What a test counts in process memory (Redis away) stays in that test."""
-    monkeypatch.setattr(login_limits, "process_counters", login_limits.ProcessCounters())
+    monkeypatch.setattr(login_memory, "process_counters", login_memory.ProcessCounters())
 
 
 @pytest.fixture
@@ -523,7 +525,7 @@ class TestOperators:
         self._lock()
         redis_round_trips.reset()
 
-        listed = login_limits.lockouts()
+        listed = login_lockouts.lockouts()
 
         minute = int(time.time() // 60)
         index = [keys.login_lockouts_key(minute - back) for back in range(2 * 15 + 2)]

@@ -12,7 +12,7 @@ from tests.conftest import absent_marker, cached_entry, redis_nodes_holding
 from users import entries, reads, services, tokens
 from users.cache import flush, keys, scripts, store, transport
 from users.conf import user_cache_settings
-from users.maintenance import check, overview, warm
+from users.maintenance import check, user_state, warm
 from users.models import User
 from users.tokens import token_mac
 
@@ -343,7 +343,7 @@ class TestUserCacheEntries:
         warm.cache_warm(user_ids=SPARSE_IDS[:2])
         redis_round_trips.count = 0
 
-        listed = overview.user_cache_entries(user_ids=[*SPARSE_IDS, 31337])
+        listed = user_state.user_cache_entries(user_ids=[*SPARSE_IDS, 31337])
 
         entry_keys = [keys.user_key(user_id) for user_id in [*SPARSE_IDS, 31337]]
         assert redis_round_trips.count == redis_nodes_holding(entry_keys)

@@ -41,7 +41,7 @@ from users.cache import cluster as cache_cluster
 from users.cache import flush, transport
 from users.cache.breaker import Breakers
 from users.cache.kinds import ABSENT
-from users.maintenance import check, overview, warm
+from users.maintenance import check, overview, user_state, warm
 
 SERVICE_USER, SERVICE_PASSWORD = "usersvc", "usersvc-secret"
 SENTINEL_USER, SENTINEL_PASSWORD = "usersvc-sentinel", "sentinel-secret"
@@ -249,7 +249,7 @@ def test_the_service_works_through_the_cache(
         gone.delete()
         warmed = warm.cache_warm(user_ids=[user.id, absent_id], missing_only=True)
         assert (warmed.skipped, warmed.absent) == (1, 1)
-        listed = overview.user_cache_entries(user_ids=[user.id, absent_id])
+        listed = user_state.user_cache_entries(user_ids=[user.id, absent_id])
         assert listed[user.id].ttl_ms > 0
         assert listed[user.id].fields == {}
         assert listed[absent_id].fields == {ABSENT: "1"}

@@ -124,15 +124,6 @@ def test_authorization_matrix(principals, make_user, caller):
 
 
 class TestThrottling:
-    @pytest.fixture
-    def rates(self, settings):
-        def set_rates(**rates):
-            rest = {**settings.REST_FRAMEWORK}
-            rest["DEFAULT_THROTTLE_RATES"] = {**rest["DEFAULT_THROTTLE_RATES"], **rates}
-            settings.REST_FRAMEWORK = rest
-
-        return set_rates
-
     def test_a_user_over_the_rate_gets_429_with_retry_after(self, rates, reader_client, reader):
         rates(user="3/min")
         statuses = [reader_client.get(f"/api/user/{reader.id}").status_code for _ in range(4)]

@@ -33,7 +33,7 @@ from .authentication import TokenAuthentication, prefetched
 from .cache.readthrough import Source
 from .models import User
 from .permissions import IsStaffOrReadOnly
-from .schema import describe_user_viewset
+from .schema.operations import describe_user_viewset
 from .serializers import MAX_ID, MAX_IDS, UserCreateSerializer, UserUpdateSerializer
 from .throttling import RedisRateThrottle
 from .tokens import TokenRead

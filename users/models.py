@@ -194,6 +194,13 @@ class User(AbstractUser):
         super().set_unusable_password()
         self._password_set = True
 
+    def set_hashed_password(self, hashed: str, raw_password: str | None) -> None:
+        """``set_password`` with the hash made beforehand (``make_password``), so that
+        a write can hash before it opens its transaction and locks the row."""
+        self.password = hashed
+        self._password = raw_password
+        self._password_set = True
+
     def _rehashed_on_check(self) -> bool:
         """Whether the password was set by Django's ``check_password``, which rehashes a
         correct password whose hasher settings changed (more iterations after an

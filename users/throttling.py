@@ -4,7 +4,10 @@ They count in a fixed window (one Lua call: INCRBY, and PEXPIRE on the first
 request), which is the usual trade against DRF's sliding log: a client can send
 up to twice its rate across a window boundary. A request counts what it costs,
 not one: the users it reads or renders (``UserViewSet.cost``), so a page of 500
-users is 500 cached reads' worth of a client's budget. Rates come from
+users is 500 cached reads' worth of a client's budget, and a page of the
+browsable API (a session's HTML) ``BROWSABLE_COST`` more than its JSON. A request
+that hashes a password counts against a rate of its own as well
+(``PasswordHashThrottle``), per client and per account. Rates come from
 ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` by scope, read when the throttle is
 made; a rate of None turns a scope off. If Redis does not answer, requests are
 let through: an outage of the cache must not become an outage of the API.
@@ -13,6 +16,7 @@ let through: an outage of the cache must not become an outage of the API.
 from __future__ import annotations
 
 from rest_framework.exceptions import Throttled
+from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
@@ -22,6 +26,11 @@ from .cache.keys import throttle_key
 from .cache.transport import CacheUnavailable
 from .logins.addresses import client_address
 from .tokens import RateCount, TokenRead
+
+# What a browsable API page counts against its client's rate on top of its JSON,
+# in cached reads: the page also renders its forms and template, whatever the
+# rows (docs/benchmarks.md, "Browsable API"). Tokens are always answered in JSON.
+BROWSABLE_COST = 20
 
 
 class RedisRateThrottle(SimpleRateThrottle):
@@ -46,13 +55,21 @@ class RedisRateThrottle(SimpleRateThrottle):
         if counted is None:
             key, window_ms = throttle_key(self.scope, ident), self.duration * 1000
             try:
-                counted = counters.count_in_window(key, window_ms, self.cost)
+                counted = counters.count_in_window(key, window_ms, self.cost_of(request))
             except CacheUnavailable:
                 return True
             if self.counts_in_process(request):
                 counters.local_windows.seen(key, counted, window_ms)
         self.seconds_left = max(counted.ms_left, 0) / 1000
         return counted.count <= self.num_requests
+
+    def cost_of(self, request: Request) -> int:
+        """``cost``, and ``BROWSABLE_COST`` more for a browsable API page; never more
+        than a window's budget."""
+        renderer = getattr(request, "accepted_renderer", None)
+        if isinstance(renderer, BrowsableAPIRenderer):
+            return min(self.cost + BROWSABLE_COST, self.num_requests)
+        return self.cost
 
     def counted_already(self, request: Request) -> counters.WindowCount | None:
         """This request's count, when authentication took it on its way."""
@@ -137,3 +154,58 @@ class AuthFailureThrottle(RedisRateThrottle):
             return
         if counted.count >= self.num_requests:
             raise Throttled(wait=max(counted.ms_left, 0) / 1000)
+
+
+class PasswordHashThrottle(RedisRateThrottle):
+    """Writes that hash a password (``POST``, ``PUT`` or ``PATCH`` with a
+    ``password``), per client and per account written, each hash one unit
+    whatever else the request costs (``cost`` is taken and not used): a hash is a
+    quarter of a second of CPU, so one client's (or many clients' at one account)
+    must not take the workers' time from everyone else's reads. Other requests
+    pass untouched. The admin's password forms count the same (``users.admin``)."""
+
+    scope = "password_hash"
+
+    def __init__(self, *, cost: int = 1) -> None:
+        super().__init__()
+
+    def allow_request(self, request: Request, view) -> bool:
+        if self.rate is None or not _hashes_password(request):
+            return True
+        account = getattr(view, "kwargs", {}).get("pk")
+        self.seconds_left = self.hash_wait(request, account=account)
+        return self.seconds_left is None
+
+    def hash_wait(self, request: Request, *, account: object | None) -> float | None:
+        """Counts a hash for ``request``'s client and for ``account`` (the id of the
+        user whose password is set, None for a new user): None when both are
+        within the rate (or Redis does not answer), else the seconds to wait."""
+        if self.rate is None:
+            return None
+        subjects = [f"client:{self.get_ident_for(request)}"]
+        if account is not None:
+            subjects.append(f"account:{account}")
+        waits = []
+        for subject in subjects:
+            key = throttle_key(self.scope, subject)
+            try:
+                counted = counters.count_in_window(key, self.duration * 1000)
+            except CacheUnavailable:
+                return None
+            if counted.count > self.num_requests:
+                waits.append(max(counted.ms_left, 0) / 1000)
+        return max(waits) if waits else None
+
+    def get_ident_for(self, request: Request) -> str:
+        if isinstance(getattr(request, "auth", None), TokenRead):
+            return f"token:{request.auth.token_mac}"
+        if request.user and request.user.is_authenticated:
+            return f"user:{request.user.pk}"
+        return f"address:{self.get_ident(request)}"
+
+
+def _hashes_password(request: Request) -> bool:
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return False
+    data = request.data
+    return hasattr(data, "get") and bool(data.get("password"))

@@ -7,7 +7,7 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from .api import UserViewSet
-from .schema import SchemaView
+from .schema.view import SchemaView
 
 router = SimpleRouter()
 router.trailing_slash = "/?"

@@ -48,9 +48,9 @@ DATABASES = {
 }
 # A MySQL that does not answer must fail fast (503), not hang the worker.
 DATABASES["default"].setdefault("OPTIONS", {}).update(
-    {"charset": "utf8mb4", "connect_timeout": env.int("DB_CONNECT_TIMEOUT", default=2)}
+    {"charset": "utf8mb4", "connect_timeout": env.int("DB_CONNECT_TIMEOUT", default=2, least=1)}
 )
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60, least=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -190,7 +190,7 @@ if CACHE_STATUS_HEADER not in ("staff", "all", "off"):
     )
 
 # Request bodies: the API takes small JSON documents only.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 1024, least=1)
 
 # DJANGO REST FRAMEWORK
 # ------------------------------------------------------------------------------
@@ -209,18 +209,18 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [
         "users.throttling.AnonRateThrottle",
         "users.throttling.UserRateThrottle",
+        "users.throttling.PasswordHashThrottle",
     ],
-    # "off" turns a scope off. auth_failure caps failed token checks per address.
+    # "off" turns a scope off. auth_failure caps failed token checks per address;
+    # password_hash the writes that hash a password, per client and per account.
     "DEFAULT_THROTTLE_RATES": {
-        scope: None if rate == "off" else rate
-        for scope, rate in {
-            "anon": env("THROTTLE_RATE_ANON", default="60/min"),
-            "user": env("THROTTLE_RATE_USER", default="12000/min"),
-            "auth_failure": env("THROTTLE_RATE_AUTH_FAILURE", default="30/min"),
-        }.items()
+        "anon": env.rate("THROTTLE_RATE_ANON", default="60/min"),
+        "user": env.rate("THROTTLE_RATE_USER", default="12000/min"),
+        "auth_failure": env.rate("THROTTLE_RATE_AUTH_FAILURE", default="30/min"),
+        "password_hash": env.rate("THROTTLE_RATE_PASSWORD_HASH", default="20/min"),
     },
     # Client addresses for throttling come from X-Forwarded-For behind this many proxies.
-    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0, least=0),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -277,13 +277,13 @@ SPECTACULAR_SETTINGS = {
 # this many failures lock for LOGIN_LOCKOUT_MINUTES after the last of them, and
 # attempts, successful or not (each hashes a password), are limited to a rate:
 # N/s, N/min, N/hour or N/day.
-LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
-LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10, least=1)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15, least=1)
 LOGIN_RATE_ACCOUNT = env("LOGIN_RATE_ACCOUNT", default="10/min")
 LOGIN_RATE_ADDRESS = env("LOGIN_RATE_ADDRESS", default="30/min")
 # Every per-address limit (these and the API's rate limits) counts an IPv6
 # client by its network of this many bits.
-CLIENT_IPV6_PREFIX = env.int("CLIENT_IPV6_PREFIX", default=64)
+CLIENT_IPV6_PREFIX = env.int("CLIENT_IPV6_PREFIX", default=64, least=1, most=128)
 
 # OPERATOR ENDPOINTS (users/probes.py)
 # ------------------------------------------------------------------------------

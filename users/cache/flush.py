@@ -89,6 +89,9 @@ class KeyEstimate:
 
     counts: dict[str, int]
     exact: bool
+    # Keys the sample went over, and keys the databases held.
+    sampled: int = 0
+    in_database: int = 0
 
     def total(self, labels: Iterable[str]) -> int:
         return sum(self.counts.get(label, 0) for label in labels)
@@ -110,6 +113,8 @@ def estimate_keys(label: Callable[[str], str] = kinds.key_label) -> KeyEstimate:
     return KeyEstimate(
         counts={name: round(count) for name, count in estimated.items()},
         exact=all(sample.complete for sample in samples),
+        sampled=sum(sample.examined for sample in samples),
+        in_database=sum(sample.in_database for sample in samples),
     )
 
 

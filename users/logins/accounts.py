@@ -8,7 +8,8 @@ all open the same account. Any folding written here would miss some of them, so
 the database says: an account is keyed by the collation weight of the name,
 ``WEIGHT_STRING(name COLLATE <the column's collation>)``, which is equal for
 exactly the names the column compares equal, whether or not an account has the
-name. One query per attempt; the collation is read once per process.
+name. One query per attempt; the collation is read once per process (and is
+a ``ProgrammingError``, as a query on a missing table is, before ``migrate``).
 
 The collations are PAD SPACE ("admin " = "admin") while the weight of a
 trailing space is not empty, and a space may hide behind an ignorable code
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from django.db import connections
+from django.db import ProgrammingError, connections
 
 from ..models import User
 
@@ -54,7 +55,13 @@ def _collation(connection) -> tuple[str, bytes]:
                 " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
                 [User._meta.db_table, field.column],
             )
-            (collation,) = cursor.fetchone()
+            found = cursor.fetchone()
+            if found is None:
+                raise ProgrammingError(
+                    f"Table '{database}.{User._meta.db_table}' has no column {field.column}"
+                    " (run manage.py migrate)"
+                )
+            (collation,) = found
             assert re.fullmatch(r"\w+", collation), f"unexpected collation {collation!r}"
             cursor.execute(f"SELECT WEIGHT_STRING(' ' COLLATE {collation})")
             (space,) = cursor.fetchone()

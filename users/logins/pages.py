@@ -14,6 +14,8 @@ from django.template.response import TemplateResponse
 from ..cache.transport import CacheUnavailable
 from . import limits
 from .addresses import named_group
+from .lockouts import lockouts as listed_lockouts
+from .lockouts import unlock
 
 
 def login_lockouts(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
@@ -23,7 +25,7 @@ def login_lockouts(model_admin: ModelAdmin, request: HttpRequest) -> HttpRespons
         _unlock(request)
         return HttpResponseRedirect(request.path)
     try:
-        lockouts, error = limits.lockouts(), None
+        lockouts, error = listed_lockouts(), None
     except CacheUnavailable as exc:
         lockouts, error = [], str(exc)
     context = {
@@ -51,7 +53,7 @@ def _unlock(request: HttpRequest) -> None:
         messages.error(request, "That is no account or address the limits count.")
         return
     try:
-        removed = limits.unlock(kind=kind, subject=subject)
+        removed = unlock(kind=kind, subject=subject)
     except CacheUnavailable as exc:
         messages.error(request, f"Redis is unavailable: {exc}")
         return

@@ -1,5 +1,6 @@
 """Operator work on the user cache, in bulk: warm it (``warm``), audit and repair it
-(``check``), and what the admin shows of it (``overview``); the flush is the
+(``check``), and what the admin shows of it (``user_state`` for one user,
+``overview`` for the whole cache); the flush is the
 cache's own (``users.cache.flush``), since the binary log follower needs it too.
 The management commands and the admin's actions are thin wrappers around these.
 

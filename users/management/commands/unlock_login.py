@@ -1,6 +1,6 @@
 import argparse
 
-from users.logins import addresses, limits
+from users.logins import addresses, limits, lockouts
 from users.management.base import CacheCommand
 
 
@@ -56,13 +56,13 @@ class Command(CacheCommand):
             self.parser.error(self.usage_error)
         removed = []
         if username is not None:
-            removed += self._unlock(*limits.unlock_account(username), kind=limits.ACCOUNT)
+            removed += self._unlock(*lockouts.unlock_account(username), kind=limits.ACCOUNT)
         if address is not None:
-            removed += self._unlock(*limits.unlock_address(address), kind=limits.ADDRESS)
+            removed += self._unlock(*lockouts.unlock_address(address), kind=limits.ADDRESS)
         if options["verbosity"] >= 1 and removed:
             self.stdout.write(self.style.SUCCESS(f"Removed {len(removed)} counters."))
 
-    def _unlock(self, shown: str, removed: list[limits.Lockout], *, kind: str) -> list:
+    def _unlock(self, shown: str, removed: list[lockouts.Lockout], *, kind: str) -> list:
         for lockout in removed:
             self.stdout.write(f"Removed {lockout.describe()}")
         if not removed:
@@ -70,10 +70,10 @@ class Command(CacheCommand):
         return removed
 
     def _list(self, verbosity: int) -> None:
-        lockouts = limits.lockouts()
-        for lockout in lockouts:
+        locked = lockouts.lockouts()
+        for lockout in locked:
             self.stdout.write(lockout.describe())
         if verbosity >= 1:
             self.stdout.write(
-                self.style.SUCCESS(f"{len(lockouts)} lockouts.") if lockouts else "No lockouts."
+                self.style.SUCCESS(f"{len(locked)} lockouts.") if locked else "No lockouts."
             )

@@ -1,29 +1,19 @@
-"""The API's OpenAPI description (drf-spectacular): what it answers, put together
-for ``users.api.UserViewSet`` by ``describe_user_viewset`` (what clients send is
-``users.serializers``'). The API answers with
-plain dicts from the reads and writes, so the response shapes exist for the
-description only; ``tests/test_openapi.py`` holds them to the API, and
-``tests/test_generated_client.py`` holds them to what a generated client can use:
-one success shape per operation, and error shapes a client tells apart by trying
-them in the order given.
+"""The shapes the description names: the answers (users, pages, errors) and the
+parameters and headers of the operations. What clients send is
+``users.serializers``'; ``users.schema.operations`` puts these on the operations.
 """
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     PolymorphicProxySerializer,
-    extend_schema,
     extend_schema_serializer,
-    extend_schema_view,
 )
-from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers
-from rest_framework.renderers import JSONRenderer
-from rest_framework.response import Response
 
-from .serializers import MAX_ID, MAX_IDS, UserCreateSerializer, UserUpdateSerializer
+from ..serializers import MAX_ID, MAX_IDS
 
 # Responses.
 
@@ -204,122 +194,3 @@ RETRY_AFTER = OpenApiParameter(
     response=[429, 503],
     description="Seconds to wait before retrying.",
 )
-
-# Every operation says how to authenticate: the token's header is an apiKey scheme,
-# whose value (prefix included) OpenAPI cannot spell out, and generated clients
-# default to `Bearer`. (An http scheme named `Token` would say it to a machine, but
-# Swagger UI's Authorize offers basic and bearer only.)
-_AUTH = (
-    "Authenticate with the header `Authorization: Token <key>`: the word `Token`, a "
-    "space, the 40 lowercase hex digits of the key (not `Bearer`)."
-)
-
-
-def _described(text: str) -> str:
-    return f"{text}\n\n{_AUTH}"
-
-
-# Every status each operation answers; 429 comes from the throttles, 503 from
-# config.exceptions when MySQL does not answer.
-_ANY = {401: UNAUTHENTICATED, 429: THROTTLED, 503: UNAVAILABLE}
-_STAFF_ONLY = {**_ANY, 403: FORBIDDEN, 409: CONFLICT}
-_WITH_BODY = {**_STAFF_ONLY, 400: FIELD_ERRORS, 413: TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE}
-_CONDITIONAL = {412: PRECONDITION_FAILED, 428: PRECONDITION_REQUIRED}
-_USER = OpenApiResponse(UserSerializer, description="The user.")
-
-describe_user_viewset = extend_schema_view(
-    list=extend_schema(
-        summary="List users, or find one by username or e-mail",
-        description=_described(
-            "Without a query: users in id order, from MySQL, a cursor-paginated page at "
-            "a time (follow `next`). With `username` or `email` (one of them): a page of "
-            "0 or 1 users, through the cache, `X-Cache` saying where the answer came "
-            "from. Many users by id: `user_batch`."
-        ),
-        responses={200: UserPageSerializer, 400: BAD_QUERY, 404: INVALID_CURSOR, **_ANY},
-        parameters=[USERNAME, EMAIL, X_CACHE, RETRY_AFTER],
-    ),
-    batch=extend_schema(
-        operation_id="user_batch",
-        summary="Get many users by id",
-        description=_described(
-            "Redis first, in one batch, the misses from MySQL in one query: the users "
-            "in the order first asked, and the ids found nowhere. `X-Cache` is HIT "
-            "when every one came from Redis."
-        ),
-        responses={200: UserBatchSerializer, 400: BAD_QUERY, **_ANY},
-        parameters=[IDS, X_CACHE, RETRY_AFTER],
-    ),
-    retrieve=extend_schema(
-        summary="Get a user",
-        description=_described("Redis first; `X-Cache` says where the answer came from."),
-        responses={200: _USER, 304: NOT_MODIFIED, 404: NOT_FOUND, **_ANY},
-        parameters=[USER_ID, IF_NONE_MATCH, X_CACHE, ETAG, RETRY_AFTER],
-    ),
-    create=extend_schema(
-        summary="Create a user (staff)",
-        description=_described("Staff with `add_user`; the answer's `Location` is its URL."),
-        request=UserCreateSerializer,
-        responses={201: OpenApiResponse(UserSerializer, description="Created."), **_WITH_BODY},
-        parameters=[LOCATION, ETAG, RETRY_AFTER],
-    ),
-    update=extend_schema(
-        summary="Replace a user's fields (staff)",
-        description=_described(
-            "Staff with `change_user`; `username` and `email` are required, omitted "
-            "fields keep their value."
-        ),
-        request=UserUpdateSerializer,
-        responses={200: _USER, 404: NOT_FOUND, **_CONDITIONAL, **_WITH_BODY},
-        parameters=[USER_ID, IF_MATCH, ETAG, RETRY_AFTER],
-    ),
-    partial_update=extend_schema(
-        summary="Change some of a user's fields (staff)",
-        description=_described("Staff with `change_user`; omitted fields keep their value."),
-        request=UserUpdateSerializer,
-        responses={200: _USER, 404: NOT_FOUND, **_CONDITIONAL, **_WITH_BODY},
-        parameters=[USER_ID, IF_MATCH, ETAG, RETRY_AFTER],
-    ),
-    destroy=extend_schema(
-        summary="Delete a user (staff)",
-        description=_described("Staff with `delete_user`."),
-        responses={
-            204: OpenApiResponse(description="Deleted."),
-            404: NOT_FOUND,
-            **_CONDITIONAL,
-            **_STAFF_ONLY,
-        },
-        parameters=[USER_ID, IF_MATCH, RETRY_AFTER],
-    ),
-)
-
-
-class TokenScheme(OpenApiAuthenticationExtension):
-    """``TokenAuthentication`` takes DRF's tokens, looked up through the cache."""
-
-    target_class = "users.authentication.TokenAuthentication"
-    name = "tokenAuth"
-
-    def get_security_definition(self, auto_schema) -> dict:
-        return {
-            "type": "apiKey",
-            "in": "header",
-            "name": "Authorization",
-            "description": "The header's value is `Token <key>`: the word `Token` (not "
-            "`Bearer`), a space, and the key, 40 lowercase hex digits. In a generated "
-            "client, set the prefix to `Token`. `manage.py drf_create_token <username>` "
-            "makes a key.",
-        }
-
-
-class SchemaView(SpectacularAPIView):
-    """``/api/schema/``, whose errors (a 401 for a caller without credentials) are
-    JSON like every other error of the API: drf-spectacular's YAML renderer, the
-    default here, writes DRF's ``ErrorDetail`` as a mapping of ``string`` and
-    ``code`` instead of the message."""
-
-    def handle_exception(self, exc: Exception) -> Response:
-        response = super().handle_exception(exc)
-        self.request.accepted_renderer = JSONRenderer()
-        self.request.accepted_media_type = JSONRenderer.media_type
-        return response
