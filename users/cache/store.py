@@ -299,7 +299,7 @@ def write(keys: Sequence[str], *, fill: WriteFill | None = None) -> bool:
     breaker: writes are rare, and one acknowledged while a breaker still cools
     down after Redis came back must reach Redis now, not through the outbox; nor
     may a failing shard hold back the other shards' keys. Where a node has a
-    replica, one must confirm the change (``transport.execute_replicated``), or
+    replica, one must confirm the change (``replication.execute_replicated``), or
     a failover could lose it. Returns whether ``fill`` stored; raises ``Missed``
     naming the keys a node did not take or no replica confirmed."""
     return _change(keys, fill, after_commit=True)
