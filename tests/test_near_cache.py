@@ -15,7 +15,7 @@ from rest_framework.authtoken.models import Token
 from tests.conftest import one_server_caches
 from tests.servers import RedisServer, WebService, service_stack
 from users import entries
-from users.cache import keys, kinds, store
+from users.cache import keys, kinds, store, writes
 from users.cache.counters import local_windows
 from users.cache.near import near
 from users.conf import user_cache_settings
@@ -265,7 +265,7 @@ def test_an_old_entry_read_between_a_write_and_its_delete_is_not_kept(
     key = keys.user_key(reader.id)
     monkeypatch.setattr(near._tracking, "collect", lambda wait: None)
     in_between = {}
-    write = store._write
+    write = writes._write
 
     def read_then_write(redis, node, entry_keys, fill, **options):
         if key in entry_keys and not in_between:
@@ -273,7 +273,7 @@ def test_an_old_entry_read_between_a_write_and_its_delete_is_not_kept(
             in_between["entry"] = store.read_many([(USERS, reader.id)]).entries[0]
         return write(redis, node, entry_keys, fill, **options)
 
-    monkeypatch.setattr(store, "_write", read_then_write)
+    monkeypatch.setattr(writes, "_write", read_then_write)
     with django_capture_on_commit_callbacks(execute=True):
         reader.first_name = "Renamed"
         reader.save()

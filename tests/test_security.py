@@ -591,7 +591,7 @@ class TestEntriesAsRead:
         ``LEASE_WAIT_MS``, then read MySQL and never filled)."""
         reader_client.get(f"/api/user/{reader.id}")  # the token is cached
         key = keys.user_key(reader.id)
-        redis_client.delete(key)
+        redis_client.delete(key, keys.lease_key(key))  # the entry, and the lease its fill kept
         near.invalidate([key])
         planted(redis_client, keys.lease_key(key))
 
