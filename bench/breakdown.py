@@ -79,6 +79,7 @@ def _patched(stages: Stages) -> Iterator[None]:
     """Installs the wrappers; takes them off on leaving."""
     from prometheus_client import metrics as prometheus
     from rest_framework.renderers import JSONRenderer
+    from rest_framework.request import Request
     from rest_framework.response import Response
     from rest_framework.views import APIView
 
@@ -123,10 +124,13 @@ def _patched(stages: Stages) -> Iterator[None]:
     patch(UserViewSet, "initialize_request", "DRF: Request wrapping, parsers")
     patch(APIView, "initial", "DRF: initial, the rest (versioning, the id)")
     patch(UserViewSet, "initial", "DRF: initial, the rest (versioning, the id)")
-    patch(APIView, "perform_authentication", "authentication (token lookup)")
+    # The authenticators' run, wherever it is first asked for (content negotiation
+    # asks for request.auth).
+    patch(Request, "_authenticate", "authentication (token lookup)")
     patch(APIView, "check_permissions", "permission")
     patch(APIView, "check_throttles", "throttling (the check)")
     patch(APIView, "perform_content_negotiation", "DRF: content negotiation")
+    patch(UserViewSet, "perform_content_negotiation", "DRF: content negotiation")
     patch(APIView, "finalize_response", "DRF: finalize_response (headers, Vary)")
     patch(UserViewSet, "retrieve", "view")
     patch(FrameworkFloorView, "get", "view")
@@ -140,7 +144,8 @@ def _patched(stages: Stages) -> Iterator[None]:
     patch(Response, "__init__", "DRF: the Response object")
     patch(entries, "etag", "ETag")
     patch(JSONRenderer, "render", "rendering (JSON)")
-    patch(request_context.access_log, "info", "access log")
+    patch(request_context.access_log, "makeRecord", "access log")
+    patch(request_context.access_log, "handle", "access log")
     patch(prometheus.MetricWrapperBase, "labels", "metrics")
     patch(prometheus.Counter, "inc", "metrics")
     patch(prometheus.Histogram, "observe", "metrics")
@@ -200,7 +205,7 @@ def _application(log_file):
     logging afresh, so this comes after)."""
     application = get_wsgi_application()
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler):
+        if hasattr(handler, "setStream"):
             handler.setStream(log_file)
     return application
 

@@ -14,12 +14,16 @@ message, keeps its lines. In a JSON line, ``json.dumps`` escapes them in every
 field, as it escapes everything outside printable ASCII.
 """
 
+import atexit
 import contextvars
 import datetime
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import re
+import sys
 import threading
 import time
 
@@ -120,6 +124,51 @@ class PlainFormatter(logging.Formatter):
 def formatter(log_format: str) -> logging.Formatter:
     """The formatter of ``LOG_FORMAT`` (``plain`` or ``json``)."""
     return JsonFormatter() if log_format == "json" else PlainFormatter()
+
+
+class BackgroundStreamHandler(logging.handlers.QueueHandler):
+    """Writes to stderr from a thread of its own: a request's thread only queues its
+    records, and the formatting and the write happen after it answered.
+
+    The request id is put on the record on the request's thread
+    (``RequestIdFilter``, a filter of this handler); the record is queued as it
+    is and its message formatted on the writing thread (the service's records
+    carry strings and numbers). What is queued is written before the process
+    exits normally (``atexit``); a process killed outright loses what it had
+    not written yet, as it would lose what a buffered stream held. A process
+    forked from this one starts with an empty queue and a thread of its own."""
+
+    def __init__(self, log_format: str = "plain") -> None:
+        super().__init__(queue.SimpleQueue())
+        self._stream = logging.StreamHandler(sys.stderr)
+        self._stream.setFormatter(formatter(log_format))
+        self._listener: logging.handlers.QueueListener | None = None
+        self._open = True
+        self._start()
+        os.register_at_fork(after_in_child=self._start)
+        atexit.register(self.close)
+
+    def _start(self) -> None:
+        if not self._open:  # closed (logging configured again) before a fork
+            return
+        self.queue = queue.SimpleQueue()
+        self._listener = logging.handlers.QueueListener(self.queue, self._stream)
+        self._listener.start()
+
+    def setStream(self, stream):
+        """Where the lines go from now on (``logging.StreamHandler.setStream``)."""
+        return self._stream.setStream(stream)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+    def close(self) -> None:
+        """Writes what is queued, then stops the thread."""
+        self._open = False
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        super().close()
 
 
 class _NoRequestId(logging.Filter):

@@ -1,9 +1,7 @@
 """The HTTP API: ``/api/user``, ``/api/user/batch`` and ``/api/user/<id>``, each
 action a call into the reads (``users.reads``) or the writes (``users.services``).
 
-Query parameters are read as clients send them: ``ids``, a list, in every form a
-client encodes one (repeated keys, commas, both); every other parameter takes
-one value, and a second one is a 400 rather than a guess at which one was meant.
+Query parameters are read as clients send them (``users.queries``).
 
 Before authentication runs, the view declares what its request reads: the users
 the token lookup prefetches in its own round trip (``prefetch``), and what the
@@ -11,7 +9,7 @@ request costs against the caller's rate limit (``cost``: the users it reads or
 renders), handed to the authenticator and the throttles it makes.
 """
 
-import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -20,106 +18,32 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpRequest, QueryDict
 from django.urls import reverse
 from django.utils.http import parse_etags
-from rest_framework import pagination, permissions, status, viewsets
+from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
-from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.renderers import BrowsableAPIRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import entries, lookups, reads, services
-from .authentication import TokenAuthentication, prefetched
+from .authentication import TokenAuthentication
+from .cache.kinds import Entry
 from .cache.readthrough import Source
 from .models import User
 from .permissions import IsStaffOrReadOnly
+from .queries import ID_DIGITS, UserPagination, one_value, parse_ids
 from .schema.operations import describe_user_viewset
-from .serializers import MAX_ID, MAX_IDS, UserCreateSerializer, UserUpdateSerializer
-from .throttling import RedisRateThrottle
+from .serializers import MAX_ID, UserCreateSerializer, UserUpdateSerializer
+from .throttling import UserRateThrottle
 from .tokens import TokenRead
 
-# A positive BIGINT id: at most 19 digits (the URL pattern) and at most MAX_ID.
-_ID_DIGITS = "[0-9]{1,19}"
-_ID_PATTERN = re.compile(_ID_DIGITS)
 # The query parameters that find users through the cache instead of paging.
 _LOOKUPS = ("ids", *lookups.LOOKUP_FIELDS)
+# What every token request is answered in (renderers keep no state between requests).
+_JSON = JSONRenderer()
 # When ``GET /api/user?ids=`` was deprecated for ``GET /api/user/batch?ids=``: its
 # answers say so in RFC 9745's Deprecation header, an sf-date (``@`` Unix seconds).
 IDS_ON_LIST_DEPRECATED = datetime(2026, 12, 7, tzinfo=UTC)
-
-
-def one_value(query: QueryDict, name: str) -> str | None:
-    """The value of a single-valued query parameter, None when absent; a 400 naming
-    it when it is repeated, where ``QueryDict.get`` would silently take the last."""
-    values = query.getlist(name)
-    if len(values) > 1:
-        raise ValidationError({name: [f"Give {name} once ({len(values)} values given)."]})
-    return values[0] if values else None
-
-
-class UserPagination(pagination.CursorPagination):
-    ordering = "id"
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-    def get_page_size(self, request: Request) -> int:
-        """``page_size`` from 1 to ``max_page_size``, else a 400: DRF would clamp a
-        larger one and quietly use the default for a malformed one, so a client
-        would never learn that it was not given what it asked for."""
-        return self.page_size_of(request.query_params)
-
-    def page_size_of(self, query: QueryDict) -> int:
-        raw = one_value(query, self.page_size_query_param)
-        if raw is None:
-            return self.page_size
-        # ASCII digits only: int() would also take " 5", "+5" and other scripts' digits.
-        if not _ID_PATTERN.fullmatch(raw) or not 1 <= int(raw) <= self.max_page_size:
-            message = f"A whole number from 1 to {self.max_page_size}: {raw[:40]!r}."
-            raise ValidationError({self.page_size_query_param: [message]})
-        return int(raw)
-
-    def decode_cursor(self, request: Request) -> pagination.Cursor | None:
-        """DRF's decoding, and a position that can be an id: any other position a
-        crafted cursor carries is the same 404 as an unreadable cursor."""
-        one_value(request.query_params, self.cursor_query_param)
-        cursor = super().decode_cursor(request)
-        position = None if cursor is None else cursor.position
-        if position is not None and not _ID_PATTERN.fullmatch(position):
-            raise NotFound(self.invalid_cursor_message)
-        return cursor
-
-    def get_schema_operation_parameters(self, view) -> list[dict]:
-        """DRF's parameters, with what ``get_page_size`` and ``decode_cursor`` hold
-        clients to."""
-        parameters = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            if parameter["name"] == self.page_size_query_param:
-                parameter["schema"].update(
-                    minimum=1, maximum=self.max_page_size, default=self.page_size
-                )
-                parameter["description"] = (
-                    f"Users per page, 1 to {self.max_page_size} (default {self.page_size}); "
-                    "anything else is a 400."
-                )
-            elif parameter["name"] == self.cursor_query_param:
-                parameter["description"] = (
-                    "Where the page starts: the cursor of a `next` or `previous` link. "
-                    "Any other is a 404."
-                )
-        return parameters
-
-
-class TokenRequestNegotiation(DefaultContentNegotiation):
-    """JSON for token requests, whatever ``?format=`` or ``Accept`` ask: the browsable
-    API is for browsers, which log in with a session, and rendering it costs many
-    times what a request counts against its client's rate."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        if isinstance(request.auth, TokenRead):
-            json = next(r for r in renderers if not isinstance(r, BrowsableAPIRenderer))
-            return json, json.media_type
-        return super().select_renderer(request, renderers, format_suffix)
 
 
 class PreconditionRequired(APIException):
@@ -128,34 +52,12 @@ class PreconditionRequired(APIException):
     default_code = "precondition_required"
 
 
-def _parse_ids(query: QueryDict) -> list[int]:
-    """``ids`` in every form clients send a list: repeated (``?ids=1&ids=2``, what
-    ``requests`` and generated clients send), comma-separated (``?ids=1,2``), or
-    both. Up to ``MAX_IDS`` distinct positive ids, duplicates collapsed in the order
-    first given; any part that is not an id (an empty one too) is a 400 naming
-    ``ids``, so that no id is ever dropped."""
-    values = query.getlist("ids")
-    parts = [part.strip() for value in values for part in value.split(",")]
-    if parts in ([], [""]):
-        raise ValidationError({"ids": ["Give at least one id."]})
-    bad = [
-        part for part in parts if not _ID_PATTERN.fullmatch(part) or not 1 <= int(part) <= MAX_ID
-    ]
-    if bad:
-        raise ValidationError({"ids": [f"Not a user id (1 to {MAX_ID}): {bad[0][:40]!r}."]})
-    ids = list(dict.fromkeys(int(part) for part in parts))
-    if len(ids) > MAX_IDS:
-        raise ValidationError({"ids": [f"At most {MAX_IDS} ids; {len(ids)} given."]})
-    return ids
-
-
 @describe_user_viewset
 class UserViewSet(viewsets.ViewSet):
     permission_classes = [permissions.IsAuthenticated, IsStaffOrReadOnly]
     # Anything but digits is no user id: the URL does not match, a JSON 404.
-    lookup_value_regex = _ID_DIGITS
+    lookup_value_regex = ID_DIGITS
     pagination_class = UserPagination
-    content_negotiation_class = TokenRequestNegotiation
     # What the request reads, declared from its URL before authentication: the
     # users the token lookup reads in its own round trip (so that a cached read
     # costs one round trip in all), and its cost against the rate limit.
@@ -175,21 +77,42 @@ class UserViewSet(viewsets.ViewSet):
             for auth in self.authentication_classes
         ]
 
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple:
+        """JSON for token requests, whatever ``?format=`` or ``Accept`` ask, without
+        negotiating: the browsable API is for browsers, which log in with a
+        session, and rendering it costs many times what a request counts against
+        its client's rate."""
+        if isinstance(request.auth, TokenRead):
+            return _JSON, _JSON.media_type
+        return super().perform_content_negotiation(request, force)
+
     def get_throttles(self) -> list:
+        """An authenticated request counts what it reads; an anonymous one counts
+        one: it is refused, and reads nothing."""
         return [
-            throttle(cost=self.cost) if issubclass(throttle, RedisRateThrottle) else throttle()
+            throttle(cost=self.cost) if issubclass(throttle, UserRateThrottle) else throttle()
             for throttle in self.throttle_classes
         ]
 
     def initial(self, request: Request, *args, **kwargs) -> None:
-        """The id in the URL becomes an int in ``self.kwargs`` (the dict the action is
-        called with), or a 404 when it is out of range."""
+        """DRF's steps with the throttles ahead of the permissions: DRF checks the
+        permissions first, so a request refused for want of credentials was never
+        counted and an anonymous client had no limit. And the id in the URL becomes
+        an int in ``self.kwargs`` (the dict the action is called with), or a 404
+        when it is out of range."""
         if "pk" in self.kwargs:
             user_id = int(self.kwargs["pk"])
             if not 1 <= user_id <= MAX_ID:
                 raise NotFound("No user with this id.")
             self.kwargs["pk"] = user_id
-        super().initial(request, *args, **kwargs)
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        negotiated = self.perform_content_negotiation(request)
+        request.accepted_renderer, request.accepted_media_type = negotiated
+        version = self.determine_version(request, *args, **kwargs)
+        request.version, request.versioning_scheme = version
+        self.perform_authentication(request)
+        self.check_throttles(request)
+        self.check_permissions(request)
 
     def finalize_response(self, request: Request, response: Response, *args, **kwargs) -> Response:
         """``GET /api/user?ids=``, the batch read before it had a path of its own,
@@ -223,8 +146,8 @@ class UserViewSet(viewsets.ViewSet):
 
     @action(detail=False, methods=["get"])
     def batch(self, request: Request) -> Response:
-        ids = _parse_ids(request.query_params)
-        found = reads.users_get(user_ids=ids, prefetched=prefetched(request))
+        ids = parse_ids(request.query_params)
+        found = reads.users_get(user_ids=ids, prefetched=_prefetched(request))
         body = {"results": found.values, "missing": found.missing}
         return Response(body, headers=_cache_status(request, found.source))
 
@@ -236,12 +159,12 @@ class UserViewSet(viewsets.ViewSet):
             raise ValidationError({field: exc.messages}) from exc
 
     def retrieve(self, request: Request, pk: int) -> Response:
-        result = reads.user_get(user_id=pk, prefetched=prefetched(request))
+        result = reads.user_get(user_id=pk, prefetched=_prefetched(request))
         headers = _cache_status(request, result.source)
         if result.value is None:
             return Response({"detail": "No user with this id."}, status=404, headers=headers)
         headers["ETag"] = result.etag
-        held = parse_etags(request.headers.get("If-None-Match", ""))
+        held = parse_etags(request.META.get("HTTP_IF_NONE_MATCH", ""))
         if "*" in held or result.etag in (tag.removeprefix("W/") for tag in held):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(result.value, headers=headers)
@@ -297,13 +220,20 @@ def _declared_reads(
             user_id = int(kwargs["pk"])
             return ((user_id,) if 1 <= user_id <= MAX_ID else ()), 1
         if action == "batch" or (action == "list" and "ids" in query):
-            ids = _parse_ids(query)
+            ids = parse_ids(query)
             return tuple(ids), len(ids)
         if action == "list" and not any(name in query for name in lookups.LOOKUP_FIELDS):
             return (), UserPagination().page_size_of(query)
     except ValidationError:
         pass
     return (), 1
+
+
+def _prefetched(request: Request) -> Mapping[int, Entry | None] | None:
+    """The users the token lookup read for this request (``{id: entry or None}``),
+    for ``users.reads``; None for any other request."""
+    auth = request.auth
+    return auth.prefetched if isinstance(auth, TokenRead) else None
 
 
 def _cache_status(request: Request, source: Source) -> dict[str, str]:

@@ -131,7 +131,7 @@ MIDDLEWARE = [
     "config.request_context.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below).
-    "csp.middleware.CSPMiddleware",
+    "config.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Sessions, request.user and messages for the admin and the browsable API;
     # token-authenticated API requests skip them (config/middleware.py).
@@ -329,9 +329,10 @@ LOGGING = {
         "json": {"()": "config.logs.JsonFormatter"},
     },
     "handlers": {
+        # To stderr, formatted and written on a thread of its own (config/logs.py).
         "console": {
-            "class": "logging.StreamHandler",
-            "formatter": LOG_FORMAT,
+            "()": "config.logs.BackgroundStreamHandler",
+            "log_format": LOG_FORMAT,
             "filters": ["request_id"],
         }
     },

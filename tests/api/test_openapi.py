@@ -9,7 +9,7 @@ import pytest
 import yaml
 from django.core.management import call_command
 
-from users.api import UserPagination
+from users.queries import UserPagination
 
 # Every status each operation can answer. 429 comes from the throttles, 503 when
 # MySQL does not answer, 409 when a write keeps conflicting with concurrent ones.

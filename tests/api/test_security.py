@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from tests.helpers import grant_user_permissions, token_client
 from tests.servers import collected_static_files
 from users import entries
+from users.authentication import PREFETCHED_WITH_TOKEN
 from users.cache import keys, kinds, transport
 from users.cache.near import near
 from users.models import User
@@ -196,6 +197,38 @@ class TestThrottling:
         assert statuses == [200, 200, 429]
         pages = [staff_client.get("/api/user?page_size=500").status_code for _ in range(2)]
         assert pages == [200, 429]
+
+    @pytest.mark.parametrize("path", ["/api/user", "/api/user/1", "/api/user/batch?ids=1"])
+    def test_anonymous_requests_are_throttled_too(self, rates, db, path):
+        """The anonymous rate applies to requests that are refused for want of
+        credentials (failed on previous main: DRF checks permissions before
+        throttles, so a 401 was never counted and an anonymous client was
+        unlimited)."""
+        rates(anon="3/min")
+        anonymous = APIClient()
+
+        statuses = [anonymous.get(path).status_code for _ in range(5)]
+
+        assert statuses == [401, 401, 401, 429, 429]
+        assert 0 < int(anonymous.get(path)["Retry-After"]) <= 60
+
+    def test_a_refused_token_reads_a_bounded_number_of_users(
+        self, db, make_user, redis_round_trips
+    ):
+        """An unknown token's batch request reads, with the token, a few of the
+        users it names, not all of them (failed on previous main: the token lookup
+        prefetched all 100, an amplification for a client without credentials)."""
+        guesser = APIClient()
+        guesser.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
+        ids = ",".join(str(n) for n in range(1, 101))
+        redis_round_trips.reset()
+
+        assert guesser.get(f"/api/user/batch?ids={ids}").status_code == 401
+
+        # The token's read with its prefetched users, the failed-guess limit's
+        # check and count, the token's lease, release or absence: a bound that
+        # does not grow with the ids.
+        assert redis_round_trips.commands <= 8 + PREFETCHED_WITH_TOKEN
 
 
 @pytest.mark.slow
@@ -558,7 +591,7 @@ class TestEntriesAsRead:
         ``LEASE_WAIT_MS``, then read MySQL and never filled)."""
         reader_client.get(f"/api/user/{reader.id}")  # the token is cached
         key = keys.user_key(reader.id)
-        redis_client.delete(key)
+        redis_client.delete(key, keys.lease_key(key))  # the entry, and the lease its fill kept
         near.invalidate([key])
         planted(redis_client, keys.lease_key(key))
 

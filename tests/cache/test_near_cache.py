@@ -1,10 +1,12 @@
 """The near cache: hot reads with no round trip, kept coherent by Redis's invalidation
 messages, within one process and across processes."""
 
+import sys
 import threading
 import time
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
@@ -13,7 +15,7 @@ from rest_framework.authtoken.models import Token
 from tests.helpers import one_server_caches
 from tests.servers import RedisServer, WebService, service_stack
 from users import entries
-from users.cache import keys, kinds, store
+from users.cache import keys, kinds, store, writes
 from users.cache.counters import local_windows
 from users.cache.near import near
 from users.cache.tracking import Tracking
@@ -54,6 +56,43 @@ def test_a_hot_get_costs_no_round_trip_and_no_sql(
 
     assert (response.status_code, response["X-Cache"]) == (200, "HIT")
     assert redis_round_trips.count == 0
+
+
+def project_modules_walked(request) -> list[str]:
+    """The project's modules (users/, config/) a call of ``request()`` enters, in
+    order, a module entered again from one of its callees counted again: the
+    walk a reader follows through the code (sys.setprofile's calls)."""
+    base = str(settings.BASE_DIR) + "/"
+    roots = (base + "users/", base + "config/")
+    walk: list[str] = []
+
+    def entered(frame, event, arg) -> None:
+        module = frame.f_code.co_filename
+        if event == "call" and module.startswith(roots):
+            module = module.removeprefix(base)
+            if not walk or walk[-1] != module:
+                walk.append(module)
+
+    sys.setprofile(entered)
+    try:
+        request()
+    finally:
+        sys.setprofile(None)
+    return walk
+
+
+def test_a_hot_get_walks_through_a_bounded_number_of_modules(hot, reader_client):
+    """The modules of the project a near-cache hit with a token passes through, and
+    the times it comes back to one. These are the counts of today's code (22
+    modules, 28 returns; 22 and 30 before the hot path's work), so that the walk
+    cannot grow unnoticed; issue 20 asks for at most 6 modules, none entered
+    twice (docs/benchmarks.md, "The walk of a near-cache hit")."""
+    responses = []
+    walk = project_modules_walked(lambda: responses.append(reader_client.get(hot)))
+
+    assert responses[0]["X-Cache"] == "HIT"
+    assert len(set(walk)) <= 22, walk
+    assert len(walk) - len(set(walk)) <= 28, walk
 
 
 def test_a_user_not_held_behind_a_held_token_costs_one_command(
@@ -231,7 +270,7 @@ def test_an_old_entry_read_between_a_write_and_its_delete_is_not_kept(
     key = keys.user_key(reader.id)
     monkeypatch.setattr(near._tracking, "collect", lambda wait: None)
     in_between = {}
-    write = store._write
+    write = writes._write
 
     def read_then_write(redis, node, entry_keys, fill, **options):
         if key in entry_keys and not in_between:
@@ -239,7 +278,7 @@ def test_an_old_entry_read_between_a_write_and_its_delete_is_not_kept(
             in_between["entry"] = store.read_many([(USERS, reader.id)]).entries[0]
         return write(redis, node, entry_keys, fill, **options)
 
-    monkeypatch.setattr(store, "_write", read_then_write)
+    monkeypatch.setattr(writes, "_write", read_then_write)
     with django_capture_on_commit_callbacks(execute=True):
         reader.first_name = "Renamed"
         reader.save()

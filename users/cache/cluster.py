@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..conf import user_cache_settings
 from . import keys as cache_keys
+from .scripts import script
 from .transport import (
     SERVER,
     UNAVAILABLE,
@@ -29,7 +30,6 @@ from .transport import (
     client,
     node_of,
     reaching,
-    script,
 )
 
 T = TypeVar("T")

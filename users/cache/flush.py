@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from django.db.models import Model
 
 from . import cluster, inspection, kinds
+from .bulk import retrying
 from .keys import lease_key
 from .kinds import RowChange
-from .transport import retrying
 
 
 @dataclasses.dataclass(slots=True)

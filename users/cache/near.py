@@ -33,7 +33,7 @@ were read, or at the expiry they carry if that is sooner, however quiet Redis
 is, and when the cache is full (least recently used first). Only present
 entries are held, never a cached absence. No network wait happens under the
 lock that reads take: connecting and checking are a thread's
-(``near-cache-tracking``).
+(``near-cache-tracking``, ``users.cache.near_upkeep``).
 """
 
 from __future__ import annotations
@@ -52,15 +52,17 @@ from ..conf import user_cache_settings
 from . import kinds
 from .background import Worker
 from .kinds import EXPIRES, Entry
+from .near_upkeep import Upkeep
 from .tracking import Tracking, TrackingBusy, TrackingLost
 
 logger = logging.getLogger(__name__)
 
-# How often the tracker checks its connections (a PING), and reconnects when down.
-_CHECK_EVERY_S = 1.0
+# The lookup counters, resolved once: every read counts itself.
+_HITS = metrics.NEAR_CACHE_LOOKUPS.labels("hit")
+_MISSES = metrics.NEAR_CACHE_LOOKUPS.labels("miss")
 
 
-class NearCache:
+class NearCache(Upkeep):
     """One per process (``near``). Thread-safe: one lock guards the entries and the
     invalidation bookkeeping; each tracking connection has its own."""
 
@@ -101,20 +103,21 @@ class NearCache:
         self._ensure_tracker()
         found = {}
         now = time.monotonic()
+        entries = self._entries
         with self._lock:
             if not self._drain():
                 return {}
             for key in entry_keys:
-                held = self._entries.get(key)
+                held = entries.get(key)
                 if held is None:
                     continue
                 if held[1] < now:
-                    del self._entries[key]
+                    del entries[key]
                     continue
-                self._entries.move_to_end(key)
+                entries.move_to_end(key)
                 found[key] = held[0]
         if found:
-            metrics.NEAR_CACHE_LOOKUPS.labels("hit").inc(len(found))
+            _HITS.inc(len(found))
         return found
 
     def peek(self, entry_keys: Iterable[str]) -> dict[str, Entry] | None:
@@ -188,7 +191,7 @@ class NearCache:
 
     def count_miss(self, count: int) -> None:
         if self.enabled and count:
-            metrics.NEAR_CACHE_LOOKUPS.labels("miss").inc(count)
+            _MISSES.inc(count)
 
     # Tracking.
 
@@ -255,68 +258,6 @@ class NearCache:
         self._tracker.ensure()
         if not self._tracked_once and time.monotonic() >= self._next_attempt:
             self._connect()
-
-    def _track_forever(self) -> None:
-        """Reconnects when tracking is down (every ``OUTBOX_RETRY_MS``), and otherwise
-        checks the connections every second: collects what they hold, so that a quiet
-        process does not let invalidations pile up, and PINGs them, without waiting
-        for the answer (the next check wants it: a connection that answers nothing in
-        a second is lost). No network wait happens under the lock readers take."""
-        while True:
-            # First a pause: the thread starts on a read, which connects by itself.
-            down = self._tracking is None and self.enabled
-            self._wake.wait(user_cache_settings.OUTBOX_RETRY_MS / 1000 if down else _CHECK_EVERY_S)
-            self._wake.clear()
-            tracking = self._tracking
-            if not self.enabled:
-                self.forget()
-            elif tracking is None:
-                self._connect()
-            else:
-                self._check(tracking)
-
-    def _check(self, tracking: Tracking) -> None:
-        try:
-            tracking.collect(wait=True)
-            tracking.ping()
-        except TrackingLost as exc:
-            with self._lock:
-                if self._tracking is tracking:
-                    self._lose_tracking(exc)
-            return
-        with self._lock:
-            if self._tracking is tracking:
-                self._apply_pushes()
-
-    def forget(self) -> None:
-        """Empties the near cache and drops tracking; it reconnects to whatever Redis
-        and prefixes the settings and the registry name now."""
-        with self._lock:
-            if self._tracking is not None:
-                self._lose_tracking("the cache settings changed")
-            self._tracked_once = False
-            self._next_attempt = 0.0
-
-    def _connect(self) -> None:
-        """Opens tracking without the lock; then, under it, the near cache starts
-        empty on the new connections."""
-        if not self._connecting.acquire(blocking=False):
-            return
-        try:
-            self._next_attempt = time.monotonic() + user_cache_settings.OUTBOX_RETRY_MS / 1000
-            tracking = Tracking.open(kinds.tracked_prefixes())
-            if tracking is None:
-                return
-            with self._lock:
-                if self._tracking is not None:  # another thread connected meanwhile
-                    tracking.close()
-                    return
-                self._apply(None)
-                self._tracking, self._tracked_once = tracking, True
-        finally:
-            self._connecting.release()
-        metrics.NEAR_CACHE_TRACKING_CONNECTS.inc()
-        logger.info("near cache tracking up on %d connection(s)", len(tracking))
 
 
 near = NearCache()

@@ -45,6 +45,7 @@ from ..models import CacheInvalidation
 from . import store
 from .background import Worker
 from .transport import CacheUnavailable
+from .writes import Missed
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Outbox:
             apply()
         except CacheUnavailable as exc:
             logger.warning("cache change deferred to the outbox (entry %s): %s", entry_id, exc)
-            self._defer(exc.keys if isinstance(exc, store.Missed) else keys)
+            self._defer(exc.keys if isinstance(exc, Missed) else keys)
             return
         try:
             CacheInvalidation.objects.filter(pk=entry_id).delete()
@@ -105,7 +106,7 @@ class Outbox:
             keys = set(self._keys)
         try:
             store.invalidate(keys)
-        except store.Missed as exc:
+        except Missed as exc:
             with self._lock:
                 self._keys -= keys - set(exc.keys)
             raise
@@ -135,7 +136,7 @@ class Outbox:
                 try:
                     store.write([key for _, keys in batch for key in keys])
                     batch_missed = set()
-                except store.Missed as exc:
+                except Missed as exc:
                     batch_missed, reasons = set(exc.keys), str(exc)
                 done = [entry_id for entry_id, keys in batch if batch_missed.isdisjoint(keys)]
                 CacheInvalidation.objects.filter(id__in=done).delete()

@@ -93,11 +93,12 @@ def _read_misses(kind: CachedKind, idents: list[Hashable]) -> dict[Hashable, Rea
     deadline = time.monotonic() + user_cache_settings.LEASE_WAIT_MS / 1000
     answers: dict[Hashable, Read] = {}
     leased: list[Hashable] = []
-    waiting, waited = idents, False
+    # The idents were just read as missing: the first pass only takes their leases.
+    waiting, waited, mode = idents, False, "take"
     while waiting:
         busy = []
         for i, (state, entry) in zip(
-            waiting, store.lease_many(kind, waiting, token, mode="read"), strict=True
+            waiting, store.lease_many(kind, waiting, token, mode=mode), strict=True
         ):
             if state == scripts.PRESENT:
                 _count_wait(kind, waited, "filled")
@@ -115,7 +116,7 @@ def _read_misses(kind: CachedKind, idents: list[Hashable]) -> dict[Hashable, Rea
             busy = []
         elif busy:
             time.sleep(user_cache_settings.LEASE_POLL_MS / 1000)
-        waiting, waited = busy, True
+        waiting, waited, mode = busy, True, "read"
     if leased:
         try:
             loaded = load_to_fill(kind, leased)
@@ -166,10 +167,17 @@ class Filled:
     refused: int = 0
 
 
-def fill(kind: CachedKind, token: str, loaded: Mapping[Hashable, Entry | None]) -> Filled:
+def fill(
+    kind: CachedKind,
+    token: str,
+    loaded: Mapping[Hashable, Entry | None],
+    *,
+    release: bool = False,
+) -> Filled:
     """Stores what ``load_to_fill`` loaded under the leases ``token`` holds, in one
     round trip: rows and remembered absences; the leases of the idents left None
-    are given back."""
+    are given back, and with ``release`` (a bulk run's, which no reader waits
+    on) the others too (``store.fill_many``)."""
     entries = {i: entry for i, entry in loaded.items() if entry is not None}
     if released := [i for i, entry in loaded.items() if entry is None]:
         store.release_many(kind, released, token)
@@ -177,7 +185,7 @@ def fill(kind: CachedKind, token: str, loaded: Mapping[Hashable, Entry | None]) 
     if not entries:
         return filled
     for entry, stored in zip(
-        entries.values(), store.fill_many(kind, token, entries), strict=True
+        entries.values(), store.fill_many(kind, token, entries, release=release), strict=True
     ):
         if not stored:
             filled.refused += 1

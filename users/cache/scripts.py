@@ -14,6 +14,36 @@ still holds the lease; every write deletes or replaces the lease, so a load made
 before a write is refused ("Scaling Memcache at Facebook", NSDI 2013, 3.2.1).
 """
 
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from redis.commands.core import Script
+
+# Script sources by SHA, for the servers that answer NOSCRIPT.
+_SOURCES: dict[str, bytes] = {}
+
+
+@functools.cache
+def script(source: str) -> Script:
+    """The script object (its SHA); each call names its client, and a server that does
+    not know the script yet is sent it (``execute_many``, ``cluster.eval_many``)."""
+    loaded = Script(None, source.encode())
+    _SOURCES[loaded.sha] = loaded.script
+    return loaded
+
+
+def script_source(sha: str | bytes) -> bytes:
+    """The source of a script of ``script()``, by its SHA."""
+    return _SOURCES[sha.decode() if isinstance(sha, bytes) else sha]
+
+
+def evalsha(source: str, keys: Sequence[str], args: Sequence) -> tuple:
+    """The command that runs ``source`` (see ``script``) on ``keys`` with ``args``."""
+    return ("EVALSHA", script(source).sha, len(keys), *keys, *args)
+
+
 # Lua shared by the scripts below (prepended to each).
 # HASH_OF(key): the hash at key, {} when none; a key of another type is deleted.
 # LEASE_HELD_BY(lease): who holds the lease, false when nobody does; a lease of
@@ -22,6 +52,9 @@ before a write is refused ("Scaling Memcache at Facebook", NSDI 2013, 3.2.1).
 #   it is no lease this service took (without an expiry, or longer than a lease
 #   lives); true when taken.
 # COUNTED(key, n): INCRBY n, starting again from nothing at a value that is no count.
+# STORE(key, hash, ttl): the key becomes exactly ``hash`` (a flat field, value list),
+#   expiring in ttl ms. A fresh key costs HSET and PEXPIRE; one that held anything
+#   (another entry's fields, another type) is deleted first.
 _HELPERS = """
 local function HASH_OF(key)
   local ok, hash = pcall(redis.call, 'HGETALL', key)
@@ -43,6 +76,14 @@ local function TAKE(lease, token, ttl)
     return true
   end
   return false
+end
+local function STORE(key, hash, ttl)
+  local ok, added = pcall(redis.call, 'HSET', key, unpack(hash))
+  if not ok or added * 2 < #hash then
+    redis.call('DEL', key)
+    redis.call('HSET', key, unpack(hash))
+  end
+  redis.call('PEXPIRE', key, ttl)
 end
 local function COUNTED(key, n)
   local ok, count = pcall(redis.call, 'INCRBY', key, n)
@@ -85,16 +126,20 @@ end
 return replies
 """
 
-# KEYS: entry, lease, entry, lease, ... ARGV: lease token, and a JSON document
-# [shapes, entries]: shapes is a list of field-name lists, and each entry is
-# [shape (its index in shapes, from 1), ttl (ms), value, ...], all values strings.
-# Stores each entry only while its filler still holds the entry's lease, and gives
-# the lease back. Returns 1 (stored) or 0 (refused: a write took the lease
-# meanwhile) per entry. The entries travel as one JSON argument: the client packs
+# KEYS: entry, lease, entry, lease, ... ARGV: lease token, a JSON document
+# [shapes, entries], and whether to give the leases back ('1') or keep them
+# ('0'). shapes is a list of field-name lists, and each entry is [shape (its
+# index in shapes, from 1), ttl (ms), value, ...], all values strings.
+# Stores each entry only while its filler still holds the entry's lease.
+# Returns 1 (stored) or 0 (refused: a write took the lease meanwhile) per entry.
+# A reader's fill keeps its leases until they expire: a reader that missed just
+# before the fill then finds the lease held and waits for the entry, rather
+# than taking a new lease and loading the row again; any write still replaces
+# or deletes them. The entries travel as one JSON argument: the client packs
 # one string instead of ten arguments per entry, at about the same cost to the
 # script, and the field names travel once per shape.
 FILL = _HELPERS + """
-local token = ARGV[1]
+local token, release = ARGV[1], ARGV[3] == '1'
 local batch = cjson.decode(ARGV[2])
 local shapes, entries = batch[1], batch[2]
 local stored = {}
@@ -107,9 +152,8 @@ for e = 1, #entries do
     for f = 1, #names do
       hash[2 * f - 1], hash[2 * f] = names[f], entry[f + 2]
     end
-    redis.call('DEL', key, lease)
-    redis.call('HSET', key, unpack(hash))
-    redis.call('PEXPIRE', key, entry[2])
+    STORE(key, hash, entry[2])
+    if release then redis.call('DEL', lease) end
     stored[e] = 1
   end
 end
@@ -136,12 +180,11 @@ return released
 # lease (taken inside its transaction, under the row lock) still stands, and
 # otherwise deletes the entry. A later write replaces the lease, so a step that
 # arrives late can never leave an older state behind: at worst it drops a newer
-# one, which the next read loads again. Returns 1 (stored) or 0 (deleted).
+# one, which the next read loads again. The lease is kept until it expires, as a
+# reader's fill keeps its own. Returns 1 (stored) or 0 (deleted).
 FILL_OR_DELETE = _HELPERS + """
 if LEASE_HELD_BY(KEYS[2]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  STORE(KEYS[1], {unpack(ARGV, 3)}, ARGV[2])
   return 1
 end
 redis.call('DEL', KEYS[1])

@@ -16,41 +16,28 @@ that fetched the old entry in between does not keep it.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
-import random
 import secrets
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 from redis import Redis
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from .. import metrics
 from ..conf import user_cache_settings
-from . import cluster, scripts
-from .cluster import eval_grouped, slot_groups
+from . import cluster, scripts, writes
+from .cluster import eval_grouped
 from .counters import WindowCount, local_windows
 from .keys import lease_key
 from .kinds import CachedKind, Entry, is_absent
 from .near import near
-from .transport import (
-    UNAVAILABLE,
-    CacheUnavailable,
-    call,
-    client,
-    decode_hash,
-    evalsha,
-    execute,
-    execute_many,
-    execute_replicated,
-    node_of,
-    reaching,
-)
+from .scripts import evalsha
+from .transport import call, decode_hash, execute, execute_many
+from .writes import WriteFill, jittered_ttl_ms
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +47,6 @@ Ref = tuple[CachedKind, Hashable]
 
 def new_lease_token() -> str:
     return secrets.token_hex(8)
-
-
-def jittered_ttl_ms(seconds: int) -> int:
-    """An entry's TTL: ``seconds`` shortened by up to ``TTL_JITTER``, so that entries
-    written together do not all expire together."""
-    jitter = user_cache_settings.TTL_JITTER
-    return int(seconds * 1000 * (1 - jitter * random.random()))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -179,10 +159,12 @@ def lease_many(
     kind: CachedKind, idents: Sequence[Hashable], token: str, *, mode: str
 ) -> list[tuple[int, Entry | None]]:
     """Each entry's state after ``scripts.LEASE`` in ``mode`` ("read", "missing",
-    "refresh"): ``(PRESENT, entry)``, ``(LEASED, None)`` or ``(NOT_LEASED, None)``.
-    A present entry that fails its codec is deleted and reported as NOT_LEASED:
-    the caller looks again, and finds it missing."""
+    "refresh"), or "take": ``(PRESENT, entry)``, ``(LEASED, None)`` or
+    ``(NOT_LEASED, None)``. A present entry that fails its codec is deleted and
+    reported as NOT_LEASED: the caller looks again, and finds it missing."""
     keys = [kind.key(ident) for ident in idents]
+    if mode == "take":
+        return _take(keys, token)
 
     def call_for(group: Sequence[int]) -> tuple[list, list]:
         return _entries_and_leases(keys, group), [token, user_cache_settings.LEASE_TTL_MS, mode]
@@ -203,11 +185,33 @@ def lease_many(
     return states
 
 
-def fill_many(kind: CachedKind, token: str, entries: Mapping[Hashable, Entry]) -> list[bool]:
+def _take(keys: Sequence[str], token: str) -> list[tuple[int, Entry | None]]:
+    """A plain ``SET lease token NX PX`` per entry the caller has just read as
+    missing, one round trip: LEASED, or NOT_LEASED where a lease is held (by
+    another reader, a reader that filled it since and keeps it, a write, or a
+    key of someone else's, which the "read" mode that follows takes over)."""
+    lease_ms = user_cache_settings.LEASE_TTL_MS
+    commands = [("SET", lease_key(key), token, "NX", "PX", lease_ms) for key in keys]
+
+    def run(redis: Redis | RedisCluster) -> list:
+        replies = execute_many(redis, commands)
+        for reply in replies:  # refused (a full Redis under noeviction): as if down
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    replies = call(run, keys=keys)
+    return [(scripts.LEASED if reply else scripts.NOT_LEASED, None) for reply in replies]
+
+
+def fill_many(
+    kind: CachedKind, token: str, entries: Mapping[Hashable, Entry], *, release: bool = False
+) -> list[bool]:
     """Stores each entry (a row's, or ``kinds.ABSENT_ENTRY`` with the kind's absent
     TTL) while ``token`` still holds its lease (``scripts.FILL``), one round trip
     for all; True where it was stored, False where a write took the lease
-    meanwhile. The near cache keeps the rows stored, for the kinds it holds."""
+    meanwhile. The leases are kept until they expire, or with ``release`` given
+    back. The near cache keeps the rows stored, for the kinds it holds."""
     idents = list(entries)
     keys = [kind.key(ident) for ident in idents]
     now = time.time()
@@ -227,7 +231,7 @@ def fill_many(kind: CachedKind, token: str, entries: Mapping[Hashable, Entry]) -
             [list(shapes), [rows[index] for index in group]],
             ensure_ascii=False, separators=(",", ":"),
         )  # fmt: skip
-        return _entries_and_leases(keys, group), [token, document]
+        return _entries_and_leases(keys, group), [token, document, "1" if release else "0"]
 
     groups, calls = cluster.plan(keys, call_for)
     stamp = near.stamp() if kind.near else None
@@ -274,16 +278,6 @@ def take_lease(key: str, token: str) -> None:
     call(lambda redis: execute(redis, "SET", lease_key(key), token, "PX", lease_ms))
 
 
-class Missed(CacheUnavailable):
-    """A change some keys' nodes did not take, or, after a commit, that no replica
-    confirmed: ``keys``, which the caller leaves to the outbox. The other keys
-    were applied."""
-
-    def __init__(self, keys: list[str], reasons: list[str]) -> None:
-        super().__init__(f"{len(keys)} key(s) left to the outbox: {'; '.join(reasons)}")
-        self.keys = keys
-
-
 def invalidate(keys: Iterable[str]) -> None:
     """Deletes entries and their leases, here and in Redis: one pipelined round trip
     per node that holds some of them (one in all on a single server). A read's
@@ -305,7 +299,7 @@ def write(keys: Sequence[str], *, fill: WriteFill | None = None) -> bool:
     breaker: writes are rare, and one acknowledged while a breaker still cools
     down after Redis came back must reach Redis now, not through the outbox; nor
     may a failing shard hold back the other shards' keys. Where a node has a
-    replica, one must confirm the change (``transport.execute_replicated``), or
+    replica, one must confirm the change (``replication.execute_replicated``), or
     a failover could lose it. Returns whether ``fill`` stored; raises ``Missed``
     naming the keys a node did not take or no replica confirmed."""
     return _change(keys, fill, after_commit=True)
@@ -314,106 +308,6 @@ def write(keys: Sequence[str], *, fill: WriteFill | None = None) -> bool:
 def _change(keys: Sequence[str], fill: WriteFill | None, *, after_commit: bool) -> bool:
     near.invalidate(keys)
     try:
-        filled_key = None if fill is None else fill.kind.key(fill.ident)
-        stored, missed, reasons = False, [], []
-        for node, node_keys in _by_node([*keys, *([filled_key] if filled_key else [])]).items():
-            node_fill = fill if filled_key in node_keys else None
-            try:
-                written, confirmed = call(
-                    lambda redis, node=node, node_keys=node_keys, node_fill=node_fill: _write(
-                        redis, node, node_keys, node_fill, confirm=after_commit
-                    ),
-                    keys=node_keys,
-                    probe=after_commit,
-                )
-            except CacheUnavailable as exc:
-                missed += node_keys
-                reasons.append(str(exc))
-                continue
-            stored = stored or written
-            if not confirmed:
-                missed += node_keys
-                reasons.append(f"no replica of {node} confirmed")
-        if missed:
-            raise Missed(missed, reasons)
-        return stored
+        return writes.change(keys, fill, after_commit=after_commit)
     finally:
         near.invalidate(keys)
-
-
-def _by_node(keys: Sequence[str]) -> dict[str, list[str]]:
-    """``keys`` (each once) by the node that serves them; on a single server, one
-    group. Keys whose slot no node serves (during a failover) make a group of
-    their own, whose call fails: they are missed."""
-    redis = client()
-    groups: dict[str, list[str]] = collections.defaultdict(list)
-    for key in dict.fromkeys(keys):
-        try:
-            groups[node_of(redis, key)].append(key)
-        except UNAVAILABLE:
-            groups[""].append(key)
-    return groups
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class WriteFill:
-    """An entry a write stores after its commit: its kind, ident and row, under the
-    lease ``token`` the write took inside its transaction."""
-
-    kind: CachedKind
-    ident: Hashable
-    entry: Entry
-    token: str
-
-
-def _write(
-    redis: Redis | RedisCluster, node: str, keys: Sequence[str], fill: WriteFill | None,
-    *, confirm: bool,
-) -> tuple[bool, bool]:  # fmt: skip
-    """One node's DELs (one per hash slot: a cluster refuses a command over
-    several) and fill, in one round trip, followed, with ``confirm``, by the wait
-    for a replica: whether the fill stored, and whether a replica has the change
-    (or none needs to)."""
-    filled_key = None if fill is None else fill.kind.key(fill.ident)
-    deleted = [name for key in keys if key != filled_key for name in (key, lease_key(key))]
-    commands = [("DEL", *(deleted[i] for i in group)) for group in slot_groups(redis, deleted)]
-    if fill is not None:
-        ttl_ms = jittered_ttl_ms(fill.kind.ttl())
-        entry = fill.kind.codec.close(fill.ident, fill.entry, expires=time.time() + ttl_ms / 1000)
-        args = [fill.token, ttl_ms, *(item for pair in entry.items() for item in pair)]
-        commands.append(
-            evalsha(scripts.FILL_OR_DELETE, [filled_key, lease_key(filled_key)], args)
-        )
-    if not commands:
-        return False, True
-    replies, confirmed = _send_write(redis, node, commands, confirm=confirm)
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            raise reply
-    return fill is not None and bool(replies[-1]), confirmed
-
-
-def _send_write(
-    redis: Redis | RedisCluster, node: str, commands: Sequence[tuple], *, confirm: bool
-) -> tuple[list, bool]:
-    """The write's commands on one connection of the node (a WAIT must follow the
-    writes on their connection). On a cluster, commands the node redirects, or
-    all of them when it refuses the connection (a failover, a resharding), go
-    through the cluster client instead, which follows the slots to their new
-    node and maps them again; a replica cannot have confirmed those."""
-    server = redis.get_redis_connection(redis.get_node(node_name=node)) if isinstance(
-        redis, RedisCluster
-    ) else redis  # fmt: skip
-    try:
-        with reaching(node):
-            if confirm:
-                replies, confirmed = execute_replicated(server, commands)
-            else:
-                replies, confirmed = execute_many(server, commands), True
-    except RedisConnectionError:
-        if server is redis:
-            raise
-        replies, confirmed = [], False
-    if server is redis or (replies and not any(isinstance(r, AskError) for r in replies)):
-        return replies, confirmed
-    return execute_many(redis, commands), not confirm

@@ -34,7 +34,8 @@ from collections.abc import Iterable, Sequence
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from .transport import UNAVAILABLE, client, evalsha, script_source
+from .scripts import evalsha, script_source
+from .transport import UNAVAILABLE, client
 
 logger = logging.getLogger(__name__)
 

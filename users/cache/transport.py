@@ -21,10 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
-import re
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
@@ -32,13 +29,11 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 from redis import Redis
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
-from redis.connection import ConnectionPool
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from .. import metrics
-from ..conf import user_cache_settings
 from .breaker import Breakers, CircuitBreaker
+from .scripts import evalsha, script_source
 
 T = TypeVar("T")
 
@@ -268,11 +263,11 @@ def _with_scripts(send: Send, commands: Sequence[tuple]) -> list:
     """``commands``' replies, the scripts the server did not know loaded and their
     calls sent again, in one more round trip."""
     replies = send(commands)
-    _load_unknown_scripts(send, commands, replies)
+    load_unknown_scripts(send, commands, replies)
     return replies
 
 
-def _load_unknown_scripts(send: Send, commands: Sequence[tuple], replies: list) -> bool:
+def load_unknown_scripts(send: Send, commands: Sequence[tuple], replies: list) -> bool:
     """Loads the scripts whose calls got NOSCRIPT and sends those calls again, on
     the same connection and in one round trip; their new replies replace the old
     in ``replies``. Returns whether there were any."""
@@ -284,72 +279,6 @@ def _load_unknown_scripts(send: Send, commands: Sequence[tuple], replies: list) 
     for index, reply in zip(unknown, again, strict=True):
         replies[index] = reply
     return True
-
-
-# A server's replicas as it last told (INFO replication), and when (monotonic),
-# by the connection pool of its client (a node's own, on a cluster).
-_replicas: weakref.WeakKeyDictionary[ConnectionPool, tuple[int, float]] = (
-    weakref.WeakKeyDictionary()
-)
-# How long that answer is trusted: a replica that attached since may not be
-# waited for during this long.
-REPLICAS_KNOWN_FOR_S = 1.0
-_CONNECTED_REPLICAS = re.compile(rb"^connected_slaves:(\d+)", re.MULTILINE)
-
-
-def execute_replicated(redis: Redis, commands: Sequence[tuple]) -> tuple[list, bool]:
-    """``commands`` (writes) on one connection of ``redis`` (one server, or a
-    cluster node's own client), then ``WAIT 1`` on it when the server has a
-    replica: the replies, and whether a replica has the writes (True too for a
-    server without one). Redis replicates asynchronously: a write a primary
-    acknowledged and died with before any replica had it is lost when a replica
-    takes over. Whether the server has replicas is asked (``INFO replication``,
-    in the same round trip) when its last answer is more than
-    ``REPLICAS_KNOWN_FOR_S`` old; the WAIT goes in the same round trip as the
-    writes when it is known."""
-    pool = redis.connection_pool
-    known = _replicas.get(pool)
-    if known is not None and time.monotonic() - known[1] > REPLICAS_KNOWN_FOR_S:
-        known = None
-    wait = ("WAIT", 1, _replica_wait_ms(redis))
-
-    def exchange(send: Send) -> tuple[list, bool]:
-        tail = [("INFO", "replication")] if known is None else [wait] if known[0] else []
-        replies = send([*commands, *tail])
-        own, told = replies[: len(commands)], replies[len(commands) :]
-        reloaded = _load_unknown_scripts(send, commands, own)
-        if known is None:
-            replicas = _connected_replicas(told[0])
-            _replicas[pool] = (replicas, time.monotonic())
-            waited = None
-        else:
-            replicas, waited = known[0], told[0] if told else None
-        if not replicas:
-            return own, True
-        if waited is None or reloaded:
-            (waited,) = send([wait])
-        return own, isinstance(waited, int) and waited >= 1
-
-    return on_connection(redis, exchange)
-
-
-def _connected_replicas(info: object) -> int:
-    """``connected_slaves`` of an INFO reply; 0 for an error reply (the node would
-    not say: nothing to wait for)."""
-    if isinstance(info, str):
-        info = info.encode()
-    found = _CONNECTED_REPLICAS.search(info) if isinstance(info, bytes) else None
-    return int(found.group(1)) if found else 0
-
-
-def _replica_wait_ms(redis: Redis) -> int:
-    """The longest a write waits for a replica: half the read timeout, so that the
-    WAIT's answer comes within it. A replica on the same network acknowledges in
-    well under a millisecond; one that takes longer is lagging, and what it has
-    not confirmed goes to the outbox. Without a read timeout, half the default
-    one (``REDIS_READ_TIMEOUT_MS``, 100 ms)."""
-    timeout = redis.connection_pool.connection_kwargs.get("socket_timeout") or 0.1
-    return max(1, int(timeout * 500))
 
 
 def decode_hash(
@@ -373,52 +302,6 @@ def decode_hash(
         return {}
 
 
-# Script sources by SHA, for the servers that answer NOSCRIPT.
-_SOURCES: dict[str, bytes] = {}
-
-
-@functools.cache
-def script(source: str) -> Script:
-    """The script object (its SHA); each call names its client, and a server that does
-    not know the script yet is sent it (``execute_many``, ``cluster.eval_many``)."""
-    loaded = Script(None, source.encode())
-    _SOURCES[loaded.sha] = loaded.script
-    return loaded
-
-
-def script_source(sha: str | bytes) -> bytes:
-    """The source of a script of ``script()``, by its SHA."""
-    return _SOURCES[sha.decode() if isinstance(sha, bytes) else sha]
-
-
-def evalsha(source: str, keys: Sequence[str], args: Sequence) -> tuple:
-    """The command that runs ``source`` (see ``script``) on ``keys`` with ``args``."""
-    return ("EVALSHA", script(source).sha, len(keys), *keys, *args)
-
-
 def run_script(source: str, keys: Sequence[str], args: Sequence) -> object:
     """One script call, in a round trip of its own."""
     return call(lambda redis: execute(redis, *evalsha(source, keys, args)))
-
-
-# Tries of one batch's step before a bulk run gives up on Redis.
-REDIS_ATTEMPTS = 3
-
-
-def retrying(step: Callable[[], T]) -> T:
-    """Runs a batch's step again when Redis failed it, after the breaker's cooldown.
-
-    A bulk run holds Redis to the API's short timeouts, and on a busy server one
-    pipeline of a long run may miss them; each step is idempotent (a retried
-    lease-and-load takes new leases and loads again; a retried fill stores under
-    the same leases, which still refuse it if a write came in between), so a
-    blip costs a retry rather than the run.
-    """
-    for attempt in range(1, REDIS_ATTEMPTS + 1):
-        try:
-            return step()
-        except CacheUnavailable:
-            if attempt == REDIS_ATTEMPTS:
-                raise
-            time.sleep(user_cache_settings.BREAKER_COOLDOWN_MS / 1000 * attempt)
-    raise AssertionError("unreachable")

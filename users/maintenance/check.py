@@ -15,9 +15,9 @@ from collections.abc import Callable, Hashable, Sequence
 
 from .. import entries
 from ..cache import cluster, flush, inspection, kinds
+from ..cache.bulk import retrying
 from ..cache.keys import entry_tag, namespace
 from ..cache.kinds import ABSENT, EXPIRES, CachedKind, is_absent
-from ..cache.transport import retrying
 from ..models import User
 from ..reads import USERS
 from ..tokens import TOKENS, TokenRef

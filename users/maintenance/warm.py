@@ -18,8 +18,8 @@ from django.db.models import QuerySet
 
 from .. import entries, reads
 from ..cache import readthrough, scripts, store
+from ..cache.bulk import retrying
 from ..cache.kinds import CachedKind, Entry
-from ..cache.transport import retrying
 from ..models import User
 
 DEFAULT_BATCH_SIZE = 500
@@ -135,7 +135,7 @@ class Pending:
     skipped: int
 
     def fill(self) -> readthrough.Filled:
-        return readthrough.fill(self.kind, self.token, self.loaded)
+        return readthrough.fill(self.kind, self.token, self.loaded, release=True)
 
 
 def lease_and_load(kind: CachedKind, ids: Sequence[Hashable], *, mode: str) -> Pending:
