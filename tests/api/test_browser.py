@@ -3,6 +3,7 @@ Debian's chromedriver. Skipped where Chromium is not installed, except in CI (``
 set), where ``.ci/run`` installs it and a missing browser is a failure."""
 
 import datetime
+import json
 import os
 import re
 import shutil
@@ -202,7 +203,7 @@ def test_the_user_lists_cache_column_is_in_sight_at_1400_px(browser, live_server
     assert len(cells) == 100
     # The cache column's text first: a longer one (an error) would widen the table.
     assert re.fullmatch(r"cached, 5\d min left", cells[0].text), cells[0].text
-    layout = _column_widths(browser)
+    layout = json.dumps(_column_widths(browser))
     assert _in_sight(browser, header), layout
     # With these names, every column fits beside both sidebars.
     assert _in_sight(browser, browser.find_element(By.CSS_SELECTOR, "th.column-staff")), layout

@@ -326,8 +326,13 @@ class TestTrackingLost:
             release.wait(60)
             return real_open(cls, prefixes)
 
-        near.get_many([keys.user_key(reader.id)])
-        assert near._tracking is not None
+        # Tracking comes up on the first read, or on the tracking thread when that
+        # thread is already connecting (the fixture changed the settings).
+        deadline = time.monotonic() + 30
+        while near._tracking is None:
+            assert time.monotonic() < deadline, "tracking never came up"
+            near.get_many([keys.user_key(reader.id)])
+            time.sleep(0.01)
         own_redis.pause()
         monkeypatch.setattr(Tracking, "open", classmethod(held_open))
         try:
