@@ -2,14 +2,14 @@
 script's own commands included: what ``./scripts/bench`` reports per request),
 on a server of the test's own so that nothing else runs commands meanwhile.
 
-The hit path's round trips are tests/test_hit_path.py's; these pin what a miss
+The hit path's round trips are tests/cache/test_hit_path.py's; these pin what a miss
 and a write cost Redis itself. The token is held by the near cache here, as it
 is on a warm server, and the rate limits are off: their counters are the
-throttle's (tests/test_hit_path.py counts them with the token's read)."""
+throttle's (tests/cache/test_hit_path.py counts them with the token's read)."""
 
 import pytest
 
-from tests.conftest import one_server_caches
+from tests.helpers import one_server_caches
 from tests.servers import RedisServer
 
 
