@@ -214,7 +214,7 @@ Point DATABASE_URL at the port it listens on, or make it listen on $db_port.")
 }
 
 # Optional: Debian's Chromium and its driver, for the browser test of the admin
-# (tests/test_browser.py). .ci/run calls this; without it that test is skipped.
+# (tests/api/test_browser.py). .ci/run calls this; without it that test is skipped.
 ensure_browser() {
   if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return; fi
   command -v apt-get >/dev/null \
@@ -226,7 +226,7 @@ ensure_browser() {
 }
 
 # Optional: Debian's nginx, for the test of the proxy in front of gunicorn
-# (tests/test_proxy.py). .ci/run calls this; without it that test is skipped.
+# (tests/operations/test_proxy.py). .ci/run calls this; without it that test is skipped.
 ensure_nginx() {
   if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then return; fi
   command -v apt-get >/dev/null \
@@ -238,7 +238,7 @@ ensure_nginx() {
 }
 
 # Optional: promtool, from Debian's prometheus package, which checks the alert
-# rules (tests/test_monitoring.py). .ci/run calls this; without it those tests
+# rules (tests/operations/test_monitoring.py). .ci/run calls this; without it those tests
 # are skipped. policy-rc.d, where there is one (containers), keeps the package's
 # Prometheus server from starting; elsewhere it starts, as nginx does above.
 ensure_promtool() {

@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
 
 # The environment variable config/settings/base.py sets each of these keys from,
 # when it is set (config/ cannot import this module: it stays below the apps).
-# Named in errors; tests/test_docs.py holds the two lists together.
+# Named in errors; tests/operations/test_docs.py holds the two lists together.
 VARIABLES = {
     "KEY_PREFIX": "CACHE_KEY_PREFIX",
     "TTL": "USER_CACHE_TTL",

@@ -1,7 +1,7 @@
 """Settings shared by every environment; environment variables decide the rest.
 
 Every variable read here is listed, with its default, in docs/configuration.md
-(tests/test_docs.py holds the two together).
+(tests/operations/test_docs.py holds the two together).
 """
 
 import ipaddress

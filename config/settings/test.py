@@ -12,7 +12,7 @@ from .base import BASE_DIR, CACHES, DATABASES, MIDDLEWARE, USERS_CACHE
 
 SECRET_KEY = "test-only-not-a-secret"
 # Tests read X-Cache to see where an answer came from, whoever asks;
-# tests/test_api.py holds the default ("staff") on its own.
+# tests/api/test_api.py holds the default ("staff") on its own.
 CACHE_STATUS_HEADER = "all"
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -20,7 +20,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 TEST_RUN_PREFIX = f"usersvc-test-{uuid.uuid4().hex[:12]}"
 CACHES["default"]["KEY_PREFIX"] = TEST_RUN_PREFIX
 # A loaded CI machine can take longer than production's 100 ms to answer; a test
-# that wants a timeout (tests/test_redis_outage.py) sets its own.
+# that wants a timeout (tests/faults/test_redis_outage.py) sets its own.
 CACHES["default"]["OPTIONS"]["SOCKET_CONNECT_TIMEOUT"] = 2
 CACHES["default"]["OPTIONS"]["SOCKET_TIMEOUT"] = 2
 USERS_CACHE["KEY_PREFIX"] = TEST_RUN_PREFIX

@@ -13,7 +13,7 @@ cached read more than the loopback round trip itself. It relies on
 ``ConnectionPool.get_connection()`` and ``release()``, and on a connection's
 ``pack_commands``, ``send_packed_command``, ``read_response`` and ``disconnect``:
 internals, so ``pyproject.toml`` pins the redis-py versions this was checked
-with, and ``tests/test_transport.py`` fails loudly if one of them changes.
+with, and ``tests/cache/test_transport.py`` fails loudly if one of them changes.
 """
 
 from __future__ import annotations

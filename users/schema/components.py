@@ -22,7 +22,7 @@ from ..serializers import MAX_ID, MAX_IDS
     description="A user as every answer shows it; the password is never shown."
 )
 class UserSerializer(serializers.Serializer):
-    """``users.entries.PUBLIC_FIELDS``; tests/test_openapi.py holds the two together."""
+    """``users.entries.PUBLIC_FIELDS``; tests/api/test_openapi.py holds the two together."""
 
     id = serializers.IntegerField(read_only=True)
     username = serializers.CharField()
