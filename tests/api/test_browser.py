@@ -169,6 +169,10 @@ def _in_sight(browser, element) -> bool:
     )
 
 
+# Nineteen digits, as long as a BIGINT's ids get, with room left for other tests' rows.
+LONGEST_IDS = 9 * 10**18
+
+
 def test_the_user_lists_cache_column_is_in_sight_at_1400_px(browser, live_server):
     """A page of cached users with names and addresses of a common length, both
     sidebars open, as an operator first sees the list."""
@@ -176,14 +180,21 @@ def test_the_user_lists_cache_column_is_in_sight_at_1400_px(browser, live_server
     from selenium.webdriver.support import expected_conditions
 
     User.objects.create_superuser("root", "root@example.com", PASSWORD)
+    # Ids as long as a BIGINT has (a table's AUTO_INCREMENT only grows: the suite's
+    # tests of the largest ids leave it there): the id column at its widest.
     User.objects.bulk_create(
         User(
+            id=LONGEST_IDS + n,
             username=f"customer.{n:06d}",
             email=f"firstname.lastname.{n:06d}@mail.example.com",
             first_name="Alexandrina",
             last_name="Featherstonehaugh",
         )
-        for n in range(100)
+        for n in range(99)
+    )
+    # And one with the longest name and address the model takes, all one word.
+    User.objects.create(
+        id=LONGEST_IDS + 99, username="x" * 150, email=f"{'y' * 64}@{'z' * 63}.example.com"
     )
     cache_warm(user_ids=list(User.objects.values_list("id", flat=True)))
     _show_at(browser, 1400, 900)
@@ -205,9 +216,19 @@ def test_the_user_lists_cache_column_is_in_sight_at_1400_px(browser, live_server
     assert re.fullmatch(r"cached, 5\d min left", cells[0].text), cells[0].text
     layout = json.dumps(_column_widths(browser))
     assert _in_sight(browser, header), layout
-    # With these names, every column fits beside both sidebars.
+    # Every column fits beside both sidebars, whatever the rows hold.
     assert _in_sight(browser, browser.find_element(By.CSS_SELECTOR, "th.column-staff")), layout
     assert _in_sight(browser, cells[0]), layout
+    # Ids, names and addresses may be cut short; the cache's state and the column
+    # headers never are.
+    clipped = browser.execute_script(
+        """
+        return Array.from(document.querySelectorAll(
+            '#result_list td.field-cache_state, #result_list thead th'
+        )).filter(cell => cell.scrollWidth > cell.clientWidth).map(cell => cell.textContent.trim());
+        """
+    )
+    assert clipped == [], layout
 
 
 def _column_widths(browser) -> dict:
