@@ -136,10 +136,17 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
     carry strings and numbers). What is queued is written before the process
     exits normally (``atexit``); a process killed outright loses what it had
     not written yet, as it would lose what a buffered stream held. A process
-    forked from this one starts with an empty queue and a thread of its own."""
+    forked from this one starts with an empty queue and a thread of its own.
+
+    The queue holds at most ``QUEUED_LINES`` records: when stderr is slower than
+    the lines come (a stalled log collector, or clients making lines as fast as
+    they can), a request waits for room as it would have waited on the stream,
+    rather than the process's memory growing without end."""
+
+    QUEUED_LINES = 10_000
 
     def __init__(self, log_format: str = "plain") -> None:
-        super().__init__(queue.SimpleQueue())
+        super().__init__(queue.Queue(self.QUEUED_LINES))
         self._stream = logging.StreamHandler(sys.stderr)
         self._stream.setFormatter(formatter(log_format))
         self._listener: logging.handlers.QueueListener | None = None
@@ -151,8 +158,8 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
     def _start(self) -> None:
         if not self._open:  # closed (logging configured again) before a fork
             return
-        self.queue = queue.SimpleQueue()
-        self._listener = logging.handlers.QueueListener(self.queue, self._stream)
+        self.queue = queue.Queue(self.QUEUED_LINES)
+        self._listener = _Listener(self.queue, self._stream)
         self._listener.start()
 
     def setStream(self, stream):
@@ -162,6 +169,10 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
 
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Waits for room (``QueueHandler`` would drop the line with a traceback)."""
+        self.queue.put(record)
+
     def close(self) -> None:
         """Writes what is queued, then stops the thread."""
         self._open = False
@@ -169,6 +180,14 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
         if listener is not None:
             listener.stop()
         super().close()
+
+
+class _Listener(logging.handlers.QueueListener):
+    """Stops after what is queued even when the queue is full (``QueueListener``
+    would raise ``queue.Full`` putting its end marker)."""
+
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel)
 
 
 class _NoRequestId(logging.Filter):

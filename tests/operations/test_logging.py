@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,13 @@ from pathlib import Path
 import pytest
 from rest_framework.authtoken.models import Token
 
-from config.logs import DisallowedHostFilter, JsonFormatter, PlainFormatter, RequestIdFilter
+from config.logs import (
+    BackgroundStreamHandler,
+    DisallowedHostFilter,
+    JsonFormatter,
+    PlainFormatter,
+    RequestIdFilter,
+)
 from tests.helpers import database_url, redis_environment
 from tests.servers import WebService
 
@@ -235,6 +242,49 @@ class TestLookupLog:
         assert "user lookup" in logged
         for secret in secrets:
             assert secret not in logged
+
+
+class _TenLines(BackgroundStreamHandler):
+    QUEUED_LINES = 10
+
+
+def test_a_stalled_log_stream_holds_the_logger_back_not_the_memory():
+    """Lines are written on a thread of their own; when stderr does not keep up (a
+    pipe nobody reads), the queue stops at its bound and the logger waits, as it
+    would on the stream itself. Once the stream moves, every line arrives."""
+    read_end, write_end = os.pipe()
+    handler = _TenLines()
+    handler.addFilter(RequestIdFilter())
+    handler.setStream(os.fdopen(write_end, "w", buffering=1))
+    logger = logging.getLogger("tests.stalled")
+    logger.propagate = False
+    logger.addHandler(handler)
+    lines = 1_000
+    logging_thread = threading.Thread(
+        target=lambda: [logger.warning("%05d %s", n, "x" * 1_000) for n in range(lines)]
+    )
+    logging_thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while handler.queue.qsize() < _TenLines.QUEUED_LINES and logging_thread.is_alive():
+            assert time.monotonic() < deadline, "the queue never filled"
+            time.sleep(0.01)
+        assert handler.queue.qsize() <= _TenLines.QUEUED_LINES
+        # A thousand lines queue in milliseconds where nothing bounds them.
+        logging_thread.join(timeout=2)
+        assert logging_thread.is_alive(), "the logger ran on past its bound"
+    finally:
+        with os.fdopen(read_end) as reading:
+            received = []
+            reader = threading.Thread(target=lambda: received.extend(reading))
+            reader.start()
+            logging_thread.join(timeout=60)
+            logger.removeHandler(handler)
+            handler.close()
+            handler._stream.stream.close()
+            reader.join(timeout=60)
+    numbers = [re.search(r" (\d{5}) x", line).group(1) for line in received]
+    assert numbers == [f"{n:05d}" for n in range(lines)]
 
 
 def test_json_formatter_carries_extras_and_the_traceback():
