@@ -88,9 +88,16 @@ class DisallowedHostFilter(logging.Filter):
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+# What an ``extra=`` field may be to be written: a value, not an object whose text
+# says more than the line should (Django's ``request``, whose text carries the
+# query string and with it what a user searched for, an e-mail address).
+_WRITTEN_TYPES = (str, int, float, bool, type(None))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, request id, the fields
-    passed with ``extra=``, and the traceback when there is one."""
+    passed with ``extra=`` that are plain values (``_WRITTEN_TYPES``), and the
+    traceback when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -100,7 +107,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(
-            (name, value) for name, value in vars(record).items() if name not in _RECORD_ATTRIBUTES
+            (name, value)
+            for name, value in vars(record).items()
+            if name not in _RECORD_ATTRIBUTES and isinstance(value, _WRITTEN_TYPES)
         )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -34,7 +34,7 @@ from .permissions import IsStaffOrReadOnly
 from .queries import ID_DIGITS, UserPagination, one_value, parse_ids
 from .schema.operations import describe_user_viewset
 from .serializers import MAX_ID, UserCreateSerializer, UserUpdateSerializer
-from .throttling import UserRateThrottle
+from .throttling import PasswordHashThrottle, UserRateThrottle
 from .tokens import TokenRead
 
 # The query parameters that find users through the cache instead of paging.
@@ -113,6 +113,18 @@ class UserViewSet(viewsets.ViewSet):
         self.perform_authentication(request)
         self.check_throttles(request)
         self.check_permissions(request)
+        self.check_password_hashes(request)
+
+    def check_password_hashes(self, request: Request) -> None:
+        """The rate of writes that hash a password, after the permissions: it counts
+        per account too, and a client refused the write (anonymous, or without
+        the permission) must not spend an account's budget, or anyone could
+        stop that account's password from being changed."""
+        if request.method not in ("POST", "PUT", "PATCH"):
+            return
+        throttle = PasswordHashThrottle()
+        if not throttle.allow_request(request, self):
+            self.throttled(request, throttle.wait())
 
     def finalize_response(self, request: Request, response: Response, *args, **kwargs) -> Response:
         """``GET /api/user?ids=``, the batch read before it had a path of its own,

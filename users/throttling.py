@@ -93,9 +93,14 @@ class RedisRateThrottle(SimpleRateThrottle):
 
 
 class AnonRateThrottle(RedisRateThrottle):
-    """Unauthenticated requests, per client address."""
+    """Unauthenticated requests, per client address, one each: the API refuses them
+    (a 401, whose browsable page a browser gets before it logs in), and the rate
+    is low enough that their rendering costs little whatever its form."""
 
     scope = "anon"
+
+    def cost_of(self, request: Request) -> int:
+        return 1
 
     def get_ident_for(self, request: Request) -> str | None:
         if request.user and request.user.is_authenticated:

@@ -209,10 +209,10 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [
         "users.throttling.AnonRateThrottle",
         "users.throttling.UserRateThrottle",
-        "users.throttling.PasswordHashThrottle",
     ],
     # "off" turns a scope off. auth_failure caps failed token checks per address;
-    # password_hash the writes that hash a password, per client and per account.
+    # password_hash the writes that hash a password, per client and per account
+    # (counted after the permissions: users.api, users.admin).
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.rate("THROTTLE_RATE_ANON", default="60/min"),
         "user": env.rate("THROTTLE_RATE_USER", default="12000/min"),

@@ -128,6 +128,28 @@ class TestPasswordHashRate:
 
         assert statuses == [200, 200, 429, 429]
 
+    def test_clients_refused_the_write_spend_no_accounts_budget(
+        self, rates, anonymous_client, reader_client, staff_client, make_user
+    ):
+        """An anonymous client, or one without the permission, is refused before
+        its write counts against the account: neither can stop the account's
+        password from being changed (failed on the previous main: the refused
+        writes counted, the third was a 429 already, and so was the staff's)."""
+        rates(password_hash="2/min")
+        target = make_user(username="target", email="target@example.com")
+        url = f"/api/user/{target.id}"
+
+        refused = [
+            client.patch(url, {"password": f"a-New-passphrase-{n}"}, format="json").status_code
+            for n, client in enumerate([anonymous_client, reader_client] * 2)
+        ]
+        malformed = anonymous_client.patch(url, "{", content_type="application/json")
+        changed = staff_client.patch(url, {"password": "a-New-passphrase-9"}, format="json")
+
+        assert refused == [401, 403, 401, 403]
+        assert malformed.status_code == 401
+        assert changed.status_code == 200, changed.content
+
     def test_creates_with_a_password_count_per_client(self, rates, staff_client):
         rates(password_hash="2/min")
         statuses = [

@@ -212,6 +212,17 @@ class TestThrottling:
         assert statuses == [401, 401, 401, 429, 429]
         assert 0 < int(anonymous.get(path)["Retry-After"]) <= 60
 
+    def test_a_browser_not_yet_logged_in_counts_one_a_page(self, rates, db):
+        """Its 401 comes as the browsable page, which costs a token's user
+        ``BROWSABLE_COST`` more; the anonymous rate counts it one, as documented
+        (failed on the previous main: the second page was a 429)."""
+        rates(anon="5/min")
+        browser = APIClient(HTTP_ACCEPT="text/html")
+
+        statuses = [browser.get("/api/user").status_code for _ in range(6)]
+
+        assert statuses == [401] * 5 + [429]
+
     def test_a_refused_token_reads_a_bounded_number_of_users(
         self, db, make_user, redis_round_trips
     ):

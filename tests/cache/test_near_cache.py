@@ -15,7 +15,7 @@ from rest_framework.authtoken.models import Token
 from tests.helpers import one_server_caches
 from tests.servers import RedisServer, WebService, service_stack
 from users import entries
-from users.cache import keys, kinds, store, writes
+from users.cache import keys, kinds, readthrough, store, writes
 from users.cache.counters import local_windows
 from users.cache.near import near
 from users.cache.tracking import Tracking
@@ -519,6 +519,25 @@ def test_a_change_right_after_a_fill_still_reaches_the_process(
     redis_client.hset(keys.user_key(other.id), entries.NAME_OF["first_name"], "elsewhere")
 
     assert reader_client.get(url).json()["first_name"] == "elsewhere"
+
+
+def test_a_refused_fill_leaves_nothing_of_its_key_held(hot, reader_client, make_user, redis_client):
+    """A fill refused for a lease a write took still extends the key's expiry on the
+    tracking connection, which makes this process the key's last writer: had a
+    write changed the key in the same pass of Redis's loop, NOLOOP would keep its
+    push from here. So what the process holds of a refused key goes (failed on the
+    previous main: the held copy stayed)."""
+    other = make_user(username="refused", email="refused@example.com")
+    url = f"/api/user/{other.id}"
+    assert reader_client.get(url)["X-Cache"] == "MISS"
+    key = keys.user_key(other.id)
+    assert key in store.held_here([key])
+    redis_client.set(keys.lease_key(key), "a-write")
+
+    loaded = readthrough.load(USERS, [other.id])[other.id]
+
+    assert store.fill_many(USERS, "a-reader", {other.id: loaded}) == [False]
+    assert key not in (store.held_here([key]) or {})
 
 
 def test_leases_send_no_invalidation(reader, make_user):

@@ -17,7 +17,7 @@ from django.db import connection
 
 from tests.helpers import UNGUARDED_FILL, blocked_user_inserts, cached_entry, pausing_fills
 from users import reads, services
-from users.cache import keys, scripts
+from users.cache import keys, readthrough, scripts, store
 from users.models import User
 
 
@@ -209,6 +209,30 @@ class TestLateAfterCommitSteps:
             step()
 
         assert reads.user_get(user_id=user.id).value["first_name"] == "v3"
+
+    def test_a_read_whose_lease_outlived_the_writes_does_not_store_the_old_row(
+        self, strategy, db, steps, redis_client
+    ):
+        """The write's own lease expired before its commit (it lives
+        ``LEASE_TTL_MS``; or the writing process's breaker skipped it) and a reader
+        took the entry's lease with the row as it was: the write's after-commit
+        step must drop that lease too, or the reader stores the old row for the
+        entry's whole TTL (failed on the previous main under write-through: the
+        step deleted the entry and left the reader's lease)."""
+        user = User.objects.create(username="racer", email="racer@example.com", first_name="v1")
+        old = readthrough.load(reads.USERS, [user.id])[user.id]
+        with steps() as update_steps:
+            services.user_update(actor=None, user_id=user.id, data={"first_name": "v2"})
+        redis_client.delete(keys.lease_key(keys.user_key(user.id)))  # the write's lease ran out
+        [(state, _)] = store.lease_many(reads.USERS, [user.id], "reader", mode="take")
+        assert state == scripts.LEASED
+
+        for step in update_steps:
+            step()
+        stored = store.fill_many(reads.USERS, "reader", {user.id: old})
+
+        assert stored == [False]
+        assert reads.user_get(user_id=user.id).value["first_name"] == "v2"
 
     def test_an_older_update_landing_after_a_delete_does_not_bring_the_user_back(
         self, strategy, db, steps

@@ -74,7 +74,9 @@ class TestUserUpdate:
 
     def test_a_writes_fill_stands_only_while_its_lease_does(self, cached_user, redis_client):
         """A later write takes the lease over; the earlier write's late fill then
-        deletes the entry instead of storing its older state."""
+        deletes the entry instead of storing its older state, and the lease with
+        it (it may be a reader's, holding a row read before this commit), so the
+        later write's fill deletes too: the next read loads the row."""
         key = keys.user_key(cached_user.id)
         entry = entries.encode(cached_user)
         first_name = entries.NAME_OF["first_name"]
@@ -86,11 +88,15 @@ class TestUserUpdate:
             return store.write([key], fill=fill)
 
         assert write("earlier-write", "x") is False
+        assert redis_client.exists(key, keys.lease_key(key)) == 0
+        assert write("later-write", "New") is False
         assert redis_client.exists(key) == 0
-        assert write("later-write", "New") is True
-        assert cached_entry(redis_client, cached_user.id)["first_name"] == "New"
+
+        store.take_lease(key, "next-write")
+        assert write("next-write", "Newer") is True
+        assert cached_entry(redis_client, cached_user.id)["first_name"] == "Newer"
         # Kept until it expires (as a reader's fill keeps its own), or already expired.
-        assert redis_client.get(keys.lease_key(key)) in (b"later-write", None)
+        assert redis_client.get(keys.lease_key(key)) in (b"next-write", None)
 
     def test_version_and_updated_at_grow(self, cached_user, django_capture_on_commit_callbacks):
         before = reads.user_get(user_id=cached_user.id).value

@@ -303,6 +303,22 @@ def test_json_formatter_carries_extras_and_the_traceback():
     assert entry["time"].endswith("+00:00")
 
 
+def test_json_lines_leave_out_the_request_and_its_query_string(rf):
+    """Django logs every 4xx with the request as an extra field, whose text holds the
+    query string (``?email=``): the access line leaves it out, so must the JSON
+    formatter (failed on the previous main: the address was in the line)."""
+    request = rf.get("/api/user", {"email": "alice@example.com"})
+    record = logging.getLogger("django.request").makeRecord(
+        "django.request", logging.WARNING, __file__, 1, "Not Found: %s", (request.path,), None,
+        extra={"request": request, "status_code": 404},
+    )  # fmt: skip
+
+    line = JsonFormatter().format(record)
+
+    assert "alice" not in line
+    assert json.loads(line)["status_code"] == 404
+
+
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     """Runs ``code`` after ``django.setup()`` in a fresh process with these variables."""
     return subprocess.run(

@@ -170,8 +170,9 @@ class NearCache(Upkeep):
         """Runs a fill's script calls on the tracking connections, so that Redis sends
         this process no invalidation of its own fill (``ttls_ms``: each entry's TTL;
         ``users.cache.tracking``); None when not tracking (or tracking failed on the
-        way: the caller sends the calls the usual way, and a fill sent twice under
-        one lease stores at most once)."""
+        way: the caller sends the calls the usual way; a fill sent twice under one
+        lease stores the same row again at most, since a write in between takes
+        the lease or deletes it, and the second is refused)."""
         tracking = self._tracking
         if tracking is None:
             return None

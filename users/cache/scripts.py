@@ -178,16 +178,19 @@ return released
 # KEYS: entry, lease. ARGV: lease token, ttl (ms), field, value, ...
 # A write's after-commit step: stores the committed state while the write's own
 # lease (taken inside its transaction, under the row lock) still stands, and
-# otherwise deletes the entry. A later write replaces the lease, so a step that
-# arrives late can never leave an older state behind: at worst it drops a newer
-# one, which the next read loads again. The lease is kept until it expires, as a
-# reader's fill keeps its own. Returns 1 (stored) or 0 (deleted).
+# otherwise deletes the entry and whatever lease stands: a later write's (which
+# then deletes rather than stores) or a reader's taken after the write's own ran
+# out, with a row read before this commit, whose fill must fail. A later write
+# replaces the lease, so a step that arrives late can never leave an older state
+# behind: at worst it drops a newer one, which the next read loads again. The
+# lease is kept until it expires, as a reader's fill keeps its own. Returns 1
+# (stored) or 0 (deleted).
 FILL_OR_DELETE = _HELPERS + """
 if LEASE_HELD_BY(KEYS[2]) == ARGV[1] then
   STORE(KEYS[1], {unpack(ARGV, 3)}, ARGV[2])
   return 1
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 return 0
 """
 

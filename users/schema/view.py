@@ -4,8 +4,10 @@ drf-spectacular builds the whole description again at every request, tens of
 milliseconds of CPU that a client may ask for as often as its rate lets it, at
 a cost of one. The description is a function of the code and the settings
 alone (``SERVE_PUBLIC``: no caller's permissions go into it), so each process
-keeps each form it served: per renderer, version and language, each of which
-takes only the values the settings allow, so the forms kept are few. Each
+keeps each form it served: per renderer and version, which takes only the
+values the settings allow, so the forms kept are few. It is written in one
+language, ``LANGUAGE_CODE``'s: ``?lang=`` is not read (Django knows a hundred
+languages, each of which would be a build and a form kept). Each
 form is rendered as its renderer's own media type: parameters a client adds to
 ``Accept`` (``indent=``) are not honoured here.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import threading
 
+from django.conf import settings
 from django.http import HttpResponse
 from django.utils import translation
 from drf_spectacular.settings import spectacular_settings
@@ -39,18 +42,19 @@ class SchemaView(SpectacularAPIView):
         assert self.custom_settings is None and spectacular_settings.SERVE_PUBLIC, (
             "SchemaView keeps one description per form: it must not depend on the caller"
         )
-        language = _language(request.GET.get("lang"))
         version = self.api_version or request.version or self._get_version_parameter(request)
         renderer = request.accepted_renderer
-        key = (type(renderer), version, language)
-        with _building:
-            content = _built.get(key)
-            if content is None:
-                with translation.override(language):
-                    schema = self._get_schema_response(request).data
-                content = _built[key] = renderer.render(
-                    schema, renderer.media_type, self.get_renderer_context()
-                )
+        key = (type(renderer), version)
+        content = _built.get(key)
+        if content is None:
+            with _building:
+                content = _built.get(key)
+                if content is None:
+                    with translation.override(settings.LANGUAGE_CODE):
+                        schema = self._get_schema_response(request).data
+                    content = _built[key] = renderer.render(
+                        schema, renderer.media_type, self.get_renderer_context()
+                    )
         answer = HttpResponse(content, content_type=_content_type(renderer))
         answer["Content-Disposition"] = f'inline; filename="{self._get_filename(request, version)}"'
         return answer
@@ -67,16 +71,6 @@ class SchemaView(SpectacularAPIView):
         self.request.accepted_renderer = JSONRenderer()
         self.request.accepted_media_type = JSONRenderer.media_type
         return response
-
-
-def _language(asked: str | None) -> str:
-    """``?lang=`` when it names a language of ``LANGUAGES``, else the active one."""
-    if asked:
-        try:
-            return translation.get_supported_language_variant(asked)
-        except LookupError:
-            pass
-    return translation.get_language()
 
 
 def _content_type(renderer) -> str:
