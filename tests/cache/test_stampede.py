@@ -129,3 +129,35 @@ def test_a_dead_lease_holder_is_replaced_once_its_lease_expires(settings, user, 
         time.sleep(0.01)
     assert reads.user_get(user_id=user.id).source is reads.Source.MISS
     assert reads.user_get(user_id=user.id).source is reads.Source.HIT
+
+
+def test_sixteen_batches_of_the_same_cold_ids_load_each_row_once(settings, transactional_db):
+    """The bench's burst in process: 16 readers ask the same 100 cold ids at once;
+    one takes the leases, loads and fills, the others wait and read what it filled.
+    The wait bound is raised so that a loaded machine cannot make the holder look
+    slow (the bound is the subject of the tests above)."""
+    settings.USERS_CACHE = {**settings.USERS_CACHE, "LEASE_WAIT_MS": 10_000}
+    users = User.objects.bulk_create(
+        User(username=f"cold{n}", email=f"cold{n}@example.com") for n in range(100)
+    )
+    user_ids = [user.id for user in users]
+    counter, readers = UserQueryCounter(), 16
+    barrier, results = threading.Barrier(readers), []
+
+    def read() -> None:
+        try:
+            with connection.execute_wrapper(counter):
+                barrier.wait()
+                results.append(reads.users_get(user_ids=user_ids))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=read) for _ in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert len(results) == readers
+    assert all(len(result.values) == 100 for result in results)
+    assert counter.count == 1
