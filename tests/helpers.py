@@ -4,6 +4,10 @@ Redis holds them, and the hooks that drive a race (fixtures are in conftest.py).
 
 import contextlib
 import copy
+import itertools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from unittest import mock
@@ -11,6 +15,7 @@ from urllib.parse import quote, urlsplit
 
 import environ
 from django.conf import settings
+from django.db import connection
 from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
 from rest_framework.authtoken.models import Token
@@ -169,3 +174,68 @@ def grant_user_permissions(user: User, *codenames: str) -> User:
         *Permission.objects.filter(content_type__app_label="users", codename__in=codenames)
     )
     return user
+
+
+def manage_py(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``manage.py`` run as an operator would, in a process of its own, with no
+    terminal and ``env`` as its whole environment."""
+    from tests.servers import PROJECT_ROOT
+
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=PROJECT_ROOT, env=env,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def command_environment(**overrides: str) -> dict[str, str]:
+    """A command's environment: this run's database, Redis and key prefix, so that
+    it sees what the test set up."""
+    database = connection.settings_dict
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.local",
+        "DATABASE_URL": (
+            f"mysql://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:"
+            f"{database['PORT'] or 3306}/{database['NAME']}"
+        ),
+        # A REDIS_URL override means that server, whatever Redis this run uses.
+        **({} if "REDIS_URL" in overrides else redis_environment()),
+        "CACHE_KEY_PREFIX": settings.TEST_RUN_PREFIX,
+        **overrides,
+    }
+
+
+def follower_environment(mariadb, **variables: str) -> dict[str, str]:
+    """The binary log follower's environment: this run's key prefix and secret key
+    (token names are HMACs under it), the test's MariaDB (``mariadb``, a
+    ``tests.servers.MariaDBServer``), and this run's Redis (a cluster's or
+    Sentinel's variables included) unless ``REDIS_URL`` names another."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.local",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "CACHE_KEY_PREFIX": settings.TEST_RUN_PREFIX,
+        "DATABASE_URL": mariadb.url("usersvc"),
+        **({} if "REDIS_URL" in variables else redis_environment()),
+        **variables,
+    }
+
+
+_rows = itertools.count(1)
+
+
+def insert_user_row(sql, **columns) -> int:
+    """A user row written in SQL (``sql``, a MySQLdb cursor), as another application
+    would; returns its id."""
+    name = f"raw{next(_rows)}-{time.monotonic_ns()}"
+    row = {
+        "password": "!", "is_superuser": 0, "username": name, "first_name": "", "last_name": "",
+        "email": f"{name}@example.com", "is_staff": 0, "is_active": 1, "version": 1, **columns,
+    }  # fmt: skip
+    names = ", ".join(row)
+    sql.execute(
+        f"INSERT INTO users_user ({names}, date_joined, updated_at)"
+        f" VALUES ({', '.join(['%s'] * len(row))}, NOW(6), NOW(6))",
+        list(row.values()),
+    )
+    return sql.lastrowid

@@ -22,8 +22,13 @@ from django.db import connections
 from django.test import Client
 from redis.exceptions import OutOfMemoryError
 
-from tests.helpers import grant_user_permissions, one_server_caches, redis_nodes_holding
-from tests.operations.test_commands import _manage
+from tests.helpers import (
+    command_environment,
+    grant_user_permissions,
+    manage_py,
+    one_server_caches,
+    redis_nodes_holding,
+)
 from tests.servers import RedisServer
 from users import metrics
 from users.cache import keys
@@ -578,7 +583,7 @@ class TestOperators:
         ],
     )
     def test_bad_arguments_exit_2(self, arguments, message, db):
-        result = _manage("unlock_login", *arguments)
+        result = manage_py(command_environment(), "unlock_login", *arguments, timeout=60)
 
         assert result.returncode == 2
         assert result.stderr == f"manage.py unlock_login: error: {message} (see --help)\n"

@@ -19,7 +19,6 @@ on its own, for each spelling and for time in proportion to a statement's length
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import subprocess
@@ -29,10 +28,9 @@ from collections.abc import Callable, Iterator
 
 import MySQLdb
 import pytest
-from django.conf import settings
 from django_redis import get_redis_connection
 
-from tests.helpers import redis_environment
+from tests.helpers import follower_environment, insert_user_row, manage_py
 from tests.servers import (
     PROJECT_ROOT,
     BinlogFollower,
@@ -54,53 +52,6 @@ pytestmark = pytest.mark.slow
 BOUND_SECONDS = 10.0
 
 
-def _environment(mariadb: MariaDBServer, **variables: str) -> dict[str, str]:
-    """The follower's environment: this run's key prefix and secret key (token names
-    are HMACs under it), the test's MariaDB, and this run's Redis (a cluster's or
-    Sentinel's variables included) unless ``REDIS_URL`` names another."""
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "SECRET_KEY": settings.SECRET_KEY,
-        "CACHE_KEY_PREFIX": settings.TEST_RUN_PREFIX,
-        "DATABASE_URL": mariadb.url("usersvc"),
-        **({} if "REDIS_URL" in variables else redis_environment()),
-        **variables,
-    }
-
-
-def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [project_python(), "manage.py", *args], cwd=PROJECT_ROOT, env=env,
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def mariadb(tmp_path_factory) -> Iterator[MariaDBServer]:
-    server = MariaDBServer(tmp_path_factory.mktemp("binlog-mariadb"), binlog=True)
-    server.start()
-    try:
-        root = MySQLdb.connect(host="127.0.0.1", port=server.port, user="root")
-        root.cursor().execute("CREATE DATABASE usersvc CHARACTER SET utf8mb4")
-        root.close()
-        migrated = _manage(_environment(server), "migrate", "--no-input", "-v0")
-        assert migrated.returncode == 0, migrated.stderr
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def sql(mariadb):
-    """A connection to the test's MariaDB, in autocommit unless a test begins."""
-    connection = MySQLdb.connect(
-        host="127.0.0.1", port=mariadb.port, user="root", database="usersvc", autocommit=True
-    )
-    yield connection.cursor()
-    connection.close()
-
-
 @pytest.fixture
 def start_follower(mariadb, tmp_path):
     """Starts followers (``start_follower(**environment)``); stops them at the end.
@@ -118,7 +69,7 @@ def start_follower(mariadb, tmp_path):
             root.close()
         workdir = tmp_path / f"follower-{len(followers)}"
         workdir.mkdir()
-        follower = BinlogFollower(workdir, _environment(mariadb, **variables))
+        follower = BinlogFollower(workdir, follower_environment(mariadb, **variables))
         followers.append(follower)
         follower.start()
         return follower
@@ -130,22 +81,6 @@ def start_follower(mariadb, tmp_path):
 
 
 _counter = iter(range(1, 10**6))
-
-
-def _insert_user(sql, **columns) -> int:
-    """A user row written in SQL, as another application would."""
-    name = f"raw{next(_counter)}-{time.monotonic_ns()}"
-    row = {
-        "password": "!", "is_superuser": 0, "username": name, "first_name": "", "last_name": "",
-        "email": f"{name}@example.com", "is_staff": 0, "is_active": 1, "version": 1, **columns,
-    }  # fmt: skip
-    names = ", ".join(row)
-    sql.execute(
-        f"INSERT INTO users_user ({names}, date_joined, updated_at)"
-        f" VALUES ({', '.join(['%s'] * len(row))}, NOW(6), NOW(6))",
-        list(row.values()),
-    )
-    return sql.lastrowid
 
 
 def _insert_token(sql, user_id: int) -> str:
@@ -195,7 +130,7 @@ class TestChangesInSQL:
         and e-mail to a user. The keys a row owns are the registry's, old names and
         new, on every path (failed on the previous main: the follower dropped the
         user's entry and tokens, not the absences of its new names)."""
-        user_id = _insert_user(sql)
+        user_id = insert_user_row(sql)
         start_follower()
         ghost = f"ghost{next(_counter)}"
         names = [name_key("username", ghost), name_key("email", f"{ghost}@example.com")]
@@ -207,7 +142,7 @@ class TestChangesInSQL:
                 [ghost, f"{ghost}@example.com", user_id],
             )
         else:
-            _insert_user(sql, username=ghost, email=f"{ghost}@example.com")
+            insert_user_row(sql, username=ghost, email=f"{ghost}@example.com")
 
         _reach_the_cache(redis_client, *names)
 
@@ -215,7 +150,7 @@ class TestChangesInSQL:
         self, start_follower, sql, redis_client
     ):
         """A deactivation must also end the cached token lookup, which carries is_active."""
-        user_id = _insert_user(sql)
+        user_id = insert_user_row(sql)
         token = _insert_token(sql, user_id)
         start_follower()
         _cache(redis_client, user_key(user_id), _token_key(token))
@@ -228,8 +163,8 @@ class TestChangesInSQL:
     def test_a_multi_row_update_drops_each_row_and_only_those(
         self, start_follower, sql, redis_client
     ):
-        changed = [_insert_user(sql, last_name="batch") for _ in range(3)]
-        untouched = _insert_user(sql, last_name="other")
+        changed = [insert_user_row(sql, last_name="batch") for _ in range(3)]
+        untouched = insert_user_row(sql, last_name="other")
         start_follower()
         _cache(redis_client, *map(user_key, [*changed, untouched]))
 
@@ -239,7 +174,7 @@ class TestChangesInSQL:
         assert _cached(redis_client, user_key(untouched))
 
     def test_a_transaction_of_several_statements(self, start_follower, sql, redis_client):
-        updated, deleted = _insert_user(sql), _insert_user(sql)
+        updated, deleted = insert_user_row(sql), insert_user_row(sql)
         start_follower()
         _cache(redis_client, user_key(updated), user_key(deleted))
 
@@ -253,7 +188,7 @@ class TestChangesInSQL:
     def test_a_rolled_back_transaction_changes_nothing(self, start_follower, sql, redis_client):
         """The rolled-back change comes first, so once the committed one after it has
         reached the cache, the follower has read past the rollback."""
-        rolled_back, committed = _insert_user(sql), _insert_user(sql)
+        rolled_back, committed = insert_user_row(sql), insert_user_row(sql)
         start_follower()
         _cache(redis_client, user_key(rolled_back), user_key(committed))
 
@@ -266,9 +201,9 @@ class TestChangesInSQL:
         assert _cached(redis_client, user_key(rolled_back))
 
     def test_token_rows_deleted_reassigned_or_rekeyed(self, start_follower, sql, redis_client):
-        owner, other = _insert_user(sql), _insert_user(sql)
+        owner, other = insert_user_row(sql), insert_user_row(sql)
         deleted, reassigned = _insert_token(sql, owner), _insert_token(sql, other)
-        rekeyed = _insert_token(sql, _insert_user(sql))
+        rekeyed = _insert_token(sql, insert_user_row(sql))
         new_key = f"{next(_counter):040x}"
         start_follower()
         _cache(redis_client, *map(_token_key, [deleted, reassigned, rekeyed, new_key]))
@@ -282,7 +217,7 @@ class TestChangesInSQL:
     def test_a_login_alone_leaves_the_cache_as_it_is(self, start_follower, sql, redis_client):
         """last_login is not cached: the services skip such a save, and so does the
         follower. A later change shows it has read past the login."""
-        logged_in, changed = _insert_user(sql), _insert_user(sql)
+        logged_in, changed = insert_user_row(sql), insert_user_row(sql)
         start_follower()
         _cache(redis_client, user_key(logged_in), user_key(changed))
 
@@ -295,7 +230,7 @@ class TestChangesInSQL:
     def test_a_truncate_the_log_does_not_list_row_by_row_drops_every_entry(
         self, start_follower, sql, redis_client
     ):
-        user_id = _insert_user(sql)
+        user_id = insert_user_row(sql)
         token = _insert_token(sql, user_id)
         start_follower()
         _cache(redis_client, user_key(user_id), _token_key(token))
@@ -358,7 +293,7 @@ class TestOtherDatabases:
         former regular expression took (days for 40), and the follower never read
         the deactivation that followed. The statement names our table in a string,
         so it is read past the cheap test for our names."""
-        user_id = _insert_user(sql)
+        user_id = insert_user_row(sql)
         token = _insert_token(sql, user_id)
         start_follower()
         _cache(redis_client, user_key(user_id), _token_key(token))
@@ -382,7 +317,7 @@ class TestOtherDatabases:
     ):
         """The ``sql`` session's default database is ours, so there the qualifier
         decides. A later change shows the follower has read past the TRUNCATE."""
-        untouched, changed = _insert_user(sql), _insert_user(sql)
+        untouched, changed = insert_user_row(sql), insert_user_row(sql)
         start_follower()
         _cache(redis_client, user_key(untouched), user_key(changed))
 
@@ -406,7 +341,7 @@ class TestOtherDatabases:
     ):
         """The session's default database is another, so the statement's own
         qualifier must count; an unrelated cached user goes with the flush."""
-        user_id, unrelated = _insert_user(sql), _insert_user(sql)
+        user_id, unrelated = insert_user_row(sql), insert_user_row(sql)
         start_follower()
         _cache(redis_client, user_key(user_id), user_key(unrelated))
 
@@ -467,7 +402,7 @@ class TestFaults:
         """Redis is paused, so the follower has read the change but cannot apply it
         when SIGKILL ends it; its position must not have moved past the change."""
         client = own_redis.client()
-        user_id = _insert_user(sql)
+        user_id = insert_user_row(sql)
         follower = start_follower(REDIS_URL=own_redis.url)
         _cache(client, user_key(user_id))
 
@@ -488,9 +423,9 @@ class TestFaults:
         self, start_follower, sql, own_redis
     ):
         client = own_redis.client()
-        users = [_insert_user(sql) for _ in range(4)]
+        users = [insert_user_row(sql) for _ in range(4)]
         token = _insert_token(sql, users[0])
-        untouched = _insert_user(sql)
+        untouched = insert_user_row(sql)
         follower = start_follower(REDIS_URL=own_redis.url)
         _cache(client, *map(user_key, [*users, untouched]), _token_key(token))
 
@@ -515,7 +450,7 @@ class TestFaults:
             host="127.0.0.1", port=mariadb.port, user="root", database="usersvc", autocommit=True
         )
         sql = connection.cursor()
-        rotated, restarted = _insert_user(sql), _insert_user(sql)
+        rotated, restarted = insert_user_row(sql), insert_user_row(sql)
         _cache(redis_client, user_key(rotated), user_key(restarted))
 
         sql.execute("FLUSH BINARY LOGS")
@@ -540,7 +475,7 @@ class TestFaults:
         server id: two followers must each keep theirs, and both apply."""
         first, second = start_follower(), start_follower()
         for _ in range(2):
-            user_id = _insert_user(sql)
+            user_id = insert_user_row(sql)
             _cache(redis_client, user_key(user_id))
             sql.execute("UPDATE users_user SET first_name = 'two' WHERE id = %s", [user_id])
             _reach_the_cache(redis_client, user_key(user_id))
@@ -554,7 +489,7 @@ class TestFaults:
     def test_sigterm_stops_it_within_seconds_with_its_position_saved(
         self, start_follower, sql, mariadb
     ):
-        user_id = _insert_user(sql)
+        user_id = insert_user_row(sql)
         follower = start_follower()
         sql.execute("SHOW MASTER STATUS")
         log_file, before = sql.fetchone()[:2]
@@ -598,7 +533,7 @@ class TestLagSaved:
         self, start_follower, sql, own_redis
     ):
         report_every = follower_module.server.REPORT_SECONDS
-        user_id = _insert_user(sql)
+        user_id = insert_user_row(sql)
         follower = start_follower(REDIS_URL=own_redis.url)
         _cache(own_redis.client(), user_key(user_id))
         # Idle: the row is saved again, with no lag, though nothing happens.
@@ -665,7 +600,7 @@ class TestRefusals:
     )  # fmt: skip
     def test_a_server_that_does_not_log_full_rows(self, mariadb, name, value):
         with _global(mariadb, name, value):
-            line = _one_line_refusal(_manage(_environment(mariadb), "follow_binlog"))
+            line = _one_line_refusal(manage_py(follower_environment(mariadb), "follow_binlog"))
 
         assert f"{name} is {value}: set {name}=" in line
 
@@ -673,8 +608,8 @@ class TestRefusals:
         server = MariaDBServer(tmp_path)
         server.start()
         try:
-            env = _environment(server, DATABASE_URL=server.url("mysql"))
-            line = _one_line_refusal(_manage(env, "follow_binlog", "--check"))
+            env = follower_environment(server, DATABASE_URL=server.url("mysql"))
+            line = _one_line_refusal(manage_py(env, "follow_binlog", "--check"))
         finally:
             server.stop()
 
@@ -695,21 +630,21 @@ class TestRefusals:
         ):
             root.cursor().execute(statement)
         root.close()
-        env = _environment(
+        env = follower_environment(
             mariadb, DATABASE_URL=f"mysql://{user}:pw@127.0.0.1:{mariadb.port}/usersvc"
         )
 
-        line = _one_line_refusal(_manage(env, "follow_binlog"))
+        line = _one_line_refusal(manage_py(env, "follow_binlog"))
 
         assert missing in line and "GRANT REPLICATION SLAVE, REPLICATION CLIENT" in line
 
     def test_a_purged_position(self, mariadb, sql):
         """The stored position names a file the server no longer has: changes since
         may be missing, so the follower says how to start again, and --from-end does."""
-        env = _environment(mariadb)
+        env = follower_environment(mariadb)
         sql.execute("UPDATE users_binlog_position SET log_file = 'binlog.000000', log_pos = 4")
 
-        line = _one_line_refusal(_manage(env, "follow_binlog"))
+        line = _one_line_refusal(manage_py(env, "follow_binlog"))
         assert "binlog.000000:4 is no longer in the server's binary log" in line
         assert "flush_user_cache --all" in line and "--from-end" in line
 

@@ -11,7 +11,7 @@ import time
 import pytest
 from django_redis import get_redis_connection
 
-from tests.cache.test_binlog import _environment, _insert_user, mariadb, sql  # noqa: F401 (fixtures)
+from tests.helpers import follower_environment, insert_user_row
 from tests.servers import BinlogFollower, project_python
 from users import services
 from users.cache import kinds
@@ -138,13 +138,13 @@ class FollowerWithInitials(BinlogFollower):
 
 
 def test_a_kind_registered_in_a_test_is_dropped_by_the_binlog_follower(
-    initials, mariadb, sql, tmp_path  # noqa: F811 (fixtures)
+    initials, mariadb, sql, tmp_path
 ):
     """A change made in SQL, which no signal sees, reaches the kind's entries through
     the follower, which derives what to drop from the registry."""
-    user_id = _insert_user(sql, first_name="Ada")
+    user_id = insert_user_row(sql, first_name="Ada")
     sql.execute("DELETE FROM users_binlog_position")
-    follower = FollowerWithInitials(tmp_path, _environment(mariadb))
+    follower = FollowerWithInitials(tmp_path, follower_environment(mariadb))
     follower.start()
     try:
         redis = get_redis_connection("default")

@@ -21,7 +21,12 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from rest_framework.authtoken.models import Token
 
-from tests.helpers import cached_entry, one_server_caches, redis_environment
+from tests.helpers import (
+    cached_entry,
+    command_environment,
+    manage_py,
+    one_server_caches,
+)
 from tests.servers import RedisServer
 from users import lookups, reads
 from users.cache import keys, kinds
@@ -256,32 +261,8 @@ class TestCheckUserCache:
 # As processes: exit codes, one-line errors, what a terminal shows and asks.
 
 
-def _environment(**overrides: str) -> dict[str, str]:
-    database = connection.settings_dict
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "DATABASE_URL": (
-            f"mysql://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:"
-            f"{database['PORT'] or 3306}/{database['NAME']}"
-        ),
-        # A REDIS_URL override means that server, whatever Redis this run uses.
-        **({} if "REDIS_URL" in overrides else redis_environment()),
-        "CACHE_KEY_PREFIX": settings.TEST_RUN_PREFIX,
-        **overrides,
-    }
-
-
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=_environment(**env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage_py(command_environment(**env), *args, timeout=60)
 
 
 def _on_terminal(*args: str, answer: str | None = None, **env: str) -> tuple[int, str]:
@@ -293,7 +274,7 @@ def _on_terminal(*args: str, answer: str | None = None, **env: str) -> tuple[int
     process = subprocess.Popen(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env=_environment(DJANGO_COLORS="nocolor", **env),
+        env=command_environment(DJANGO_COLORS="nocolor", **env),
         stdin=terminal,
         stdout=terminal,
         stderr=terminal,
