@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 
 import environ
 from django.conf import settings
-from django.db import connection
+from django.db import OperationalError, connection
 from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
 from rest_framework.authtoken.models import Token
@@ -239,3 +239,18 @@ def insert_user_row(sql, **columns) -> int:
         list(row.values()),
     )
     return sql.lastrowid
+
+
+class FailingUserUpdates:
+    """Raises ``OperationalError(code, ...)`` from the first ``times`` UPDATEs of a user."""
+
+    def __init__(self, code: int, times: int) -> None:
+        self.code = code
+        self.times = times
+        self.raised = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        if sql.startswith("UPDATE `users_user`") and self.raised < self.times:
+            self.raised += 1
+            raise OperationalError(self.code, "raised by the test")
+        return execute(sql, params, many, context)

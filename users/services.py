@@ -79,7 +79,6 @@ def _writer(actor: User | Principal | None) -> User | None:
     return writer
 
 
-@_retry_conflicts
 def user_create(
     *,
     actor: User | Principal | None,
@@ -103,15 +102,20 @@ def user_create(
     _check_username(user)
     _check_unique(username=username, email=email, user=user)
     user.set_hashed_password(*_prepared_password(user, password))
+    return _insert(user=user)
+
+
+@_retry_conflicts
+def _insert(*, user: User) -> User:
+    """The create's transaction, run again on a conflict without hashing again."""
     with (
-        _unique_violations_as_validation_errors(username=username, email=email),
+        _unique_violations_as_validation_errors(username=user.username, email=user.email),
         transaction.atomic(),
     ):
         user.save(force_insert=True)
     return user
 
 
-@_retry_conflicts
 def user_update(
     *, actor: User | Principal | None, user_id: int, data: dict, if_match: str | None = None
 ) -> User:
@@ -134,6 +138,19 @@ def user_update(
     if "email" in data:
         data["email"] = User.objects.normalize_email(data["email"])
     password = _prepared_update_password(actor=actor, user_id=user_id, data=data)
+    return _update(actor=actor, user_id=user_id, data=data, if_match=if_match, password=password)
+
+
+@_retry_conflicts
+def _update(
+    *,
+    actor: User | Principal | None,
+    user_id: int,
+    data: dict,
+    if_match: str | None,
+    password: tuple[str, str | None] | None,
+) -> User:
+    """The update's transaction, run again on a conflict with the hash made once."""
     with (
         _unique_violations_as_validation_errors(
             username=data.get("username"), email=data.get("email"), exclude_id=user_id

@@ -7,7 +7,8 @@ from django.contrib.auth.hashers import MD5PasswordHasher
 from django.db import connection
 from rest_framework.test import APIClient
 
-from tests.helpers import grant_user_permissions
+from tests.helpers import FailingUserUpdates, grant_user_permissions
+from users import services
 from users.models import User
 
 # Whether a transaction was open each time RecordingHasher hashed.
@@ -72,6 +73,25 @@ class TestHashBeforeTheLock:
         )
 
         assert response.status_code == 302
+        assert recording_hasher == [False]
+
+    def test_an_update_retried_for_a_conflict_hashes_once(
+        self, transactional_db, recording_hasher, staff_client, make_user
+    ):
+        """The database rolled the write back twice (a deadlock): the transaction
+        runs again, the hash made before it is used again (failed on the previous
+        main: three hashes)."""
+        target = make_user(username="target", email="target@example.com")
+        recording_hasher.clear()
+        failures = FailingUserUpdates(1213, times=services.WRITE_ATTEMPTS - 1)
+
+        with connection.execute_wrapper(failures):
+            response = staff_client.patch(
+                f"/api/user/{target.id}", {"password": "a-New-passphrase-8"}, format="json"
+            )
+
+        assert response.status_code == 200, response.content
+        assert failures.raised == services.WRITE_ATTEMPTS - 1
         assert recording_hasher == [False]
 
     def test_an_update_the_actor_may_not_make_costs_no_hash(

@@ -6,8 +6,9 @@ TiDB send; TiDB itself does not run here (docs/scaling.md).
 """
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import connection
 
+from tests.helpers import FailingUserUpdates
 from users import services
 from users.models import User
 
@@ -16,21 +17,6 @@ from users.models import User
 RETRIED_CODES = [1205, 1213, 8002, 8005, 8022, 8028, 9007]
 # TiDB: a Region (a range of rows) has no leader, e.g. while a TiKV node is down.
 REGION_UNAVAILABLE = 9005
-
-
-class FailingUserUpdates:
-    """Raises ``OperationalError(code, ...)`` from the first ``times`` UPDATEs of a user."""
-
-    def __init__(self, code: int, times: int) -> None:
-        self.code = code
-        self.times = times
-        self.raised = 0
-
-    def __call__(self, execute, sql, params, many, context):
-        if sql.startswith("UPDATE `users_user`") and self.raised < self.times:
-            self.raised += 1
-            raise OperationalError(self.code, "raised by the test")
-        return execute(sql, params, many, context)
 
 
 @pytest.fixture
