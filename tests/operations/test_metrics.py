@@ -115,11 +115,14 @@ def test_rejected_stale_sets_are_counted(user, django_capture_on_commit_callback
 
 @pytest.fixture
 def stopped_redis(tmp_path, settings):
+    """A Redis of the test's own, stopped; stopped again at the end, should the test
+    have started it (it would otherwise outlive the run)."""
     server = RedisServer(tmp_path)
     server.start()
     settings.CACHES = one_server_caches(server.url)
     server.stop()
     yield server
+    server.stop()
 
 
 def test_redis_errors_and_bypasses_are_counted(user, redis_refused):
