@@ -88,15 +88,17 @@ def read_through(
 
 def _read_misses(kind: CachedKind, idents: list[Hashable]) -> dict[Hashable, Read]:
     """Leases, loads and fills the entries Redis did not have; waits a little for
-    those another reader is filling."""
+    those another reader is filling. What this reader leased it loads and fills
+    before it waits for the rest: readers that split a batch's leases between
+    them (their takes interleave, or land on different cluster nodes) would
+    otherwise each wait for the others' fills until the bound, then all load."""
     token = store.new_lease_token()
     deadline = time.monotonic() + user_cache_settings.LEASE_WAIT_MS / 1000
     answers: dict[Hashable, Read] = {}
-    leased: list[Hashable] = []
     # The idents were just read as missing: the first pass only takes their leases.
     waiting, waited, mode = idents, False, "take"
     while waiting:
-        busy = []
+        busy, leased = [], []
         for i, (state, entry) in zip(
             waiting, store.lease_many(kind, waiting, token, mode=mode), strict=True
         ):
@@ -108,6 +110,8 @@ def _read_misses(kind: CachedKind, idents: list[Hashable]) -> dict[Hashable, Rea
                 leased.append(i)
             else:
                 busy.append(i)
+        if leased:
+            answers |= _load_and_fill(kind, token, leased)
         if busy and time.monotonic() >= deadline:
             # The lease holders are slow or gone: answer from MySQL without filling.
             for _ in busy:
@@ -117,20 +121,24 @@ def _read_misses(kind: CachedKind, idents: list[Hashable]) -> dict[Hashable, Rea
         elif busy:
             time.sleep(user_cache_settings.LEASE_POLL_MS / 1000)
         waiting, waited, mode = busy, True, "read"
-    if leased:
-        try:
-            loaded = load_to_fill(kind, leased)
-        except Exception:
-            with contextlib.suppress(CacheUnavailable):
-                store.release_many(kind, leased, token)
-            raise
-        with contextlib.suppress(CacheUnavailable):
-            fill(kind, token, loaded)
-        answers |= {
-            i: Read(None if entry is None or is_absent(entry) else entry, Source.MISS)
-            for i, entry in loaded.items()
-        }
     return answers
+
+
+def _load_and_fill(kind: CachedKind, token: str, leased: list[Hashable]) -> dict[Hashable, Read]:
+    """The rows of the entries ``token`` leased, from MySQL, stored under the leases
+    (given back if the load fails)."""
+    try:
+        loaded = load_to_fill(kind, leased)
+    except Exception:
+        with contextlib.suppress(CacheUnavailable):
+            store.release_many(kind, leased, token)
+        raise
+    with contextlib.suppress(CacheUnavailable):
+        fill(kind, token, loaded)
+    return {
+        i: Read(None if entry is None or is_absent(entry) else entry, Source.MISS)
+        for i, entry in loaded.items()
+    }
 
 
 def _count_wait(kind: CachedKind, waited: bool, outcome: str) -> None:
