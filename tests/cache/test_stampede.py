@@ -35,6 +35,29 @@ class UserQueryCounter:
         return execute(sql, params, many, context)
 
 
+def _together(readers: int, read, counter) -> list:
+    """``read()``'s result in each of ``readers`` threads, started at once behind a
+    barrier, their SQL seen by ``counter`` (an execute wrapper)."""
+    barrier = threading.Barrier(readers)
+    results: list = []
+
+    def run() -> None:
+        try:
+            with connection.execute_wrapper(counter):
+                barrier.wait()
+                results.append(read())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == readers
+    return results
+
+
 def _concurrent_reads(
     user_id: int,
     readers: int,
@@ -42,28 +65,15 @@ def _concurrent_reads(
     answered: threading.Semaphore | None = None,
 ) -> list:
     """Each reader's (result, seconds); ``answered`` is released as each one returns."""
-    barrier = threading.Barrier(readers)
-    results: list = []
 
-    def read() -> None:
-        try:
-            with connection.execute_wrapper(counter):
-                barrier.wait()
-                started = time.monotonic()
-                result = reads.user_get(user_id=user_id)
-                results.append((result, time.monotonic() - started))
-            if answered is not None:
-                answered.release()
-        finally:
-            connection.close()
+    def read() -> tuple:
+        started = time.monotonic()
+        result = reads.user_get(user_id=user_id)
+        if answered is not None:
+            answered.release()
+        return result, time.monotonic() - started
 
-    threads = [threading.Thread(target=read) for _ in range(readers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert len(results) == readers
-    return results
+    return _together(readers, read, counter)
 
 
 def test_fifty_concurrent_misses_load_the_user_at_most_twice(settings, user):
@@ -147,8 +157,7 @@ def test_sixteen_batches_of_the_same_cold_ids_load_each_row_once(settings, trans
     )
     user_ids = [user.id for user in users]
     asked = set(user_ids)
-    readers, loaded, lock = 16, [], threading.Lock()
-    barrier, results = threading.Barrier(readers), []
+    loaded, lock = [], threading.Lock()
 
     def counter(execute, sql, params, many, context):
         """The ids each SELECT of the user table reads (among its parameters)."""
@@ -157,21 +166,8 @@ def test_sixteen_batches_of_the_same_cold_ids_load_each_row_once(settings, trans
                 loaded.extend(p for p in params if type(p) is int and p in asked)
         return execute(sql, params, many, context)
 
-    def read() -> None:
-        try:
-            with connection.execute_wrapper(counter):
-                barrier.wait()
-                results.append(reads.users_get(user_ids=user_ids))
-        finally:
-            connection.close()
+    results = _together(16, lambda: reads.users_get(user_ids=user_ids), counter)
 
-    threads = [threading.Thread(target=read) for _ in range(readers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-
-    assert len(results) == readers
     assert all(len(result.values) == 100 for result in results)
     # Readers may split the leases between them; each row is read once.
     assert sorted(loaded) == sorted(user_ids)
