@@ -84,7 +84,7 @@ def _patched(stages: Stages) -> Iterator[None]:
     from rest_framework.views import APIView
 
     from bench.views import FrameworkFloorView, TrueFloorView
-    from config import request_context
+    from config import middleware
     from users import entries, reads, tokens
     from users.api import UserViewSet
     from users.cache import counters
@@ -144,8 +144,8 @@ def _patched(stages: Stages) -> Iterator[None]:
     patch(Response, "__init__", "DRF: the Response object")
     patch(entries, "etag", "ETag")
     patch(JSONRenderer, "render", "rendering (JSON)")
-    patch(request_context.access_log, "makeRecord", "access log")
-    patch(request_context.access_log, "handle", "access log")
+    patch(middleware.access_log, "makeRecord", "access log")
+    patch(middleware.access_log, "handle", "access log")
     patch(prometheus.MetricWrapperBase, "labels", "metrics")
     patch(prometheus.Counter, "inc", "metrics")
     patch(prometheus.Histogram, "observe", "metrics")

@@ -1,7 +1,7 @@
 """Log formats, and the request id on every line.
 
 ``LOG_FORMAT=json`` writes one JSON object a line. The request id is the one
-``config.request_context`` gives each request. Nothing here imports
+``users.middleware`` gives each request. Nothing here imports
 prometheus_client or Django's settings: gunicorn's master loads this module
 (``GunicornLogger``) before it prepares the workers' metrics folder.
 

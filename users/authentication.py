@@ -13,15 +13,18 @@ throttle finds the count and the view the prefetched users.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
 
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
+from rest_framework.settings import api_settings
 
 from . import tokens
 from .throttling import AuthFailureThrottle, UserRateThrottle
-from .tokens import Found, Principal, TokenRead
+from .tokens import Found, Principal, RateCount, TokenRead
 
 # How many of the users a request declares are read in the token lookup's round
 # trip, before the token is known to be good: enough for a single read and a
@@ -30,6 +33,7 @@ from .tokens import Found, Principal, TokenRead
 PREFETCHED_WITH_TOKEN = 8
 
 
+@dataclasses.dataclass(frozen=True)
 class TokenAuthentication(BaseAuthentication):
     """``Authorization: Token <40 lowercase hex digits>``, DRF's tokens, through the cache.
 
@@ -42,23 +46,22 @@ class TokenAuthentication(BaseAuthentication):
     """
 
     keyword = "Token"
-
-    def __init__(self, *, prefetch: Sequence[int] = (), cost: int = 1) -> None:
-        self.prefetch = prefetch[:PREFETCHED_WITH_TOKEN]
-        self.cost = cost
+    prefetch: Sequence[int] = ()
+    cost: int = 1
 
     def authenticate(self, request: Request) -> tuple[Principal, TokenRead] | None:
         header = get_authorization_header(request).split()
         if not header or header[0].lower() != b"token":
             return None
         key = header[1].decode("latin-1") if len(header) == 2 else ""
-        if not tokens.is_well_formed(key):
+        if tokens.KEY_SHAPE.fullmatch(key) is None:
             raise AuthenticationFailed("Invalid token.")
         return self.authenticate_credentials(key, request)
 
     def authenticate_credentials(self, key: str, request: Request) -> tuple[Principal, TokenRead]:
-        rate = UserRateThrottle(cost=self.cost).rate_count()
-        read = tokens.token_cached(key=key, prefetch=self.prefetch, rate=rate)
+        read = tokens.token_cached(
+            key=key, prefetch=self.prefetch[:PREFETCHED_WITH_TOKEN], rate=_rate_count(self.cost)
+        )
         if read.found is Found.CACHED and read.principal.is_active:
             return read.principal, read
         failures = AuthFailureThrottle()
@@ -75,3 +78,22 @@ class TokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
+
+
+def _rate_count(cost: int) -> RateCount | None:
+    """What the token lookup counts this request against, in the token entry's hash
+    slot: ``UserRateThrottle``'s scope and window, and the request's cost, never
+    more than a window's budget (as the throttle counts it); None while the scope
+    is off. The throttle then finds the count in ``request.auth``."""
+    rate = api_settings.DEFAULT_THROTTLE_RATES.get(UserRateThrottle.scope)
+    if rate is None:
+        return None
+    requests, seconds = _parsed_rate(rate)
+    return RateCount(UserRateThrottle.scope, seconds * 1000, max(1, min(cost, requests)))
+
+
+@functools.cache
+def _parsed_rate(rate: str) -> tuple[int, int]:
+    """DRF's ``"<requests>/<period>"`` as (requests, seconds), parsed once per rate
+    (DRF's parser reads nothing of the throttle it is a method of)."""
+    return UserRateThrottle.parse_rate(None, rate)

@@ -1,5 +1,5 @@
 """The user cache's Prometheus metrics, served at ``/metrics`` with the request
-durations (``config.request_context``).
+durations (``users.middleware``).
 
 Recording one is an in-process operation: no request pays a network round trip
 for it. Under gunicorn every worker writes its samples to memory-mapped files in

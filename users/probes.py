@@ -1,6 +1,7 @@
 """``/healthz``, ``/readyz`` and ``/metrics``: what orchestrators and Prometheus call.
 
-They are answered by a middleware ahead of all the others: probes and scrapers
+They are answered by a middleware ahead of all the others
+(``users.middleware.ProbesMiddleware``): probes and scrapers
 address a pod by its IP, which ``ALLOWED_HOSTS`` does not list, and need neither
 sessions nor authentication. None of the three shows user data, but the metrics
 and the readiness details describe the service's insides (traffic, error
@@ -9,7 +10,7 @@ straight from ``METRICS_ALLOWED_NETWORKS`` (loopback by default) that no proxy
 forwarded, or one with ``Authorization: Bearer <METRICS_TOKEN>``. Anyone else gets
 403 for ``/metrics`` and only the status of ``/readyz``; ``/healthz`` is for anyone.
 
-Each probe has a request id, as every request does (``config.request_context``):
+Each probe has a request id, as every request does (``users.middleware``):
 in its ``X-Request-ID`` and on the lines it logs (a failed readiness check), not
 the id of the request the thread served before. It writes no access line: probes
 come every few seconds and would drown the rest.
@@ -23,8 +24,6 @@ import time
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpResponse, JsonResponse
-
-from config.request_context import begin_request
 
 from . import metrics
 from .cache import cluster
@@ -99,20 +98,3 @@ def _check(ping) -> dict:
         return {"status": "unavailable", "error": type(exc.__cause__ or exc).__name__}
     return {"status": "ok", "latency_ms": round(seconds * 1000, 3)}
 
-
-class ProbesMiddleware:
-    """Answers GET and HEAD on the three paths before any other middleware runs."""
-
-    routes = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view}
-
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request):
-        view = self.routes.get(request.path_info)
-        if view is None or request.method not in ("GET", "HEAD"):
-            return self.get_response(request)
-        current = begin_request(request)
-        response = view(request)
-        response["X-Request-ID"] = current
-        return response

@@ -25,7 +25,7 @@ from .cache import counters
 from .cache.keys import throttle_key
 from .cache.transport import CacheUnavailable
 from .logins.addresses import client_address
-from .tokens import RateCount, TokenRead
+from .tokens import TokenRead
 
 # What a browsable API page counts against its client's rate on top of its JSON,
 # in cached reads: the page also renders its forms and template, whatever the
@@ -118,7 +118,7 @@ class UserRateThrottle(RedisRateThrottle):
 
     def get_ident_for(self, request: Request) -> str | None:
         if isinstance(request.auth, TokenRead):
-            return request.auth.token_mac
+            return request.auth.ref.mac
         if request.user and request.user.is_authenticated:
             return str(request.user.pk)
         return None
@@ -128,13 +128,6 @@ class UserRateThrottle(RedisRateThrottle):
 
     def counts_in_process(self, request: Request) -> bool:
         return isinstance(request.auth, TokenRead)
-
-    def rate_count(self) -> RateCount | None:
-        """What a token lookup counts this request against (in the token entry's
-        hash slot); None while the scope is off."""
-        if self.rate is None:
-            return None
-        return RateCount(self.scope, self.duration * 1000, self.cost)
 
 
 class AuthFailureThrottle(RedisRateThrottle):
@@ -203,7 +196,7 @@ class PasswordHashThrottle(RedisRateThrottle):
 
     def get_ident_for(self, request: Request) -> str:
         if isinstance(getattr(request, "auth", None), TokenRead):
-            return f"token:{request.auth.token_mac}"
+            return f"token:{request.auth.ref.mac}"
         if request.user and request.user.is_authenticated:
             return f"user:{request.user.pk}"
         return f"address:{self.get_ident(request)}"

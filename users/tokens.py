@@ -3,7 +3,7 @@ registry, and why Redis alone can never vouch for a token.
 
 * **One spelling.** DRF makes keys of 40 lowercase hex digits, and MySQL compares
   them case-insensitively: ``ABC...`` finds the row of ``abc...``. So a presented
-  key must be exactly that shape (``is_well_formed``), checked before any I/O;
+  key must be exactly that shape (``KEY_SHAPE``), checked before any I/O;
   anything else is refused without a query and without a Redis key, and the
   load compares the row's key exactly.
 * **Keyed names.** A token's entry, its rate-limit counter and its lease are
@@ -48,16 +48,12 @@ from .cache.transport import CacheUnavailable
 from .conf import user_cache_settings
 from .models import User
 
-_KEY_SHAPE = re.compile(r"[0-9a-f]{40}")
+# Exactly DRF's shape: 40 lowercase hex digits (ASCII only).
+KEY_SHAPE = re.compile(r"[0-9a-f]{40}")
 
 # The fields of a token's cached entry: who the token belongs to, as much as
 # authentication and the read-only permission need, and the signature.
 USER_ID, USERNAME, ACTIVE, STAFF, SIGNATURE = "u", "n", "a", "s", "m"
-
-
-def is_well_formed(key: str) -> bool:
-    """Exactly DRF's shape: 40 lowercase hex digits (ASCII only)."""
-    return _KEY_SHAPE.fullmatch(key) is not None
 
 
 @functools.cache
@@ -224,13 +220,9 @@ class TokenRead:
     counted: WindowCount | None = None
     prefetched: dict[int, Entry | None] | None = None
 
-    @property
-    def token_mac(self) -> str:
-        return self.ref.mac
-
 
 def token_cached(*, key: str, prefetch: Sequence[int], rate: RateCount | None) -> TokenRead:
-    """The token a well-formed key (``is_well_formed``) names, as the cache holds it:
+    """The token a well-formed key (``KEY_SHAPE``) names, as the cache holds it:
     one round trip (none when the near cache holds it and the users) that reads the
     token's entry, counts the request against ``rate`` when the token is cached,
     and reads the entries of the users ``prefetch`` names (harmless before the

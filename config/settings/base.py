@@ -125,24 +125,25 @@ AUTH_PASSWORD_VALIDATORS = [
 # MIDDLEWARE
 # ------------------------------------------------------------------------------
 MIDDLEWARE = [
+    # The project's middleware is users/middleware.py.
     # /healthz, /readyz and /metrics, answered before the host check (users/probes.py).
-    "users.probes.ProbesMiddleware",
+    "users.middleware.ProbesMiddleware",
     # The request id for the logs, and the request duration for the metrics.
-    "config.request_context.RequestContextMiddleware",
+    "users.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below).
-    "config.middleware.ContentSecurityPolicyMiddleware",
+    "users.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Sessions, request.user and messages for the admin and the browsable API;
-    # token-authenticated API requests skip them (config/middleware.py).
-    "config.middleware.BrowserSessionMiddleware",
+    # token-authenticated API requests skip them (users/middleware.py).
+    "users.middleware.BrowserSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "config.middleware.BrowserAuthenticationMiddleware",
-    "config.middleware.BrowserMessageMiddleware",
+    "users.middleware.BrowserAuthenticationMiddleware",
+    "users.middleware.BrowserMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Answers a login the limits refused with a 429 (users/logins/).
-    "users.logins.guard.LoginLimitMiddleware",
+    "users.middleware.LoginLimitMiddleware",
 ]
 # CSRF failures (the login forms, the admin's) answer JSON, as every error does.
 CSRF_FAILURE_VIEW = "config.exceptions.json_csrf_failure"

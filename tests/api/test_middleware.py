@@ -1,10 +1,10 @@
 """Session, authentication and messages middleware stand aside for token API requests
-(config/middleware.py), and only for those."""
+(users/middleware.py), and only for those."""
 
 import pytest
 from django.test import RequestFactory
 
-from config.middleware import is_token_api_request
+from users.middleware import is_token_api_request
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,9 @@ class Worker:
         self._run = run
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Whether the thread was ever started: read on every request by owners whose
+        # worker starts only when needed, so a plain attribute, not a property.
+        self.started = False
 
     def ensure(self) -> None:
         """Starts the thread unless it runs; cheap when it does."""
@@ -26,7 +29,4 @@ class Worker:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
-
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
+                self.started = True

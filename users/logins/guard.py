@@ -8,7 +8,7 @@ counts the attempt and raises when a limit refuses it, so the model backend
 never hashes. The attempt stays with the request (``attempt_of``), where the
 signal receivers find it (Django then sends ``user_login_failed`` for the
 refusal too, which counts nothing) and the middleware turns the form's answer
-into a 429. ``authenticate()`` called without a request (code, not a form) is
+into a 429 (``refused``). ``authenticate()`` called without a request (code, not a form) is
 not limited: no client asked.
 """
 
@@ -25,12 +25,12 @@ from django.utils.cache import add_never_cache_headers
 from . import limits
 from .addresses import client_address
 
-_ATTEMPT = "_usersvc_login_attempt"
+ATTEMPT = "_usersvc_login_attempt"
 
 
 def attempt_of(request: HttpRequest | None) -> limits.Attempt | None:
     """The attempt the limits counted for this request; None for any other."""
-    return None if request is None else request.__dict__.get(_ATTEMPT)
+    return None if request is None else request.__dict__.get(ATTEMPT)
 
 
 class LoginLimitBackend:
@@ -42,7 +42,7 @@ class LoginLimitBackend:
         if request is None or username is None:
             return None
         attempt = limits.attempt_check(name=username, address=client_address(request))
-        request.__dict__[_ATTEMPT] = attempt
+        request.__dict__[ATTEMPT] = attempt
         if attempt.refusal is not None:
             raise PermissionDenied
         return None
@@ -61,30 +61,22 @@ def _count_success(sender, request, user, **kwargs) -> None:
         limits.attempt_succeeded(attempt)
 
 
-class LoginLimitMiddleware:
-    """Answers a refused login with a 429 page and Retry-After, in place of the
-    form's "wrong password", which would be untrue."""
-
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
-        attempt = attempt_of(request)
-        if attempt is None or attempt.refusal is None:
-            return response
-        retry_after = attempt.refusal.retry_after
-        refused = HttpResponse(
-            render_to_string(
-                "users/login_refused.html",
-                {"minutes": math.ceil(retry_after / 60), "login": request.get_full_path()},
-                request,
-            ),
-            status=429,
-        )
-        refused["Retry-After"] = str(retry_after)
-        add_never_cache_headers(refused)
-        return refused
+def refused(request: HttpRequest, attempt: limits.Attempt) -> HttpResponse:
+    """The answer to a login the limits refused (``users.middleware.LoginLimitMiddleware``):
+    a 429 page and Retry-After, in place of the form's "wrong password", which
+    would be untrue."""
+    retry_after = attempt.refusal.retry_after
+    response = HttpResponse(
+        render_to_string(
+            "users/login_refused.html",
+            {"minutes": math.ceil(retry_after / 60), "login": request.get_full_path()},
+            request,
+        ),
+        status=429,
+    )
+    response["Retry-After"] = str(retry_after)
+    add_never_cache_headers(response)
+    return response
 
 
 def connect() -> None:
