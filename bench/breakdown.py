@@ -84,8 +84,7 @@ def _patched(stages: Stages) -> Iterator[None]:
     from rest_framework.views import APIView
 
     from bench.views import FrameworkFloorView, TrueFloorView
-    from config import middleware
-    from users import entries, reads, tokens
+    from users import entries, middleware, reads, tokens
     from users.api import UserViewSet
     from users.cache import counters
     from users.cache.near import near
