@@ -224,7 +224,10 @@ class ContentSecurityPolicyMiddleware(CSPMiddleware):
     """django-csp's middleware, the settings' policy built once: django-csp builds it
     from the settings twice a response (the policy and the report-only one). A
     response with a policy of its own, a request that took a nonce, and a debug
-    page go through django-csp's own code."""
+    page go through django-csp's own code. Synchronous only: its ``__call__``
+    reads the response it gets back, which under ASGI could be a coroutine."""
+
+    async_capable = False
 
     def __call__(self, request):
         self.process_request(request)

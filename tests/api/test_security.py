@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.conf import settings as django_settings
-from django.test import Client
+from django.test import AsyncClient, Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -500,6 +501,17 @@ class TestContentSecurityPolicy:
             "form-action": "'self'",
             "frame-ancestors": "'none'",
         }
+
+    def test_the_policy_is_written_under_asgi_too(self, settings):
+        """The middleware reads the response it gets back: under ASGI, with only
+        async-capable middleware below it, that would be a coroutine (a 500 on every
+        request) unless it declares itself synchronous."""
+        settings.MIDDLEWARE = ["users.middleware.ContentSecurityPolicyMiddleware"]
+
+        response = async_to_sync(AsyncClient().get)("/api/user")
+
+        assert response.status_code == 401
+        assert "default-src 'self'" in response["Content-Security-Policy"]
 
     def test_swagger_ui_runs_no_inline_script(self, reader_client, db):
         page = reader_client.get("/api/docs/").content.decode()

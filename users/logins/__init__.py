@@ -13,12 +13,14 @@ per client address, in four separate key spaces (``users.cache.keys.LoginCounter
 
 A refused attempt hashes no password: ``guard.LoginLimitBackend`` comes first in
 ``AUTHENTICATION_BACKENDS`` and stops ``authenticate()`` before the model
-backend runs, and ``guard.LoginLimitMiddleware`` answers 429 with Retry-After.
+backend runs, and ``users.middleware.LoginLimitMiddleware`` answers 429 with
+Retry-After (``guard.refused``).
+
 The modules: ``accounts`` (an account as the database tells accounts apart),
 ``addresses`` (the client address every per-address limit counts), ``limits``
 (the counting, in Redis and, while Redis does not answer, in the process; the
-operators' list and unlock), ``guard`` (the backend, the signals, the
-middleware), ``pages`` (the admin's page of lockouts), ``password_change`` (the
+operators' list and unlock), ``guard`` (the backend, the signals, the 429
+page), ``pages`` (the admin's page of lockouts), ``password_change`` (the
 admin's password change, whose check of the old password counts as an attempt).
 """
 
