@@ -111,8 +111,6 @@ def begin_request(request) -> str:
     return current
 
 
-
-
 class ProbesMiddleware:
     """Answers GET and HEAD on the three probe paths before any other middleware
     runs, each with a request id of its own and no access line."""
@@ -130,6 +128,7 @@ class ProbesMiddleware:
         response = view(request)
         response["X-Request-ID"] = current
         return response
+
 
 class RequestContextMiddleware:
     """Second, after the probes: sets the request id, times the request
@@ -232,13 +231,12 @@ class ContentSecurityPolicyMiddleware(CSPMiddleware):
     def __call__(self, request):
         self.process_request(request)
         response = self.get_response(request)
-        policy = _settings_policy()
-        own_policy = False
         for name in _OWN_POLICY:
-            own_policy = own_policy or hasattr(response, name)
+            if hasattr(response, name):
+                return super().process_response(request, response)
+        policy = _settings_policy()
         if (
             policy is None
-            or own_policy
             or getattr(request, "_csp_nonce", None) is not None
             or (settings.DEBUG and response.status_code in (404, 500))
         ):
